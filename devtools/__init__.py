@@ -1,0 +1,1 @@
+"""Development tools (not deployed): Azurite launcher, local runner, demo."""

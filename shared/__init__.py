@@ -1,0 +1,1 @@
+"""Co-sell connector: keeps Partner Center co-sell referrals and CRM opportunities in step."""

@@ -1,0 +1,58 @@
+"""Error types shared by every layer. Messages are written for a person reading the audit trail,
+and never carry secrets (tokens, keys, signatures)."""
+
+from __future__ import annotations
+
+
+class SyncError(Exception):
+    """Base of all connector errors."""
+
+
+class ValidationFailed(SyncError):
+    """The record cannot be synchronised as it is; retrying will not help until it changes."""
+
+    def __init__(self, reasons: list[str]) -> None:
+        self.reasons = reasons
+        super().__init__("; ".join(reasons))
+
+
+class ExternalServiceError(SyncError):
+    """A call to Partner Center or the CRM failed."""
+
+    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None):
+        self.service, self.status, self.code = service, status, code
+        prefix = f"{service} {status}" if status else service
+        super().__init__(f"{prefix}: {message}" + (f" ({code})" if code else ""))
+
+
+class NotFound(ExternalServiceError):
+    pass
+
+
+class PreconditionFailed(ExternalServiceError):
+    """A conditional write lost against a concurrent change (HTTP 412): re-read and re-decide."""
+
+
+class Conflict(ExternalServiceError):
+    pass
+
+
+class PermanentError(ExternalServiceError):
+    """A 4xx the same request will always get (bad request, forbidden): do not retry."""
+
+
+class AuthenticationError(ExternalServiceError):
+    """Credentials missing, expired or refused."""
+
+
+class TransientError(ExternalServiceError):
+    """Worth retrying later: 5xx, network errors, throttling beyond the wait we allow inline."""
+
+    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None):
+        super().__init__(service, message, status, code)
+        self.retry_after = retry_after
+
+
+class Throttled(TransientError):
+    """HTTP 429 (or 503 with Retry-After) whose wait exceeded what we may sleep inline."""

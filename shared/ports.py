@@ -1,0 +1,118 @@
+"""The interfaces the services depend on. Adapters implement them; tests can run any mix."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from .domain.opportunity import Opportunity
+from .domain.referral import Referral
+
+
+class PartnerCenter(Protocol):
+    def get_referral(self, referral_id: str) -> Referral: ...
+
+    def list_referrals(self, odata_filter: str | None = None, orderby: str | None = None,
+                       top: int | None = None) -> Iterator[Referral]: ...
+
+
+class Crm(Protocol):
+    """A CRM seen as a store of neutral opportunities keyed by the CRM id and the referral id."""
+
+    provider: str
+
+    def get_opportunity(self, crm_id: str) -> Opportunity | None: ...
+
+    def find_by_referral_id(self, referral_id: str) -> Opportunity | None: ...
+
+    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
+        """Create keyed by ``opportunity.referral_id`` so that a retry never makes a second record."""
+        ...
+
+    def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
+        """Write ``fields`` of ``desired`` conditioned on ``current.etag``; raise PreconditionFailed on 412."""
+        ...
+
+    def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
+        """Write only the name mark and the audit text."""
+        ...
+
+
+@dataclass
+class Link:
+    """Referral id <-> CRM record id, with what we last synchronised on each side."""
+
+    referral_id: str
+    crm_id: str | None = None
+    crm_provider: str | None = None
+    pc_fingerprint: str | None = None
+    crm_fingerprint: str | None = None
+    pc_etag: str | None = None
+    crm_etag: str | None = None
+    last_status: str | None = None  # "ok" | "failed" | "skipped"
+    last_error: str | None = None
+    last_synced_at: datetime | None = None
+    etag: str | None = None  # Table Storage etag of this row
+
+
+@dataclass
+class AuditEntry:
+    record_key: str
+    action: str  # e.g. "created", "updated", "unchanged", "skipped", "failed"
+    direction: str  # "pc->crm" | "crm->pc"
+    message: str
+    crm_id: str | None = None
+    referral_id: str | None = None
+    fields: list[str] = field(default_factory=list)
+    at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class SyncStore(Protocol):
+    def get_link(self, referral_id: str) -> Link | None: ...
+
+    def save_link(self, link: Link) -> Link:
+        """Insert (no etag) or replace conditioned on ``link.etag``; PreconditionFailed on a race."""
+        ...
+
+    def append_audit(self, entry: AuditEntry) -> None: ...
+
+    def audit_trail(self, record_key: str, limit: int = 50) -> list[AuditEntry]: ...
+
+    def acquire_lease(self, key: str, owner: str, seconds: int) -> bool: ...
+
+    def release_lease(self, key: str, owner: str) -> None: ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None: ...
+
+    def set_state(self, key: str, values: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Job:
+    """A queue message: names a record, never carries its data (events are hints)."""
+
+    kind: str  # "pc-referral" | "crm-opportunity"
+    record_id: str
+    reason: str = ""
+    enqueued_at: str = ""
+
+    def to_dict(self) -> dict[str, str]:
+        return {"kind": self.kind, "recordId": self.record_id, "reason": self.reason, "enqueuedAt": self.enqueued_at}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Job:
+        kind, record_id = data.get("kind"), data.get("recordId")
+        if not isinstance(kind, str) or not isinstance(record_id, str) or not record_id:
+            raise ValueError("a job needs string 'kind' and 'recordId'")
+        return cls(kind, record_id, str(data.get("reason", "")), str(data.get("enqueuedAt", "")))
+
+
+class JobQueue(Protocol):
+    def enqueue(self, job: Job) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> datetime: ...

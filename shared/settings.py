@@ -1,0 +1,200 @@
+"""One settings object for the whole app, read from environment variables / app settings.
+
+``load_settings()`` turns every validation problem into one :class:`SettingsError` whose message
+names the settings at fault, so a misconfigured app fails at start-up with a readable reason
+instead of a stack trace from deep inside a client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing import Annotated
+
+from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
+
+MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/cert/"
+
+DEFAULT_DATAVERSE_HELP_OPTIONS = {
+    "WorkloadSpecificValueProposition": 100000000,
+    "CustomerTechnicalArchitecture": 100000001,
+    "ProofOfConceptOrDemo": 100000002,
+    "QuotesOrLicensing": 100000003,
+    "PostSalesCustomerSuccess": 100000004,
+    "GeneralOrOther": 100000005,
+}
+
+STATIC_TOKEN_SETTINGS = ("PARTNER_CENTER_ACCESS_TOKEN", "DATAVERSE_ACCESS_TOKEN", "SALESFORCE_ACCESS_TOKEN")
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names it and never echoes secret values."""
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+
+    # -- behaviour -------------------------------------------------------------------------------
+    crm_provider: Literal["dynamics", "salesforce"] = Field("dynamics", validation_alias=_env("CRM_PROVIDER"))
+    checkmark_enabled: bool = Field(True, validation_alias=_env("CHECKMARK_ENABLED"))
+    sync_cosell_only: bool = Field(True, validation_alias=_env("SYNC_COSELL_ONLY"))
+    crm_poll_schedule: str = Field("0 */2 * * * *", validation_alias=_env("CRM_POLL_SCHEDULE"))
+    reconcile_schedule: str = Field("0 0 * * * *", validation_alias=_env("RECONCILE_SCHEDULE"))
+    referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
+    audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
+    job_lease_seconds: int = Field(120, ge=5, validation_alias=_env("JOB_LEASE_SECONDS"))
+    http_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("HTTP_TIMEOUT_SECONDS"))
+    max_inline_retry_after_seconds: float = Field(
+        20.0, ge=0, validation_alias=_env("MAX_INLINE_RETRY_AFTER_SECONDS")
+    )
+
+    # -- Partner Center --------------------------------------------------------------------------
+    partner_center_api_url: str = Field("https://api.partner.microsoft.com", validation_alias=_env("PARTNER_CENTER_API_URL"))
+    partner_center_webhook_api_url: str = Field(
+        "https://api.partnercenter.microsoft.com", validation_alias=_env("PARTNER_CENTER_WEBHOOK_API_URL")
+    )
+    partner_center_webhook_cert_url_prefixes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [MICROSOFT_WEBHOOK_CERT_PREFIX],
+        validation_alias=_env("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES"),
+    )
+    partner_center_webhook_ca_bundle: Path | None = Field(None, validation_alias=_env("PARTNER_CENTER_WEBHOOK_CA_BUNDLE"))
+    partner_center_webhook_cert_subject: str = Field(
+        "pcnotifications-dispatch.microsoft.com", validation_alias=_env("PARTNER_CENTER_WEBHOOK_CERT_SUBJECT")
+    )
+    partner_center_webhook_cert_issuer_org: str = Field(
+        "Microsoft Corporation", validation_alias=_env("PARTNER_CENTER_WEBHOOK_CERT_ISSUER_ORG")
+    )
+    webhook_max_body_bytes: int = Field(65536, ge=1024, validation_alias=_env("WEBHOOK_MAX_BODY_BYTES"))
+    partner_center_access_token: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_ACCESS_TOKEN"))
+    partner_center_tenant_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_TENANT_ID"))
+    partner_center_client_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_ID"))
+    partner_center_client_secret: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_SECRET"))
+    partner_center_refresh_token: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN"))
+    partner_center_authority: str = Field("https://login.microsoftonline.com", validation_alias=_env("PARTNER_CENTER_AUTHORITY"))
+
+    # -- Dynamics 365 (Dataverse) ----------------------------------------------------------------
+    dataverse_url: str | None = Field(None, validation_alias=_env("DATAVERSE_URL"))
+    dataverse_api_version: str = Field("v9.2", validation_alias=_env("DATAVERSE_API_VERSION"))
+    dataverse_access_token: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_ACCESS_TOKEN"))
+    dataverse_field_sync: str = Field("new_syncwithpartnercenter", validation_alias=_env("DATAVERSE_FIELD_SYNC"))
+    dataverse_field_referral_id: str = Field("new_referralidentifier", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID"))
+    dataverse_field_referral_link: str = Field("new_referrallink", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_LINK"))
+    dataverse_field_help: str = Field("new_howcanmicrosofthelp", validation_alias=_env("DATAVERSE_FIELD_HELP"))
+    dataverse_field_products: str = Field("new_products", validation_alias=_env("DATAVERSE_FIELD_PRODUCTS"))
+    dataverse_field_audit: str = Field("new_audit", validation_alias=_env("DATAVERSE_FIELD_AUDIT"))
+    dataverse_account_country_field: str = Field("address1_country", validation_alias=_env("DATAVERSE_ACCOUNT_COUNTRY_FIELD"))
+    dataverse_help_option_values: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_DATAVERSE_HELP_OPTIONS),
+        validation_alias=_env("DATAVERSE_HELP_OPTION_VALUES"),
+    )
+
+    # -- storage -----------------------------------------------------------------------------------
+    azure_webjobs_storage: SecretStr | None = Field(None, validation_alias=_env("AzureWebJobsStorage"))
+    storage_account_name: str | None = Field(None, validation_alias=_env("AzureWebJobsStorage__accountName"))
+    storage_table_service_uri: str | None = Field(None, validation_alias=_env("AzureWebJobsStorage__tableServiceUri"))
+    storage_queue_service_uri: str | None = Field(None, validation_alias=_env("AzureWebJobsStorage__queueServiceUri"))
+    storage_client_id: str | None = Field(None, validation_alias=_env("AzureWebJobsStorage__clientId"))
+    links_table: str = Field("SyncLinks", validation_alias=_env("SYNC_LINKS_TABLE"))
+    state_table: str = Field("SyncState", validation_alias=_env("SYNC_STATE_TABLE"))
+    audit_table: str = Field("SyncAudit", validation_alias=_env("SYNC_AUDIT_TABLE"))
+
+    # -- parsing -----------------------------------------------------------------------------------
+    @field_validator("partner_center_webhook_cert_url_prefixes", mode="before")
+    @classmethod
+    def _split_prefixes(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("partner_center_webhook_cert_url_prefixes")
+    @classmethod
+    def _https_prefixes(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one certificate URL prefix is required")
+        for prefix in value:
+            if not prefix.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+                raise ValueError(f"'{prefix}' must be an https:// URL prefix")
+        return value
+
+    @field_validator("dataverse_help_option_values", mode="before")
+    @classmethod
+    def _parse_options(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [p for p in (s.strip() for s in value.split(",")) if p]
+            try:
+                return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
+            except ValueError as exc:
+                raise ValueError("expected Code=Number pairs separated by commas") from exc
+        return value
+
+    @field_validator("dataverse_url", "partner_center_api_url", "partner_center_webhook_api_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")):
+            raise ValueError(f"'{value}' is not an http(s) URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _requirements(self) -> Settings:
+        missing: list[str] = []
+        if self.crm_provider == "salesforce":
+            raise ValueError(
+                "CRM_PROVIDER=salesforce is not available in this version of the connector; use 'dynamics'"
+            )
+        if self.crm_provider == "dynamics" and not self.dataverse_url:
+            missing.append("DATAVERSE_URL (https://ORG.crm.dynamics.com) is required when CRM_PROVIDER=dynamics")
+        if not self.azure_webjobs_storage and not (
+            self.storage_account_name or (self.storage_table_service_uri and self.storage_queue_service_uri)
+        ):
+            missing.append(
+                "AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName is required"
+            )
+        if not self.partner_center_access_token and not (
+            self.partner_center_tenant_id and self.partner_center_client_id and self.partner_center_refresh_token
+        ):
+            missing.append(
+                "Partner Center credentials: set PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID and "
+                "PARTNER_CENTER_REFRESH_TOKEN (or PARTNER_CENTER_ACCESS_TOKEN for emulators)"
+            )
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
+
+    def static_tokens_in_use(self) -> list[str]:
+        used = []
+        if self.partner_center_access_token:
+            used.append("PARTNER_CENTER_ACCESS_TOKEN")
+        if self.dataverse_access_token:
+            used.append("DATAVERSE_ACCESS_TOKEN")
+        return used
+
+
+def _setting_name(loc: tuple) -> str:
+    if not loc:
+        return "settings"
+    field = Settings.model_fields.get(str(loc[0]))
+    if field is not None and isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return str(loc[0])
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment (and ``overrides``) or raise one readable SettingsError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_url=False, include_input=False):
+            message = str(error["msg"]).removeprefix("Value error, ")
+            name = _setting_name(tuple(error.get("loc", ())))
+            lines.append(message if name == "settings" else f"{name}: {message}")
+        raise SettingsError("Invalid configuration: " + " | ".join(lines)) from None
