@@ -56,3 +56,11 @@ class TransientError(ExternalServiceError):
 
 class Throttled(TransientError):
     """HTTP 429 (or 503 with Retry-After) whose wait exceeded what we may sleep inline."""
+
+
+class WebhookRejected(SyncError):
+    """A webhook delivery we refuse; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)

@@ -1,0 +1,1 @@
+"""Function blueprints (triggers). Thin: parse input, call one service, shape the response."""
