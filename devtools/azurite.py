@@ -24,8 +24,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for_port(port: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
+def _wait_for_port(port: int, deadline: float, process: subprocess.Popen) -> bool:
+    while time.monotonic() < deadline and process.poll() is None:
         with socket.socket() as sock:
             sock.settimeout(0.2)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
@@ -82,14 +82,14 @@ def start_azurite(timeout: float = 30.0) -> Azurite:
     blob, queue, table = free_port(), free_port(), free_port()
     cmd = [
         azurite_binary(), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent",
-        "--disableTelemetry", "--location", workdir,
+        "--disableTelemetry",
         "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
     ]
     log = open(os.path.join(workdir, "azurite.log"), "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     azurite = Azurite(process, blob, queue, table, workdir)
     deadline = time.monotonic() + timeout
-    if not all(_wait_for_port(p, deadline) for p in (blob, queue, table)):
+    if not all(_wait_for_port(p, deadline, process) for p in (blob, queue, table)):
         err = Path(workdir, "azurite.log").read_text(errors="replace")[-2000:]
         azurite.stop()
         raise RuntimeError(f"Azurite did not start within {timeout}s {err}")

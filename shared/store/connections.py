@@ -29,13 +29,9 @@ def table_service(settings: Settings) -> TableServiceClient:
 
 
 def queue_service(settings: Settings) -> QueueServiceClient:
-    from azure.storage.queue import QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+    from azure.storage.queue import QueueServiceClient
 
-    # The Functions queue trigger expects base64 text (host.json messageEncoding "base64").
-    policies = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
     if settings.azure_webjobs_storage:
-        return QueueServiceClient.from_connection_string(
-            settings.azure_webjobs_storage.get_secret_value(), **policies
-        )
+        return QueueServiceClient.from_connection_string(settings.azure_webjobs_storage.get_secret_value())
     endpoint = settings.storage_queue_service_uri or f"https://{settings.storage_account_name}.queue.core.windows.net"
-    return QueueServiceClient(account_url=endpoint, credential=_credential(settings), **policies)  # type: ignore[arg-type]
+    return QueueServiceClient(account_url=endpoint, credential=_credential(settings))  # type: ignore[arg-type]

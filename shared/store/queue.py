@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, QueueServiceClient
+from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
 from ..ports import Job
 
@@ -31,8 +31,11 @@ def decode_job(text: str) -> Job:
 
 class StorageJobQueue:
     def __init__(self, service: QueueServiceClient, name: str = JOBS_QUEUE) -> None:
-        self.client: QueueClient = service.get_queue_client(name)
-        self.poison: QueueClient = service.get_queue_client(f"{name}-poison")
+        # The Functions queue trigger reads base64 text (host.json messageEncoding "base64"); the service
+        # client does not pass encode policies on to its queue clients, so each one gets them here.
+        codec = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
+        self.client: QueueClient = service.get_queue_client(name, **codec)
+        self.poison: QueueClient = service.get_queue_client(f"{name}-poison", **codec)
         self._ready = False
 
     def ensure(self) -> None:

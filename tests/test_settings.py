@@ -1,0 +1,74 @@
+"""Settings: one object; missing or invalid values fail with a message naming the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.settings import SettingsError, load_settings
+
+BASE = {
+    "DATAVERSE_URL": "https://org.crm.dynamics.com",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+    "PARTNER_CENTER_ACCESS_TOKEN": "static-token-value",
+}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.upper().startswith(("DATAVERSE_", "PARTNER_CENTER_", "AZUREWEBJOBSSTORAGE", "CRM_", "CHECKMARK",
+                                   "SYNC_")):
+            monkeypatch.delenv(key, raising=False)
+    for key, value in BASE.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+def test_defaults_follow_the_contract(env):
+    s = load_settings()
+    assert s.crm_provider == "dynamics"
+    assert s.checkmark_enabled is True and s.sync_cosell_only is True
+    assert s.crm_poll_schedule == "0 */2 * * * *"
+    assert s.reconcile_schedule == "0 0 * * * *"
+    assert s.partner_center_api_url == "https://api.partner.microsoft.com"
+    assert s.partner_center_webhook_api_url == "https://api.partnercenter.microsoft.com"
+    assert s.links_table == "SyncLinks" and s.state_table == "SyncState" and s.audit_table == "SyncAudit"
+    assert s.dataverse_field_referral_id == "new_referralidentifier"
+
+
+def test_missing_required_settings_are_named(env):
+    env.delenv("DATAVERSE_URL")
+    env.delenv("AzureWebJobsStorage")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "DATAVERSE_URL" in str(info.value)
+    assert "AzureWebJobsStorage" in str(info.value)
+
+
+def test_invalid_value_names_the_setting_and_hides_secrets(env):
+    env.setenv("CHECKMARK_ENABLED", "perhaps")
+    env.setenv("PARTNER_CENTER_ACCESS_TOKEN", "super-secret-token")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "CHECKMARK_ENABLED" in str(info.value)
+    assert "super-secret-token" not in str(info.value)
+
+
+def test_switches_and_lists_parse(env):
+    env.setenv("CHECKMARK_ENABLED", "false")
+    env.setenv("SYNC_COSELL_ONLY", "0")
+    env.setenv("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES", "https://a.example/cert/, https://b.example/")
+    s = load_settings()
+    assert s.checkmark_enabled is False and s.sync_cosell_only is False
+    assert s.partner_center_webhook_cert_url_prefixes == ["https://a.example/cert/", "https://b.example/"]
+
+
+def test_insecure_certificate_prefix_is_refused(env):
+    env.setenv("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES", "http://evil.example/")
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES"):
+        load_settings()
+
+
+def test_secret_repr_is_masked(env):
+    s = load_settings()
+    assert "static-token-value" not in repr(s)

@@ -1,0 +1,104 @@
+"""Table and queue adapters against Azurite: links with etag conditions, leases, audit, job encoding."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueServiceClient
+
+from shared.domain.errors import PreconditionFailed
+from shared.ports import AuditEntry, Job, Link
+from shared.settings import load_settings
+from shared.store.connections import queue_service, table_service
+from shared.store.queue import StorageJobQueue, decode_job
+from shared.store.tables import TableSyncStore, safe_key
+
+
+@pytest.fixture
+def settings(azurite, storage_names):
+    return load_settings(
+        AzureWebJobsStorage=azurite.connection_string, DATAVERSE_URL="http://127.0.0.1:1",
+        PARTNER_CENTER_ACCESS_TOKEN="t", **storage_names,
+    )
+
+
+@pytest.fixture
+def store(settings):
+    return TableSyncStore(table_service(settings), settings.links_table, settings.state_table, settings.audit_table)
+
+
+def test_link_insert_then_conditional_replace(store):
+    link = store.save_link(Link(referral_id="ref-1", crm_id="crm-1", pc_fingerprint="a", last_status="ok"))
+    assert link.etag
+    stale = store.get_link("ref-1")
+    fresh = store.get_link("ref-1")
+    fresh.pc_fingerprint = "b"
+    store.save_link(fresh)
+    stale.pc_fingerprint = "c"
+    with pytest.raises(PreconditionFailed):
+        store.save_link(stale)
+    assert store.get_link("ref-1").pc_fingerprint == "b"
+    assert store.find_link_by_crm_id("crm-1").referral_id == "ref-1"
+
+
+def test_second_insert_of_same_link_is_a_conflict(store):
+    store.save_link(Link(referral_id="ref-2"))
+    with pytest.raises(PreconditionFailed):
+        store.save_link(Link(referral_id="ref-2"))
+
+
+def test_lease_is_exclusive_until_released(store):
+    assert store.acquire_lease("pc-referral:x", "worker-a", 60)
+    assert not store.acquire_lease("pc-referral:x", "worker-b", 60)
+    store.release_lease("pc-referral:x", "worker-b")  # not the owner: no effect
+    assert not store.acquire_lease("pc-referral:x", "worker-b", 60)
+    store.release_lease("pc-referral:x", "worker-a")
+    assert store.acquire_lease("pc-referral:x", "worker-b", 60)
+
+
+def test_expired_lease_can_be_taken_over(store):
+    assert store.acquire_lease("k", "a", -1)
+    assert store.acquire_lease("k", "b", 60)
+
+
+def test_audit_is_append_only_newest_first(store):
+    for i in range(3):
+        store.append_audit(AuditEntry(record_key="ref/3?", action=f"a{i}", direction="pc->crm", message=f"m{i}"))
+    trail = store.audit_trail("ref/3?")
+    assert [e.action for e in trail] == ["a2", "a1", "a0"]
+
+
+def test_state_merge(store):
+    store.set_state("watermark", {"Value": "1"})
+    store.set_state("watermark", {"Other": 2})
+    assert store.get_state("watermark") == {"Value": "1", "Other": 2}
+    assert store.get_state("missing") is None
+
+
+def test_safe_key_escapes_forbidden_characters():
+    assert "/" not in safe_key("a/b\\c#d?e") and "?" not in safe_key("a?")
+
+
+def test_jobs_are_base64_json_as_the_functions_host_expects(settings):
+    queue = StorageJobQueue(queue_service(settings), name=f"jobs{settings.links_table[-8:]}")
+    queue.enqueue(Job("pc-referral", "ref-9", reason="referral-updated"))
+    raw_client = QueueServiceClient.from_connection_string(settings.azure_webjobs_storage.get_secret_value())
+    raw = raw_client.get_queue_client(queue.client.queue_name).peek_messages()[0].content
+    decoded = json.loads(base64.b64decode(raw))
+    assert decoded["kind"] == "pc-referral" and decoded["recordId"] == "ref-9"
+    assert decoded["enqueuedAt"]
+    assert decode_job(json.dumps(decoded)).record_id == "ref-9"
+
+
+def test_bad_job_messages_are_refused():
+    with pytest.raises(ValueError):
+        decode_job("not json")
+    with pytest.raises(ValueError):
+        decode_job(json.dumps({"kind": "pc-referral"}))
+
+
+def test_table_service_uses_connection_string(settings):
+    assert isinstance(table_service(settings), TableServiceClient)
