@@ -27,6 +27,10 @@ class Crm(Protocol):
 
     def find_by_referral_id(self, referral_id: str) -> Opportunity | None: ...
 
+    def stored_form(self, opportunity: Opportunity) -> Opportunity:
+        """The opportunity as this CRM stores and reads it back (what a diff must compare)."""
+        ...
+
     def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
         """Create keyed by ``opportunity.referral_id`` so that a retry never makes a second record."""
         ...

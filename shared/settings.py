@@ -169,6 +169,19 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(missing))
         return self
 
+    def credential_modes(self) -> dict[str, str]:
+        """How each external system is authenticated (never the secret itself)."""
+        if self.partner_center_access_token:
+            pc = "static token (emulators/tests only)"
+        else:
+            pc = "refresh token" + (" + client secret" if self.partner_center_client_secret else "")
+        if self.dataverse_access_token:
+            dv = "static token (emulators/tests only)"
+        else:
+            dv = "managed identity / DefaultAzureCredential"
+        storage = "connection string" if self.azure_webjobs_storage else "managed identity"
+        return {"partnerCenter": pc, "dataverse": dv, "storage": storage}
+
     def static_tokens_in_use(self) -> list[str]:
         used = []
         if self.partner_center_access_token:

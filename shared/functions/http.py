@@ -26,3 +26,12 @@ def partner_center_webhook(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
     return _json(200, {"status": "ok"})
+
+
+@bp.function_name("status")
+@bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status(req: func.HttpRequest) -> func.HttpResponse:
+    from ..sync.status import build_status
+
+    c = wiring.container()
+    return _json(200, build_status(c.store, c.queue, c.settings.credential_modes()))

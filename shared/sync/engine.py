@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ..domain.audit_text import audit_line, prepend
@@ -126,20 +126,19 @@ class SyncEngine:
         now = self.clock.now()
         if current is None:
             line = audit_line(now, True, "Created from Partner Center referral")
-            to_create = replace(desired, name=self._marked(desired.name, True), audit=line)
+            to_create = desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
             result = self.crm.create_opportunity(to_create)
             outcome = Outcome("created", referral_id, result.crm_id, ("all",), "opportunity created in the CRM")
         else:
-            fields = changed_fields(current, desired)
+            fields = changed_fields(current, self.crm.stored_form(desired))
             name = self._marked(current.name if "name" not in fields else desired.name, True)
             if not fields and name == current.name:
                 result = current
                 outcome = Outcome("unchanged", referral_id, current.crm_id, (), "CRM already matches Partner Center")
             else:
                 text = "Updated from Partner Center: " + (", ".join(fields) if fields else "sync mark")
-                target = replace(desired, name=name,
-                                 audit=prepend(current.audit, audit_line(now, True, text),
-                                               self.options.audit_max_chars))
+                audit = prepend(current.audit, audit_line(now, True, text), self.options.audit_max_chars)
+                target = desired.model_copy(update={"name": name, "audit": audit})
                 write = [*fields, *(["name"] if name != current.name and "name" not in fields else []), "audit"]
                 result = self.crm.update_opportunity(current, target, write)
                 outcome = Outcome("updated", referral_id, result.crm_id, tuple(fields), text)

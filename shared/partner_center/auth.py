@@ -1,0 +1,188 @@
+"""Bearer tokens for the Partner Center APIs.
+
+The Referrals API accepts only delegated (App+User) tokens, so production uses a refresh token obtained
+once by an interactive sign-in (``python -m shared login``) and exchanged for access tokens here. A static
+token exists for emulators and tests. Providers are plain callables returning the token, which is what
+:class:`shared.httpclient.ApiClient` expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import requests
+from pydantic import SecretStr
+
+from ..domain.errors import AuthenticationError, TransientError
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "Partner Center"
+REFERRALS_SCOPE = "https://api.partner.microsoft.com/.default offline_access"
+WEBHOOKS_SCOPE = "https://api.partnercenter.microsoft.com/.default offline_access"
+REFRESH_MARGIN_SECONDS = 300.0
+_AADSTS = re.compile(r"AADSTS\d+")
+
+
+class StaticToken:
+    """A fixed bearer token (emulators and tests only)."""
+
+    def __init__(self, secret: str | SecretStr) -> None:
+        value = secret.get_secret_value() if isinstance(secret, SecretStr) else secret
+        if not value:
+            raise AuthenticationError(SERVICE, "the static access token is empty")
+        self._secret = value
+
+    def __call__(self) -> str:
+        return self._secret
+
+    def __repr__(self) -> str:
+        return "StaticToken(***)"
+
+
+class _RefreshTokenHolder:
+    """The current refresh token, shared by providers of different scopes so a rotation reaches all."""
+
+    def __init__(self, refresh_token: str) -> None:
+        self.lock = threading.Lock()
+        self.value = refresh_token
+
+
+class RefreshTokenProvider:
+    """Exchanges a refresh token at the Microsoft identity platform v2 endpoint and caches the result."""
+
+    def __init__(
+        self,
+        authority: str,
+        tenant_id: str,
+        client_id: str,
+        refresh_token: str | SecretStr | _RefreshTokenHolder,
+        client_secret: str | SecretStr | None = None,
+        scope: str = REFERRALS_SCOPE,
+        *,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not tenant_id or not client_id:
+            raise AuthenticationError(SERVICE, "tenant id and client id are required for token refresh")
+        self.token_url = f"{authority.rstrip('/')}/{tenant_id}/oauth2/v2.0/token"
+        self.tenant_id, self.client_id, self.scope = tenant_id, client_id, scope
+        if isinstance(refresh_token, _RefreshTokenHolder):
+            self._holder = refresh_token
+        else:
+            raw = refresh_token.get_secret_value() if isinstance(refresh_token, SecretStr) else refresh_token
+            if not raw:
+                raise AuthenticationError(SERVICE, "the refresh token is empty; run the login command")
+            self._holder = _RefreshTokenHolder(raw)
+        secret = client_secret.get_secret_value() if isinstance(client_secret, SecretStr) else client_secret
+        self._client_secret = secret or None
+        self._session = session or requests.Session()
+        self._timeout = timeout
+        self._clock = clock
+        self._access_token: str | None = None
+        self._expires_at = 0.0
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"RefreshTokenProvider(tenant_id={self.tenant_id!r}, client_id={self.client_id!r}, scope={self.scope!r})"
+
+    def with_scope(self, scope: str) -> RefreshTokenProvider:
+        """A provider for another audience (e.g. the Webhooks API) sharing the same refresh token."""
+        authority = self.token_url.rsplit(f"/{self.tenant_id}/", 1)[0]
+        return RefreshTokenProvider(authority, self.tenant_id, self.client_id, self._holder, self._client_secret,
+                                    scope, session=self._session, timeout=self._timeout, clock=self._clock)
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._access_token is None or self._clock() >= self._expires_at - REFRESH_MARGIN_SECONDS:
+                self._refresh()
+            assert self._access_token is not None
+            return self._access_token
+
+    def invalidate(self) -> None:
+        """Forget the cached access token (e.g. after a 401) so the next call refreshes."""
+        with self._lock:
+            self._access_token = None
+
+    def _refresh(self) -> None:
+        with self._holder.lock:
+            form = {
+                "grant_type": "refresh_token",
+                "client_id": self.client_id,
+                "refresh_token": self._holder.value,
+                "scope": self.scope,
+            }
+            if self._client_secret:
+                form["client_secret"] = self._client_secret
+            payload = self._post(form)
+            token = payload.get("access_token")
+            if not isinstance(token, str) or not token:
+                raise AuthenticationError(SERVICE, "the token endpoint answered without an access token")
+            rotated = payload.get("refresh_token")
+            if isinstance(rotated, str) and rotated:
+                self._holder.value = rotated  # the old one may stop working once a new one is issued
+        self._access_token = token
+        self._expires_at = self._clock() + _expires_in(payload)
+
+    def _post(self, form: dict[str, str]) -> dict[str, Any]:
+        try:
+            response = self._session.post(self.token_url, data=form, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise TransientError(SERVICE, f"could not reach the token endpoint ({type(exc).__name__})") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(SERVICE, "the token endpoint is unavailable", response.status_code)
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {}
+        if not isinstance(payload, dict):
+            payload = {}
+        if response.status_code != 200:
+            raise AuthenticationError(SERVICE, _failure_message(payload), response.status_code,
+                                      str(payload.get("error") or "") or None)
+        return payload
+
+
+def _expires_in(payload: dict[str, Any]) -> float:
+    try:
+        return max(0.0, float(payload.get("expires_in", 3600)))
+    except (TypeError, ValueError):
+        return 3600.0
+
+
+def _failure_message(payload: dict[str, Any]) -> str:
+    # Only the error code and the AADSTS number: the description can echo request details.
+    code = str(payload.get("error") or "unknown_error")
+    sts = _AADSTS.search(str(payload.get("error_description") or ""))
+    hint = " Run `python -m shared login` to sign in again." if code == "invalid_grant" else ""
+    return f"token refresh was refused ({code}{', ' + sts.group(0) if sts else ''}).{hint}"
+
+
+def partner_center_token_provider(settings: Settings, scope: str = REFERRALS_SCOPE) -> Callable[[], str]:
+    """A static token when ``PARTNER_CENTER_ACCESS_TOKEN`` is set, else the refresh-token exchange."""
+    if settings.partner_center_access_token is not None and settings.partner_center_access_token.get_secret_value():
+        # Info, not warning: the app already warns once at start-up about every static token in use.
+        log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
+        return StaticToken(settings.partner_center_access_token)
+    if not (settings.partner_center_tenant_id and settings.partner_center_client_id
+            and settings.partner_center_refresh_token):
+        raise AuthenticationError(SERVICE, "no credentials configured: set PARTNER_CENTER_TENANT_ID, "
+                                           "PARTNER_CENTER_CLIENT_ID and PARTNER_CENTER_REFRESH_TOKEN")
+    return RefreshTokenProvider(
+        settings.partner_center_authority,
+        settings.partner_center_tenant_id,
+        settings.partner_center_client_id,
+        settings.partner_center_refresh_token,
+        settings.partner_center_client_secret,
+        scope,
+        timeout=settings.http_timeout_seconds,
+    )

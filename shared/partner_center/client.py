@@ -1,0 +1,189 @@
+"""Partner Center Referrals API client (``/v1.0/engagements/referrals``).
+
+Retries, ``Retry-After``, ``client-request-id`` and typed errors come from :class:`ApiClient`; this
+module knows the resource: paging by ``@odata.nextLink``, JSON Patch with ``If-Match`` and the ids
+carried by webhook ``ResourceUri`` values.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlsplit
+
+import requests
+
+from ..domain.errors import PermanentError, TransientError
+from ..domain.referral import Referral
+from ..httpclient import ApiClient, TokenProvider
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+SERVICE = "Partner Center"
+REFERRALS_PATH = "/v1.0/engagements/referrals"
+PATCH_OPERATIONS = frozenset({"replace", "add"})
+MAX_PAGES = 10_000
+_REFERRAL_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z-]{7,63}$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def referral_id_from_resource_uri(uri: str) -> str:
+    """The referral id at the end of a webhook ``ResourceUri`` (``.../engagements/v1/referrals/{id}``).
+
+    Only the id is used, never the URI itself, so a callback cannot steer our token to another host.
+    """
+    if not isinstance(uri, str) or not uri:
+        raise ValueError("ResourceUri is empty")
+    parts = urlsplit(uri)
+    segments = [s for s in parts.path.split("/") if s]
+    if parts.scheme not in ("https", "http") or len(segments) < 2 or segments[-2].lower() != "referrals":
+        raise ValueError("ResourceUri does not name a referral")
+    candidate = segments[-1]
+    if not _GUID.match(candidate):
+        raise ValueError("ResourceUri does not end with a referral id")
+    return candidate
+
+
+def _check_id(referral_id: str) -> str:
+    if not isinstance(referral_id, str) or not _REFERRAL_ID.match(referral_id):
+        raise ValueError("not a valid referral id")
+    return quote(referral_id, safe="")
+
+
+def _check_operations(operations: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    checked: list[dict[str, Any]] = []
+    for operation in operations:
+        if operation.get("op") not in PATCH_OPERATIONS:
+            raise ValueError(f"Partner Center accepts only {sorted(PATCH_OPERATIONS)} patch operations")
+        path = operation.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ValueError("each patch operation needs a JSON Pointer path")
+        checked.append({"op": operation["op"], "path": path, "value": operation.get("value")})
+    if not checked:
+        raise ValueError("a patch needs at least one operation")
+    return checked
+
+
+class PartnerCenterClient:
+    """Typed access to referrals; every method raises :mod:`shared.domain.errors` types on failure."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: TokenProvider,
+        *,
+        timeout: float = 30.0,
+        max_inline_wait: float = 20.0,
+        max_attempts: int = 4,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api = ApiClient(
+            SERVICE,
+            base_url,
+            token,
+            timeout=timeout,
+            max_inline_wait=max_inline_wait,
+            max_attempts=max_attempts,
+            default_headers={"Accept": "application/json"},
+            session=session,
+            sleep=sleep,
+        )
+        self._base = urlsplit(self.api.base_url)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, token: TokenProvider | None = None) -> PartnerCenterClient:
+        from .auth import partner_center_token_provider
+
+        return cls(
+            settings.partner_center_api_url,
+            token or partner_center_token_provider(settings),
+            timeout=settings.http_timeout_seconds,
+            max_inline_wait=settings.max_inline_retry_after_seconds,
+        )
+
+    def get_referral(self, referral_id: str) -> Referral:
+        response = self.api.request("GET", f"{REFERRALS_PATH}/{_check_id(referral_id)}")
+        return self._referral(response)
+
+    def list_referrals(self, odata_filter: str | None = None, orderby: str | None = None,
+                       top: int | None = None) -> Iterator[Referral]:
+        """Every matching referral, page by page; stops after ``top`` when given."""
+        params: dict[str, Any] = {}
+        if odata_filter:
+            params["$filter"] = odata_filter
+        if orderby:
+            params["$orderby"] = orderby
+        if top is not None:
+            if top < 1:
+                raise ValueError("top must be at least 1")
+            params["$top"] = top
+        url: str | None = REFERRALS_PATH
+        seen: set[str] = set()
+        returned = 0
+        for _page in range(MAX_PAGES):
+            if url is None:
+                return
+            response = self.api.request("GET", url, params=params or None)
+            body = _json(response)
+            for item in body.get("value") or []:
+                yield Referral.model_validate(item)
+                returned += 1
+                if top is not None and returned >= top:
+                    return
+            link = body.get("@odata.nextLink")
+            url = self._next_url(link) if isinstance(link, str) and link else None
+            if url is not None and url in seen:
+                raise TransientError(SERVICE, "the referral list repeated a page link; stopped paging")
+            if url is not None:
+                seen.add(url)
+            params = {}  # the next link already carries the query
+        raise TransientError(SERVICE, f"the referral list did not end after {MAX_PAGES} pages")
+
+    def create_referral(self, referral: Mapping[str, Any] | Referral) -> Referral:
+        body = referral.to_json_dict() if isinstance(referral, Referral) else dict(referral)
+        response = self.api.request("POST", REFERRALS_PATH, json=body)
+        return self._referral(response)
+
+    def patch_referral(self, referral_id: str, operations: Sequence[Mapping[str, Any]],
+                       etag: str | None = None) -> Referral:
+        """Apply JSON Patch ``replace``/``add`` operations; with ``etag`` a concurrent change raises
+        :class:`PreconditionFailed` (HTTP 412) instead of being overwritten."""
+        path = f"{REFERRALS_PATH}/{_check_id(referral_id)}"
+        headers = {"Prefer": "return=representation"}
+        if etag:
+            headers["If-Match"] = etag
+        response = self.api.request("PATCH", path, json=_check_operations(operations), headers=headers)
+        if response.status_code == 204 or not response.content:
+            # The service ignored Prefer: read the result so callers always get the new eTag.
+            return self.get_referral(referral_id)
+        return self._referral(response)
+
+    def _next_url(self, link: str) -> str:
+        # The documented nextLink host/scheme are odd (http, another path); only its path and query are
+        # trusted, and they are always sent to the configured base so the bearer token never leaves it.
+        parts = urlsplit(link)
+        if not parts.path:
+            raise PermanentError(SERVICE, "the referral list returned an unusable next link")
+        query = f"?{parts.query}" if parts.query else ""
+        return f"{self._base.scheme}://{self._base.netloc}{parts.path}{query}"
+
+    @staticmethod
+    def _referral(response: requests.Response) -> Referral:
+        referral = Referral.model_validate(_json(response))
+        if not referral.e_tag and response.headers.get("ETag"):
+            referral.e_tag = response.headers["ETag"]
+        return referral
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        raise TransientError(SERVICE, f"unexpected non-JSON answer (HTTP {response.status_code})") from None
+    if not isinstance(body, dict):
+        raise TransientError(SERVICE, f"unexpected JSON answer (HTTP {response.status_code})")
+    return body

@@ -1,0 +1,321 @@
+"""Verification of Partner Center webhook callbacks.
+
+A callback is accepted only when its RSA-SHA256 (PKCS#1 v1.5) signature over the exact raw body verifies
+with the public key of a certificate that was downloaded from an allowed URL prefix, chains to a trusted
+root, is issued to the expected host name and was issued by the expected organisation. Anything else
+raises :class:`shared.domain.errors.WebhookRejected`; its message is safe to log and return (no signature bytes, no
+certificate contents).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+import certifi
+import requests
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.utils import CryptographyDeprecationWarning
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyBuilder, Store, VerificationError
+
+from ..domain.errors import WebhookRejected
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["HttpGet", "WebhookRejected", "WebhookVerifier"]
+
+log = logging.getLogger(__name__)
+
+HttpGet = Callable[[str], bytes]
+
+DEFAULT_SUBJECT = "pcnotifications-dispatch.microsoft.com"
+DEFAULT_ISSUER_ORG = "Microsoft Corporation"
+SUPPORTED_ALGORITHM = "rsa-sha256"
+MAX_CERTIFICATE_BYTES = 64 * 1024
+MAX_AIA_URLS = 2
+_DEFAULT_PORTS = {"https": 443, "http": 80}
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def _reject(status: int, message: str) -> WebhookRejected:
+    log.warning("Partner Center webhook rejected (%s): %s", status, message)
+    return WebhookRejected(status, message)
+
+
+@dataclass(frozen=True)
+class _Prefix:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+def _parse_prefix(prefix: str) -> _Prefix:
+    parts = urlsplit(prefix.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"certificate URL prefix '{prefix}' must be an absolute http(s) URL")
+    return _Prefix(scheme, parts.hostname.lower(), parts.port or _DEFAULT_PORTS[scheme], parts.path or "/")
+
+
+def _path_within(path: str, prefix: str) -> bool:
+    # "/cert" must not admit "/certificates-of-someone-else": match whole path segments.
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
+def _load_certificates(data: bytes) -> list[x509.Certificate]:
+    if b"-----BEGIN CERTIFICATE-----" in data:
+        return x509.load_pem_x509_certificates(data)
+    return [x509.load_der_x509_certificate(data)]
+
+
+def _default_http_get(url: str) -> bytes:
+    # No redirects: a redirect could leave the allowed prefix after the check.
+    with requests.get(url, timeout=10, allow_redirects=False, stream=True) as response:
+        if response.status_code != 200:
+            raise OSError(f"HTTP {response.status_code}")
+        data = response.raw.read(MAX_CERTIFICATE_BYTES + 1, decode_content=True)
+    if len(data) > MAX_CERTIFICATE_BYTES:
+        raise OSError("certificate too large")
+    return data
+
+
+@dataclass
+class _Cached:
+    value: list[x509.Certificate]
+    expires: float
+
+
+class _BoundedCache:
+    """Certificates by URL, least recently used first out, each with an expiry."""
+
+    def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
+        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._max, self._clock = max_entries, clock
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> list[x509.Certificate] | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry.expires <= self._clock():
+                self._entries.pop(key, None)
+                return None
+            self._entries.move_to_end(key)
+            return entry.value
+
+    def put(self, key: str, value: list[x509.Certificate], ttl: float) -> None:
+        with self._lock:
+            self._entries[key] = _Cached(value, self._clock() + ttl)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
+class WebhookVerifier:
+    def __init__(
+        self,
+        allowed_cert_url_prefixes: Sequence[str],
+        ca_bundle_path: str | Path | None = None,
+        expected_subject: str = DEFAULT_SUBJECT,
+        issuer_org: str = DEFAULT_ISSUER_ORG,
+        http_get: HttpGet | None = None,
+        cache_seconds: float = 3600.0,
+        *,
+        max_cached: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._prefixes = [_parse_prefix(p) for p in allowed_cert_url_prefixes if p.strip()]
+        if not self._prefixes:
+            raise ValueError("at least one allowed certificate URL prefix is required")
+        self.expected_subject, self.issuer_org = expected_subject.lower(), issuer_org
+        self._http_get = http_get or _default_http_get
+        self._cache_seconds = cache_seconds
+        self._now = now
+        self._leaves = _BoundedCache(max_cached, clock)
+        self._intermediates = _BoundedCache(max_cached, clock)
+        self._store = Store(_trusted_roots(ca_bundle_path))
+        # The signing certificate is not a TLS server certificate by purpose, so its extended key
+        # usage is not required to name serverAuth; every other web PKI rule still applies.
+        self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+            x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http_get: HttpGet | None = None) -> WebhookVerifier:
+        return cls(
+            settings.partner_center_webhook_cert_url_prefixes,
+            settings.partner_center_webhook_ca_bundle,
+            settings.partner_center_webhook_cert_subject,
+            settings.partner_center_webhook_cert_issuer_org,
+            http_get=http_get,
+        )
+
+    def verify(self, headers: Mapping[str, str], raw_body: bytes) -> None:
+        """Return when the callback is genuine; raise :class:`WebhookRejected` otherwise."""
+        lowered = {str(k).lower(): str(v) for k, v in headers.items()}
+        signature = _signature(lowered)
+        algorithm = lowered.get("x-ms-signature-algorithm", "").strip()
+        if not algorithm:
+            raise _reject(401, "the X-MS-Signature-Algorithm header is missing")
+        if algorithm.lower() != SUPPORTED_ALGORITHM:
+            raise _reject(400, "unsupported signature algorithm; expected rsa-sha256")
+        certificate_url = lowered.get("x-ms-certificate-url", "").strip()
+        if not certificate_url:
+            raise _reject(401, "the X-MS-Certificate-Url header is missing")
+        if not self.is_allowed_certificate_url(certificate_url):
+            raise _reject(401, "the signing certificate URL is not on the allowed list")
+        public_key = self._certificate(certificate_url).public_key()
+        if not isinstance(public_key, rsa.RSAPublicKey):
+            raise _reject(401, "the signing certificate does not hold an RSA key")
+        try:
+            public_key.verify(signature, bytes(raw_body), padding.PKCS1v15(), hashes.SHA256())
+        except InvalidSignature:
+            raise _reject(401, "the signature does not match the request body") from None
+
+    def is_allowed_certificate_url(self, url: str) -> bool:
+        if any(ord(ch) <= 0x20 or ch == "\\" for ch in url):
+            return False
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            return False
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS or parts.username or parts.password or parts.fragment or not parts.hostname:
+            return False
+        # Percent-encoding and dot segments could make the fetched path differ from the checked one.
+        if unquote(parts.path) != parts.path or any(s in (".", "..") for s in parts.path.split("/")):
+            return False
+        host, port = parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
+        return any(
+            p.scheme == scheme and p.host == host and p.port == port and _path_within(parts.path, p.path)
+            for p in self._prefixes
+        )
+
+    def _certificate(self, url: str) -> x509.Certificate:
+        cached = self._leaves.get(url)
+        if cached:
+            return cached[0]
+        try:
+            leaf = _load_certificates(self._http_get(url))[0]
+        except (OSError, requests.RequestException, ValueError, IndexError):
+            raise _reject(401, "the signing certificate could not be downloaded or read") from None
+        self._check_identity(leaf)
+        self._check_chain(leaf)
+        remaining = (leaf.not_valid_after_utc - self._now()).total_seconds()
+        self._leaves.put(url, [leaf], max(0.0, min(self._cache_seconds, remaining)))
+        return leaf
+
+    def _check_identity(self, leaf: x509.Certificate) -> None:
+        names = [str(a.value) for a in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        try:
+            names += leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.DNSName
+            )
+        except x509.ExtensionNotFound:
+            pass
+        if self.expected_subject not in {n.lower() for n in names}:
+            raise _reject(401, f"the signing certificate is not issued to {self.expected_subject}")
+        organisations = [str(a.value) for a in leaf.issuer.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+        if not any(self.issuer_org.lower() in o.lower() for o in organisations):
+            raise _reject(401, f"the signing certificate was not issued by {self.issuer_org}")
+
+    def _check_chain(self, leaf: x509.Certificate) -> None:
+        try:
+            verifier = (
+                PolicyBuilder()
+                .store(self._store)
+                .time(self._now())
+                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=self._ee_policy)
+                .build_server_verifier(x509.DNSName(self.expected_subject))
+            )
+            verifier.verify(leaf, self._aia_intermediates(leaf))
+        except (VerificationError, ValueError):
+            raise _reject(401, "the signing certificate does not chain to a trusted root") from None
+
+    def _aia_intermediates(self, leaf: x509.Certificate) -> list[x509.Certificate]:
+        try:
+            access = leaf.extensions.get_extension_for_class(x509.AuthorityInformationAccess).value
+        except x509.ExtensionNotFound:
+            return []
+        urls = [
+            str(d.access_location.value)
+            for d in access
+            if d.access_method == AuthorityInformationAccessOID.CA_ISSUERS
+            and isinstance(d.access_location, x509.UniformResourceIdentifier)
+            and urlsplit(str(d.access_location.value)).scheme.lower() in _DEFAULT_PORTS
+        ]
+        found: list[x509.Certificate] = []
+        for url in urls[:MAX_AIA_URLS]:
+            cached = self._intermediates.get(url)
+            if cached is None:
+                try:
+                    cached = _load_certificates(self._http_get(url))
+                except (OSError, requests.RequestException, ValueError):
+                    continue  # the chain check then fails with its own, clearer reason
+                self._intermediates.put(url, cached, self._cache_seconds)
+            found.extend(cached)
+        return found
+
+
+def _signature(headers: Mapping[str, str]) -> bytes:
+    raw = headers.get("x-ms-signature")
+    if raw is None:
+        authorization = headers.get("authorization")
+        if authorization is None:
+            raise _reject(401, "the callback carries no signature")
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "signature":
+            raise _reject(401, "the Authorization header does not carry a Signature")
+        raw = value
+    raw = raw.strip()
+    if raw.lower().startswith("signature "):
+        raw = raw[len("signature "):].strip()
+    try:
+        signature = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise _reject(401, "the signature is not valid base64") from None
+    if not signature:
+        raise _reject(401, "the callback carries an empty signature")
+    return signature
+
+
+def _trusted_roots(ca_bundle_path: str | Path | None) -> list[x509.Certificate]:
+    path = Path(ca_bundle_path) if ca_bundle_path else Path(certifi.where())
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"cannot read trusted CA certificates from {path}: {type(exc).__name__}") from None
+    roots: list[x509.Certificate] = []
+    with warnings.catch_warnings():
+        # Public bundles hold a few legacy roots that newer cryptography releases warn about or refuse;
+        # one such root must not disable all the others.
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        for block in _PEM_BLOCK.findall(data):
+            try:
+                roots.append(x509.load_pem_x509_certificate(block))
+            except ValueError:
+                continue
+    if not roots:
+        raise ValueError(f"no CA certificates found in {path}")
+    return roots

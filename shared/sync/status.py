@@ -1,0 +1,44 @@
+"""The operator's view behind GET /api/status: sync counts, queue depths, last runs, credential health.
+
+It reports which credentials are configured and how, never their values.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime
+from typing import Any, Protocol
+
+from ..ports import Link
+
+
+class StatusStore(Protocol):
+    def iter_links(self) -> list[Link]: ...
+
+    def get_state(self, key: str) -> dict[str, Any] | None: ...
+
+
+class StatusQueue(Protocol):
+    def depth(self) -> int: ...
+
+    def poison_depth(self) -> int: ...
+
+
+def _iso(value: object) -> str | None:
+    return value.isoformat() if isinstance(value, datetime) else (str(value) if value else None)
+
+
+def build_status(store: StatusStore, queue: StatusQueue, credentials: dict[str, str]) -> dict[str, Any]:
+    links = store.iter_links()
+    by_status = Counter(link.last_status or "unknown" for link in links)
+    last_sync = max((link.last_synced_at for link in links if link.last_synced_at), default=None)
+    poll = store.get_state("crm-poll") or {}
+    reconcile = store.get_state("reconcile") or {}
+    return {
+        "links": {"total": len(links), **dict(sorted(by_status.items()))},
+        "lastSyncAt": _iso(last_sync),
+        "lastPollAt": _iso(poll.get("LastRunAt")),
+        "lastReconcileAt": _iso(reconcile.get("LastRunAt")),
+        "queue": {"depth": queue.depth(), "poison": queue.poison_depth()},
+        "credentials": credentials,
+    }
