@@ -81,11 +81,20 @@ def start_azurite(timeout: float = 30.0) -> Azurite:
     workdir = tempfile.mkdtemp(prefix="azurite-")
     blob, queue, table = free_port(), free_port(), free_port()
     cmd = [
-        azurite_binary(), "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--silent",
+        azurite_binary(),
+        "--inMemoryPersistence",
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
         "--disableTelemetry",
-        "--blobPort", str(blob), "--queuePort", str(queue), "--tablePort", str(table),
+        "--blobPort",
+        str(blob),
+        "--queuePort",
+        str(queue),
+        "--tablePort",
+        str(table),
     ]
-    log = open(os.path.join(workdir, "azurite.log"), "wb")  # noqa: SIM115 - lives as long as the process
+    log = open(os.path.join(workdir, "azurite.log"), "wb")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     azurite = Azurite(process, blob, queue, table, workdir)
     deadline = time.monotonic() + timeout

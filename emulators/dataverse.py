@@ -52,14 +52,40 @@ STATE_NAMES = {0: "Open", 1: "Won", 2: "Lost"}
 
 # Column types. Numbers and dates are compared as values, strings case-insensitively, as Dataverse does.
 STRING, MEMO, INT, BIGINT, CHOICE, DECIMAL, MONEY, BOOL, DATE, DATETIME, GUID = (
-    "string", "memo", "int", "bigint", "choice", "decimal", "money", "bool", "date", "datetime", "guid")
-EDM = {STRING: "Edm.String", MEMO: "Edm.String", INT: "Edm.Int32", BIGINT: "Edm.Int64", CHOICE: "Edm.Int32",
-       DECIMAL: "Edm.Decimal", MONEY: "Edm.Decimal", BOOL: "Edm.Boolean", DATE: "Edm.Date",
-       DATETIME: "Edm.DateTimeOffset", GUID: "Edm.Guid"}
+    "string",
+    "memo",
+    "int",
+    "bigint",
+    "choice",
+    "decimal",
+    "money",
+    "bool",
+    "date",
+    "datetime",
+    "guid",
+)
+EDM = {
+    STRING: "Edm.String",
+    MEMO: "Edm.String",
+    INT: "Edm.Int32",
+    BIGINT: "Edm.Int64",
+    CHOICE: "Edm.Int32",
+    DECIMAL: "Edm.Decimal",
+    MONEY: "Edm.Decimal",
+    BOOL: "Edm.Boolean",
+    DATE: "Edm.Date",
+    DATETIME: "Edm.DateTimeOffset",
+    GUID: "Edm.Guid",
+}
 TEXT_TYPES = frozenset({STRING, MEMO})
 NUMBER_TYPES = frozenset({INT, BIGINT, CHOICE, DECIMAL, MONEY})
-SYSTEM_COLUMNS = {"statecode": INT, "statuscode": INT, "createdon": DATETIME, "modifiedon": DATETIME,
-                  "versionnumber": BIGINT}
+SYSTEM_COLUMNS = {
+    "statecode": INT,
+    "statuscode": INT,
+    "createdon": DATETIME,
+    "modifiedon": DATETIME,
+    "versionnumber": BIGINT,
+}
 READ_ONLY = frozenset({"createdon", "modifiedon", "versionnumber", "fullname"})
 
 Predicate = Callable[[dict[str, Any]], bool]
@@ -144,45 +170,100 @@ def _table(entity_set: str, logical: str, columns: dict[str, str], **extra: Any)
 
 def build_tables(custom: CustomColumns, account_country: str, help_options: Iterable[int]) -> dict[str, Table]:
     currency = Nav("_transactioncurrencyid_value", "transactioncurrencies")
-    address = {f"address1_{part}": STRING for part in ("line1", "line2", "line3", "city", "stateorprovince",
-                                                        "postalcode", "country")}
+    address = {
+        f"address1_{part}": STRING
+        for part in ("line1", "line2", "line3", "city", "stateorprovince", "postalcode", "country")
+    }
     tables = [
-        _table("opportunities", "opportunity", {
-            "name": STRING, "description": MEMO, "estimatedvalue": MONEY, "estimatedclosedate": DATE,
-            "actualvalue": MONEY, "actualclosedate": DATE, "closeprobability": INT, "opportunityratingcode": CHOICE,
-            "stepname": STRING, custom.sync: BOOL, custom.referral_id: STRING, custom.referral_link: STRING,
-            custom.help: CHOICE, custom.products: STRING, custom.audit: MEMO,
-        }, navs={
-            "customerid_account": Nav("_customerid_value", "accounts"),
-            "customerid_contact": Nav("_customerid_value", "contacts"),
-            "parentaccountid": Nav("_parentaccountid_value", "accounts"),
-            "parentcontactid": Nav("_parentcontactid_value", "contacts"),
-            "transactioncurrencyid": currency,
-        }, keys=((custom.referral_id,),), defaults={custom.sync: False},
-           choices={custom.help: frozenset(help_options), "opportunityratingcode": frozenset({1, 2, 3})}),
-        _table("accounts", "account", {
-            "name": STRING, "accountnumber": STRING, "telephone1": STRING, "emailaddress1": STRING,
-            "websiteurl": STRING, **address, account_country: STRING,
-        }, navs={
-            "parentaccountid": Nav("_parentaccountid_value", "accounts"),
-            "primarycontactid": Nav("_primarycontactid_value", "contacts"),
-            "transactioncurrencyid": currency,
-        }),
-        _table("contacts", "contact", {
-            "firstname": STRING, "lastname": STRING, "fullname": STRING, "emailaddress1": STRING,
-            "telephone1": STRING, "mobilephone": STRING, "jobtitle": STRING,
-        }, navs={
-            "parentcustomerid_account": Nav("_parentcustomerid_value", "accounts"),
-            "parentcustomerid_contact": Nav("_parentcustomerid_value", "contacts"),
-            "transactioncurrencyid": currency,
-        }),
-        _table("transactioncurrencies", "transactioncurrency", {
-            "isocurrencycode": STRING, "currencyname": STRING, "currencysymbol": STRING,
-            "exchangerate": DECIMAL, "currencyprecision": INT,
-        }),
-        _table("opportunitycloses", "opportunityclose", {
-            "subject": STRING, "description": MEMO, "actualrevenue": MONEY, "actualend": DATE,
-        }, navs={"opportunityid": Nav("_opportunityid_value", "opportunities")}),
+        _table(
+            "opportunities",
+            "opportunity",
+            {
+                "name": STRING,
+                "description": MEMO,
+                "estimatedvalue": MONEY,
+                "estimatedclosedate": DATE,
+                "actualvalue": MONEY,
+                "actualclosedate": DATE,
+                "closeprobability": INT,
+                "opportunityratingcode": CHOICE,
+                "stepname": STRING,
+                custom.sync: BOOL,
+                custom.referral_id: STRING,
+                custom.referral_link: STRING,
+                custom.help: CHOICE,
+                custom.products: STRING,
+                custom.audit: MEMO,
+            },
+            navs={
+                "customerid_account": Nav("_customerid_value", "accounts"),
+                "customerid_contact": Nav("_customerid_value", "contacts"),
+                "parentaccountid": Nav("_parentaccountid_value", "accounts"),
+                "parentcontactid": Nav("_parentcontactid_value", "contacts"),
+                "transactioncurrencyid": currency,
+            },
+            keys=((custom.referral_id,),),
+            defaults={custom.sync: False},
+            choices={custom.help: frozenset(help_options), "opportunityratingcode": frozenset({1, 2, 3})},
+        ),
+        _table(
+            "accounts",
+            "account",
+            {
+                "name": STRING,
+                "accountnumber": STRING,
+                "telephone1": STRING,
+                "emailaddress1": STRING,
+                "websiteurl": STRING,
+                **address,
+                account_country: STRING,
+            },
+            navs={
+                "parentaccountid": Nav("_parentaccountid_value", "accounts"),
+                "primarycontactid": Nav("_primarycontactid_value", "contacts"),
+                "transactioncurrencyid": currency,
+            },
+        ),
+        _table(
+            "contacts",
+            "contact",
+            {
+                "firstname": STRING,
+                "lastname": STRING,
+                "fullname": STRING,
+                "emailaddress1": STRING,
+                "telephone1": STRING,
+                "mobilephone": STRING,
+                "jobtitle": STRING,
+            },
+            navs={
+                "parentcustomerid_account": Nav("_parentcustomerid_value", "accounts"),
+                "parentcustomerid_contact": Nav("_parentcustomerid_value", "contacts"),
+                "transactioncurrencyid": currency,
+            },
+        ),
+        _table(
+            "transactioncurrencies",
+            "transactioncurrency",
+            {
+                "isocurrencycode": STRING,
+                "currencyname": STRING,
+                "currencysymbol": STRING,
+                "exchangerate": DECIMAL,
+                "currencyprecision": INT,
+            },
+        ),
+        _table(
+            "opportunitycloses",
+            "opportunityclose",
+            {
+                "subject": STRING,
+                "description": MEMO,
+                "actualrevenue": MONEY,
+                "actualend": DATE,
+            },
+            navs={"opportunityid": Nav("_opportunityid_value", "opportunities")},
+        ),
     ]
     return {t.entity_set: t for t in tables}
 
@@ -217,9 +298,11 @@ def coerce(table: Table, column: str, value: Any) -> Any:
             raise _convert_error(value, ctype)
         allowed = table.choices.get(column)
         if allowed is not None and value not in allowed:
-            raise _bad_request(f"A validation error occurred. The value {value} of '{column}' on record of type "
-                               f"'{table.logical_name}' is outside the valid range. "
-                               f"Accepted Values: {','.join(str(v) for v in sorted(allowed))}")
+            raise _bad_request(
+                f"A validation error occurred. The value {value} of '{column}' on record of type "
+                f"'{table.logical_name}' is outside the valid range. "
+                f"Accepted Values: {','.join(str(v) for v in sorted(allowed))}"
+            )
         return value
     if ctype in (DECIMAL, MONEY):
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -328,17 +411,28 @@ def _property_error(table: Table, name: str) -> ODataError:
 def _literal(operand: _Operand, ctype: str, op: str) -> Any:
     """The comparable value of a literal compared with a column of ``ctype``."""
     kind, text = operand.kind, operand.text
-    ok = (kind == "null"
-          or (kind == "string" and ctype in TEXT_TYPES)
-          or (kind == "number" and ctype in NUMBER_TYPES)
-          or (kind == "bool" and ctype == BOOL)
-          or (kind == "guid" and ctype == GUID)
-          or (kind in ("datetime", "date") and ctype in (DATE, DATETIME)))
+    ok = (
+        kind == "null"
+        or (kind == "string" and ctype in TEXT_TYPES)
+        or (kind == "number" and ctype in NUMBER_TYPES)
+        or (kind == "bool" and ctype == BOOL)
+        or (kind == "guid" and ctype == GUID)
+        or (kind in ("datetime", "date") and ctype in (DATE, DATETIME))
+    )
     if not ok:
-        found = {"string": "Edm.String", "number": "Edm.Decimal", "bool": "Edm.Boolean", "guid": "Edm.Guid",
-                 "datetime": "Edm.DateTimeOffset", "date": "Edm.Date"}[kind]
-        raise _bad_request(f"A binary operator with incompatible types was detected. Found operand types "
-                           f"'{EDM[ctype]}' and '{found}' for operator kind '{op}'.", CODE_QUERY)
+        found = {
+            "string": "Edm.String",
+            "number": "Edm.Decimal",
+            "bool": "Edm.Boolean",
+            "guid": "Edm.Guid",
+            "datetime": "Edm.DateTimeOffset",
+            "date": "Edm.Date",
+        }[kind]
+        raise _bad_request(
+            f"A binary operator with incompatible types was detected. Found operand types "
+            f"'{EDM[ctype]}' and '{found}' for operator kind '{op}'.",
+            CODE_QUERY,
+        )
     if kind == "null":
         return None
     if kind == "string":
@@ -428,8 +522,12 @@ class FilterParser:
             self._expect(")")
             return inner
         token = self._peek()
-        if token is not None and token[0] == "name" and self.position + 1 < len(self.tokens) \
-                and self.tokens[self.position + 1][1] == "(":
+        if (
+            token is not None
+            and token[0] == "name"
+            and self.position + 1 < len(self.tokens)
+            and self.tokens[self.position + 1][1] == "("
+        ):
             return self._function()
         left = self._operand()
         following = self._peek()
@@ -459,11 +557,14 @@ class FilterParser:
             raise _bad_request("A comparison needs at least one column.", CODE_QUERY)
         if left.kind == "column" and right.kind == "column":
             if _family(left.ctype) != _family(right.ctype):
-                raise _bad_request(f"A binary operator with incompatible types was detected. Found operand types "
-                                   f"'{EDM[left.ctype]}' and '{EDM[right.ctype]}' for operator kind '{op}'.",
-                                   CODE_QUERY)
-            return lambda row: _compare(op, normalize(left.ctype, row.get(left.text)),
-                                        normalize(right.ctype, row.get(right.text)))
+                raise _bad_request(
+                    f"A binary operator with incompatible types was detected. Found operand types "
+                    f"'{EDM[left.ctype]}' and '{EDM[right.ctype]}' for operator kind '{op}'.",
+                    CODE_QUERY,
+                )
+            return lambda row: _compare(
+                op, normalize(left.ctype, row.get(left.text)), normalize(right.ctype, row.get(right.text))
+            )
         column, literal, flipped = (left, right, False) if left.kind == "column" else (right, left, True)
         value = _literal(literal, column.ctype, op)
         mirrored = {"gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}.get(op, op) if flipped else op
@@ -640,17 +741,26 @@ class DataverseEmulator(Emulator):
             self._version = 1000
             self.reset_counters()
             for code, currency_name, symbol, rate in CURRENCIES:
-                self._insert(self.tables["transactioncurrencies"], {
-                    "transactioncurrencyid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"transactioncurrency/{code}")),
-                    "isocurrencycode": code, "currencyname": currency_name, "currencysymbol": symbol,
-                    "exchangerate": float(rate), "currencyprecision": 0 if code == "JPY" else 2,
-                }, {}, seeding=True)
+                self._insert(
+                    self.tables["transactioncurrencies"],
+                    {
+                        "transactioncurrencyid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"transactioncurrency/{code}")),
+                        "isocurrencycode": code,
+                        "currencyname": currency_name,
+                        "currencysymbol": symbol,
+                        "exchangerate": float(rate),
+                        "currencyprecision": 0 if code == "JPY" else 2,
+                    },
+                    {},
+                    seeding=True,
+                )
 
     def reset_counters(self) -> None:
         with self.lock:
             self._counters = {
-                "tables": {name: {"creates": 0, "updates": 0, "deletes": 0, "actions": 0, "reads": 0}
-                           for name in self.tables},
+                "tables": {
+                    name: {"creates": 0, "updates": 0, "deletes": 0, "actions": 0, "reads": 0} for name in self.tables
+                },
                 "actions": {"WinOpportunity": 0, "LoseOpportunity": 0},
                 "requests": 0,
                 "faults": 0,
@@ -671,14 +781,23 @@ class DataverseEmulator(Emulator):
                 created.append(self._render(table, self._insert(table, values, targets, seeding=True)))
             return created
 
-    def inject_fault(self, status: int = 429, count: int = 1, retry_after: int | None = None,
-                     method: str | None = None, path: str | None = None) -> None:
+    def inject_fault(
+        self,
+        status: int = 429,
+        count: int = 1,
+        retry_after: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
         """Answer the next ``count`` API requests (matching ``method`` / the ``path`` regex) with ``status``."""
         if retry_after is None and status in (429, 503):
             retry_after = 1
         with self.lock:
-            self._faults.append(_Fault(status, count, retry_after, method.upper() if method else None,
-                                       re.compile(path) if path else None))
+            self._faults.append(
+                _Fault(
+                    status, count, retry_after, method.upper() if method else None, re.compile(path) if path else None
+                )
+            )
 
     def clear_faults(self) -> None:
         with self.lock:
@@ -740,11 +859,11 @@ class DataverseEmulator(Emulator):
     def _check_headers(self, request: Request) -> None:
         authorization = request.header("authorization") or ""
         scheme, _, token = authorization.partition(" ")
-        challenge = {"WWW-Authenticate": "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/"
-                                         "authorize"}
+        challenge = {
+            "WWW-Authenticate": "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize"
+        }
         if scheme.lower() != "bearer" or not token.strip():
-            raise ODataError(401, "Request is not authenticated: send 'Authorization: Bearer <token>'.", "",
-                             challenge)
+            raise ODataError(401, "Request is not authenticated: send 'Authorization: Bearer <token>'.", "", challenge)
         if self.required_token is not None and token.strip() != self.required_token:
             raise ODataError(401, "The access token is not valid for this organization.", "", challenge)
         for name in ("odata-version", "odata-maxversion"):
@@ -765,8 +884,11 @@ class DataverseEmulator(Emulator):
         self.route("POST", r"/_emulator/token", self._control_token)
         self.route("GET", rf"{API}/?", self._service_document)
         self.route("GET", rf"{API}/WhoAmI(?:\(\))?", self._who_am_i)
-        self.route("POST", rf"{API}/(?:Microsoft\.Dynamics\.CRM\.)?(?P<action>WinOpportunity|LoseOpportunity)",
-                   self._close_opportunity)
+        self.route(
+            "POST",
+            rf"{API}/(?:Microsoft\.Dynamics\.CRM\.)?(?P<action>WinOpportunity|LoseOpportunity)",
+            self._close_opportunity,
+        )
         self.route("GET", rf"{API}/(?P<set>[A-Za-z_]+)/(?:\$|%24)count", self._count)
         self.route("DELETE", rf"{entity}/(?P<prop>[A-Za-z_]+)(?P<ref>/(?:\$|%24)ref)?", self._delete_property)
         self.route("GET", entity, self._get_entity)
@@ -792,9 +914,13 @@ class DataverseEmulator(Emulator):
 
     def _control_fault(self, request: Request) -> Response:
         body = request.json() or {}
-        self.inject_fault(int(body.get("status", 429)), int(body.get("count", 1)),
-                          int(body["retryAfter"]) if body.get("retryAfter") is not None else None,
-                          body.get("method"), body.get("path"))
+        self.inject_fault(
+            int(body.get("status", 429)),
+            int(body.get("count", 1)),
+            int(body["retryAfter"]) if body.get("retryAfter") is not None else None,
+            body.get("method"),
+            body.get("path"),
+        )
         return Response(204)
 
     def _control_clear_faults(self, request: Request) -> Response:
@@ -832,8 +958,9 @@ class DataverseEmulator(Emulator):
     def _etag(row: _Row) -> str:
         return f'W/"{row.values["versionnumber"]}"'
 
-    def _render(self, table: Table, row: _Row, select: list[str] | None = None,
-                annotations: bool = False) -> dict[str, Any]:
+    def _render(
+        self, table: Table, row: _Row, select: list[str] | None = None, annotations: bool = False
+    ) -> dict[str, Any]:
         names = list(table.columns) if select is None else list(select)
         if select is not None:
             names.append(table.pk)
@@ -855,8 +982,11 @@ class DataverseEmulator(Emulator):
         if set(key) == {table.pk}:
             return rows.get(str(key[table.pk]))
         if not any(set(k) == set(key) for k in table.keys):
-            raise _bad_request(f"The key in the request URI is not valid for resource '{table.type_name}'. Ensure "
-                               "that the names and number of key properties are correct.", CODE_QUERY)
+            raise _bad_request(
+                f"The key in the request URI is not valid for resource '{table.type_name}'. Ensure "
+                "that the names and number of key properties are correct.",
+                CODE_QUERY,
+            )
         wanted = {name: normalize(table.columns[name], value) for name, value in key.items()}
         for row in rows.values():
             if all(normalize(table.columns[n], row.values.get(n)) == v for n, v in wanted.items()):
@@ -866,14 +996,16 @@ class DataverseEmulator(Emulator):
     def _not_found(self, table: Table, key: str | dict[str, Any], status: int = 404) -> ODataError:
         if isinstance(key, str):
             return ODataError(status, f"{table.logical_name} With Id = {key} Does Not Exist", CODE_NOT_FOUND)
-        return ODataError(status, f"A record with the specified key values does not exist in {table.logical_name} "
-                                  "entity", CODE_NOT_FOUND)
+        return ODataError(
+            status,
+            f"A record with the specified key values does not exist in {table.logical_name} entity",
+            CODE_NOT_FOUND,
+        )
 
     def _resolve_bind(self, nav_name: str, nav: Nav, value: Any) -> str:
         match = re.fullmatch(r"(?:.*/)?(?P<set>[A-Za-z_]+)\((?P<key>.+)\)", value) if isinstance(value, str) else None
         if match is None:
-            raise _bad_request(f"The value of '{nav_name}@odata.bind' must be a reference like "
-                               f"'/{nav.target}(<id>)'.")
+            raise _bad_request(f"The value of '{nav_name}@odata.bind' must be a reference like '/{nav.target}(<id>)'.")
         if match.group("set") != nav.target:
             raise _bad_request(f"'{nav_name}' refers to {nav.target}, not to {match.group('set')}.")
         target = self.tables[nav.target]
@@ -894,8 +1026,7 @@ class DataverseEmulator(Emulator):
                 nav_name = key[: -len("@odata.bind")]
                 nav = table.navs.get(nav_name)
                 if nav is None:
-                    raise _bad_request(f"'{nav_name}' is not a navigation property of {table.type_name}.",
-                                       CODE_QUERY)
+                    raise _bad_request(f"'{nav_name}' is not a navigation property of {table.type_name}.", CODE_QUERY)
                 values[nav.column] = None if value is None else self._resolve_bind(nav_name, nav, value)
                 targets[nav.column] = nav.target
             elif "@" in key:
@@ -906,8 +1037,9 @@ class DataverseEmulator(Emulator):
                 values[table.navs[key].column] = None
             elif key in table.lookups:
                 if not seeding:
-                    raise _bad_request(f"'{key}' is read-only; write the lookup through its navigation property "
-                                       "with @odata.bind.")
+                    raise _bad_request(
+                        f"'{key}' is read-only; write the lookup through its navigation property with @odata.bind."
+                    )
                 values[key] = coerce(table, key, value)
                 targets[key] = self._seed_target(table, key, values[key])
             elif key in READ_ONLY and not seeding:
@@ -915,8 +1047,11 @@ class DataverseEmulator(Emulator):
             elif key in table.columns:
                 values[key] = coerce(table, key, value)
             else:
-                raise _bad_request(f"The property '{key}' does not exist on type '{table.type_name}'. Make sure to "
-                                   "only use property names that are defined by the type.", CODE_QUERY)
+                raise _bad_request(
+                    f"The property '{key}' does not exist on type '{table.type_name}'. Make sure to "
+                    "only use property names that are defined by the type.",
+                    CODE_QUERY,
+                )
         return values, targets
 
     def _seed_target(self, table: Table, column: str, value: str | None) -> str:
@@ -933,9 +1068,13 @@ class DataverseEmulator(Emulator):
             wanted = [normalize(table.columns[n], values[n]) for n in key]
             for other_id, other in self._rows[table.entity_set].items():
                 if other_id != pk and [normalize(table.columns[n], other.values.get(n)) for n in key] == wanted:
-                    raise ODataError(412, f"A record that has the attribute values {', '.join(key)} already "
-                                          "exists. The entity key requires that this set of attributes contains "
-                                          "unique values.", CODE_DUPLICATE)
+                    raise ODataError(
+                        412,
+                        f"A record that has the attribute values {', '.join(key)} already "
+                        "exists. The entity key requires that this set of attributes contains "
+                        "unique values.",
+                        CODE_DUPLICATE,
+                    )
 
     def _check_opportunity_state(self, before: dict[str, Any] | None, changes: dict[str, Any]) -> None:
         """Open rows take statecode 0 only; closed rows accept nothing but a reopen (statecode 0)."""
@@ -943,21 +1082,27 @@ class DataverseEmulator(Emulator):
         if current_state != 0:
             reopening = changes.get("statecode") == 0 and set(changes) <= {"statecode", "statuscode"}
             if not reopening:
-                raise _bad_request(f"The opportunity is closed ({STATE_NAMES.get(current_state)}) and read-only. "
-                                   "Reopen it first with a PATCH of statecode 0 and statuscode 1.")
+                raise _bad_request(
+                    f"The opportunity is closed ({STATE_NAMES.get(current_state)}) and read-only. "
+                    "Reopen it first with a PATCH of statecode 0 and statuscode 1."
+                )
             changes.setdefault("statuscode", 1)
         state = changes.get("statecode", current_state)
         if state not in OPPORTUNITY_STATUSES:
             raise _bad_request(f"{state} is not a valid state code for opportunity.")
         if state != 0:
-            raise _bad_request("An opportunity cannot be closed by setting statecode; use the WinOpportunity or "
-                               "LoseOpportunity action.")
+            raise _bad_request(
+                "An opportunity cannot be closed by setting statecode; use the WinOpportunity or "
+                "LoseOpportunity action."
+            )
         if "statecode" in changes and "statuscode" not in changes:
             changes["statuscode"] = 1
         status = changes.get("statuscode", before["statuscode"] if before else 1)
         if status not in OPPORTUNITY_STATUSES[state]:
-            raise _bad_request(f"{status} is not a valid status code for state code OpportunityState."
-                               f"{STATE_NAMES[state]} on opportunity.")
+            raise _bad_request(
+                f"{status} is not a valid status code for state code OpportunityState."
+                f"{STATE_NAMES[state]} on opportunity."
+            )
 
     def _apply_rules(self, table: Table, before: dict[str, Any] | None, changes: dict[str, Any]) -> None:
         if table.entity_set == "opportunities":
@@ -981,8 +1126,11 @@ class DataverseEmulator(Emulator):
         row_values.update(changes)
         row_values[table.pk] = pk
         row = _Row(row_values, {k: v for k, v in targets.items() if row_values.get(k) is not None})
-        if self.base_currency and table.entity_set == "opportunities" \
-                and row_values.get("_transactioncurrencyid_value") is None:
+        if (
+            self.base_currency
+            and table.entity_set == "opportunities"
+            and row_values.get("_transactioncurrencyid_value") is None
+        ):
             # Dataverse stamps the organisation's base currency on new money-bearing records.
             currency = self._currency_row()
             if currency is not None:
@@ -1017,25 +1165,44 @@ class DataverseEmulator(Emulator):
         # Every update bumps the row version, even when the values are unchanged.
         row.values["versionnumber"] = self._next_version()
 
-    def _log_write(self, operation: str, table: Table, record_id: str, request: Request,
-                   body: dict[str, Any] | None = None, **extra: Any) -> None:
+    def _log_write(
+        self,
+        operation: str,
+        table: Table,
+        record_id: str,
+        request: Request,
+        body: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> None:
         counter = {"create": "creates", "update": "updates", "delete": "deletes", "action": "actions"}[operation]
         self._counters["tables"][table.entity_set][counter] += 1
-        self._writes.append({
-            "operation": operation, "table": table.entity_set, "id": record_id, "method": request.method,
-            "path": unquote(request.path), "columns": sorted(body) if body else [],
-            "if_match": request.header("if-match"), "if_none_match": request.header("if-none-match"), **extra,
-        })
+        self._writes.append(
+            {
+                "operation": operation,
+                "table": table.entity_set,
+                "id": record_id,
+                "method": request.method,
+                "path": unquote(request.path),
+                "columns": sorted(body) if body else [],
+                "if_match": request.header("if-match"),
+                "if_none_match": request.header("if-none-match"),
+                **extra,
+            }
+        )
 
     def _write_response(self, request: Request, table: Table, row: _Row, created: bool) -> Response:
         prefer = parse_prefer(request.header("prefer"))
-        headers = {"OData-EntityId": f"{self._base(request)}/{table.entity_set}({row.values[table.pk]})",
-                   "ETag": self._etag(row)}
+        headers = {
+            "OData-EntityId": f"{self._base(request)}/{table.entity_set}({row.values[table.pk]})",
+            "ETag": self._etag(row),
+        }
         if prefer.get("return") != "representation":
             return Response(204, None, headers)
         select = parse_select(table, request.query["$select"]) if request.query.get("$select") else None
-        body = {"@odata.context": f"{self._base(request)}/$metadata#{table.entity_set}/$entity",
-                **self._render(table, row, select, self._wants_annotations(prefer))}
+        body = {
+            "@odata.context": f"{self._base(request)}/$metadata#{table.entity_set}/$entity",
+            **self._render(table, row, select, self._wants_annotations(prefer)),
+        }
         headers["Preference-Applied"] = "return=representation"
         del headers["OData-EntityId"]
         return Response(201 if created else 200, body, headers)
@@ -1051,24 +1218,32 @@ class DataverseEmulator(Emulator):
 
     # -- reads ------------------------------------------------------------------------------------------------
     def _service_document(self, request: Request) -> Response:
-        return Response(200, {"@odata.context": f"{self._base(request)}/$metadata",
-                              "value": [{"name": n, "kind": "EntitySet", "url": n} for n in self.tables]})
+        return Response(
+            200,
+            {
+                "@odata.context": f"{self._base(request)}/$metadata",
+                "value": [{"name": n, "kind": "EntitySet", "url": n} for n in self.tables],
+            },
+        )
 
     def _who_am_i(self, request: Request) -> Response:
-        ids = {name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"dataverse-emulator/{name}"))
-               for name in ("BusinessUnitId", "UserId", "OrganizationId")}
-        return Response(200, {"@odata.context": f"{self._base(request)}/$metadata#Microsoft.Dynamics.CRM."
-                                                "WhoAmIResponse", **ids})
+        ids = {
+            name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"dataverse-emulator/{name}"))
+            for name in ("BusinessUnitId", "UserId", "OrganizationId")
+        }
+        return Response(
+            200, {"@odata.context": f"{self._base(request)}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", **ids}
+        )
 
     def _parse_query(self, table: Table, query: dict[str, str]) -> _Query:
         for name in query:
             if name == "$skip":
-                raise _bad_request("The query parameter $skip is not supported; page with odata.maxpagesize and "
-                                   "@odata.nextLink.", CODE_QUERY)
-            if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$count",
-                                                     "$skiptoken"):
-                raise _bad_request(f"The query option {name} is not supported by the Dataverse emulator.",
-                                   CODE_QUERY)
+                raise _bad_request(
+                    "The query parameter $skip is not supported; page with odata.maxpagesize and @odata.nextLink.",
+                    CODE_QUERY,
+                )
+            if name.startswith("$") and name not in ("$select", "$filter", "$orderby", "$top", "$count", "$skiptoken"):
+                raise _bad_request(f"The query option {name} is not supported by the Dataverse emulator.", CODE_QUERY)
         top = query.get("$top")
         if top is not None and (not top.isdigit() or int(top) < 1):
             raise _bad_request(f"Invalid value '{top}' for $top.", CODE_QUERY)
@@ -1106,8 +1281,11 @@ class DataverseEmulator(Emulator):
                     raise _bad_request("The $skiptoken does not match this query.", CODE_QUERY)
                 rows = [row for row in rows if compare(sort_values(row), after) > 0]
             # $top is ignored when a page size is requested, as the service does.
-            remaining = None if max_page is not None else (
-                query.token.get("remaining") if query.token is not None else query.top)
+            remaining = (
+                None
+                if max_page is not None
+                else (query.token.get("remaining") if query.token is not None else query.top)
+            )
             page_size = min(int(max_page) if max_page is not None else MAX_PAGE_SIZE, MAX_PAGE_SIZE)
             if remaining is not None:
                 page_size = min(page_size, int(remaining))
@@ -1118,8 +1296,10 @@ class DataverseEmulator(Emulator):
             body["value"] = [self._render(table, row, query.select, annotations) for row in page]
             more = len(rows) > page_size and (remaining is None or int(remaining) > page_size)
             if more and page:
-                token = {"after": sort_values(page[-1]),
-                         "remaining": None if remaining is None else int(remaining) - page_size}
+                token = {
+                    "after": sort_values(page[-1]),
+                    "remaining": None if remaining is None else int(remaining) - page_size,
+                }
                 body["@odata.nextLink"] = self._next_link(request, table, _encode_token(token))
         headers = {}
         if max_page is not None:
@@ -1132,8 +1312,7 @@ class DataverseEmulator(Emulator):
 
     def _next_link(self, request: Request, table: Table, token: str) -> str:
         raw_query = request.raw_path.partition("?")[2]
-        kept = [part for part in raw_query.split("&")
-                if part and unquote(part.partition("=")[0]) != "$skiptoken"]
+        kept = [part for part in raw_query.split("&") if part and unquote(part.partition("=")[0]) != "$skiptoken"]
         return f"{self._base(request)}/{table.entity_set}?{'&'.join([*kept, f'$skiptoken={token}'])}"
 
     def _count(self, request: Request) -> Response:
@@ -1148,8 +1327,9 @@ class DataverseEmulator(Emulator):
         table, key = self._entity_key(request)
         unsupported = [n for n in request.query if n.startswith("$") and n != "$select"]
         if unsupported:
-            raise _bad_request(f"The query option {unsupported[0]} is not supported by the Dataverse emulator.",
-                               CODE_QUERY)
+            raise _bad_request(
+                f"The query option {unsupported[0]} is not supported by the Dataverse emulator.", CODE_QUERY
+            )
         select = parse_select(table, request.query["$select"]) if request.query.get("$select") else None
         prefer = parse_prefer(request.header("prefer"))
         with self.lock:
@@ -1160,8 +1340,10 @@ class DataverseEmulator(Emulator):
             etag = self._etag(row)
             if request.header("if-none-match") == etag:
                 return Response(304, None, {"ETag": etag})
-            body = {"@odata.context": f"{self._context(request, table, select)}/$entity",
-                    **self._render(table, row, select, self._wants_annotations(prefer))}
+            body = {
+                "@odata.context": f"{self._context(request, table, select)}/$entity",
+                **self._render(table, row, select, self._wants_annotations(prefer)),
+            }
         return Response(200, body, {"ETag": etag})
 
     # -- writes -----------------------------------------------------------------------------------------------
@@ -1189,8 +1371,11 @@ class DataverseEmulator(Emulator):
             if row is None:
                 if if_match is not None:
                     raise self._not_found(table, key)
-                url_values = {table.pk: key} if isinstance(key, str) else {
-                    name: coerce(table, name, value) for name, value in key.items()}
+                url_values = (
+                    {table.pk: key}
+                    if isinstance(key, str)
+                    else {name: coerce(table, name, value) for name, value in key.items()}
+                )
                 row = self._insert(table, {**values, **url_values}, targets)
                 self._log_write("create", table, row.values[table.pk], request, body)
                 return self._write_response(request, table, row, created=True)
@@ -1206,8 +1391,11 @@ class DataverseEmulator(Emulator):
             return
         offered = {tag.strip().removeprefix("W/") for tag in if_match.split(",")}
         if self._etag(row).removeprefix("W/") not in offered:
-            raise ODataError(412, "The version of the existing record doesn't match the RowVersion property "
-                                  "provided.", CODE_CONCURRENCY)
+            raise ODataError(
+                412,
+                "The version of the existing record doesn't match the RowVersion property provided.",
+                CODE_CONCURRENCY,
+            )
 
     def _delete_entity(self, request: Request) -> Response:
         table, key = self._entity_key(request)
@@ -1258,8 +1446,10 @@ class DataverseEmulator(Emulator):
         if isinstance(status, bool) or not isinstance(status, int):
             raise _bad_request(f"{action} needs an integer 'Status'.")
         if status not in OPPORTUNITY_STATUSES[state]:
-            raise _bad_request(f"{status} is not a valid status code for state code OpportunityState."
-                               f"{STATE_NAMES[state]} on opportunity.")
+            raise _bad_request(
+                f"{status} is not a valid status code for state code OpportunityState."
+                f"{STATE_NAMES[state]} on opportunity."
+            )
         opportunities, closes = self.tables["opportunities"], self.tables["opportunitycloses"]
         with self.lock:
             close_values, close_targets = self._parse_body(closes, body["OpportunityClose"])
@@ -1268,8 +1458,10 @@ class DataverseEmulator(Emulator):
                 raise _bad_request("OpportunityClose needs 'opportunityid@odata.bind'.")
             row = self._rows["opportunities"][opportunity_id]
             if row.values["statecode"] != 0:
-                raise _bad_request(f"The opportunity is already closed ({STATE_NAMES[row.values['statecode']]}); "
-                                   "reopen it before closing it again.")
+                raise _bad_request(
+                    f"The opportunity is already closed ({STATE_NAMES[row.values['statecode']]}); "
+                    "reopen it before closing it again."
+                )
             close_values.setdefault("subject", "Won" if state == 1 else "Lost")
             close_values.setdefault("actualend", self._clock().astimezone(UTC).date().isoformat())
             close_values.update({"statecode": 1, "statuscode": 2})  # the close activity is completed
@@ -1277,9 +1469,16 @@ class DataverseEmulator(Emulator):
             revenue = close_values.get("actualrevenue")
             if revenue is None and state == 1:
                 revenue = row.values.get("estimatedvalue")
-            row.values.update({"statecode": state, "statuscode": status, "actualclosedate": close_values["actualend"],
-                               "actualvalue": revenue, "modifiedon": self._now(),
-                               "versionnumber": self._next_version()})
+            row.values.update(
+                {
+                    "statecode": state,
+                    "statuscode": status,
+                    "actualclosedate": close_values["actualend"],
+                    "actualvalue": revenue,
+                    "modifiedon": self._now(),
+                    "versionnumber": self._next_version(),
+                }
+            )
             self._counters["actions"][action] += 1
             self._log_write("action", opportunities, opportunity_id, request, body, action=action, status=status)
         return Response(204)

@@ -183,8 +183,14 @@ class PartnerCenterEmulator(Emulator):
     def writes(self) -> int:
         return self.counters().get("writes", 0)
 
-    def add_fault(self, status: int = 429, count: int = 1, retry_after: float | None = 1, method: str | None = None,
-                  path: str | None = None) -> None:
+    def add_fault(
+        self,
+        status: int = 429,
+        count: int = 1,
+        retry_after: float | None = 1,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
         """Make the next ``count`` matching API requests fail with ``status`` (429 or 503)."""
         if status not in (429, 503):
             raise ValueError("only 429 and 503 faults are emulated")
@@ -205,8 +211,14 @@ class PartnerCenterEmulator(Emulator):
             found = self._referrals.get(referral_id)
             return copy.deepcopy(found) if found else None
 
-    def seed_referral(self, referral: Mapping[str, Any] | None = None, *, kind: str = "cosell",
-                      raise_event: bool = True, **overrides: Any) -> dict[str, Any]:
+    def seed_referral(
+        self,
+        referral: Mapping[str, Any] | None = None,
+        *,
+        kind: str = "cosell",
+        raise_event: bool = True,
+        **overrides: Any,
+    ) -> dict[str, Any]:
         """Create a referral as Microsoft would send it (incoming, invited by msft), bypassing auth."""
         if referral is None:
             builders = {"cosell": cosell_referral, "lead": lead_referral}
@@ -272,8 +284,13 @@ class PartnerCenterEmulator(Emulator):
             header_flag = self.webhooks.ms_signature_header if ms_signature_header is None else ms_signature_header
         if target is None:
             raise ValueError(f"no webhook is registered for {event_name} and no url was given")
-        headers = signed_headers(body, self.pki.signer(signer), certificate_url or self.certificate_url(signer),
-                                 header_flag, corrupt_signature)
+        headers = signed_headers(
+            body,
+            self.pki.signer(signer),
+            certificate_url or self.certificate_url(signer),
+            header_flag,
+            corrupt_signature,
+        )
         delivery = new_delivery(event_name, self._resource_uri(referral_id), target, body, headers, referral_id)
         self.dispatcher.submit(delivery, force=True)
         return delivery
@@ -300,8 +317,11 @@ class PartnerCenterEmulator(Emulator):
         base = self.base_url + REFERRALS
         return {
             "self": {"uri": f"{base}/{referral['id']}", "method": "GET", "headers": []},
-            "relatedReferrals": {"uri": f"{base}?$filter=engagementId eq '{referral['engagementId']}'",
-                                 "method": "GET", "headers": []},
+            "relatedReferrals": {
+                "uri": f"{base}?$filter=engagementId eq '{referral['engagementId']}'",
+                "method": "GET",
+                "headers": [],
+            },
         }
 
     def _store_new(self, body: dict[str, Any], keep_identity: bool, **assigned: Any) -> dict[str, Any]:
@@ -354,9 +374,12 @@ class PartnerCenterEmulator(Emulator):
             targets = [(f"referral-{suffix}", referral["id"])]
         else:
             with self.lock:
-                targets = [(f"related-referral-{suffix}", r["id"]) for r in self._referrals.values()
-                           if r.get("engagementId") == referral.get("engagementId")
-                           and r.get("organizationId") == self.organization_id]
+                targets = [
+                    (f"related-referral-{suffix}", r["id"])
+                    for r in self._referrals.values()
+                    if r.get("engagementId") == referral.get("engagementId")
+                    and r.get("organizationId") == self.organization_id
+                ]
         pending: list[Delivery] = []
         for event_name, referral_id in targets:
             body = event_body(event_name, self._resource_uri(referral_id), "referral")
@@ -365,8 +388,9 @@ class PartnerCenterEmulator(Emulator):
                 url, header_flag = self.webhooks.url_for(event_name), self.webhooks.ms_signature_header
             if enabled and url:
                 headers = signed_headers(body, self.pki.signer(), self.certificate_url(), header_flag)
-                pending.append(new_delivery(event_name, self._resource_uri(referral_id), url, body, headers,
-                                            referral_id))
+                pending.append(
+                    new_delivery(event_name, self._resource_uri(referral_id), url, body, headers, referral_id)
+                )
         # Submitted outside the lock: a synchronous delivery may make the receiver call us back.
         for delivery in pending:
             self.dispatcher.submit(delivery)
@@ -409,16 +433,30 @@ class PartnerCenterEmulator(Emulator):
         self.route("PATCH", one, self._api("patch", self._patch, "writes"))
         self.route("GET", REGISTRATION + "/events", self._api("webhook_events", self._events))
         self.route("GET", REGISTRATION, self._api("webhook_get", lambda r: self._locked(self.webhooks.get)))
-        self.route("POST", REGISTRATION, self._api("webhook_create",
-                                                   lambda r: self._locked(lambda: self.webhooks.create(r.json()))))
-        self.route("PUT", REGISTRATION, self._api("webhook_update",
-                                                  lambda r: self._locked(lambda: self.webhooks.update(r.json()))))
+        self.route(
+            "POST",
+            REGISTRATION,
+            self._api("webhook_create", lambda r: self._locked(lambda: self.webhooks.create(r.json()))),
+        )
+        self.route(
+            "PUT",
+            REGISTRATION,
+            self._api("webhook_update", lambda r: self._locked(lambda: self.webhooks.update(r.json()))),
+        )
         self.route("POST", REGISTRATION + "/validationEvents", self._api("webhook_test", self._validation_event))
-        self.route("GET", REGISTRATION + r"/validationEvents/(?P<cid>[^/]+)", self._api(
-            "webhook_test_status", lambda r: self._locked(lambda: self.webhooks.validation_status(r.params["cid"]))))
+        self.route(
+            "GET",
+            REGISTRATION + r"/validationEvents/(?P<cid>[^/]+)",
+            self._api(
+                "webhook_test_status", lambda r: self._locked(lambda: self.webhooks.validation_status(r.params["cid"]))
+            ),
+        )
         self.route("GET", r"(?:/cert/.+|/pki/.+)", self._serve_certificate)
-        self.route("GET", ROOT_PEM_PATH, lambda r: Response(200, self.pki.root_pem(),
-                                                            {"Content-Type": "application/x-pem-file"}))
+        self.route(
+            "GET",
+            ROOT_PEM_PATH,
+            lambda r: Response(200, self.pki.root_pem(), {"Content-Type": "application/x-pem-file"}),
+        )
         register_control_routes(self)
 
     def _locked(self, action: Callable[[], Response]) -> Response:
@@ -492,15 +530,21 @@ class PartnerCenterEmulator(Emulator):
             operations = request.json()
         except ValueError:
             return error(400, "invalidRequest", "The body must be a JSON Patch array.")
-        response = self._write(request.params["id"], request.header("If-Match"),
-                               lambda current: apply_patch(current, operations))
+        response = self._write(
+            request.params["id"], request.header("If-Match"), lambda current: apply_patch(current, operations)
+        )
         prefer = (request.header("Prefer") or "").lower()
         if response.status == 200 and "return=representation" not in prefer:
             return Response(204, None, dict(response.headers))
         return response
 
-    def _write(self, referral_id: str, if_match: str | None,
-               change: Callable[[dict[str, Any]], dict[str, Any]], full: bool = False) -> Response:
+    def _write(
+        self,
+        referral_id: str,
+        if_match: str | None,
+        change: Callable[[dict[str, Any]], dict[str, Any]],
+        full: bool = False,
+    ) -> Response:
         with self.lock:
             current = self._referrals.get(referral_id)
             if current is None:
@@ -528,8 +572,11 @@ class PartnerCenterEmulator(Emulator):
             if url is None:
                 return error(400, "invalidRequest", "Register the webhook for test-created before sending tests.")
             if not self.webhooks.take_validation_slot():
-                return Response(429, {"statusCode": 429, "message": "Rate limit is exceeded. Try again in 60 seconds."},
-                                {"Retry-After": "60"})
+                return Response(
+                    429,
+                    {"statusCode": 429, "message": "Rate limit is exceeded. Try again in 60 seconds."},
+                    {"Retry-After": "60"},
+                )
             correlation_id = self.webhooks.new_correlation_id()
             header_flag = self.webhooks.ms_signature_header
         resource_uri = f"{self.base_url}{REGISTRATION}/validationEvents/{correlation_id}"

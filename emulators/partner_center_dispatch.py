@@ -45,9 +45,16 @@ class Delivery:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id, "eventName": self.event_name, "resourceUri": self.resource_uri, "url": self.url,
-            "referralId": self.referral_id, "correlationId": self.correlation_id, "status": self.status,
-            "attempts": list(self.attempts), "headers": dict(self.headers), "body": self.body.decode("utf-8"),
+            "id": self.id,
+            "eventName": self.event_name,
+            "resourceUri": self.resource_uri,
+            "url": self.url,
+            "referralId": self.referral_id,
+            "correlationId": self.correlation_id,
+            "status": self.status,
+            "attempts": list(self.attempts),
+            "headers": dict(self.headers),
+            "body": self.body.decode("utf-8"),
         }
 
 
@@ -68,8 +75,9 @@ def event_body(event_name: str, resource_uri: str, resource_name: str) -> bytes:
     return json.dumps(payload).encode("utf-8")
 
 
-def signed_headers(body: bytes, signer: Signer, certificate_url: str, ms_signature_header: bool,
-                   corrupt_signature: bool = False) -> dict[str, str]:
+def signed_headers(
+    body: bytes, signer: Signer, certificate_url: str, ms_signature_header: bool, corrupt_signature: bool = False
+) -> dict[str, str]:
     signature = bytearray(signer.key.sign(body, padding.PKCS1v15(), hashes.SHA256()))
     if corrupt_signature:
         signature[len(signature) // 2] ^= 0xFF
@@ -82,16 +90,24 @@ def signed_headers(body: bytes, signer: Signer, certificate_url: str, ms_signatu
     }
 
 
-def new_delivery(event_name: str, resource_uri: str, url: str, body: bytes, headers: dict[str, str],
-                 referral_id: str | None = None, correlation_id: str | None = None) -> Delivery:
+def new_delivery(
+    event_name: str,
+    resource_uri: str,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    referral_id: str | None = None,
+    correlation_id: str | None = None,
+) -> Delivery:
     return Delivery(str(uuid.uuid4()), event_name, resource_uri, url, body, headers, referral_id, correlation_id)
 
 
 class WebhookDispatcher:
     """One worker thread, so callbacks leave in the order the changes happened."""
 
-    def __init__(self, mode: DispatchMode = "async", max_attempts: int = 10, retry_delay: float = 0.1,
-                 timeout: float = 5.0) -> None:
+    def __init__(
+        self, mode: DispatchMode = "async", max_attempts: int = 10, retry_delay: float = 0.1, timeout: float = 5.0
+    ) -> None:
         self.mode: DispatchMode = mode
         self.max_attempts, self.retry_delay, self.timeout = max_attempts, retry_delay, timeout
         self.deliveries: list[Delivery] = []
@@ -169,9 +185,14 @@ class WebhookDispatcher:
     def _attempt(self, delivery: Delivery) -> dict[str, Any]:
         stamp = dt.datetime.now(dt.UTC).isoformat()
         try:
-            response = requests.post(delivery.url, data=delivery.body, headers=delivery.headers,
-                                     timeout=self.timeout, allow_redirects=False)
+            response = requests.post(
+                delivery.url, data=delivery.body, headers=delivery.headers, timeout=self.timeout, allow_redirects=False
+            )
         except requests.RequestException as exc:
             return {"responseCode": 0, "responseMessage": "", "systemError": type(exc).__name__, "dateTimeUtc": stamp}
-        return {"responseCode": response.status_code, "responseMessage": response.text[:500], "systemError": None,
-                "dateTimeUtc": stamp}
+        return {
+            "responseCode": response.status_code,
+            "responseMessage": response.text[:500],
+            "systemError": None,
+            "dateTimeUtc": stamp,
+        }

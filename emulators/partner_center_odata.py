@@ -17,11 +17,25 @@ from typing import Any
 
 Predicate = Callable[[dict[str, Any]], bool]
 
-FILTERABLE_ROOTS = frozenset({
-    "id", "engagementId", "name", "status", "substatus", "type", "direction", "qualification",
-    "externalReferenceId", "updatedDateTime", "createdDateTime", "organizationId",
-    "customerProfile", "inviteContext", "team",
-})
+FILTERABLE_ROOTS = frozenset(
+    {
+        "id",
+        "engagementId",
+        "name",
+        "status",
+        "substatus",
+        "type",
+        "direction",
+        "qualification",
+        "externalReferenceId",
+        "updatedDateTime",
+        "createdDateTime",
+        "organizationId",
+        "customerProfile",
+        "inviteContext",
+        "team",
+    }
+)
 ORDERABLE = frozenset({"createdDateTime", "updatedDateTime"})
 COMPARISONS = frozenset({"eq", "ne", "gt", "ge", "lt", "le"})
 

@@ -38,23 +38,41 @@ def _key() -> rsa.RSAPrivateKey:
 
 
 def _name(common_name: str, organisation: str) -> x509.Name:
-    return x509.Name([
-        x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
-        x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-    ])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, organisation),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _ca_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
-                         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                         encipher_only=False, decipher_only=False)
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=True,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, public_key: rsa.RSAPublicKey) -> x509.CertificateBuilder:
@@ -106,14 +124,16 @@ def _issue_leaf(
     host: str, organisation: str, issuer: x509.Certificate, issuer_key: rsa.RSAPrivateKey, ca_issuers_url: str
 ) -> tuple[x509.Certificate, rsa.RSAPrivateKey]:
     key = _key()
-    access = x509.AccessDescription(AuthorityInformationAccessOID.CA_ISSUERS,
-                                    x509.UniformResourceIdentifier(ca_issuers_url))
+    access = x509.AccessDescription(
+        AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(ca_issuers_url)
+    )
     certificate = (
         _builder(_name(host, organisation), issuer.subject, key.public_key())
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_leaf_usage(), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False
+        )
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
         .add_extension(_authority_key_id(issuer), critical=False)
         .add_extension(x509.AuthorityInformationAccess([access]), critical=False)
@@ -144,12 +164,14 @@ class EmulatorPki:
         self.base_url = base_url.rstrip("/")
         self.subject, self.issuer_org = subject, issuer_org
         self.root, root_key = _self_signed_ca("Emulated Partner Center Root CA", issuer_org)
-        self.intermediate, intermediate_key = _issue_ca("Emulated Partner Center Issuing CA", issuer_org,
-                                                        self.root, root_key)
+        self.intermediate, intermediate_key = _issue_ca(
+            "Emulated Partner Center Issuing CA", issuer_org, self.root, root_key
+        )
         aia = self.base_url + INTERMEDIATE_PATH
         leaf, leaf_key = _issue_leaf(subject, issuer_org, self.intermediate, intermediate_key, aia)
-        other, other_key = _issue_leaf("other-dispatch.example.com", issuer_org, self.intermediate,
-                                       intermediate_key, aia)
+        other, other_key = _issue_leaf(
+            "other-dispatch.example.com", issuer_org, self.intermediate, intermediate_key, aia
+        )
         rogue, rogue_key = _self_signed_leaf(subject, issuer_org)
         self.signers: dict[str, Signer] = {
             "default": Signer("default", leaf, leaf_key, f"/cert/{subject}.cer"),

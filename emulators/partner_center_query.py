@@ -44,8 +44,9 @@ def query_state(query: dict[str, str]) -> dict[str, Any]:
     return state
 
 
-def list_page(referrals: Iterable[dict[str, Any]], query: dict[str, str], page_size: int, base_url: str,
-              list_path: str) -> dict[str, Any]:
+def list_page(
+    referrals: Iterable[dict[str, Any]], query: dict[str, str], page_size: int, base_url: str, list_path: str
+) -> dict[str, Any]:
     """The response body for one list request; raises :class:`ODataError` for unsupported queries."""
     state = query_state(query)
     predicate = parse_filter(state.get("f"))
@@ -54,14 +55,14 @@ def list_page(referrals: Iterable[dict[str, Any]], query: dict[str, str], page_s
     matches.sort(key=lambda r: _sort_time(r.get("createdDateTime")))  # stable: ties keep insertion order
     for field, descending in reversed(order):
         matches.sort(key=lambda r, f=field: _sort_time(r.get(f)), reverse=descending)
-    window = matches[state.get("s", 0):]
+    window = matches[state.get("s", 0) :]
     if state.get("t") is not None:
         window = window[: state["t"]]
     offset, size = state["o"], max(1, page_size)
     body: dict[str, Any] = {
         "@odata.context": f"{base_url}/v1.0/$metadata#referrals",
         "@odata.count": len(matches),
-        "value": copy.deepcopy(window[offset: offset + size]),
+        "value": copy.deepcopy(window[offset : offset + size]),
     }
     if offset + size < len(window):
         body["@odata.nextLink"] = f"{base_url}{list_path}?$skiptoken={encode_skiptoken({**state, 'o': offset + size})}"

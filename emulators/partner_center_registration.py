@@ -106,10 +106,13 @@ class WebhookRegistry:
         if correlation_id not in self.validation_events:
             return error(404, "itemNotFound", "No validation event with this correlation id.")
         delivery = self.validation_events[correlation_id]
-        return Response(200, {
-            "correlationId": correlation_id,
-            "partnerId": self.partner_id,
-            "status": "completed" if delivery is None or delivery.status != "pending" else "pending",
-            "callbackUrl": delivery.url if delivery else (self.registration or {}).get("WebhookUrl"),
-            "results": list(delivery.attempts) if delivery else [],
-        })
+        return Response(
+            200,
+            {
+                "correlationId": correlation_id,
+                "partnerId": self.partner_id,
+                "status": "completed" if delivery is None or delivery.status != "pending" else "pending",
+                "callbackUrl": delivery.url if delivery else (self.registration or {}).get("WebhookUrl"),
+                "results": list(delivery.attempts) if delivery else [],
+            },
+        )

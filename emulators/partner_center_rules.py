@@ -7,10 +7,21 @@ from collections.abc import Iterable
 from typing import Any
 
 # Fields the service owns: a client may not set them through PUT or PATCH.
-READ_ONLY_FIELDS = frozenset({
-    "id", "engagementId", "eTag", "createdDateTime", "updatedDateTime", "acceptedDateTime", "closedDateTime",
-    "organizationId", "organizationName", "direction", "links",
-})
+READ_ONLY_FIELDS = frozenset(
+    {
+        "id",
+        "engagementId",
+        "eTag",
+        "createdDateTime",
+        "updatedDateTime",
+        "acceptedDateTime",
+        "closedDateTime",
+        "organizationId",
+        "organizationName",
+        "direction",
+        "links",
+    }
+)
 
 NEXT_STATUSES: dict[str, frozenset[str]] = {
     "New": frozenset({"New", "Active", "Closed"}),

@@ -77,8 +77,15 @@ def _consent(shared_with_microsoft: bool = True) -> dict[str, Any]:
 
 
 def _partner_team() -> list[dict[str, Any]]:
-    return [{"firstName": "Jordan", "lastName": "Reyes", "email": "jordan.reyes@partner.example",
-             "phoneNumber": "+1 206 555 0142", "title": "Account executive"}]
+    return [
+        {
+            "firstName": "Jordan",
+            "lastName": "Reyes",
+            "email": "jordan.reyes@partner.example",
+            "phoneNumber": "+1 206 555 0142",
+            "title": "Account executive",
+        }
+    ]
 
 
 def cosell_referral(**overrides: Any) -> dict[str, Any]:
@@ -111,15 +118,24 @@ def lead_referral(**overrides: Any) -> dict[str, Any]:
         type="Independent",
         qualification="MarketingQualified",
         target=[],
-        inviteContext={"notes": "Marketing qualified lead from a Microsoft campaign.",
-                       "assistanceRequestCode": "Unknown"},
+        inviteContext={
+            "notes": "Marketing qualified lead from a Microsoft campaign.",
+            "assistanceRequestCode": "Unknown",
+        },
         customerProfile={
             "name": "Fabrikam Inc.",
-            "address": {"addressLine1": "200 Lake St", "addressLine2": None, "city": "Chicago", "state": "IL",
-                        "postalCode": "60601"},
+            "address": {
+                "addressLine1": "200 Lake St",
+                "addressLine2": None,
+                "city": "Chicago",
+                "state": "IL",
+                "postalCode": "60601",
+            },
         },
-        details={"dealValue": 40000.0,
-                 "requirements": {"solutions": [], "products": [{"id": "Dynamics365Enterprise"}]}},
+        details={
+            "dealValue": 40000.0,
+            "requirements": {"solutions": [], "products": [{"id": "Dynamics365Enterprise"}]},
+        },
     )
     return merge(sample, overrides)
 

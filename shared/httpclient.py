@@ -106,12 +106,14 @@ class ApiClient:
             sent.update(headers or {})
             try:
                 self.calls += 1
-                response = self.session.request(method, url, params=params, json=json, headers=sent,
-                                                timeout=self.timeout)
+                response = self.session.request(
+                    method, url, params=params, json=json, headers=sent, timeout=self.timeout
+                )
             except requests.RequestException as exc:
                 if attempt == self.max_attempts:
-                    raise TransientError(self.service, f"network error on {method} {_path(url)}: "
-                                         f"{type(exc).__name__}") from None
+                    raise TransientError(
+                        self.service, f"network error on {method} {_path(url)}: {type(exc).__name__}"
+                    ) from None
                 self._sleep(_backoff(attempt))
                 continue
             status = response.status_code

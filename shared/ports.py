@@ -14,8 +14,9 @@ from .domain.referral import Referral
 class PartnerCenter(Protocol):
     def get_referral(self, referral_id: str) -> Referral: ...
 
-    def list_referrals(self, odata_filter: str | None = None, orderby: str | None = None,
-                       top: int | None = None) -> Iterator[Referral]: ...
+    def list_referrals(
+        self, odata_filter: str | None = None, orderby: str | None = None, top: int | None = None
+    ) -> Iterator[Referral]: ...
 
 
 class Crm(Protocol):

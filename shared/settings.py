@@ -8,11 +8,10 @@ instead of a stack trace from deep inside a client.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing import Annotated
 
 from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 
@@ -51,12 +50,12 @@ class Settings(BaseSettings):
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
     job_lease_seconds: int = Field(120, ge=5, validation_alias=_env("JOB_LEASE_SECONDS"))
     http_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("HTTP_TIMEOUT_SECONDS"))
-    max_inline_retry_after_seconds: float = Field(
-        20.0, ge=0, validation_alias=_env("MAX_INLINE_RETRY_AFTER_SECONDS")
-    )
+    max_inline_retry_after_seconds: float = Field(20.0, ge=0, validation_alias=_env("MAX_INLINE_RETRY_AFTER_SECONDS"))
 
     # -- Partner Center --------------------------------------------------------------------------
-    partner_center_api_url: str = Field("https://api.partner.microsoft.com", validation_alias=_env("PARTNER_CENTER_API_URL"))
+    partner_center_api_url: str = Field(
+        "https://api.partner.microsoft.com", validation_alias=_env("PARTNER_CENTER_API_URL")
+    )
     partner_center_webhook_api_url: str = Field(
         "https://api.partnercenter.microsoft.com", validation_alias=_env("PARTNER_CENTER_WEBHOOK_API_URL")
     )
@@ -64,7 +63,9 @@ class Settings(BaseSettings):
         default_factory=lambda: [MICROSOFT_WEBHOOK_CERT_PREFIX],
         validation_alias=_env("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES"),
     )
-    partner_center_webhook_ca_bundle: Path | None = Field(None, validation_alias=_env("PARTNER_CENTER_WEBHOOK_CA_BUNDLE"))
+    partner_center_webhook_ca_bundle: Path | None = Field(
+        None, validation_alias=_env("PARTNER_CENTER_WEBHOOK_CA_BUNDLE")
+    )
     partner_center_webhook_cert_subject: str = Field(
         "pcnotifications-dispatch.microsoft.com", validation_alias=_env("PARTNER_CENTER_WEBHOOK_CERT_SUBJECT")
     )
@@ -77,19 +78,27 @@ class Settings(BaseSettings):
     partner_center_client_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_ID"))
     partner_center_client_secret: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_SECRET"))
     partner_center_refresh_token: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN"))
-    partner_center_authority: str = Field("https://login.microsoftonline.com", validation_alias=_env("PARTNER_CENTER_AUTHORITY"))
+    partner_center_authority: str = Field(
+        "https://login.microsoftonline.com", validation_alias=_env("PARTNER_CENTER_AUTHORITY")
+    )
 
     # -- Dynamics 365 (Dataverse) ----------------------------------------------------------------
     dataverse_url: str | None = Field(None, validation_alias=_env("DATAVERSE_URL"))
     dataverse_api_version: str = Field("v9.2", validation_alias=_env("DATAVERSE_API_VERSION"))
     dataverse_access_token: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_ACCESS_TOKEN"))
     dataverse_field_sync: str = Field("new_syncwithpartnercenter", validation_alias=_env("DATAVERSE_FIELD_SYNC"))
-    dataverse_field_referral_id: str = Field("new_referralidentifier", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID"))
-    dataverse_field_referral_link: str = Field("new_referrallink", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_LINK"))
+    dataverse_field_referral_id: str = Field(
+        "new_referralidentifier", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID")
+    )
+    dataverse_field_referral_link: str = Field(
+        "new_referrallink", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_LINK")
+    )
     dataverse_field_help: str = Field("new_howcanmicrosofthelp", validation_alias=_env("DATAVERSE_FIELD_HELP"))
     dataverse_field_products: str = Field("new_products", validation_alias=_env("DATAVERSE_FIELD_PRODUCTS"))
     dataverse_field_audit: str = Field("new_audit", validation_alias=_env("DATAVERSE_FIELD_AUDIT"))
-    dataverse_account_country_field: str = Field("address1_country", validation_alias=_env("DATAVERSE_ACCOUNT_COUNTRY_FIELD"))
+    dataverse_account_country_field: str = Field(
+        "address1_country", validation_alias=_env("DATAVERSE_ACCOUNT_COUNTRY_FIELD")
+    )
     dataverse_help_option_values: Annotated[dict[str, int], NoDecode] = Field(
         default_factory=lambda: dict(DEFAULT_DATAVERSE_HELP_OPTIONS),
         validation_alias=_env("DATAVERSE_HELP_OPTION_VALUES"),
@@ -155,9 +164,7 @@ class Settings(BaseSettings):
         if not self.azure_webjobs_storage and not (
             self.storage_account_name or (self.storage_table_service_uri and self.storage_queue_service_uri)
         ):
-            missing.append(
-                "AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName is required"
-            )
+            missing.append("AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName is required")
         if not self.partner_center_access_token and not (
             self.partner_center_tenant_id and self.partner_center_client_id and self.partner_center_refresh_token
         ):

@@ -82,8 +82,9 @@ class Container:
         from .partner_center.client import referral_id_from_resource_uri
         from .sync.webhook_intake import WebhookIntake
 
-        return WebhookIntake(self.verifier, self.queue, self.settings.webhook_max_body_bytes,
-                             referral_id_from_resource_uri)
+        return WebhookIntake(
+            self.verifier, self.queue, self.settings.webhook_max_body_bytes, referral_id_from_resource_uri
+        )
 
     @cached_property
     def engine(self) -> SyncEngine:

@@ -43,8 +43,7 @@ class InProcessHost:
         self.queue: StorageJobQueue = wiring.container().queue
 
     def post_webhook(self, body: bytes, headers: dict[str, str]) -> func.HttpResponse:
-        request = func.HttpRequest("POST", "http://localhost/api/webhooks/partner-center", headers=headers,
-                                   body=body)
+        request = func.HttpRequest("POST", "http://localhost/api/webhooks/partner-center", headers=headers, body=body)
         return self.functions["partner_center_webhook"](request)
 
     def get(self, name: str) -> func.HttpResponse:
@@ -52,8 +51,9 @@ class InProcessHost:
 
     def run_message(self, message: Any) -> None:
         body = message.content.encode("utf-8")
-        self.functions["sync_worker"](QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count,
-                                                   pop_receipt=message.pop_receipt))
+        self.functions["sync_worker"](
+            QueueMessage(id=message.id, body=body, dequeue_count=message.dequeue_count, pop_receipt=message.pop_receipt)
+        )
 
     def drain(self, max_rounds: int = 20, parallel: int = 1) -> WorkerRun:
         """Process queued jobs like the host: delete on success, make failures visible again at once."""

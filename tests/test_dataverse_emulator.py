@@ -11,8 +11,12 @@ import requests
 
 from emulators.dataverse import DataverseEmulator
 
-HEADERS = {"Authorization": "Bearer test-token", "Accept": "application/json", "OData-MaxVersion": "4.0",
-           "OData-Version": "4.0"}
+HEADERS = {
+    "Authorization": "Bearer test-token",
+    "Accept": "application/json",
+    "OData-MaxVersion": "4.0",
+    "OData-Version": "4.0",
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +37,9 @@ class Api:
     def __init__(self, emulator: DataverseEmulator) -> None:
         self.base = f"{emulator.url}/api/data/v9.2"
 
-    def call(self, method: str, path: str, *, prefer: str | None = None, headers: dict[str, str] | None = None,
-             **kwargs: Any) -> requests.Response:
+    def call(
+        self, method: str, path: str, *, prefer: str | None = None, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> requests.Response:
         sent = dict(HEADERS)
         if prefer:
             sent["Prefer"] = prefer
@@ -95,23 +100,38 @@ def test_maxpagesize_is_capped_and_top_is_ignored_with_it(emu: DataverseEmulator
 
 def test_filter_with_unquoted_datetimes_and_operators(emu: DataverseEmulator, api: Api) -> None:
     account = emu.seed("accounts", {"name": "O'Brien Ltd"})[0]
-    emu.seed("opportunities", [
-        {"name": "old", "modifiedon": "2024-12-31T23:59:59Z", "new_syncwithpartnercenter": True,
-         "estimatedvalue": 10.5},
-        {"name": "edge", "modifiedon": "2025-01-01T00:00:00Z", "new_syncwithpartnercenter": True,
-         "estimatedvalue": 100, "_customerid_value": account["accountid"]},
-        {"name": "new unflagged", "modifiedon": "2025-03-01T12:00:00Z", "new_syncwithpartnercenter": False},
-        {"name": "New flagged", "modifiedon": "2025-03-01T12:00:00Z", "new_syncwithpartnercenter": True,
-         "description": "needs help"},
-    ])
+    emu.seed(
+        "opportunities",
+        [
+            {
+                "name": "old",
+                "modifiedon": "2024-12-31T23:59:59Z",
+                "new_syncwithpartnercenter": True,
+                "estimatedvalue": 10.5,
+            },
+            {
+                "name": "edge",
+                "modifiedon": "2025-01-01T00:00:00Z",
+                "new_syncwithpartnercenter": True,
+                "estimatedvalue": 100,
+                "_customerid_value": account["accountid"],
+            },
+            {"name": "new unflagged", "modifiedon": "2025-03-01T12:00:00Z", "new_syncwithpartnercenter": False},
+            {
+                "name": "New flagged",
+                "modifiedon": "2025-03-01T12:00:00Z",
+                "new_syncwithpartnercenter": True,
+                "description": "needs help",
+            },
+        ],
+    )
 
     def names(odata_filter: str) -> list[str]:
         response = api.call("GET", "opportunities", params={"$filter": odata_filter, "$orderby": "name"})
         assert response.status_code == 200, response.text
         return [row["name"] for row in response.json()["value"]]
 
-    assert names("modifiedon ge 2025-01-01T00:00:00Z and new_syncwithpartnercenter eq true") == ["edge",
-                                                                                                  "New flagged"]
+    assert names("modifiedon ge 2025-01-01T00:00:00Z and new_syncwithpartnercenter eq true") == ["edge", "New flagged"]
     assert names("modifiedon gt 2025-01-01T01:00:00+01:00") == ["New flagged", "new unflagged"]
     assert names("modifiedon lt 2025-01-01T00:00:00Z or estimatedvalue ge 100") == ["edge", "old"]
     assert names("startswith(name,'new') and not (new_syncwithpartnercenter eq false)") == ["New flagged"]
@@ -167,16 +187,19 @@ def test_upsert_by_alternate_key(emu: DataverseEmulator, api: Api) -> None:
     exists = api.call("PATCH", key_url, json={"name": "Third"}, headers={"If-None-Match": "*"})
     assert exists.status_code == 412
     assert _error(exists)["message"] == "A record with matching key values already exists."
-    missing = api.call("PATCH", "opportunities(new_referralidentifier='REF-2')", json={"name": "x"},
-                       headers={"If-Match": "*"})
+    missing = api.call(
+        "PATCH", "opportunities(new_referralidentifier='REF-2')", json={"name": "x"}, headers={"If-Match": "*"}
+    )
     assert missing.status_code == 404 and _error(missing)["code"] == "0x80040217"
     assert len(emu.table("opportunities")) == 1
 
-    rep_create = api.call("PATCH", "opportunities(new_referralidentifier='REF-3')", json={"name": "Rep"},
-                          prefer="return=representation")
+    rep_create = api.call(
+        "PATCH", "opportunities(new_referralidentifier='REF-3')", json={"name": "Rep"}, prefer="return=representation"
+    )
     assert rep_create.status_code == 201 and rep_create.json()["new_referralidentifier"] == "REF-3"
-    rep_update = api.call("PATCH", "opportunities(new_referralidentifier='ref-3')", json={"name": "Rep 2"},
-                          prefer="return=representation")
+    rep_update = api.call(
+        "PATCH", "opportunities(new_referralidentifier='ref-3')", json={"name": "Rep 2"}, prefer="return=representation"
+    )
     assert rep_update.status_code == 200 and rep_update.json()["name"] == "Rep 2"
     assert rep_update.headers["ETag"] == rep_update.json()["@odata.etag"]
 
@@ -208,8 +231,9 @@ def test_if_match_etag_mismatch_gives_412_and_versions_increase(emu: DataverseEm
     assert ok.status_code == 204
     stale = api.call("PATCH", path, json={"name": "A3"}, headers={"If-Match": first["@odata.etag"]})
     assert stale.status_code == 412
-    assert _error(stale)["message"] == ("The version of the existing record doesn't match the RowVersion property "
-                                        "provided.")
+    assert _error(stale)["message"] == (
+        "The version of the existing record doesn't match the RowVersion property provided."
+    )
     assert emu.record("accounts", first["accountid"])["name"] == "A2"
     row = emu.record("accounts", first["accountid"])
     assert row["versionnumber"] > second["versionnumber"] and row["modifiedon"].endswith("Z")
@@ -219,25 +243,37 @@ def test_bind_resolution_and_missing_target(emu: DataverseEmulator, api: Api) ->
     account = emu.seed("accounts", {"name": "Contoso"})[0]
     contact = emu.seed("contacts", {"firstname": "Ada", "lastname": "Lovelace"})[0]
     eur = next(c for c in emu.table("transactioncurrencies") if c["isocurrencycode"] == "EUR")
-    body = {"name": "Deal", "customerid_account@odata.bind": f"/accounts({account['accountid']})",
-            "parentaccountid@odata.bind": f"accounts({account['accountid']})",
-            "parentcontactid@odata.bind": f"/contacts({contact['contactid']})",
-            "transactioncurrencyid@odata.bind": f"/transactioncurrencies({eur['transactioncurrencyid']})"}
-    created = api.call("POST", "opportunities", json=body,
-                       prefer='return=representation,odata.include-annotations="*"').json()
+    body = {
+        "name": "Deal",
+        "customerid_account@odata.bind": f"/accounts({account['accountid']})",
+        "parentaccountid@odata.bind": f"accounts({account['accountid']})",
+        "parentcontactid@odata.bind": f"/contacts({contact['contactid']})",
+        "transactioncurrencyid@odata.bind": f"/transactioncurrencies({eur['transactioncurrencyid']})",
+    }
+    created = api.call(
+        "POST", "opportunities", json=body, prefer='return=representation,odata.include-annotations="*"'
+    ).json()
     assert created["_customerid_value"] == account["accountid"]
     assert created["_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] == "account"
     assert created["_parentaccountid_value"] == account["accountid"]
     assert created["_parentcontactid_value"] == contact["contactid"]
     assert created["_transactioncurrencyid_value"] == eur["transactioncurrencyid"]
     path = f"opportunities({created['opportunityid']})"
-    switched = api.call("PATCH", path, json={"customerid_contact@odata.bind": f"/contacts({contact['contactid']})"},
-                        prefer='return=representation,odata.include-annotations="*"').json()
+    switched = api.call(
+        "PATCH",
+        path,
+        json={"customerid_contact@odata.bind": f"/contacts({contact['contactid']})"},
+        prefer='return=representation,odata.include-annotations="*"',
+    ).json()
     assert switched["_customerid_value"] == contact["contactid"]
     assert switched["_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"] == "contact"
     parent = f"/accounts({account['accountid']})"
-    linked = api.call("POST", "contacts", prefer="return=representation",
-                      json={"lastname": "Hopper", "parentcustomerid_account@odata.bind": parent})
+    linked = api.call(
+        "POST",
+        "contacts",
+        prefer="return=representation",
+        json={"lastname": "Hopper", "parentcustomerid_account@odata.bind": parent},
+    )
     assert linked.json()["_parentcustomerid_value"] == account["accountid"]
 
     missing = api.call("PATCH", path, json={"parentaccountid@odata.bind": f"/accounts({uuid.uuid4()})"})
@@ -254,8 +290,10 @@ def test_schema_validation(emu: DataverseEmulator, api: Api) -> None:
     assert api.call("POST", "opportunities", json={"new_howcanmicrosofthelp": 100000002}).status_code == 204
     assert api.call("POST", "opportunities", json={"estimatedclosedate": "2025-06-30T00:00:00Z"}).status_code == 400
     assert api.call("POST", "opportunities", json={"estimatedvalue": "12"}).status_code == 400
-    assert api.call("POST", "opportunities", data=b"{not json", headers={"Content-Type": "application/json"}
-                    ).status_code == 400
+    assert (
+        api.call("POST", "opportunities", data=b"{not json", headers={"Content-Type": "application/json"}).status_code
+        == 400
+    )
 
 
 def test_win_lose_and_closed_rows_are_read_only(emu: DataverseEmulator, api: Api) -> None:
@@ -283,8 +321,10 @@ def test_win_lose_and_closed_rows_are_read_only(emu: DataverseEmulator, api: Api
     assert api.call("PATCH", path, json={"name": "Renamed"}).status_code == 204
     lost = api.call("POST", "LoseOpportunity", json={"Status": 5, "OpportunityClose": close})
     assert lost.status_code == 204
-    assert (emu.record("opportunities", opp_id)["statecode"], emu.record("opportunities", opp_id)["statuscode"]) \
-        == (2, 5)
+    assert (emu.record("opportunities", opp_id)["statecode"], emu.record("opportunities", opp_id)["statuscode"]) == (
+        2,
+        5,
+    )
     missing = {"subject": "x", "opportunityid@odata.bind": f"/opportunities({uuid.uuid4()})"}
     assert api.call("POST", "LoseOpportunity", json={"Status": 4, "OpportunityClose": missing}).status_code == 400
     counters = emu.counters()
@@ -312,12 +352,15 @@ def test_control_routes_over_http(emu: DataverseEmulator) -> None:
     base = f"{emu.url}/_emulator"
     seeded = requests.post(f"{base}/seed/accounts", json=[{"name": "One"}, {"name": "Two"}], timeout=5)
     assert seeded.status_code == 201 and len(seeded.json()["value"]) == 2
-    assert [r["name"] for r in requests.get(f"{base}/tables/accounts", timeout=5).json()["value"]] \
-        .count("One") == 1
+    assert [r["name"] for r in requests.get(f"{base}/tables/accounts", timeout=5).json()["value"]].count("One") == 1
     assert requests.post(f"{base}/faults", json={"status": 503, "retryAfter": 1}, timeout=5).status_code == 204
     assert Api(emu).call("GET", "accounts").status_code == 503
-    Api(emu).call("PATCH", "accounts(" + seeded.json()["value"][0]["accountid"] + ")", json={"name": "Uno"},
-                  headers={"If-Match": "*"})
+    Api(emu).call(
+        "PATCH",
+        "accounts(" + seeded.json()["value"][0]["accountid"] + ")",
+        json={"name": "Uno"},
+        headers={"If-Match": "*"},
+    )
     writes = requests.get(f"{base}/writes", timeout=5).json()["value"]
     assert writes[-1]["operation"] == "update" and writes[-1]["columns"] == ["name"]
     assert writes[-1]["if_match"] == "*"

@@ -26,10 +26,22 @@ REFERRAL = {
     "qualification": "SalesQualified",
     "customerProfile": {
         "name": "Contoso Ltd",
-        "address": {"addressLine1": "1 Main St", "city": "Redmond", "state": "WA", "postalCode": "98052",
-                    "country": "us"},
-        "team": [{"firstName": "Ada", "lastName": "Lovelace", "email": "Ada@Contoso.com", "phoneNumber": "555-0100",
-                  "title": "CTO"}],
+        "address": {
+            "addressLine1": "1 Main St",
+            "city": "Redmond",
+            "state": "WA",
+            "postalCode": "98052",
+            "country": "us",
+        },
+        "team": [
+            {
+                "firstName": "Ada",
+                "lastName": "Lovelace",
+                "email": "Ada@Contoso.com",
+                "phoneNumber": "555-0100",
+                "title": "CTO",
+            }
+        ],
     },
     "details": {
         "notes": "Needs a landing zone",
@@ -38,8 +50,7 @@ REFERRAL = {
         "closingDateTime": "2026-12-31T00:00:00Z",
         "requirements": {"solutions": [{"id": "SOL-12345-ABC", "name": "Migration Factory"}]},
     },
-    "inviteContext": {"assistanceRequestCode": "ProofOfConceptOrDemo",
-                      "invitedBy": {"organizationId": "msft"}},
+    "inviteContext": {"assistanceRequestCode": "ProofOfConceptOrDemo", "invitedBy": {"organizationId": "msft"}},
     "futureField": {"kept": True},
 }
 
@@ -60,10 +71,12 @@ def test_mapping_covers_every_field():
     assert opp.close_date == date(2026, 12, 31)
     assert opp.notes == "Needs a landing zone"
     assert opp.customer_name == "Contoso Ltd"
-    assert opp.customer_address == CustomerAddress(line1="1 Main St", city="Redmond", state="WA",
-                                                   postal_code="98052", country="US")
-    assert opp.customer_contacts == (Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com",
-                                             phone="555-0100", title="CTO"),)
+    assert opp.customer_address == CustomerAddress(
+        line1="1 Main St", city="Redmond", state="WA", postal_code="98052", country="US"
+    )
+    assert opp.customer_contacts == (
+        Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com", phone="555-0100", title="CTO"),
+    )
     assert opp.help_code == "ProofOfConceptOrDemo"
     assert opp.solution_ids == ("SOL-12345-ABC",)
     assert (opp.status, opp.substatus) == ("Active", "Accepted")
@@ -104,8 +117,11 @@ def test_fingerprint_is_stable_and_sensitive_to_mapped_fields_only():
     ],
 )
 def test_classification_follows_the_published_table(type_, qualification, invited_by, expected):
-    data = {"type": type_, "qualification": qualification,
-            "inviteContext": {"invitedBy": {"organizationId": invited_by}} if invited_by else None}
+    data = {
+        "type": type_,
+        "qualification": qualification,
+        "inviteContext": {"invitedBy": {"organizationId": invited_by}} if invited_by else None,
+    }
     assert classify(Referral.model_validate(data)) is expected
 
 
@@ -128,8 +144,9 @@ def test_marks_never_stack():
 def test_validation_gives_actionable_reasons():
     opp = referral_to_opportunity(Referral.model_validate(REFERRAL))
     assert problems_for_crm(opp) == []
-    bad = opp.model_copy(update={"deal_value": Decimal(-1), "currency": "DOLLARS",
-                                 "customer_address": CustomerAddress(country="USA")})
+    bad = opp.model_copy(
+        update={"deal_value": Decimal(-1), "currency": "DOLLARS", "customer_address": CustomerAddress(country="USA")}
+    )
     reasons = problems_for_crm(bad)
     assert any("negative" in r for r in reasons)
     assert any("DOLLARS" in r and "ISO 4217" in r for r in reasons)

@@ -58,10 +58,12 @@ def _opportunity(referral_id: str = "0b5e3a6c-1111-4c1e-9d1a-000000000001", **ch
         close_date=date(2025, 9, 30),
         notes="Customer wants a proof of concept first.",
         customer_name="Contoso Ltd",
-        customer_address=CustomerAddress(line1="1 Main St", line2="Floor 2", city="Redmond", state="WA",
-                                         postal_code="98052", country="US"),
-        customer_contacts=(Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com",
-                                   phone="+1 555 0100", title="CTO"),),
+        customer_address=CustomerAddress(
+            line1="1 Main St", line2="Floor 2", city="Redmond", state="WA", postal_code="98052", country="US"
+        ),
+        customer_contacts=(
+            Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com", phone="+1 555 0100", title="CTO"),
+        ),
         help_code="ProofOfConceptOrDemo",
         solution_ids=("sol-1", "sol-2"),
         status="Active",
@@ -96,14 +98,23 @@ def test_round_trip_of_every_mapped_field(emu: DataverseEmulator, crm: Dataverse
     assert emu.table("contacts")[0]["_parentcustomerid_value"] == account["accountid"]
 
 
-@pytest.mark.parametrize(("status", "substatus", "state", "read_back"), [
-    ("New", "Pending", (0, 2), ("New", "Pending")),
-    ("Closed", "Won", (1, 3), ("Closed", "Won")),
-    ("Closed", "Lost", (2, 5), ("Closed", "Lost")),
-    ("Closed", "Expired", (2, 4), ("Closed", "Declined")),
-])
-def test_create_maps_status_to_state(emu: DataverseEmulator, crm: DataverseCrm, status: str, substatus: str,
-                                     state: tuple[int, int], read_back: tuple[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("status", "substatus", "state", "read_back"),
+    [
+        ("New", "Pending", (0, 2), ("New", "Pending")),
+        ("Closed", "Won", (1, 3), ("Closed", "Won")),
+        ("Closed", "Lost", (2, 5), ("Closed", "Lost")),
+        ("Closed", "Expired", (2, 4), ("Closed", "Declined")),
+    ],
+)
+def test_create_maps_status_to_state(
+    emu: DataverseEmulator,
+    crm: DataverseCrm,
+    status: str,
+    substatus: str,
+    state: tuple[int, int],
+    read_back: tuple[str, str],
+) -> None:
     created = crm.create_opportunity(_opportunity(status=status, substatus=substatus))
     row = emu.record("opportunities", created.crm_id or "")
     assert row is not None and (row["statecode"], row["statuscode"]) == state
@@ -112,14 +123,20 @@ def test_create_maps_status_to_state(emu: DataverseEmulator, crm: DataverseCrm, 
 
 
 def test_create_is_idempotent(emu: DataverseEmulator, crm: DataverseCrm) -> None:
-    desired = _opportunity(customer_contacts=(
-        Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com"),
-        Contact(first_name="Grace", last_name="Hopper", email="grace@contoso.com"),
-    ))
+    desired = _opportunity(
+        customer_contacts=(
+            Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com"),
+            Contact(first_name="Grace", last_name="Hopper", email="grace@contoso.com"),
+        )
+    )
     first = crm.create_opportunity(desired)
     seller_edit = {"description": "edited by a seller"}
-    requests.patch(f"{emu.url}/api/data/v9.2/opportunities({first.crm_id})", json=seller_edit,
-                   headers={"Authorization": "Bearer x"}, timeout=5)
+    requests.patch(
+        f"{emu.url}/api/data/v9.2/opportunities({first.crm_id})",
+        json=seller_edit,
+        headers={"Authorization": "Bearer x"},
+        timeout=5,
+    )
     retry = DataverseCrm.for_url(emu.url, TOKEN).create_opportunity(desired)  # a new worker, cold caches
     assert retry.crm_id == first.crm_id
     assert retry.notes == "edited by a seller"  # the retry returned the record, it did not overwrite it
@@ -164,26 +181,36 @@ def test_update_sends_only_changed_columns(emu: DataverseEmulator, crm: Datavers
     assert mapped_values(updated) == mapped_values(desired)
 
 
-def test_update_of_customer_and_contacts_touches_only_what_changed(emu: DataverseEmulator,
-                                                                   crm: DataverseCrm) -> None:
+def test_update_of_customer_and_contacts_touches_only_what_changed(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     current = crm.create_opportunity(_opportunity())
     before = len(emu.writes())
     same = crm.update_opportunity(current, current, ["customer_name", "customer_address", "customer_contacts"])
     assert emu.writes()[before:] == [] and same.etag == current.etag
-    moved = current.model_copy(update={
-        "customer_name": "Fabrikam", "currency": "GBP",
-        "customer_contacts": (Contact(first_name="Lin", last_name="Yu", email="lin@fabrikam.com"),)})
+    moved = current.model_copy(
+        update={
+            "customer_name": "Fabrikam",
+            "currency": "GBP",
+            "customer_contacts": (Contact(first_name="Lin", last_name="Yu", email="lin@fabrikam.com"),),
+        }
+    )
     updated = crm.update_opportunity(current, moved, ["customer_name", "customer_contacts", "currency"])
     assert mapped_values(updated) == mapped_values(moved)
     opportunity_write = _opportunity_writes(emu)[-1]
-    assert opportunity_write["columns"] == ["customerid_account@odata.bind", "parentcontactid@odata.bind",
-                                            "transactioncurrencyid@odata.bind"]
+    assert opportunity_write["columns"] == [
+        "customerid_account@odata.bind",
+        "parentcontactid@odata.bind",
+        "transactioncurrencyid@odata.bind",
+    ]
 
 
 def test_update_with_stale_etag_raises_precondition_failed(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     current = crm.create_opportunity(_opportunity())
-    requests.patch(f"{emu.url}/api/data/v9.2/opportunities({current.crm_id})", json={"description": "seller edit"},
-                   headers={"Authorization": "Bearer x"}, timeout=5)
+    requests.patch(
+        f"{emu.url}/api/data/v9.2/opportunities({current.crm_id})",
+        json={"description": "seller edit"},
+        headers={"Authorization": "Bearer x"},
+        timeout=5,
+    )
     before = len(emu.writes())
     with pytest.raises(PreconditionFailed):
         crm.update_opportunity(current, current.model_copy(update={"name": "Mine"}), ["name"])
@@ -195,17 +222,20 @@ def test_update_with_stale_etag_raises_precondition_failed(emu: DataverseEmulato
 
 def test_status_changes_use_the_close_actions(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     current = crm.create_opportunity(_opportunity())
-    won = crm.update_opportunity(current, current.model_copy(update={"status": "Closed", "substatus": "Won"}),
-                                 ["status", "substatus"])
+    won = crm.update_opportunity(
+        current, current.model_copy(update={"status": "Closed", "substatus": "Won"}), ["status", "substatus"]
+    )
     assert (won.status, won.substatus) == ("Closed", "Won")
     assert emu.counters()["actions"]["WinOpportunity"] == 1
-    lost = crm.update_opportunity(won, won.model_copy(update={"substatus": "Lost", "notes": "Went elsewhere"}),
-                                  ["substatus", "notes"])
+    lost = crm.update_opportunity(
+        won, won.model_copy(update={"substatus": "Lost", "notes": "Went elsewhere"}), ["substatus", "notes"]
+    )
     assert (lost.status, lost.substatus, lost.notes) == ("Closed", "Lost", "Went elsewhere")
     row = emu.record("opportunities", lost.crm_id or "")
     assert row is not None and (row["statecode"], row["statuscode"]) == (2, 5)
-    reopened = crm.update_opportunity(lost, lost.model_copy(update={"status": "New", "substatus": "Pending"}),
-                                      ["status", "substatus"])
+    reopened = crm.update_opportunity(
+        lost, lost.model_copy(update={"status": "New", "substatus": "Pending"}), ["status", "substatus"]
+    )
     assert (reopened.status, reopened.substatus) == ("New", "Pending")
     assert emu.counters()["actions"] == {"WinOpportunity": 1, "LoseOpportunity": 1}
     assert reopened.etag == emu.record("opportunities", lost.crm_id or "")["@odata.etag"]
@@ -217,7 +247,8 @@ def test_set_sync_outcome_writes_only_name_and_audit(emu: DataverseEmulator, crm
     result = crm.set_sync_outcome(current, "Contoso cloud migration \u2716", "failed: bad data")
     writes = emu.writes()[before:]
     assert [(w["operation"], w["columns"], w["if_match"]) for w in writes] == [
-        ("update", ["name", "new_audit"], current.etag)]
+        ("update", ["name", "new_audit"], current.etag)
+    ]
     row = emu.record("opportunities", current.crm_id or "")
     assert row is not None and result.etag == row["@odata.etag"]
     assert (row["name"], row["new_audit"]) == ("Contoso cloud migration \u2716", "failed: bad data")
@@ -237,8 +268,9 @@ def test_set_sync_outcome_on_a_closed_opportunity_keeps_it_closed(emu: Dataverse
     assert row["actualclosedate"] == closed_on and result.etag == row["@odata.etag"]
 
 
-def test_throttled_request_waits_retry_after_then_succeeds(emu: DataverseEmulator, crm: DataverseCrm,
-                                                           sleeps: list[float]) -> None:
+def test_throttled_request_waits_retry_after_then_succeeds(
+    emu: DataverseEmulator, crm: DataverseCrm, sleeps: list[float]
+) -> None:
     created = crm.create_opportunity(_opportunity())
     emu.inject_fault(429, count=1, retry_after=1, method="GET", path=r"/opportunities\(")
     started = time.monotonic()
@@ -272,11 +304,18 @@ def test_find_by_referral_id(emu: DataverseEmulator, crm: DataverseCrm) -> None:
 
 
 def test_list_flagged_changed_since_pages_in_modified_order(emu: DataverseEmulator, crm: DataverseCrm) -> None:
-    emu.seed("opportunities", [
-        {"name": f"opp {i}", "new_syncwithpartnercenter": flagged, "modifiedon": f"2025-0{month}-01T00:00:00Z",
-         "new_referralidentifier": f"ref-{i}"}
-        for i, (flagged, month) in enumerate([(True, 3), (True, 1), (False, 4), (True, 5), (True, 2), (True, 4)])
-    ])
+    emu.seed(
+        "opportunities",
+        [
+            {
+                "name": f"opp {i}",
+                "new_syncwithpartnercenter": flagged,
+                "modifiedon": f"2025-0{month}-01T00:00:00Z",
+                "new_referralidentifier": f"ref-{i}",
+            }
+            for i, (flagged, month) in enumerate([(True, 3), (True, 1), (False, 4), (True, 5), (True, 2), (True, 4)])
+        ],
+    )
     since = datetime(2025, 2, 1, 0, 0, 0, 900000, tzinfo=UTC)
     names = [o.name for o in crm.list_flagged_changed_since(since, page_size=2)]
     assert names == ["opp 4", "opp 0", "opp 5", "opp 3"]
@@ -286,8 +325,12 @@ def test_list_flagged_changed_since_pages_in_modified_order(emu: DataverseEmulat
 
 
 def test_constructed_from_settings(emu: DataverseEmulator) -> None:
-    settings = Settings(dataverse_url=emu.url, dataverse_access_token=TOKEN,
-                        azure_webjobs_storage="UseDevelopmentStorage=true", partner_center_access_token="pc")
+    settings = Settings(
+        dataverse_url=emu.url,
+        dataverse_access_token=TOKEN,
+        azure_webjobs_storage="UseDevelopmentStorage=true",
+        partner_center_access_token="pc",
+    )
     crm = DataverseCrm(settings)
     created = crm.create_opportunity(_opportunity(help_code=None, solution_ids=()))
     row = emu.record("opportunities", created.crm_id or "")

@@ -16,8 +16,9 @@ BASE = {
 @pytest.fixture
 def env(monkeypatch):
     for key in list(__import__("os").environ):
-        if key.upper().startswith(("DATAVERSE_", "PARTNER_CENTER_", "AZUREWEBJOBSSTORAGE", "CRM_", "CHECKMARK",
-                                   "SYNC_")):
+        if key.upper().startswith(
+            ("DATAVERSE_", "PARTNER_CENTER_", "AZUREWEBJOBSSTORAGE", "CRM_", "CHECKMARK", "SYNC_")
+        ):
             monkeypatch.delenv(key, raising=False)
     for key, value in BASE.items():
         monkeypatch.setenv(key, value)

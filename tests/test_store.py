@@ -20,8 +20,10 @@ from shared.store.tables import TableSyncStore, safe_key
 @pytest.fixture
 def settings(azurite, storage_names):
     return load_settings(
-        AzureWebJobsStorage=azurite.connection_string, DATAVERSE_URL="http://127.0.0.1:1",
-        PARTNER_CENTER_ACCESS_TOKEN="t", **storage_names,
+        AzureWebJobsStorage=azurite.connection_string,
+        DATAVERSE_URL="http://127.0.0.1:1",
+        PARTNER_CENTER_ACCESS_TOKEN="t",
+        **storage_names,
     )
 
 

@@ -37,17 +37,42 @@ CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
 LOOKUP_ANNOTATION = "Microsoft.Dynamics.CRM.lookuplogicalname"
 ODATA_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
 
-ACCOUNT_ADDRESS = (("line1", "address1_line1"), ("line2", "address1_line2"), ("city", "address1_city"),
-                   ("state", "address1_stateorprovince"), ("postal_code", "address1_postalcode"))
-CONTACT_COLUMNS = (("first_name", "firstname"), ("last_name", "lastname"), ("email", "emailaddress1"),
-                   ("phone", "telephone1"), ("title", "jobtitle"))
+ACCOUNT_ADDRESS = (
+    ("line1", "address1_line1"),
+    ("line2", "address1_line2"),
+    ("city", "address1_city"),
+    ("state", "address1_stateorprovince"),
+    ("postal_code", "address1_postalcode"),
+)
+CONTACT_COLUMNS = (
+    ("first_name", "firstname"),
+    ("last_name", "lastname"),
+    ("email", "emailaddress1"),
+    ("phone", "telephone1"),
+    ("title", "jobtitle"),
+)
 CUSTOMER_FIELDS = frozenset({"customer_name", "customer_address"})
 STATUS_FIELDS = frozenset({"status", "substatus"})
-WRITABLE_FIELDS = frozenset({
-    "name", "deal_value", "currency", "close_date", "notes", "customer_name", "customer_address",
-    "customer_contacts", "help_code", "solution_ids", "status", "substatus", "referral_id", "referral_link",
-    "sync_enabled", "audit",
-})
+WRITABLE_FIELDS = frozenset(
+    {
+        "name",
+        "deal_value",
+        "currency",
+        "close_date",
+        "notes",
+        "customer_name",
+        "customer_address",
+        "customer_contacts",
+        "help_code",
+        "solution_ids",
+        "status",
+        "substatus",
+        "referral_id",
+        "referral_link",
+        "sync_enabled",
+        "audit",
+    }
+)
 OPEN, WON, LOST = 0, 1, 2
 PRIMARY_KEYS = {"opportunities": "opportunityid", "accounts": "accountid", "contacts": "contactid"}
 
@@ -67,10 +92,16 @@ class DataverseColumns:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DataverseColumns:
-        return cls(settings.dataverse_field_sync, settings.dataverse_field_referral_id,
-                   settings.dataverse_field_referral_link, settings.dataverse_field_help,
-                   settings.dataverse_field_products, settings.dataverse_field_audit,
-                   settings.dataverse_account_country_field, dict(settings.dataverse_help_option_values))
+        return cls(
+            settings.dataverse_field_sync,
+            settings.dataverse_field_referral_id,
+            settings.dataverse_field_referral_link,
+            settings.dataverse_field_help,
+            settings.dataverse_field_products,
+            settings.dataverse_field_audit,
+            settings.dataverse_account_country_field,
+            dict(settings.dataverse_help_option_values),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -79,8 +110,9 @@ class DataverseColumns:
 class AzureIdentityToken:
     """Bearer tokens from azure-identity, cached until shortly before they expire."""
 
-    def __init__(self, scope: str, credential_factory: Callable[[], Any] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, scope: str, credential_factory: Callable[[], Any] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
         self._scope = scope
         self._factory = credential_factory or _default_credential
         self._clock = clock
@@ -105,8 +137,9 @@ class AzureIdentityToken:
             access = self._credential.get_token(self._scope)
         except ClientAuthenticationError as exc:
             # Only the exception type: credential errors can quote configuration values.
-            raise AuthenticationError(SERVICE, f"no access token from the Azure identity chain "
-                                               f"({type(exc).__name__})") from None
+            raise AuthenticationError(
+                SERVICE, f"no access token from the Azure identity chain ({type(exc).__name__})"
+            ) from None
         except AzureError as exc:
             raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
         self._token, self._expires_on = access.token, float(access.expires_on)
@@ -181,8 +214,9 @@ def check_referral_id(referral_id: str | None) -> str:
         raise ValidationFailed(["A referral id is required to key the Dynamics 365 opportunity"])
     bad = sorted(set(referral_id) & KEY_BREAKING_CHARACTERS)
     if bad:
-        raise ValidationFailed([f"Referral id '{referral_id}' contains characters a Dataverse alternate key "
-                                f"cannot hold: {' '.join(bad)}"])
+        raise ValidationFailed(
+            [f"Referral id '{referral_id}' contains characters a Dataverse alternate key cannot hold: {' '.join(bad)}"]
+        )
     return referral_id
 
 
@@ -194,63 +228,127 @@ class DataverseCrm:
 
     provider = "dynamics"
 
-    def __init__(self, settings: Settings, session: requests.Session | None = None, *,
-                 token: TokenProvider | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        token: TokenProvider | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not settings.dataverse_url:
             raise ValueError("DATAVERSE_URL is required for the Dynamics 365 adapter")
-        self._configure(settings.dataverse_url, settings.dataverse_api_version,
-                        DataverseColumns.from_settings(settings), token or token_provider(settings), session, sleep,
-                        settings.http_timeout_seconds,
-                        settings.max_inline_retry_after_seconds, settings.audit_max_chars)
+        self._configure(
+            settings.dataverse_url,
+            settings.dataverse_api_version,
+            DataverseColumns.from_settings(settings),
+            token or token_provider(settings),
+            session,
+            sleep,
+            settings.http_timeout_seconds,
+            settings.max_inline_retry_after_seconds,
+            settings.audit_max_chars,
+        )
 
     @classmethod
-    def for_url(cls, org_url: str, token: str | TokenProvider | None, *, columns: DataverseColumns | None = None,
-                session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
-                max_inline_wait: float = 20.0, timeout: float = 30.0, audit_max_chars: int = 20000,
-                api_version: str = "v9.2") -> DataverseCrm:
+    def for_url(
+        cls,
+        org_url: str,
+        token: str | TokenProvider | None,
+        *,
+        columns: DataverseColumns | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_inline_wait: float = 20.0,
+        timeout: float = 30.0,
+        audit_max_chars: int = 20000,
+        api_version: str = "v9.2",
+    ) -> DataverseCrm:
         """An adapter for an explicit organisation URL (tests, tools); ``token=None`` sends no credentials."""
         provider: TokenProvider | None = (lambda: token) if isinstance(token, str) else token
         crm = cls.__new__(cls)
-        crm._configure(org_url, api_version, columns or DataverseColumns(), provider, session, sleep, timeout,
-                       max_inline_wait, audit_max_chars)
+        crm._configure(
+            org_url,
+            api_version,
+            columns or DataverseColumns(),
+            provider,
+            session,
+            sleep,
+            timeout,
+            max_inline_wait,
+            audit_max_chars,
+        )
         return crm
 
-    def _configure(self, org_url: str, api_version: str, columns: DataverseColumns, token: TokenProvider | None,
-                   session: requests.Session | None, sleep: Callable[[float], None], timeout: float,
-                   max_inline_wait: float, audit_max_chars: int) -> None:
+    def _configure(
+        self,
+        org_url: str,
+        api_version: str,
+        columns: DataverseColumns,
+        token: TokenProvider | None,
+        session: requests.Session | None,
+        sleep: Callable[[float], None],
+        timeout: float,
+        max_inline_wait: float,
+        audit_max_chars: int,
+    ) -> None:
         self.columns = columns
         self.audit_max_chars = audit_max_chars
-        self.api = ApiClient(SERVICE, f"{org_url.rstrip('/')}/api/data/{api_version}", token, timeout=timeout,
-                             max_inline_wait=max_inline_wait, default_headers=ODATA_HEADERS, session=session,
-                             sleep=sleep)
+        self.api = ApiClient(
+            SERVICE,
+            f"{org_url.rstrip('/')}/api/data/{api_version}",
+            token,
+            timeout=timeout,
+            max_inline_wait=max_inline_wait,
+            default_headers=ODATA_HEADERS,
+            session=session,
+            sleep=sleep,
+        )
         self._help_codes = {value: code for code, value in columns.help_options.items()}
         self._currency_ids: dict[str, str] = {}
         self._currency_codes: dict[str, str] = {}
         self._cache_lock = threading.Lock()
         c = columns
-        self._opportunity_select = ",".join([
-            "opportunityid", "name", "estimatedvalue", "estimatedclosedate", "description", "statecode",
-            "statuscode", "_customerid_value", "_parentcontactid_value", "_transactioncurrencyid_value",
-            "modifiedon", c.sync, c.referral_id, c.referral_link, c.help, c.products, c.audit,
-        ])
-        self._account_select = ",".join(["accountid", "name", *(col for _, col in ACCOUNT_ADDRESS),
-                                         c.account_country])
-        self._contact_select = ",".join(["contactid", "_parentcustomerid_value",
-                                         *(col for _, col in CONTACT_COLUMNS)])
+        self._opportunity_select = ",".join(
+            [
+                "opportunityid",
+                "name",
+                "estimatedvalue",
+                "estimatedclosedate",
+                "description",
+                "statecode",
+                "statuscode",
+                "_customerid_value",
+                "_parentcontactid_value",
+                "_transactioncurrencyid_value",
+                "modifiedon",
+                c.sync,
+                c.referral_id,
+                c.referral_link,
+                c.help,
+                c.products,
+                c.audit,
+            ]
+        )
+        self._account_select = ",".join(["accountid", "name", *(col for _, col in ACCOUNT_ADDRESS), c.account_country])
+        self._contact_select = ",".join(["contactid", "_parentcustomerid_value", *(col for _, col in CONTACT_COLUMNS)])
 
     # -- HTTP helpers --------------------------------------------------------------------------------------------
-    def _get(self, path: str, params: Mapping[str, str] | None = None, prefer: str | None = None,
-             missing_ok: bool = False) -> dict[str, Any] | None:
+    def _get(
+        self, path: str, params: Mapping[str, str] | None = None, prefer: str | None = None, missing_ok: bool = False
+    ) -> dict[str, Any] | None:
         headers = {"Prefer": prefer} if prefer else None
-        response = self.api.request("GET", path, params=params, headers=headers,
-                                    ok_statuses=(404,) if missing_ok else ())
+        response = self.api.request(
+            "GET", path, params=params, headers=headers, ok_statuses=(404,) if missing_ok else ()
+        )
         if response.status_code == 404:
             return None
         data: dict[str, Any] = response.json(parse_float=Decimal)
         return data
 
-    def _rows(self, entity_set: str, params: Mapping[str, str], page_size: int = MAX_PAGE_SIZE,
-              annotations: bool = False) -> Iterator[dict[str, Any]]:
+    def _rows(
+        self, entity_set: str, params: Mapping[str, str], page_size: int = MAX_PAGE_SIZE, annotations: bool = False
+    ) -> Iterator[dict[str, Any]]:
         prefer = f"odata.maxpagesize={max(1, min(page_size, MAX_PAGE_SIZE))}"
         if annotations:
             prefer += f',odata.include-annotations="{LOOKUP_ANNOTATION}"'
@@ -267,26 +365,40 @@ class DataverseCrm:
         return next(iter(self._rows(entity_set, params, page_size=1)), None)
 
     def _create(self, entity_set: str, body: dict[str, Any], select: str) -> dict[str, Any]:
-        response = self.api.request("POST", entity_set, params={"$select": select}, json=body,
-                                    headers={"Prefer": "return=representation"})
+        response = self.api.request(
+            "POST", entity_set, params={"$select": select}, json=body, headers={"Prefer": "return=representation"}
+        )
         created: dict[str, Any] = response.json(parse_float=Decimal)
         return created
 
     def _patch(self, entity_set: str, record_id: str, body: dict[str, Any], etag: str | None) -> str:
         """Conditional update; returns the new etag. ``If-Match: *`` at least forbids an accidental create."""
-        response = self.api.request("PATCH", f"{entity_set}({record_id})", params={"$select": PRIMARY_KEYS[entity_set]},
-                                    json=body, headers={"If-Match": etag or "*", "Prefer": "return=representation"})
+        response = self.api.request(
+            "PATCH",
+            f"{entity_set}({record_id})",
+            params={"$select": PRIMARY_KEYS[entity_set]},
+            json=body,
+            headers={"If-Match": etag or "*", "Prefer": "return=representation"},
+        )
         return str(response.json().get("@odata.etag") or response.headers.get("ETag") or "")
 
     # -- reading --------------------------------------------------------------------------------------------------
     def get_opportunity(self, crm_id: str) -> Opportunity | None:
-        row = self._get(f"opportunities({self._guid(crm_id)})", {"$select": self._opportunity_select},
-                        f'odata.include-annotations="{LOOKUP_ANNOTATION}"', missing_ok=True)
+        row = self._get(
+            f"opportunities({self._guid(crm_id)})",
+            {"$select": self._opportunity_select},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
         return self._to_opportunity(row) if row is not None else None
 
     def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
-        row = self._get(self._key_path(referral_id), {"$select": self._opportunity_select},
-                        f'odata.include-annotations="{LOOKUP_ANNOTATION}"', missing_ok=True)
+        row = self._get(
+            self._key_path(referral_id),
+            {"$select": self._opportunity_select},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
         return self._to_opportunity(row) if row is not None else None
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
@@ -298,8 +410,11 @@ class DataverseCrm:
         odata_filter = f"{self.columns.sync} eq true"
         if since is not None:
             odata_filter += f" and modifiedon ge {odata_datetime(since)}"
-        params = {"$select": self._opportunity_select, "$filter": odata_filter,
-                  "$orderby": "modifiedon asc,opportunityid asc"}
+        params = {
+            "$select": self._opportunity_select,
+            "$filter": odata_filter,
+            "$orderby": "modifiedon asc,opportunityid asc",
+        }
         for row in self._rows("opportunities", params, page_size, annotations=True):
             yield self._to_opportunity(row)
 
@@ -311,13 +426,20 @@ class DataverseCrm:
         if customer_id and customer_kind == "account":
             account = self._get(f"accounts({customer_id})", {"$select": self._account_select}, missing_ok=True)
         contact_id = row.get("_parentcontactid_value")
-        contact = self._get(f"contacts({contact_id})", {"$select": self._contact_select},
-                            missing_ok=True) if contact_id else None
+        contact = (
+            self._get(f"contacts({contact_id})", {"$select": self._contact_select}, missing_ok=True)
+            if contact_id
+            else None
+        )
         status, substatus = status_read(row.get("statecode"), row.get("statuscode"))
         help_value = row.get(c.help)
         if help_value is not None and help_value not in self._help_codes:
-            log.warning("opportunity %s: choice value %s of %s has no AssistanceRequestCode mapping",
-                        row.get("opportunityid"), help_value, c.help)
+            log.warning(
+                "opportunity %s: choice value %s of %s has no AssistanceRequestCode mapping",
+                row.get("opportunityid"),
+                help_value,
+                c.help,
+            )
         return Opportunity(
             crm_id=row.get("opportunityid"),
             name=row.get("name"),
@@ -329,9 +451,12 @@ class DataverseCrm:
             customer_address=CustomerAddress(
                 **{attr: account.get(col) for attr, col in ACCOUNT_ADDRESS},
                 country=account.get(c.account_country),
-            ) if account else CustomerAddress(),
+            )
+            if account
+            else CustomerAddress(),
             customer_contacts=(Contact(**{attr: contact.get(col) for attr, col in CONTACT_COLUMNS}),)
-            if contact else (),
+            if contact
+            else (),
             help_code=self._help_codes.get(help_value) if help_value is not None else None,
             solution_ids=_products(row.get(c.products)),
             status=status,
@@ -360,9 +485,15 @@ class DataverseCrm:
             body["statuscode"] = target[1]
         try:
             response = self.api.request(
-                "PATCH", path, params={"$select": self._opportunity_select}, json=body,
-                headers={"If-None-Match": "*", "Prefer": f'return=representation,odata.include-annotations='
-                                                         f'"{LOOKUP_ANNOTATION}"'})
+                "PATCH",
+                path,
+                params={"$select": self._opportunity_select},
+                json=body,
+                headers={
+                    "If-None-Match": "*",
+                    "Prefer": f'return=representation,odata.include-annotations="{LOOKUP_ANNOTATION}"',
+                },
+            )
         except PreconditionFailed:
             # Already there (a retried job, or a concurrent one): the existing row is the answer.
             existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
@@ -417,8 +548,15 @@ class DataverseCrm:
         changed = {"etag": etag, "audit": audit, **({"name": name} if "name" in body else {})}
         return current.model_copy(update=changed)
 
-    def _write(self, crm_id: str, etag: str | None, row: dict[str, Any], body: dict[str, Any],
-               target: tuple[int, int] | None, deal_value: Decimal | None) -> str:
+    def _write(
+        self,
+        crm_id: str,
+        etag: str | None,
+        row: dict[str, Any],
+        body: dict[str, Any],
+        target: tuple[int, int] | None,
+        deal_value: Decimal | None,
+    ) -> str:
         """Write ``body`` and move to ``target``; a closed row is reopened around the write and closed again."""
         original = (row.get("statecode", OPEN), row.get("statuscode"))
         final = target or original
@@ -441,9 +579,12 @@ class DataverseCrm:
         return etag or ""
 
     def _state_row(self, crm_id: str, etag: str | None) -> dict[str, Any]:
-        row = self._get(f"opportunities({crm_id})", {
-            "$select": "statecode,statuscode,_customerid_value,_parentcontactid_value,actualclosedate,actualvalue"},
-            f'odata.include-annotations="{LOOKUP_ANNOTATION}"', missing_ok=True)
+        row = self._get(
+            f"opportunities({crm_id})",
+            {"$select": "statecode,statuscode,_customerid_value,_parentcontactid_value,actualclosedate,actualvalue"},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
         if row is None:
             raise NotFound(SERVICE, f"opportunity {crm_id} does not exist", 404)
         if etag and row.get("@odata.etag") != etag:
@@ -499,8 +640,12 @@ class DataverseCrm:
             return None
         value = self.columns.help_options.get(code)
         if value is None:
-            raise ValidationFailed([f"'How can Microsoft help?' value '{code}' has no Dynamics 365 choice value; "
-                                    "add it to DATAVERSE_HELP_OPTION_VALUES"])
+            raise ValidationFailed(
+                [
+                    f"'How can Microsoft help?' value '{code}' has no Dynamics 365 choice value; "
+                    "add it to DATAVERSE_HELP_OPTION_VALUES"
+                ]
+            )
         return value
 
     def _currency_id(self, code: str) -> str:
@@ -509,8 +654,12 @@ class DataverseCrm:
             self._load_currencies()  # a currency may have been enabled since the cache was filled
         currency_id = self._currency_ids.get(iso)
         if currency_id is None:
-            raise ValidationFailed([f"Currency '{iso}' is not enabled in Dynamics 365; add it under Settings > "
-                                    "Business Management > Currencies"])
+            raise ValidationFailed(
+                [
+                    f"Currency '{iso}' is not enabled in Dynamics 365; add it under Settings > "
+                    "Business Management > Currencies"
+                ]
+            )
         return currency_id
 
     def _currency_code(self, currency_id: str | None) -> str | None:
@@ -535,8 +684,10 @@ class DataverseCrm:
         address = opportunity.customer_address
         wanted = {col: getattr(address, attr) for attr, col in ACCOUNT_ADDRESS}
         wanted[self.columns.account_country] = address.country
-        odata_filter = (f"name eq {odata_string(opportunity.customer_name)} and "
-                        f"address1_postalcode eq {odata_string(address.postal_code)}")
+        odata_filter = (
+            f"name eq {odata_string(opportunity.customer_name)} and "
+            f"address1_postalcode eq {odata_string(address.postal_code)}"
+        )
         row = self._first("accounts", self._account_select, odata_filter)
         if row is None:
             body = {"name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
@@ -560,8 +711,10 @@ class DataverseCrm:
         if contact.email:
             odata_filter = f"emailaddress1 eq {odata_string(contact.email)}"
         elif contact.last_name and account_id:
-            odata_filter = (f"firstname eq {odata_string(contact.first_name)} and lastname eq "
-                            f"{odata_string(contact.last_name)} and _parentcustomerid_value eq {account_id}")
+            odata_filter = (
+                f"firstname eq {odata_string(contact.first_name)} and lastname eq "
+                f"{odata_string(contact.last_name)} and _parentcustomerid_value eq {account_id}"
+            )
         else:
             # Without an email or a name at a known account a retry could not find it again: skip, not duplicate.
             return None

@@ -19,7 +19,7 @@ class ValidationFailed(SyncError):
 class ExternalServiceError(SyncError):
     """A call to Partner Center or the CRM failed."""
 
-    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None):
+    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None) -> None:
         self.service, self.status, self.code = service, status, code
         prefix = f"{service} {status}" if status else service
         super().__init__(f"{prefix}: {message}" + (f" ({code})" if code else ""))
@@ -48,8 +48,14 @@ class AuthenticationError(ExternalServiceError):
 class TransientError(ExternalServiceError):
     """Worth retrying later: 5xx, network errors, throttling beyond the wait we allow inline."""
 
-    def __init__(self, service: str, message: str, status: int | None = None, code: str | None = None,
-                 retry_after: float | None = None):
+    def __init__(
+        self,
+        service: str,
+        message: str,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(service, message, status, code)
         self.retry_after = retry_after
 

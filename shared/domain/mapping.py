@@ -51,9 +51,7 @@ def referral_link(referral_id: str, template: str = DEFAULT_REFERRAL_LINK_TEMPLA
     return template.format(referral_id=referral_id)
 
 
-def referral_to_opportunity(
-    referral: Referral, link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
-) -> Opportunity:
+def referral_to_opportunity(referral: Referral, link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE) -> Opportunity:
     profile = referral.customer_profile
     address = profile.address if profile and profile.address else None
     details = referral.details

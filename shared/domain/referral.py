@@ -84,9 +84,7 @@ class CustomerProfile(PcModel):
 
 class Consent(PcModel):
     # The service's real field name has a doubled "To".
-    consent_to_to_share_info_with_others: bool | None = Field(
-        default=None, alias="consentToToShareInfoWithOthers"
-    )
+    consent_to_to_share_info_with_others: bool | None = Field(default=None, alias="consentToToShareInfoWithOthers")
     consent_to_contact: bool | None = None
     consent_to_share_referral_with_microsoft_sellers: bool | None = None
     consent_to_microsoft_to_contact_specific_partners: bool | None = None

@@ -98,8 +98,17 @@ class RefreshTokenProvider:
     def with_scope(self, scope: str) -> RefreshTokenProvider:
         """A provider for another audience (e.g. the Webhooks API) sharing the same refresh token."""
         authority = self.token_url.rsplit(f"/{self.tenant_id}/", 1)[0]
-        return RefreshTokenProvider(authority, self.tenant_id, self.client_id, self._holder, self._client_secret,
-                                    scope, session=self._session, timeout=self._timeout, clock=self._clock)
+        return RefreshTokenProvider(
+            authority,
+            self.tenant_id,
+            self.client_id,
+            self._holder,
+            self._client_secret,
+            scope,
+            session=self._session,
+            timeout=self._timeout,
+            clock=self._clock,
+        )
 
     def __call__(self) -> str:
         with self._lock:
@@ -147,8 +156,9 @@ class RefreshTokenProvider:
         if not isinstance(payload, dict):
             payload = {}
         if response.status_code != 200:
-            raise AuthenticationError(SERVICE, _failure_message(payload), response.status_code,
-                                      str(payload.get("error") or "") or None)
+            raise AuthenticationError(
+                SERVICE, _failure_message(payload), response.status_code, str(payload.get("error") or "") or None
+            )
         return payload
 
 
@@ -173,10 +183,16 @@ def partner_center_token_provider(settings: Settings, scope: str = REFERRALS_SCO
         # Info, not warning: the app already warns once at start-up about every static token in use.
         log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
         return StaticToken(settings.partner_center_access_token)
-    if not (settings.partner_center_tenant_id and settings.partner_center_client_id
-            and settings.partner_center_refresh_token):
-        raise AuthenticationError(SERVICE, "no credentials configured: set PARTNER_CENTER_TENANT_ID, "
-                                           "PARTNER_CENTER_CLIENT_ID and PARTNER_CENTER_REFRESH_TOKEN")
+    if not (
+        settings.partner_center_tenant_id
+        and settings.partner_center_client_id
+        and settings.partner_center_refresh_token
+    ):
+        raise AuthenticationError(
+            SERVICE,
+            "no credentials configured: set PARTNER_CENTER_TENANT_ID, "
+            "PARTNER_CENTER_CLIENT_ID and PARTNER_CENTER_REFRESH_TOKEN",
+        )
     return RefreshTokenProvider(
         settings.partner_center_authority,
         settings.partner_center_tenant_id,

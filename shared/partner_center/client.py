@@ -109,8 +109,9 @@ class PartnerCenterClient:
         response = self.api.request("GET", f"{REFERRALS_PATH}/{_check_id(referral_id)}")
         return self._referral(response)
 
-    def list_referrals(self, odata_filter: str | None = None, orderby: str | None = None,
-                       top: int | None = None) -> Iterator[Referral]:
+    def list_referrals(
+        self, odata_filter: str | None = None, orderby: str | None = None, top: int | None = None
+    ) -> Iterator[Referral]:
         """Every matching referral, page by page; stops after ``top`` when given."""
         params: dict[str, Any] = {}
         if odata_filter:
@@ -148,8 +149,9 @@ class PartnerCenterClient:
         response = self.api.request("POST", REFERRALS_PATH, json=body)
         return self._referral(response)
 
-    def patch_referral(self, referral_id: str, operations: Sequence[Mapping[str, Any]],
-                       etag: str | None = None) -> Referral:
+    def patch_referral(
+        self, referral_id: str, operations: Sequence[Mapping[str, Any]], etag: str | None = None
+    ) -> Referral:
         """Apply JSON Patch ``replace``/``add`` operations; with ``etag`` a concurrent change raises
         :class:`PreconditionFailed` (HTTP 412) instead of being overwritten."""
         path = f"{REFERRALS_PATH}/{_check_id(referral_id)}"

@@ -3,8 +3,8 @@
 A callback is accepted only when its RSA-SHA256 (PKCS#1 v1.5) signature over the exact raw body verifies
 with the public key of a certificate that was downloaded from an allowed URL prefix, chains to a trusted
 root, is issued to the expected host name and was issued by the expected organisation. Anything else
-raises :class:`shared.domain.errors.WebhookRejected`; its message is safe to log and return (no signature bytes, no
-certificate contents).
+raises :class:`shared.domain.errors.WebhookRejected`; its message is safe to log and return (no signature
+bytes, no certificate contents).
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE---
 
 
 def _reject(status: int, message: str) -> WebhookRejected:
-    log.warning("Partner Center webhook rejected (%s): %s", status, message)
+    # Debug only: the intake logs every rejection once, at warning level.
+    log.debug("Partner Center webhook rejected (%s): %s", status, message)
     return WebhookRejected(status, message)
 
 
@@ -290,7 +291,7 @@ def _signature(headers: Mapping[str, str]) -> bytes:
         raw = value
     raw = raw.strip()
     if raw.lower().startswith("signature "):
-        raw = raw[len("signature "):].strip()
+        raw = raw[len("signature ") :].strip()
     try:
         signature = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):

@@ -8,7 +8,6 @@ silently overwrite each other's bookkeeping.
 from __future__ import annotations
 
 import json
-
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -122,8 +121,9 @@ class TableSyncStore:
 
     def audit_trail(self, record_key: str, limit: int = 50) -> list[AuditEntry]:
         self.ensure()
-        rows = self.audit.query_entities(f"PartitionKey eq '{_odata_quote(safe_key(record_key))}'",
-                                         results_per_page=limit)
+        rows = self.audit.query_entities(
+            f"PartitionKey eq '{_odata_quote(safe_key(record_key))}'", results_per_page=limit
+        )
         entries: list[AuditEntry] = []
         for row in rows:
             entries.append(
@@ -146,16 +146,23 @@ class TableSyncStore:
     def count_audit(self, action: str | None = None) -> int:
         self.ensure()
         query = f"Action eq '{_odata_quote(action)}'" if action else None
-        rows = self.audit.query_entities(query, select=["Action"]) if query else self.audit.list_entities(
-            select=["Action"])
+        rows = (
+            self.audit.query_entities(query, select=["Action"])
+            if query
+            else self.audit.list_entities(select=["Action"])
+        )
         return sum(1 for _ in rows)
 
     # -- leases (one worker per record at a time) ---------------------------------------------
     def acquire_lease(self, key: str, owner: str, seconds: int) -> bool:
         self.ensure()
         now = _now()
-        row = {"PartitionKey": LEASE_PARTITION, "RowKey": safe_key(key), "Owner": owner,
-               "Until": now + timedelta(seconds=seconds)}
+        row = {
+            "PartitionKey": LEASE_PARTITION,
+            "RowKey": safe_key(key),
+            "Owner": owner,
+            "Until": now + timedelta(seconds=seconds),
+        }
         try:
             self.state.create_entity(row)
             return True
@@ -169,8 +176,12 @@ class TableSyncStore:
         if isinstance(until, datetime) and until > now and current.get("Owner") != owner:
             return False
         try:
-            self.state.update_entity(row, mode=UpdateMode.REPLACE, etag=current.metadata["etag"],
-                                     match_condition=MatchConditions.IfNotModified)
+            self.state.update_entity(
+                row,
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
             return True
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
@@ -183,8 +194,12 @@ class TableSyncStore:
         if current.get("Owner") != owner:
             return
         try:
-            self.state.delete_entity(LEASE_PARTITION, safe_key(key), etag=current.metadata["etag"],
-                                     match_condition=MatchConditions.IfNotModified)
+            self.state.delete_entity(
+                LEASE_PARTITION,
+                safe_key(key),
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
 
@@ -199,8 +214,9 @@ class TableSyncStore:
 
     def set_state(self, key: str, values: dict[str, Any]) -> None:
         self.ensure()
-        self.state.upsert_entity({"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values},
-                                 mode=UpdateMode.MERGE)
+        self.state.upsert_entity(
+            {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values}, mode=UpdateMode.MERGE
+        )
 
 
 def _odata_quote(value: str) -> str:
@@ -208,8 +224,11 @@ def _odata_quote(value: str) -> str:
 
 
 def _row_from_link(link: Link) -> dict[str, Any]:
-    row: dict[str, Any] = {"PartitionKey": LINK_PARTITION, "RowKey": safe_key(link.referral_id),
-                           "ReferralId": link.referral_id}
+    row: dict[str, Any] = {
+        "PartitionKey": LINK_PARTITION,
+        "RowKey": safe_key(link.referral_id),
+        "ReferralId": link.referral_id,
+    }
     for attr, column in _LINK_COLUMNS.items():
         value = getattr(link, attr)
         if value is not None:
@@ -237,5 +256,3 @@ _LINK_COLUMNS = {
     "last_error": "LastError",
     "last_synced_at": "LastSyncedAt",
 }
-
-

@@ -60,8 +60,9 @@ class SystemClock:
 
 
 class SyncEngine:
-    def __init__(self, pc: PartnerCenter, crm: Crm, store: SyncStore, options: EngineOptions,
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, pc: PartnerCenter, crm: Crm, store: SyncStore, options: EngineOptions, clock: Clock | None = None
+    ) -> None:
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
         self.clock: Clock = clock or SystemClock()
 
@@ -91,13 +92,15 @@ class SyncEngine:
         link = self.store.get_link(referral_id)
         if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
             category = classify(referral).value
-            return self._audit(Outcome("skipped", referral_id,
-                                       message=f"{category} not synchronised because SYNC_COSELL_ONLY is on"))
+            return self._audit(
+                Outcome("skipped", referral_id, message=f"{category} not synchronised because SYNC_COSELL_ONLY is on")
+            )
         desired = referral_to_opportunity(referral, self.options.referral_link_template)
         pc_fp = fingerprint(desired)
         if link is not None and link.pc_fingerprint == pc_fp and link.last_status in ("ok", "failed"):
-            return self._audit(Outcome("unchanged", referral_id, link.crm_id,
-                                       message="mapped fields already synchronised"))
+            return self._audit(
+                Outcome("unchanged", referral_id, link.crm_id, message="mapped fields already synchronised")
+            )
         problems = problems_for_crm(desired)
         if problems:
             return self._fail(referral_id, link, pc_fp, referral.e_tag, problems)
@@ -120,8 +123,9 @@ class SyncEngine:
                 return current
         return self.crm.find_by_referral_id(referral_id)
 
-    def _write(self, referral_id: str, link: Link | None, desired: Opportunity, pc_fp: str,
-               pc_etag: str | None) -> Outcome:
+    def _write(
+        self, referral_id: str, link: Link | None, desired: Opportunity, pc_fp: str, pc_etag: str | None
+    ) -> Outcome:
         current = self._current(referral_id, link)
         now = self.clock.now()
         if current is None:
@@ -145,8 +149,9 @@ class SyncEngine:
         self._save_link(link, referral_id, result, pc_fp, pc_etag, "ok", None)
         return self._audit(outcome)
 
-    def _fail(self, referral_id: str, link: Link | None, pc_fp: str, pc_etag: str | None,
-              reasons: list[str]) -> Outcome:
+    def _fail(
+        self, referral_id: str, link: Link | None, pc_fp: str, pc_etag: str | None, reasons: list[str]
+    ) -> Outcome:
         """Record a failure the same data will always hit: audit, cross mark, no retry until it changes."""
         message = "Not synchronised: " + " ".join(reasons)
         current = self._safe_current(referral_id, link)
@@ -185,8 +190,16 @@ class SyncEngine:
             return None
         return mark(name, success) if self.options.checkmark_enabled else strip_marks(name)
 
-    def _save_link(self, link: Link | None, referral_id: str, record: Opportunity | None, pc_fp: str,
-                   pc_etag: str | None, status: str, error: str | None) -> None:
+    def _save_link(
+        self,
+        link: Link | None,
+        referral_id: str,
+        record: Opportunity | None,
+        pc_fp: str,
+        pc_etag: str | None,
+        status: str,
+        error: str | None,
+    ) -> None:
         updated = link or Link(referral_id=referral_id)
         updated.crm_provider = self.crm.provider
         if record is not None:
@@ -201,10 +214,17 @@ class SyncEngine:
         self.store.save_link(updated)
 
     def _audit(self, outcome: Outcome) -> Outcome:
-        self.store.append_audit(AuditEntry(
-            record_key=outcome.referral_id, action=outcome.action, direction=PC_TO_CRM, message=outcome.message,
-            crm_id=outcome.crm_id, referral_id=outcome.referral_id, fields=list(outcome.fields),
-            at=self.clock.now(),
-        ))
+        self.store.append_audit(
+            AuditEntry(
+                record_key=outcome.referral_id,
+                action=outcome.action,
+                direction=PC_TO_CRM,
+                message=outcome.message,
+                crm_id=outcome.crm_id,
+                referral_id=outcome.referral_id,
+                fields=list(outcome.fields),
+                at=self.clock.now(),
+            )
+        )
         log.info("referral %s: %s %s", outcome.referral_id, outcome.action, outcome.message)
         return outcome

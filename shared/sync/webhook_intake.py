@@ -52,8 +52,9 @@ def _error(status: int, message: str) -> IntakeResult:
 
 
 class WebhookIntake:
-    def __init__(self, verifier: SignatureVerifier, queue: JobQueue, max_body_bytes: int,
-                 referral_id_from_uri: Any) -> None:
+    def __init__(
+        self, verifier: SignatureVerifier, queue: JobQueue, max_body_bytes: int, referral_id_from_uri: Any
+    ) -> None:
         self.verifier = verifier
         self.queue = queue
         self.max_body_bytes = max_body_bytes
