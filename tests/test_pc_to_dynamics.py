@@ -351,3 +351,27 @@ def test_health_and_status(stack):
     assert status["links"]["total"] == 1 and status["links"]["ok"] == 1
     assert status["queue"] == {"depth": 0, "poison": 0}
     assert PC_TOKEN not in json.dumps(status) and DV_TOKEN not in json.dumps(status)
+
+
+def test_invalid_new_referral_is_audited_not_created(stack):
+    referral = stack.pc.seed_referral(kind="cosell", details={"currency": "XYZ"})
+    stack.deliver_and_drain(1)
+    assert stack.opportunities() == []
+    trail = wiring.container().store.audit_trail(referral["id"])
+    assert trail[0].action == "failed" and "XYZ" in trail[0].message
+    link = wiring.container().store.get_link(referral["id"])
+    assert link.last_status == "failed" and "XYZ" in link.last_error
+
+
+def test_secrets_never_reach_logs_or_audit(stack, caplog):
+    caplog.set_level("DEBUG")
+    referral = stack.pc.seed_referral(kind="cosell")
+    stack.deliver_and_drain(1)
+    stack.pc.add_fault(status=503, count=100, retry_after=30)
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "changed"}})
+    stack.pc.wait_for_deliveries(2, timeout=10)
+    stack.host.drain(max_rounds=1)
+    audit = json.dumps([e.message for e in wiring.container().store.audit_trail(referral["id"])])
+    for secret in (PC_TOKEN, DV_TOKEN, "AccountKey="):
+        assert secret not in caplog.text
+        assert secret not in audit
