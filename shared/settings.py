@@ -26,6 +26,15 @@ DEFAULT_DATAVERSE_HELP_OPTIONS = {
     "GeneralOrOther": 100000005,
 }
 
+DEFAULT_SALESFORCE_HELP_PICKLIST = {
+    "WorkloadSpecificValueProposition": "Workload specific value proposition",
+    "CustomerTechnicalArchitecture": "Customer technical architecture",
+    "ProofOfConceptOrDemo": "Proof of concept or demo",
+    "QuotesOrLicensing": "Quotes or licensing",
+    "PostSalesCustomerSuccess": "Post sales customer success",
+    "GeneralOrOther": "General or other",
+}
+
 STATIC_TOKEN_SETTINGS = ("PARTNER_CENTER_ACCESS_TOKEN", "DATAVERSE_ACCESS_TOKEN", "SALESFORCE_ACCESS_TOKEN")
 
 
@@ -104,6 +113,39 @@ class Settings(BaseSettings):
         validation_alias=_env("DATAVERSE_HELP_OPTION_VALUES"),
     )
 
+    # -- Salesforce ------------------------------------------------------------------------------
+    salesforce_auth_flow: Literal["client_credentials", "jwt_bearer"] = Field(
+        "client_credentials", validation_alias=_env("SALESFORCE_AUTH_FLOW")
+    )
+    salesforce_login_url: str | None = Field(None, validation_alias=_env("SALESFORCE_LOGIN_URL"))
+    salesforce_token_url: str | None = Field(None, validation_alias=_env("SALESFORCE_TOKEN_URL"))
+    salesforce_client_id: str | None = Field(None, validation_alias=_env("SALESFORCE_CLIENT_ID"))
+    salesforce_client_secret: SecretStr | None = Field(None, validation_alias=_env("SALESFORCE_CLIENT_SECRET"))
+    salesforce_username: str | None = Field(None, validation_alias=_env("SALESFORCE_USERNAME"))
+    salesforce_private_key: SecretStr | None = Field(None, validation_alias=_env("SALESFORCE_PRIVATE_KEY"))
+    salesforce_api_version: str = Field("v62.0", validation_alias=_env("SALESFORCE_API_VERSION"))
+    salesforce_access_token: SecretStr | None = Field(None, validation_alias=_env("SALESFORCE_ACCESS_TOKEN"))
+    salesforce_instance_url: str | None = Field(None, validation_alias=_env("SALESFORCE_INSTANCE_URL"))
+    salesforce_field_sync: str = Field("Sync_with_Partner_Center__c", validation_alias=_env("SALESFORCE_FIELD_SYNC"))
+    salesforce_field_referral_id: str = Field(
+        "Referral_Identfier__c", validation_alias=_env("SALESFORCE_FIELD_REFERRAL_ID")
+    )
+    salesforce_field_referral_link: str = Field(
+        "Referral_Link__c", validation_alias=_env("SALESFORCE_FIELD_REFERRAL_LINK")
+    )
+    salesforce_field_help: str = Field("How_can_Microsoft_help__c", validation_alias=_env("SALESFORCE_FIELD_HELP"))
+    salesforce_field_products: str = Field("Products__c", validation_alias=_env("SALESFORCE_FIELD_PRODUCTS"))
+    salesforce_field_audit: str = Field("Audit__c", validation_alias=_env("SALESFORCE_FIELD_AUDIT"))
+    salesforce_currency_field: str = Field("CurrencyIsoCode", validation_alias=_env("SALESFORCE_CURRENCY_FIELD"))
+    salesforce_on_hold_stage: str = Field("Prospecting", validation_alias=_env("SALESFORCE_ON_HOLD_STAGE"))
+    salesforce_active_stage: str = Field("Qualification", validation_alias=_env("SALESFORCE_ACTIVE_STAGE"))
+    salesforce_won_stage: str = Field("Closed Won", validation_alias=_env("SALESFORCE_WON_STAGE"))
+    salesforce_lost_stage: str = Field("Closed Lost", validation_alias=_env("SALESFORCE_LOST_STAGE"))
+    salesforce_help_picklist_values: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict(DEFAULT_SALESFORCE_HELP_PICKLIST),
+        validation_alias=_env("SALESFORCE_HELP_PICKLIST_VALUES"),
+    )
+
     # -- storage -----------------------------------------------------------------------------------
     azure_webjobs_storage: SecretStr | None = Field(None, validation_alias=_env("AzureWebJobsStorage"))
     storage_account_name: str | None = Field(None, validation_alias=_env("AzureWebJobsStorage__accountName"))
@@ -132,18 +174,24 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{prefix}' must be an https:// URL prefix")
         return value
 
-    @field_validator("dataverse_help_option_values", mode="before")
+    @field_validator("dataverse_help_option_values", "salesforce_help_picklist_values", mode="before")
     @classmethod
-    def _parse_options(cls, value: object) -> object:
+    def _parse_pairs(cls, value: object) -> object:
         if isinstance(value, str):
             pairs = [p for p in (s.strip() for s in value.split(",")) if p]
-            try:
-                return {k.strip(): int(v) for k, v in (p.split("=", 1) for p in pairs)}
-            except ValueError as exc:
-                raise ValueError("expected Code=Number pairs separated by commas") from exc
+            if not all("=" in p for p in pairs):
+                raise ValueError("expected Code=Value pairs separated by commas")
+            return {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
         return value
 
-    @field_validator("dataverse_url", "partner_center_api_url", "partner_center_webhook_api_url")
+    @field_validator(
+        "dataverse_url",
+        "partner_center_api_url",
+        "partner_center_webhook_api_url",
+        "salesforce_login_url",
+        "salesforce_token_url",
+        "salesforce_instance_url",
+    )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -156,9 +204,7 @@ class Settings(BaseSettings):
     def _requirements(self) -> Settings:
         missing: list[str] = []
         if self.crm_provider == "salesforce":
-            raise ValueError(
-                "CRM_PROVIDER=salesforce is not available in this version of the connector; use 'dynamics'"
-            )
+            missing.extend(self._salesforce_problems())
         if self.crm_provider == "dynamics" and not self.dataverse_url:
             missing.append("DATAVERSE_URL (https://ORG.crm.dynamics.com) is required when CRM_PROVIDER=dynamics")
         if not self.azure_webjobs_storage and not (
@@ -176,18 +222,40 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(missing))
         return self
 
+    def _salesforce_problems(self) -> list[str]:
+        if self.salesforce_access_token:
+            return (
+                []
+                if self.salesforce_instance_url
+                else ["SALESFORCE_INSTANCE_URL is required with SALESFORCE_ACCESS_TOKEN"]
+            )
+        problems = []
+        if not (self.salesforce_login_url or self.salesforce_token_url):
+            problems.append("SALESFORCE_LOGIN_URL (your My Domain URL) is required when CRM_PROVIDER=salesforce")
+        if not self.salesforce_client_id:
+            problems.append("SALESFORCE_CLIENT_ID is required when CRM_PROVIDER=salesforce")
+        if self.salesforce_auth_flow == "client_credentials" and not self.salesforce_client_secret:
+            problems.append("SALESFORCE_CLIENT_SECRET is required for SALESFORCE_AUTH_FLOW=client_credentials")
+        if self.salesforce_auth_flow == "jwt_bearer" and not (self.salesforce_username and self.salesforce_private_key):
+            problems.append(
+                "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY are required for SALESFORCE_AUTH_FLOW=jwt_bearer"
+            )
+        return problems
+
     def credential_modes(self) -> dict[str, str]:
         """How each external system is authenticated (never the secret itself)."""
         if self.partner_center_access_token:
             pc = "static token (emulators/tests only)"
         else:
             pc = "refresh token" + (" + client secret" if self.partner_center_client_secret else "")
-        if self.dataverse_access_token:
-            dv = "static token (emulators/tests only)"
+        if self.crm_provider == "salesforce":
+            crm = "static token (emulators/tests only)" if self.salesforce_access_token else self.salesforce_auth_flow
+        elif self.dataverse_access_token:
+            crm = "static token (emulators/tests only)"
         else:
-            dv = "managed identity / DefaultAzureCredential"
+            crm = "managed identity / DefaultAzureCredential"
         storage = "connection string" if self.azure_webjobs_storage else "managed identity"
-        return {"partnerCenter": pc, "dataverse": dv, "storage": storage}
+        return {"partnerCenter": pc, "crm": crm, "storage": storage}
 
     def static_tokens_in_use(self) -> list[str]:
         used = []
@@ -195,6 +263,8 @@ class Settings(BaseSettings):
             used.append("PARTNER_CENTER_ACCESS_TOKEN")
         if self.dataverse_access_token:
             used.append("DATAVERSE_ACCESS_TOKEN")
+        if self.salesforce_access_token:
+            used.append("SALESFORCE_ACCESS_TOKEN")
         return used
 
 

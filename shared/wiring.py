@@ -61,6 +61,10 @@ class Container:
 
     @cached_property
     def crm(self) -> Crm:
+        if self.settings.crm_provider == "salesforce":
+            from .crm.salesforce import SalesforceCrm
+
+            return SalesforceCrm(self.settings)
         from .crm.dynamics import DataverseCrm
 
         return DataverseCrm(self.settings)

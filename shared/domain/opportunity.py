@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,6 +50,7 @@ class Opportunity(BaseModel):
     sync_enabled: bool = False
     audit: str | None = None
     etag: str | None = None
+    modified_at: datetime | None = None  # CRM change timestamp (Dataverse modifiedon, Salesforce SystemModstamp)
 
 
 MAPPED_FIELDS: tuple[str, ...] = (
