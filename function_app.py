@@ -7,10 +7,11 @@ message naming it instead of failing later inside a client.
 import azure.functions as func
 
 from shared import wiring
-from shared.functions import http, worker
+from shared.functions import http, timers, worker
 
 wiring.container()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 app.register_functions(http.bp)
 app.register_functions(worker.bp)
+app.register_functions(timers.bp)

@@ -14,6 +14,12 @@ from .domain.referral import Referral
 class PartnerCenter(Protocol):
     def get_referral(self, referral_id: str) -> Referral: ...
 
+    def create_referral(self, referral: dict[str, Any]) -> Referral: ...
+
+    def patch_referral(
+        self, referral_id: str, operations: list[dict[str, Any]], etag: str | None = None
+    ) -> Referral: ...
+
     def list_referrals(
         self, odata_filter: str | None = None, orderby: str | None = None, top: int | None = None
     ) -> Iterator[Referral]: ...
@@ -44,6 +50,10 @@ class Crm(Protocol):
         """Write only the name mark and the audit text."""
         ...
 
+    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
+        """Opportunities flagged "Sync with Partner Center" changed at or after ``since``, oldest first."""
+        ...
+
 
 @dataclass
 class Link:
@@ -59,6 +69,7 @@ class Link:
     last_status: str | None = None  # "ok" | "failed" | "skipped"
     last_error: str | None = None
     last_synced_at: datetime | None = None
+    last_values: str | None = None  # JSON of the mapped values both sides agreed on at the last sync
     etag: str | None = None  # Table Storage etag of this row
 
 
@@ -77,6 +88,8 @@ class AuditEntry:
 
 class SyncStore(Protocol):
     def get_link(self, referral_id: str) -> Link | None: ...
+
+    def find_link_by_crm_id(self, crm_id: str) -> Link | None: ...
 
     def save_link(self, link: Link) -> Link:
         """Insert (no etag) or replace conditioned on ``link.etag``; PreconditionFailed on a race."""

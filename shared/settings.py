@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
+from .domain.policies import Side, parse_field_owners
 
 MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/cert/"
 
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     reconcile_schedule: str = Field("0 0 * * * *", validation_alias=_env("RECONCILE_SCHEDULE"))
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
+    conflict_rules: str = Field("", validation_alias=_env("CONFLICT_RULES"))
+    crm_poll_overlap_seconds: int = Field(300, ge=0, validation_alias=_env("CRM_POLL_OVERLAP_SECONDS"))
     job_lease_seconds: int = Field(120, ge=5, validation_alias=_env("JOB_LEASE_SECONDS"))
     http_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("HTTP_TIMEOUT_SECONDS"))
     max_inline_retry_after_seconds: float = Field(20.0, ge=0, validation_alias=_env("MAX_INLINE_RETRY_AFTER_SECONDS"))
@@ -199,6 +202,16 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("conflict_rules")
+    @classmethod
+    def _valid_rules(cls, value: str) -> str:
+        parse_field_owners(value)
+        return value
+
+    @property
+    def conflict_owners(self) -> dict[str, Side]:
+        return parse_field_owners(self.conflict_rules)
 
     @model_validator(mode="after")
     def _requirements(self) -> Settings:

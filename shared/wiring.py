@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .store.queue import StorageJobQueue
     from .store.tables import TableSyncStore
     from .sync.engine import SyncEngine
+    from .sync.poller import CrmPoller
     from .sync.webhook_intake import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,13 @@ class Container:
         )
 
     @cached_property
+    def poller(self) -> CrmPoller:
+        from .sync.clock import SystemClock
+        from .sync.poller import CrmPoller
+
+        return CrmPoller(self.crm, self.store, self.queue, SystemClock(), self.settings.crm_poll_overlap_seconds)
+
+    @cached_property
     def engine(self) -> SyncEngine:
         from .sync.engine import EngineOptions, SyncEngine
 
@@ -101,6 +109,7 @@ class Container:
             referral_link_template=s.referral_link_template,
             audit_max_chars=s.audit_max_chars,
             lease_seconds=s.job_lease_seconds,
+            field_owners=s.conflict_owners,
         )
         return SyncEngine(self.partner_center, self.crm, self.store, options)
 

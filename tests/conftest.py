@@ -26,3 +26,6 @@ def storage_names() -> dict[str, str]:
         "SYNC_STATE_TABLE": f"state{suffix}",
         "SYNC_AUDIT_TABLE": f"audit{suffix}",
     }
+
+
+from tests.e2e_stack import dv, make_stack, pc, stack  # noqa: E402,F401  (shared end-to-end fixtures)

@@ -5,117 +5,13 @@ opportunity lands in the Dataverse emulator. Writes are counted in the emulators
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
 
-import pytest
-import requests
-
-from emulators.dataverse import DataverseEmulator
-from emulators.partner_center import PartnerCenterEmulator
 from emulators.partner_center_dispatch import signed_headers
 from shared import wiring
-from shared.crm.dynamics import DataverseCrm
 from shared.domain.checkmark import CHECK, CROSS
 from shared.domain.mapping import mapped_values, referral_to_opportunity
 from shared.domain.referral import Referral
-from tests.harness import InProcessHost, WebhookEndpoint
-
-PC_TOKEN = "pc-emulator-token"
-DV_TOKEN = "dv-emulator-token"
-
-
-@pytest.fixture(scope="module")
-def pc() -> Iterator[PartnerCenterEmulator]:
-    emulator = PartnerCenterEmulator(required_token=PC_TOKEN).start()
-    yield emulator
-    emulator.stop()
-
-
-@pytest.fixture(scope="module")
-def dv() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator(required_token=DV_TOKEN).start()
-    yield emulator
-    emulator.stop()
-
-
-@dataclass
-class Stack:
-    pc: PartnerCenterEmulator
-    dv: DataverseEmulator
-    host: InProcessHost
-    endpoint: WebhookEndpoint
-
-    def opportunities(self) -> list[dict]:
-        return self.dv.table("opportunities")
-
-    def crm(self) -> DataverseCrm:
-        return DataverseCrm.for_url(self.dv.url, DV_TOKEN)
-
-    def deliver_and_drain(self, deliveries: int, parallel: int = 1) -> None:
-        self.pc.wait_for_deliveries(deliveries, timeout=10)
-        run = self.host.drain(parallel=parallel)
-        assert self.host.queue.depth() == 0, run.errors
-
-    def dv_writes(self) -> int:
-        counters = self.dv.counters()
-        tables = sum(t["creates"] + t["updates"] + t["deletes"] for t in counters["tables"].values())
-        return tables + sum(counters["actions"].values())
-
-    def audit_actions(self, referral_id: str) -> list[str]:
-        return [e.action for e in wiring.container().store.audit_trail(referral_id)]
-
-
-def configure(monkeypatch, azurite, storage_names, pc, dv, tmp_path, **overrides: str) -> None:
-    values = {
-        "AzureWebJobsStorage": azurite.connection_string,
-        "CRM_PROVIDER": "dynamics",
-        "DATAVERSE_URL": dv.url,
-        "DATAVERSE_ACCESS_TOKEN": DV_TOKEN,
-        "PARTNER_CENTER_API_URL": pc.url,
-        "PARTNER_CENTER_WEBHOOK_API_URL": pc.url,
-        "PARTNER_CENTER_ACCESS_TOKEN": PC_TOKEN,
-        "PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES": f"{pc.url}/cert/",
-        "PARTNER_CENTER_WEBHOOK_CA_BUNDLE": str(pc.write_ca_bundle(tmp_path / "pc-ca.pem")),
-        "MAX_INLINE_RETRY_AFTER_SECONDS": "2",
-        **storage_names,
-        **overrides,
-    }
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture
-def make_stack(monkeypatch, azurite, storage_names, pc, dv, tmp_path):
-    endpoints: list[WebhookEndpoint] = []
-
-    def build(**overrides: str) -> Stack:
-        pc.reset()
-        dv.reset()
-        configure(monkeypatch, azurite, storage_names, pc, dv, tmp_path, **overrides)
-        host = InProcessHost()
-        host.queue.ensure()
-        host.queue.client.clear_messages()
-        endpoint = WebhookEndpoint(host).start()
-        endpoints.append(endpoint)
-        response = requests.post(
-            f"{pc.url}/webhooks/v1/registration",
-            headers={"Authorization": f"Bearer {PC_TOKEN}"},
-            json={"WebhookUrl": endpoint.webhook_url, "WebhookEvents": ["referral-created", "referral-updated"]},
-            timeout=5,
-        )
-        assert response.status_code in (200, 201), response.text
-        return Stack(pc, dv, host, endpoint)
-
-    yield build
-    for endpoint in endpoints:
-        endpoint.stop()
-    wiring.reset()
-
-
-@pytest.fixture
-def stack(make_stack) -> Stack:
-    return make_stack()
+from tests.e2e_stack import DV_TOKEN, PC_TOKEN, Stack
 
 
 def test_signed_webhook_creates_opportunity_with_every_mapped_field(stack):

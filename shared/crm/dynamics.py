@@ -201,6 +201,13 @@ def _decimal(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 
 
+def _datetime(value: Any) -> datetime | None:
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
 def _date(value: Any) -> date | None:
     return None if not value else date.fromisoformat(str(value)[:10])
 
@@ -466,6 +473,7 @@ class DataverseCrm:
             sync_enabled=bool(row.get(c.sync)),
             audit=row.get(c.audit),
             etag=row.get("@odata.etag"),
+            modified_at=_datetime(row.get("modifiedon")),
         )
 
     # -- writing --------------------------------------------------------------------------------------------------

@@ -36,3 +36,30 @@ def validate_for_crm(opportunity: Opportunity) -> None:
     problems = problems_for_crm(opportunity)
     if problems:
         raise ValidationFailed(problems)
+
+
+def problems_for_partner_center(opportunity: Opportunity) -> list[str]:
+    """Reasons a CRM opportunity cannot become (or update) a co-sell referral, each one actionable."""
+    problems: list[str] = []
+    if not opportunity.name:
+        problems.append("Give the opportunity a name.")
+    if not opportunity.customer_name:
+        problems.append("Link the opportunity to a customer account with a name.")
+    if not opportunity.solution_ids:
+        problems.append("Add at least one co-sell solution id (for example SOL-12345-ABC) in Products.")
+    country = opportunity.customer_address.country
+    if not country or not _COUNTRY.match(country):
+        shown = f"'{country}'" if country else "missing"
+        problems.append(f"The customer account's country is {shown}; use a 2-letter ISO 3166 code such as US.")
+    if not opportunity.currency:
+        problems.append("Set the opportunity currency.")
+    elif not _CURRENCY.match(opportunity.currency):
+        problems.append(f"Currency '{opportunity.currency}' is not a 3-letter ISO 4217 code.")
+    if opportunity.deal_value is None or opportunity.deal_value <= 0:
+        problems.append("Set a deal value (estimated revenue) greater than zero.")
+    if opportunity.help_code and not any(c.email for c in opportunity.customer_contacts):
+        problems.append("Microsoft's help is requested: add a customer contact with an e-mail address.")
+    for contact in opportunity.customer_contacts:
+        if contact.email and not _EMAIL.match(contact.email):
+            problems.append(f"Customer contact e-mail '{contact.email}' is not a valid address.")
+    return problems

@@ -255,4 +255,5 @@ _LINK_COLUMNS = {
     "last_status": "LastStatus",
     "last_error": "LastError",
     "last_synced_at": "LastSyncedAt",
+    "last_values": "LastValues",
 }

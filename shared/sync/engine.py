@@ -1,13 +1,19 @@
-"""SyncEngine: handles one job. Reads both sides fresh, maps, diffs, validates, writes only what
-changed, and records link, fingerprints and audit. Events are hints: a job names a record and the
-engine always decides from current data, so duplicate, late and out-of-order events are harmless."""
+"""SyncEngine: handles one job for one referral <-> opportunity pair.
+
+A job only names a record (a referral or a CRM opportunity). The engine takes a lease on the pair,
+reads both sides fresh, compares each side with the values both agreed on at the last sync, sends
+each side the other's changes (a documented owner decides fields both sides changed), and records
+link, fingerprints and audit. Because it always decides from current data, duplicate, late,
+out-of-order and echoed events are harmless: an echo finds nothing changed and writes nothing.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from ..domain.audit_text import audit_line, prepend
 from ..domain.checkmark import mark, strip_marks
@@ -20,20 +26,28 @@ from ..domain.errors import (
     TransientError,
     ValidationFailed,
 )
-from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE, changed_fields, fingerprint, referral_to_opportunity
-from ..domain.opportunity import Opportunity
-from ..domain.validation import problems_for_crm
+from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE, fingerprint, mapped_values, referral_to_opportunity
+from ..domain.opportunity import MAPPED_FIELDS, Opportunity
+from ..domain.policies import DEFAULT_FIELD_OWNERS, Side, is_closed, transition_allowed, winner
+from ..domain.referral import Referral
+from ..domain.referral_builder import PATCHABLE_FIELDS, is_microsoft_copy, patch_operations
+from ..domain.validation import problems_for_crm, problems_for_partner_center
 from ..ports import AuditEntry, Clock, Crm, Job, Link, PartnerCenter, SyncStore
+from .clock import SystemClock
+from .referral_creation import ReferralCreator
 
 log = logging.getLogger(__name__)
 
 PC_TO_CRM = "pc->crm"
+CRM_TO_PC = "crm->pc"
 KIND_REFERRAL = "pc-referral"
+KIND_CRM = "crm-opportunity"
 MAX_CONFLICT_RETRIES = 3
+STATUS_FIELDS = ("status", "substatus")
 
 
 class RecordBusy(TransientError):
-    """Another worker holds this record's lease; the queue retries the job later."""
+    """Another worker holds this pair's lease; the queue retries the job later."""
 
 
 @dataclass(frozen=True)
@@ -43,20 +57,39 @@ class EngineOptions:
     referral_link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
     audit_max_chars: int = 20000
     lease_seconds: int = 120
+    field_owners: Mapping[str, Side] = field(default_factory=lambda: dict(DEFAULT_FIELD_OWNERS))
 
 
 @dataclass(frozen=True)
 class Outcome:
     action: str  # created | updated | unchanged | skipped | failed
-    referral_id: str
+    record_key: str
+    direction: str
     crm_id: str | None = None
+    referral_id: str | None = None
     fields: tuple[str, ...] = ()
     message: str = ""
 
 
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
+@dataclass
+class Pair:
+    """What one job found on both sides."""
+
+    referral: Referral | None = None
+    record: Opportunity | None = None
+    link: Link | None = None
+
+
+@dataclass
+class Plan:
+    to_crm: list[str] = field(default_factory=list)
+    to_pc: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    agreed: dict[str, object] = field(default_factory=dict)
+
+
+def failure_state_key(crm_id: str) -> str:
+    return f"crm-invalid:{crm_id}"
 
 
 class SyncEngine:
@@ -65,160 +98,436 @@ class SyncEngine:
     ) -> None:
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
         self.clock: Clock = clock or SystemClock()
+        self.creator = ReferralCreator(pc)
 
-    # -- entry point -----------------------------------------------------------------------------
+    # -- entry point -------------------------------------------------------------------------------
     def handle(self, job: Job, final_attempt: bool = False) -> Outcome:
-        if job.kind != KIND_REFERRAL:
-            raise ValueError(f"unknown job kind '{job.kind}'")
+        if job.kind == KIND_REFERRAL:
+            return self._with_lease(job, final_attempt, self._referral_job)
+        if job.kind == KIND_CRM:
+            return self._with_lease(job, final_attempt, self._crm_job)
+        raise ValueError(f"unknown job kind '{job.kind}'")
+
+    def _with_lease(self, job: Job, final_attempt: bool, run: object) -> Outcome:
+        pair = Pair()
+        key = self._pair_key(job, pair)
+        if key is None:
+            return self._audit(
+                Outcome(
+                    "skipped",
+                    job.record_id,
+                    PC_TO_CRM,
+                    referral_id=job.record_id,
+                    message="referral not found in Partner Center",
+                )
+            )
         owner = uuid.uuid4().hex
-        lease_key = f"{job.kind}:{job.record_id}"
-        if not self.store.acquire_lease(lease_key, owner, self.options.lease_seconds):
-            raise RecordBusy("sync", f"referral {job.record_id} is being synchronised by another worker")
+        if not self.store.acquire_lease(key, owner, self.options.lease_seconds):
+            raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
         try:
-            return self._sync_referral(job.record_id)
+            return run(job.record_id, pair)  # type: ignore[operator]
         except TransientError as exc:
             if final_attempt:
-                self._record_final_failure(job.record_id, exc)
+                self._record_final_failure(job, pair, exc)
             raise
         finally:
-            self.store.release_lease(lease_key, owner)
+            self.store.release_lease(key, owner)
 
-    # -- Partner Center -> CRM ---------------------------------------------------------------------
-    def _sync_referral(self, referral_id: str) -> Outcome:
+    def _pair_key(self, job: Job, pair: Pair) -> str | None:
+        """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
+        job for the same pair never run at the same time."""
+        if job.kind == KIND_CRM:
+            return f"crm:{job.record_id}"
+        pair.link = self.store.get_link(job.record_id)
+        if pair.link is not None and pair.link.crm_id:
+            return f"crm:{pair.link.crm_id}"
         try:
-            referral = self.pc.get_referral(referral_id)
+            pair.referral = self.pc.get_referral(job.record_id)
         except NotFound:
-            return self._audit(Outcome("skipped", referral_id, message="referral not found in Partner Center"))
-        link = self.store.get_link(referral_id)
+            return None
+        external = pair.referral.external_reference_id
+        return f"crm:{external}" if external else f"referral:{job.record_id}"
+
+    # -- a referral changed ----------------------------------------------------------------------------
+    def _referral_job(self, referral_id: str, pair: Pair) -> Outcome:
+        if pair.referral is None:
+            try:
+                pair.referral = self.pc.get_referral(referral_id)
+            except NotFound:
+                return self._audit(
+                    Outcome(
+                        "skipped",
+                        referral_id,
+                        PC_TO_CRM,
+                        referral_id=referral_id,
+                        message="referral not found in Partner Center",
+                    )
+                )
+        referral = pair.referral
+        if is_microsoft_copy(referral.target):
+            return self._audit(
+                Outcome(
+                    "skipped",
+                    referral_id,
+                    PC_TO_CRM,
+                    referral_id=referral_id,
+                    message="Microsoft's copy of a co-sell engagement; the partner's referral carries the sync",
+                )
+            )
+        link = self.store.get_link(referral_id)  # fresh: the one read before the lease may be stale
         if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
             category = classify(referral).value
             return self._audit(
-                Outcome("skipped", referral_id, message=f"{category} not synchronised because SYNC_COSELL_ONLY is on")
+                Outcome(
+                    "skipped",
+                    referral_id,
+                    PC_TO_CRM,
+                    referral_id=referral_id,
+                    message=f"{category} not synchronised because SYNC_COSELL_ONLY is on",
+                )
             )
-        desired = referral_to_opportunity(referral, self.options.referral_link_template)
-        pc_fp = fingerprint(desired)
-        if link is not None and link.pc_fingerprint == pc_fp and link.last_status in ("ok", "failed"):
+        mapped = self._mapped(referral)
+        if link is not None and link.pc_fingerprint == fingerprint(mapped) and link.last_status in ("ok", "failed"):
             return self._audit(
-                Outcome("unchanged", referral_id, link.crm_id, message="mapped fields already synchronised")
+                Outcome(
+                    "unchanged",
+                    referral_id,
+                    PC_TO_CRM,
+                    link.crm_id,
+                    referral_id,
+                    message="mapped fields already synchronised",
+                )
             )
-        problems = problems_for_crm(desired)
+        problems = problems_for_crm(mapped)
         if problems:
-            return self._fail(referral_id, link, pc_fp, referral.e_tag, problems)
+            return self._fail_pc_side(referral, link, problems)
+        record = self._find_record(link, referral)
+        pair = Pair(referral, record, link)
+        return self._reconcile(pair, PC_TO_CRM)
+
+    def _find_record(self, link: Link | None, referral: Referral) -> Opportunity | None:
+        for crm_id in (link.crm_id if link else None, referral.external_reference_id):
+            if crm_id:
+                found = self._safe_get(crm_id)
+                if found is not None:
+                    return found
+        return self.crm.find_by_referral_id(referral.id or "")
+
+    def _safe_get(self, crm_id: str) -> Opportunity | None:
+        try:
+            return self.crm.get_opportunity(crm_id)
+        except (NotFound, PermanentError):
+            return None  # an id from another system that this CRM does not recognise
+
+    # -- a CRM opportunity changed -----------------------------------------------------------------------
+    def _crm_job(self, crm_id: str, pair: Pair) -> Outcome:
+        record = self._safe_get(crm_id)
+        if record is None:
+            return self._audit(
+                Outcome("skipped", crm_id, CRM_TO_PC, crm_id, message="opportunity not found in the CRM")
+            )
+        link = self.store.find_link_by_crm_id(crm_id)
+        if link is None and record.referral_id:
+            link = self.store.get_link(record.referral_id)
+        crm_fp = fingerprint(record)
+        if link is not None and link.crm_fingerprint == crm_fp and link.last_status in ("ok", "failed"):
+            return self._audit(
+                Outcome(
+                    "unchanged",
+                    link.referral_id,
+                    CRM_TO_PC,
+                    crm_id,
+                    link.referral_id,
+                    message="mapped fields already synchronised",
+                )
+            )
+        if link is None and not record.referral_id:
+            if not record.sync_enabled:
+                return self._audit(
+                    Outcome("skipped", crm_id, CRM_TO_PC, crm_id, message="'Sync with Partner Center' is not set")
+                )
+            return self._create_referral(record, crm_fp)
+        referral_id = link.referral_id if link else record.referral_id
+        try:
+            referral = self.pc.get_referral(referral_id or "")
+        except NotFound:
+            return self._fail_crm_side(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
+        return self._reconcile(Pair(referral, record, link), CRM_TO_PC)
+
+    # -- both sides ----------------------------------------------------------------------------------
+    def _reconcile(self, pair: Pair, direction: str) -> Outcome:
         for _ in range(MAX_CONFLICT_RETRIES):
             try:
-                return self._write(referral_id, link, desired, pc_fp, referral.e_tag)
+                if pair.record is None:
+                    return self._create_record(pair)
+                return self._merge(pair, direction)
             except PreconditionFailed:
-                log.info("referral %s: CRM record changed while writing; re-reading", referral_id)
-                link = self.store.get_link(referral_id)
+                log.info("a record changed while we wrote it; re-reading both sides")
+                pair = self._reread(pair)
             except ValidationFailed as exc:
-                return self._fail(referral_id, link, pc_fp, referral.e_tag, exc.reasons)
+                return self._fail(pair, direction, exc.reasons)
             except PermanentError as exc:
-                return self._fail(referral_id, link, pc_fp, referral.e_tag, [str(exc)])
-        raise TransientError("sync", f"referral {referral_id}: CRM record kept changing during the write")
+                return self._fail(pair, direction, [str(exc)])
+        raise TransientError("sync", "the records kept changing while they were written")
 
-    def _current(self, referral_id: str, link: Link | None) -> Opportunity | None:
-        if link is not None and link.crm_id:
-            current = self.crm.get_opportunity(link.crm_id)
-            if current is not None:
-                return current
-        return self.crm.find_by_referral_id(referral_id)
+    def _reread(self, pair: Pair) -> Pair:
+        assert pair.referral is not None and pair.referral.id
+        referral = self.pc.get_referral(pair.referral.id)
+        link = self.store.get_link(pair.referral.id)
+        record = self._find_record(link, referral) if pair.record is None else self._safe_get(pair.record.crm_id or "")
+        return Pair(referral, record, link)
 
-    def _write(
-        self, referral_id: str, link: Link | None, desired: Opportunity, pc_fp: str, pc_etag: str | None
-    ) -> Outcome:
-        current = self._current(referral_id, link)
+    def _create_record(self, pair: Pair) -> Outcome:
+        assert pair.referral is not None and pair.referral.id
+        referral_id = pair.referral.id
+        desired = self._mapped(pair.referral)
+        line = audit_line(self.clock.now(), True, "Created from Partner Center referral")
+        created = self.crm.create_opportunity(
+            desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
+        )
+        self._save_link(pair.link, referral_id, pair.referral, created, mapped_values(self.crm.stored_form(desired)))
+        return self._audit(
+            Outcome(
+                "created",
+                referral_id,
+                PC_TO_CRM,
+                created.crm_id,
+                referral_id,
+                ("all",),
+                "opportunity created in the CRM",
+            )
+        )
+
+    def _merge(self, pair: Pair, direction: str) -> Outcome:
+        referral, record, link = pair.referral, pair.record, pair.link
+        assert referral is not None and record is not None and referral.id
+        pc_opp = self.crm.stored_form(self._mapped(referral))
+        plan = self._plan(pc_opp, record, link, referral)
         now = self.clock.now()
-        if current is None:
-            line = audit_line(now, True, "Created from Partner Center referral")
-            to_create = desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
-            result = self.crm.create_opportunity(to_create)
-            outcome = Outcome("created", referral_id, result.crm_id, ("all",), "opportunity created in the CRM")
+        if plan.to_pc:
+            operations = patch_operations(record, plan.to_pc, has_requirements=_has_requirements(referral))
+            referral = self.pc.patch_referral(referral.id, operations, etag=referral.e_tag)
+        changed = [*plan.to_crm, *plan.to_pc]
+        name = self._marked(pc_opp.name if "name" in plan.to_crm else record.name, True)
+        if changed or name != record.name:
+            text = _summary(plan)
+            audit = prepend(record.audit, audit_line(now, True, text), self.options.audit_max_chars)
+            target = record.model_copy(update={f: getattr(pc_opp, f) for f in plan.to_crm})
+            target = target.model_copy(update={"name": name, "audit": audit})
+            fields = [*plan.to_crm, *(["name"] if "name" not in plan.to_crm else []), "audit"]
+            record = self.crm.update_opportunity(record, target, fields)
+            action = "updated" if changed else "unchanged"
         else:
-            fields = changed_fields(current, self.crm.stored_form(desired))
-            name = self._marked(current.name if "name" not in fields else desired.name, True)
-            if not fields and name == current.name:
-                result = current
-                outcome = Outcome("unchanged", referral_id, current.crm_id, (), "CRM already matches Partner Center")
+            text, action = "both sides already match", "unchanged"
+        self._save_link(link, referral.id, referral, record, plan.agreed)
+        return self._audit(Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(changed), text))
+
+    def _plan(self, pc_opp: Opportunity, record: Opportunity, link: Link | None, referral: Referral) -> Plan:
+        """Which side gets which field. ``agreed`` is what both sides hold afterwards, per field."""
+        pc_vals, crm_vals = mapped_values(pc_opp), mapped_values(record)
+        base = json.loads(link.last_values) if link and link.last_values else None
+        plan = Plan(agreed=dict(pc_vals))
+        for name in MAPPED_FIELDS:
+            if pc_vals[name] == crm_vals[name]:
+                continue
+            pc_changed = base is None or pc_vals[name] != base.get(name)
+            crm_changed = base is None or crm_vals[name] != base.get(name)
+            if pc_changed and crm_changed:
+                side = winner(name, self.options.field_owners)
+                if base is not None:
+                    plan.notes.append(f"{name} changed on both sides; {_side_name(side)} wins")
             else:
-                text = "Updated from Partner Center: " + (", ".join(fields) if fields else "sync mark")
-                audit = prepend(current.audit, audit_line(now, True, text), self.options.audit_max_chars)
-                target = desired.model_copy(update={"name": name, "audit": audit})
-                write = [*fields, *(["name"] if name != current.name and "name" not in fields else []), "audit"]
-                result = self.crm.update_opportunity(current, target, write)
-                outcome = Outcome("updated", referral_id, result.crm_id, tuple(fields), text)
-        self._save_link(link, referral_id, result, pc_fp, pc_etag, "ok", None)
-        return self._audit(outcome)
+                side = "pc" if pc_changed else "crm"
+            if side == "pc":
+                plan.to_crm.append(name)
+            elif name not in PATCHABLE_FIELDS:
+                plan.notes.append(f"{name} cannot be changed in Partner Center after creation; not sent")
+            else:
+                plan.to_pc.append(name)
+                plan.agreed[name] = crm_vals[name]
+        self._check_status_move(plan, referral, record, pc_vals, crm_vals)
+        if plan.to_pc and is_closed(referral.status):
+            plan.notes.append(f"referral is closed in Partner Center; not sent: {', '.join(plan.to_pc)}")
+            for name in plan.to_pc:
+                plan.agreed[name] = pc_vals[name]
+            plan.to_pc = []
+        return plan
 
-    def _fail(
-        self, referral_id: str, link: Link | None, pc_fp: str, pc_etag: str | None, reasons: list[str]
-    ) -> Outcome:
-        """Record a failure the same data will always hit: audit, cross mark, no retry until it changes."""
+    def _check_status_move(
+        self,
+        plan: Plan,
+        referral: Referral,
+        record: Opportunity,
+        pc_vals: dict[str, object],
+        crm_vals: dict[str, object],
+    ) -> None:
+        """Status and substatus travel together and only along Partner Center's allowed transitions."""
+        if not any(f in plan.to_pc for f in STATUS_FIELDS):
+            return
+        moving = [f for f in STATUS_FIELDS if f in plan.to_pc]
+        if transition_allowed(referral.status, record.status, record.substatus):
+            for name in STATUS_FIELDS:
+                if name not in plan.to_pc and pc_vals[name] != crm_vals[name]:
+                    plan.to_pc.append(name)
+                    if name in plan.to_crm:
+                        plan.to_crm.remove(name)
+                plan.agreed[name] = crm_vals[name]
+            return
+        plan.notes.append(
+            f"Partner Center does not allow {referral.status}/{referral.substatus} -> "
+            f"{record.status}/{record.substatus}; status not sent"
+        )
+        for name in moving:
+            plan.to_pc.remove(name)
+            plan.agreed[name] = pc_vals[name]
+
+    # -- CRM -> Partner Center creation ---------------------------------------------------------------
+    def _create_referral(self, record: Opportunity, crm_fp: str) -> Outcome:
+        assert record.crm_id is not None
+        failed = self.store.get_state(failure_state_key(record.crm_id))
+        if failed and failed.get("CrmFingerprint") == crm_fp:
+            return self._audit(
+                Outcome(
+                    "unchanged",
+                    record.crm_id,
+                    CRM_TO_PC,
+                    record.crm_id,
+                    message="still invalid; waiting for the opportunity to change",
+                )
+            )
+        problems = problems_for_partner_center(record)
+        if problems:
+            return self._fail_crm_side(record, None, problems)
+        created = self.creator.ensure(record)
+        referral = created.referral
+        assert referral.id is not None
+        link_url = referral_to_opportunity(referral, self.options.referral_link_template).referral_link
+        text = "Co-sell referral created in Partner Center" + (
+            " with a request for Microsoft's help" if created.microsoft_referral_id else ""
+        )
+        audit = prepend(record.audit, audit_line(self.clock.now(), True, text), self.options.audit_max_chars)
+        target = record.model_copy(
+            update={
+                "referral_id": referral.id,
+                "referral_link": link_url,
+                "name": self._marked(record.name, True),
+                "audit": audit,
+            }
+        )
+        written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
+        agreed = mapped_values(self.crm.stored_form(self._mapped(referral)))
+        self._save_link(None, referral.id, referral, written, agreed)
+        if failed:
+            self.store.set_state(failure_state_key(record.crm_id), {"CrmFingerprint": "", "Reason": ""})
+        return self._audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
+
+    # -- failures ----------------------------------------------------------------------------------------
+    def _fail(self, pair: Pair, direction: str, reasons: list[str]) -> Outcome:
+        if direction == CRM_TO_PC and pair.record is not None:
+            return self._fail_crm_side(pair.record, pair.link, reasons)
+        assert pair.referral is not None
+        return self._fail_pc_side(pair.referral, pair.link, reasons)
+
+    def _fail_pc_side(self, referral: Referral, link: Link | None, reasons: list[str]) -> Outcome:
+        """A referral the CRM cannot take as it is: audit, cross mark, no retry until the referral changes."""
+        assert referral.id is not None
         message = "Not synchronised: " + " ".join(reasons)
-        current = self._safe_current(referral_id, link)
-        if current is not None:
-            audit = prepend(current.audit, audit_line(self.clock.now(), False, message), self.options.audit_max_chars)
-            name = self._marked(current.name, False) if self.options.checkmark_enabled else None
-            try:
-                current = self.crm.set_sync_outcome(current, name, audit)
-            except ExternalServiceError as exc:
-                log.warning("referral %s: could not write the failure to the CRM: %s", referral_id, exc)
-        self._save_link(link, referral_id, current, pc_fp, pc_etag, "failed", message)
-        return self._audit(Outcome("failed", referral_id, current.crm_id if current else None, (), message))
+        record = self._mark_failure(self._safe_find(link, referral), message)
+        updated = link or Link(referral_id=referral.id)
+        self._record_link(updated, referral, record, status="failed", error=message)
+        return self._audit(
+            Outcome("failed", referral.id, PC_TO_CRM, record.crm_id if record else None, referral.id, message=message)
+        )
 
-    def _safe_current(self, referral_id: str, link: Link | None) -> Opportunity | None:
+    def _fail_crm_side(self, record: Opportunity, link: Link | None, reasons: list[str]) -> Outcome:
+        """An opportunity Partner Center cannot take as it is: reason in the Audit column, cross mark, and
+        no retry until the opportunity changes."""
+        assert record.crm_id is not None
+        message = "Not sent to Partner Center: " + " ".join(reasons)
+        marked = self._mark_failure(record, message)
+        if link is None:
+            self.store.set_state(
+                failure_state_key(record.crm_id),
+                {"CrmFingerprint": fingerprint(marked or record), "Reason": message[:30000]},
+            )
+        else:
+            link.crm_fingerprint = fingerprint(marked or record)
+            link.last_status, link.last_error = "failed", message
+            link.last_synced_at = self.clock.now()
+            self.store.save_link(link)
+        key = link.referral_id if link else record.crm_id
+        return self._audit(
+            Outcome("failed", key, CRM_TO_PC, record.crm_id, link.referral_id if link else None, message=message)
+        )
+
+    def _mark_failure(self, record: Opportunity | None, message: str) -> Opportunity | None:
+        if record is None:
+            return None
+        audit = prepend(record.audit, audit_line(self.clock.now(), False, message), self.options.audit_max_chars)
+        name = self._marked(record.name, False) if self.options.checkmark_enabled else None
         try:
-            return self._current(referral_id, link)
+            return self.crm.set_sync_outcome(record, name, audit)
+        except ExternalServiceError as exc:
+            log.warning("could not write the failure to the CRM record %s: %s", record.crm_id, exc)
+            return record
+
+    def _safe_find(self, link: Link | None, referral: Referral) -> Opportunity | None:
+        try:
+            return self._find_record(link, referral)
         except ExternalServiceError:
             return None
 
-    def _record_final_failure(self, referral_id: str, exc: Exception) -> None:
+    def _record_final_failure(self, job: Job, pair: Pair, exc: Exception) -> None:
         message = f"Gave up after repeated transient errors; the job goes to the poison queue: {exc}"
-        link = self.store.get_link(referral_id)
-        current = self._safe_current(referral_id, link)
-        if current is not None:
-            audit = prepend(current.audit, audit_line(self.clock.now(), False, message), self.options.audit_max_chars)
-            name = self._marked(current.name, False) if self.options.checkmark_enabled else None
-            try:
-                self.crm.set_sync_outcome(current, name, audit)
-            except ExternalServiceError:
-                pass
-        self._audit(Outcome("failed", referral_id, current.crm_id if current else None, (), message))
+        record: Opportunity | None = None
+        try:
+            if job.kind == KIND_CRM:
+                record = self._safe_get(job.record_id)
+            elif pair.referral is not None:
+                record = self._find_record(self.store.get_link(job.record_id), pair.referral)
+        except ExternalServiceError:
+            record = None  # the CRM itself is what keeps failing
+        self._mark_failure(record, message)
+        direction = CRM_TO_PC if job.kind == KIND_CRM else PC_TO_CRM
+        self._audit(Outcome("failed", job.record_id, direction, record.crm_id if record else None, message=message))
 
-    # -- bookkeeping ---------------------------------------------------------------------------
+    # -- bookkeeping ---------------------------------------------------------------------------------
+    def _mapped(self, referral: Referral) -> Opportunity:
+        return referral_to_opportunity(referral, self.options.referral_link_template)
+
     def _marked(self, name: str | None, success: bool) -> str | None:
         if name is None:
             return None
         return mark(name, success) if self.options.checkmark_enabled else strip_marks(name)
 
     def _save_link(
-        self,
-        link: Link | None,
-        referral_id: str,
-        record: Opportunity | None,
-        pc_fp: str,
-        pc_etag: str | None,
-        status: str,
-        error: str | None,
+        self, link: Link | None, referral_id: str, referral: Referral, record: Opportunity, agreed: dict[str, object]
     ) -> None:
         updated = link or Link(referral_id=referral_id)
-        updated.crm_provider = self.crm.provider
+        updated.last_values = json.dumps(agreed, sort_keys=True, default=str)
+        self._record_link(updated, referral, record, status="ok", error=None)
+
+    def _record_link(
+        self, link: Link, referral: Referral, record: Opportunity | None, status: str, error: str | None
+    ) -> None:
+        link.crm_provider = self.crm.provider
         if record is not None:
-            updated.crm_id = record.crm_id
-            updated.crm_etag = record.etag
-            updated.crm_fingerprint = fingerprint(record)
-        updated.pc_fingerprint = pc_fp
-        updated.pc_etag = pc_etag
-        updated.last_status = status
-        updated.last_error = error
-        updated.last_synced_at = self.clock.now()
-        self.store.save_link(updated)
+            link.crm_id = record.crm_id
+            link.crm_etag = record.etag
+            link.crm_fingerprint = fingerprint(record)
+        link.pc_fingerprint = fingerprint(self._mapped(referral))
+        link.pc_etag = referral.e_tag
+        link.last_status = status
+        link.last_error = error
+        link.last_synced_at = self.clock.now()
+        self.store.save_link(link)
 
     def _audit(self, outcome: Outcome) -> Outcome:
         self.store.append_audit(
             AuditEntry(
-                record_key=outcome.referral_id,
+                record_key=outcome.record_key,
                 action=outcome.action,
-                direction=PC_TO_CRM,
+                direction=outcome.direction,
                 message=outcome.message,
                 crm_id=outcome.crm_id,
                 referral_id=outcome.referral_id,
@@ -226,5 +535,25 @@ class SyncEngine:
                 at=self.clock.now(),
             )
         )
-        log.info("referral %s: %s %s", outcome.referral_id, outcome.action, outcome.message)
+        log.info("%s %s: %s %s", outcome.direction, outcome.record_key, outcome.action, outcome.message)
         return outcome
+
+
+def _has_requirements(referral: Referral) -> bool:
+    return referral.details is not None and referral.details.requirements is not None
+
+
+def _side_name(side: Side) -> str:
+    return "Partner Center" if side == "pc" else "the CRM"
+
+
+def _summary(plan: Plan) -> str:
+    parts = []
+    if plan.to_crm:
+        parts.append("from Partner Center: " + ", ".join(plan.to_crm))
+    if plan.to_pc:
+        parts.append("to Partner Center: " + ", ".join(plan.to_pc))
+    text = "Updated " + "; ".join(parts) if parts else "Synchronised"
+    if plan.notes:
+        text += " (" + "; ".join(plan.notes) + ")"
+    return text

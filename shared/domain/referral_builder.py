@@ -1,0 +1,133 @@
+"""CRM opportunity -> Partner Center: the create bodies of a co-sell referral and JSON Patch updates."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from .checkmark import strip_marks
+from .classification import MICROSOFT_ORG_ID
+from .opportunity import Contact, Opportunity
+
+# Fields Partner Center lets a partner change on an existing referral (the customer's location cannot be
+# edited after creation; asking for Microsoft's help later needs a new Microsoft referral).
+PATCHABLE_FIELDS = frozenset(
+    {
+        "name",
+        "deal_value",
+        "currency",
+        "close_date",
+        "notes",
+        "customer_contacts",
+        "solution_ids",
+        "status",
+        "substatus",
+    }
+)
+
+
+def _closing(value: date | None) -> str | None:
+    return f"{value.isoformat()}T00:00:00Z" if value else None
+
+
+def _member(contact: Contact) -> dict[str, Any]:
+    member = {
+        "firstName": contact.first_name,
+        "lastName": contact.last_name,
+        "email": contact.email,
+        "phoneNumber": contact.phone,
+        "title": contact.title,
+    }
+    return {k: v for k, v in member.items() if v is not None}
+
+
+def _solutions(opportunity: Opportunity) -> list[dict[str, str]]:
+    return [{"id": sid} for sid in opportunity.solution_ids]
+
+
+def is_microsoft_copy(targets: list[Any]) -> bool:
+    """The referral a partner creates *for Microsoft* in a co-sell engagement targets Microsoft's profile."""
+    return any(
+        getattr(t, "type", None) == "BusinessProfileLocation" and getattr(t, "id", None) == MICROSOFT_ORG_ID
+        for t in targets
+    )
+
+
+def partner_referral_body(opportunity: Opportunity) -> dict[str, Any]:
+    """The partner's Shared referral, targeted at its co-sell solution, keyed by the CRM id."""
+    help_requested = opportunity.help_code is not None
+    address = opportunity.customer_address
+    body: dict[str, Any] = {
+        "name": strip_marks(opportunity.name or ""),
+        "externalReferenceId": opportunity.crm_id,
+        "type": "Shared",
+        "qualification": "SalesQualified",
+        "status": "New",
+        "substatus": "Pending",
+        "target": [{"type": "SolutionProfile", "id": opportunity.solution_ids[0]}],
+        "customerProfile": {
+            "name": opportunity.customer_name,
+            "address": {
+                k: v
+                for k, v in {
+                    "addressLine1": address.line1,
+                    "addressLine2": address.line2,
+                    "city": address.city,
+                    "state": address.state,
+                    "postalCode": address.postal_code,
+                    "country": address.country,
+                }.items()
+                if v is not None
+            },
+            "team": [_member(c) for c in opportunity.customer_contacts],
+        },
+        "consent": {
+            "consentToToShareInfoWithOthers": help_requested,
+            "consentToContact": help_requested,
+            "consentToShareReferralWithMicrosoftSellers": help_requested,
+        },
+        "details": {
+            "notes": opportunity.notes,
+            "dealValue": float(opportunity.deal_value) if opportunity.deal_value is not None else None,
+            "currency": opportunity.currency,
+            "closingDateTime": _closing(opportunity.close_date),
+            "requirements": {"solutions": _solutions(opportunity)},
+        },
+    }
+    if help_requested:
+        body["inviteContext"] = {"assistanceRequestCode": opportunity.help_code}
+    return body
+
+
+def microsoft_referral_body(partner_body: dict[str, Any], engagement_id: str) -> dict[str, Any]:
+    """The linked referral for Microsoft on the same engagement (documented co-sell pattern)."""
+    body = {k: v for k, v in partner_body.items() if k != "externalReferenceId"}
+    body["engagementId"] = engagement_id
+    body["target"] = [{"type": "BusinessProfileLocation", "id": MICROSOFT_ORG_ID}]
+    return body
+
+
+def patch_operations(opportunity: Opportunity, fields: list[str], has_requirements: bool) -> list[dict[str, Any]]:
+    """JSON Patch (``replace``/``add`` only) carrying ``fields`` of the opportunity to the referral."""
+    o = opportunity
+    values: dict[str, tuple[str, Any]] = {
+        "name": ("/name", strip_marks(o.name or "")),
+        "deal_value": ("/details/dealValue", float(o.deal_value) if o.deal_value is not None else None),
+        "currency": ("/details/currency", o.currency),
+        "close_date": ("/details/closingDateTime", _closing(o.close_date)),
+        "notes": ("/details/notes", o.notes),
+        "customer_contacts": ("/customerProfile/team", [_member(c) for c in o.customer_contacts]),
+        "status": ("/status", o.status),
+        "substatus": ("/substatus", o.substatus),
+    }
+    operations: list[dict[str, Any]] = []
+    for field in fields:
+        if field == "solution_ids":
+            if has_requirements:
+                operations.append({"op": "replace", "path": "/details/requirements/solutions", "value": _solutions(o)})
+            else:
+                operations.append({"op": "add", "path": "/details/requirements", "value": {"solutions": _solutions(o)}})
+        elif field in values:
+            path, value = values[field]
+            operations.append({"op": "replace", "path": path, "value": value})
+    return operations

@@ -1,0 +1,19 @@
+"""Timer triggers: the CRM poll (schedule from the CRM_POLL_SCHEDULE app setting, NCRONTAB, UTC)."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from .. import wiring
+
+log = logging.getLogger(__name__)
+bp = func.Blueprint()
+
+
+@bp.function_name("poll_crm")
+@bp.timer_trigger(arg_name="timer", schedule="%CRM_POLL_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def poll_crm(timer: func.TimerRequest) -> None:
+    result = wiring.container().poller.poll()
+    log.info("CRM poll: %s changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark)
