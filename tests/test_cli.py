@@ -1,0 +1,59 @@
+"""Operator commands (python -m shared ...) against the emulators and Azurite."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.__main__ import main
+from shared.ports import Job
+from shared.store.queue import encode_job
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_command_has_help():
+    for command in ("status", "backfill", "replay-poison", "register-webhook"):
+        result = subprocess.run(
+            [sys.executable, "-m", "shared", command, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_backfill_enqueues_each_flagged_opportunity_once_and_syncs_them(stack, capsys):
+    seller = stack.seller()
+    flagged = {seller.create_flagged(help_code=None) for _ in range(3)}
+    seller.create_flagged(flagged=False)
+    assert main(["backfill"]) == 0
+    assert "done: 3 jobs" in capsys.readouterr().out
+    assert {job.record_id for job in stack.host.queue.peek_jobs()} == flagged
+    stack.host.drain()
+    assert {r["externalReferenceId"] for r in stack.pc.referrals()} == flagged
+
+
+def test_replay_poison_moves_jobs_back(stack, capsys):
+    stack.host.queue.poison.send_message(encode_job(Job("crm-opportunity", "abc", reason="test")))
+    stack.host.queue.poison.send_message("{not json")
+    assert main(["replay-poison"]) == 0
+    out = capsys.readouterr().out
+    assert "replayed 1 job(s)" in out and "dropped 1 unreadable" in out
+    assert [j.record_id for j in stack.host.queue.peek_jobs()] == ["abc"]
+    assert stack.host.queue.poison_depth() == 0
+
+
+def test_register_webhook_creates_then_replaces(stack, capsys):
+    assert main(["register-webhook", "--url", "https://example.org/api/webhooks/partner-center"]) == 0
+    assert main(["register-webhook", "--url", "https://example.org/api/webhooks/v2"]) == 0
+    capsys.readouterr()
+    assert main(["register-webhook", "--show"]) == 0
+    current = json.loads(capsys.readouterr().out)
+    assert current["WebhookUrl"] == "https://example.org/api/webhooks/v2"
+    assert "related-referral-updated" in current["WebhookEvents"]
+
+
+def test_status_prints_json(stack, capsys):
+    assert main(["status"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["queue"] == {"depth": 0, "poison": 0}
