@@ -35,3 +35,8 @@ format: $(VENV_STAMP)
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache dist
+
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(VENV_STAMP) $(NODE_STAMP)
+	$(PY) devtools/bench.py $(BENCH_ARGS)

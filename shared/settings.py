@@ -48,7 +48,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+    # Empty values count as unset: local.settings.json templates carry "" for settings left to defaults.
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     # -- behaviour -------------------------------------------------------------------------------
     crm_provider: Literal["dynamics", "salesforce"] = Field("dynamics", validation_alias=_env("CRM_PROVIDER"))

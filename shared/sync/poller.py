@@ -10,7 +10,6 @@ as a no-op. A poll that finds nothing costs one query.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -20,8 +19,10 @@ from ..ports import Clock, Crm, Job, JobQueue
 from .engine import KIND_CRM
 
 POLL_STATE_KEY = "crm-poll"
-# Table Storage strings hold 32K characters; 12-hex-digit digests keep ~2,400 versions within that.
-MAX_REMEMBERED = 2400
+# Table Storage strings hold 32K characters; each remembered version takes about 14 ("digest:age,").
+# Past this many versions inside the overlap window, the oldest are forgotten and may be enqueued again,
+# which the engine treats as a no-op.
+MAX_REMEMBERED = 2200
 
 
 class PollState(Protocol):
@@ -40,7 +41,24 @@ class PollResult:
 def _version(record: Opportunity) -> str:
     # The row version (etag) changes on every write, even two writes within one timestamp tick.
     text = f"{record.crm_id}|{record.etag or ''}|{record.modified_at.isoformat() if record.modified_at else ''}"
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _load_versions(text: str | None, newest: datetime | None) -> dict[str, datetime]:
+    """``"digest:age,..."`` where age is whole seconds before the watermark."""
+    if not text or newest is None:
+        return {}
+    versions = {}
+    for item in text.split(","):
+        digest, _, age = item.partition(":")
+        versions[digest] = newest - timedelta(seconds=int(age or 0))
+    return versions
+
+
+def _dump_versions(versions: dict[str, datetime], newest: datetime | None) -> str:
+    if newest is None:
+        return ""
+    return ",".join(f"{d}:{max(0, int((newest - at).total_seconds()))}" for d, at in versions.items())
 
 
 class CrmPoller:
@@ -60,7 +78,7 @@ class CrmPoller:
     def poll(self) -> PollResult:
         saved = self.state.get_state(POLL_STATE_KEY) or {}
         watermark = saved.get("Watermark") if isinstance(saved.get("Watermark"), datetime) else None
-        remembered: dict[str, str] = json.loads(saved.get("Versions") or "{}")
+        remembered = _load_versions(saved.get("Versions"), watermark)
         since = watermark - self.overlap if watermark else None
         seen = enqueued = 0
         newest = watermark
@@ -73,13 +91,13 @@ class CrmPoller:
                 self.queue.enqueue(Job(KIND_CRM, record.crm_id, reason="crm-poll"))
                 enqueued += 1
             if record.modified_at is not None:
-                remembered[version] = record.modified_at.isoformat()
+                remembered[version] = record.modified_at
                 newest = record.modified_at if newest is None or record.modified_at > newest else newest
         self.state.set_state(
             POLL_STATE_KEY,
             {
                 "Watermark": newest,
-                "Versions": json.dumps(self._within_window(remembered, newest)),
+                "Versions": _dump_versions(self._within_window(remembered, newest), newest),
                 "LastRunAt": self.clock.now(),
                 "LastSeen": seen,
                 "LastEnqueued": enqueued,
@@ -87,12 +105,12 @@ class CrmPoller:
         )
         return PollResult(seen, enqueued, newest)
 
-    def _within_window(self, remembered: dict[str, str], newest: datetime | None) -> dict[str, str]:
+    def _within_window(self, remembered: dict[str, datetime], newest: datetime | None) -> dict[str, datetime]:
         """Only versions inside the overlap window can come back; older ones are forgotten."""
         if newest is None:
             return {}
         floor = newest - self.overlap
-        kept = {k: v for k, v in remembered.items() if datetime.fromisoformat(v) >= floor}
+        kept = {k: v for k, v in remembered.items() if v >= floor}
         if len(kept) > MAX_REMEMBERED:
             newest_first = sorted(kept.items(), key=lambda item: item[1], reverse=True)
             kept = dict(newest_first[:MAX_REMEMBERED])

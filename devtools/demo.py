@@ -1,0 +1,353 @@
+"""``make demo``: the connector's main job end to end on the embedded default, with a short report.
+
+Starts Azurite, the Partner Center and Dataverse emulators and the real function app under the local
+runner (a separate process), then plays a scripted scenario only through what Partner Center would do
+(the emulator's control API) and only observes the results (emulator state, the audit table):
+
+1. the app is up: ``GET /api/health``;
+2. Microsoft shares a co-sell referral -> signed webhook -> queue -> an opportunity in Dataverse;
+3. the referral is updated -> webhook -> the opportunity follows;
+4. Partner Center delivers the same webhook again -> processed, nothing new written.
+
+Exit status 0 only if every step was observed. Everything started is stopped on exit, on Ctrl-C and
+on SIGTERM; if this process is killed outright, the guards (devtools.guard) stop Azurite and the runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+import requests
+
+from .azurite import ROOT, free_port
+from .demo_observe import AuditLine, Observer
+from .guard import Guarded, spawn_guarded
+from .hostconfig import load_host_config
+from .stack import Stack, hermetic_environment, project_pythonpath
+
+T = TypeVar("T")
+WEBHOOK_FUNCTION = "partner_center_webhook"
+# Queue polling backs off to host.json's maxPollingInterval (10 s) while idle; the demo caps it at 0.5 s so
+# its timings show the app's work, not the poll interval. The override is the host's own mechanism.
+POLLING_OVERRIDE = {"AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500"}
+
+
+class StepFailed(Exception):
+    """A step's expected outcome was not observed in time."""
+
+
+@dataclass
+class Step:
+    title: str
+    ok: bool = False
+    timings: list[tuple[str, float]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Demo:
+    def __init__(self, timeout: float) -> None:
+        self.started = time.monotonic()
+        self.timeout = timeout
+        self.steps: list[Step] = []
+        # Says what died, if a process the demo depends on has exited; checked while waiting.
+        self.watch: Callable[[], str | None] = lambda: None
+
+    def say(self, message: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f}s] {message}", flush=True)
+
+    def wait_for(self, what: str, probe: Callable[[], T | None], since: float) -> tuple[T, float]:
+        """Poll ``probe`` until it returns something; the value and the seconds since ``since``."""
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            value = probe()
+            if value:
+                return value, time.monotonic() - since
+            problem = self.watch()
+            if problem:
+                raise StepFailed(f"{problem} while waiting for {what}")
+            time.sleep(0.05)
+        raise StepFailed(f"not observed within {self.timeout:.0f}s: {what}")
+
+    def observed(self, step: Step, label: str, seconds: float) -> None:
+        step.timings.append((label, seconds))
+        self.say(f"  {label} ({_ms(seconds)})")
+
+    def step(self, title: str) -> Step:
+        step = Step(title)
+        self.steps.append(step)
+        self.say(f"step {len(self.steps)}: {title}")
+        return step
+
+
+# -- the runner process --------------------------------------------------------------------------------------
+def start_runner(stack: Stack, workdir: Path, demo: Demo) -> tuple[Guarded, str, Path]:
+    port = free_port()
+    log_path = workdir / "runner.log"
+    empty = workdir / "no-local-settings.json"
+    empty.write_text('{"IsEncrypted": false, "Values": {}}')
+    env = {**hermetic_environment(os.environ), **stack.settings, **POLLING_OVERRIDE}
+    env["PYTHONPATH"] = project_pythonpath(os.environ)
+    cmd = [sys.executable, "-m", "devtools.runner", "serve", "--port", str(port), "--settings-file", str(empty)]
+    with open(log_path, "ab") as log:
+        runner = spawn_guarded(cmd, "runner", env=env, cwd=ROOT, output=log)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if not runner.running():
+            raise StepFailed("the local runner exited during start-up:\n" + tail(log_path))
+        try:
+            return requests.get(f"{base}/admin/host/status", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    _, took = demo.wait_for("the local runner to start", ready, time.monotonic())
+    demo.say(f"local runner serving the real function_app.py on {base} (guard pid {runner.pid}, {took:.1f}s)")
+    return runner, base, log_path
+
+
+def webhook_url(base: str, settings: dict[str, str]) -> str:
+    """The webhook's URL from the app's own registration, as listed by the runner's admin endpoint."""
+    listed = requests.get(f"{base}/admin/functions", timeout=10).json()["functions"]
+    trigger = next((f["trigger"] for f in listed if f["name"] == WEBHOOK_FUNCTION), None)
+    if trigger is None:
+        raise StepFailed(f"the app registers no {WEBHOOK_FUNCTION} function")
+    prefix = load_host_config(ROOT, settings).route_prefix
+    return base + "/" + "/".join(p for p in (prefix, str(trigger["route"]).strip("/")) if p)
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# -- the scenario --------------------------------------------------------------------------------------------
+def _delivered(observer: Observer, referral_id: str, count: int) -> Callable[[], dict[str, Any] | None]:
+    def probe() -> dict[str, Any] | None:
+        found = observer.deliveries_for(referral_id)
+        if len(found) >= count and found[count - 1]["status"] != "pending":
+            return found[count - 1]
+        return None
+
+    return probe
+
+
+def _accepted(delivery: dict[str, Any]) -> None:
+    if delivery["status_code"] != 202:
+        raise StepFailed(f"webhook answered {delivery['status_code']} ({delivery['status']}), expected 202")
+
+
+def run_scenario(demo: Demo, observer: Observer, base: str) -> dict[str, Any]:
+    step = demo.step("the app is up: GET /api/health")
+    started = time.monotonic()
+    health = requests.get(f"{base}/api/health", timeout=10)
+    if health.status_code != 200:
+        raise StepFailed(f"GET /api/health answered {health.status_code}")
+    demo.observed(step, "answered 200", time.monotonic() - started)
+    step.ok = True
+
+    step = demo.step("Microsoft shares a co-sell referral -> signed webhook -> opportunity in Dataverse")
+    started = time.monotonic()
+    referral = observer.create_cosell_referral()
+    referral_id = referral["id"]
+    delivery, took = demo.wait_for("the referral-created webhook", _delivered(observer, referral_id, 1), started)
+    _accepted(delivery)
+    demo.observed(step, f"signed {delivery['event']} webhook answered 202", took)
+    opportunity, took = demo.wait_for(
+        "the opportunity in the Dataverse emulator", lambda: observer.opportunity_for(referral_id), started
+    )
+    demo.observed(step, "opportunity created in Dataverse", took)
+    step.notes.append(f"referral {referral_id} -> opportunity {opportunity.get('opportunityid')}")
+    step.ok = True
+
+    step = demo.step("the referral is updated in Partner Center -> the opportunity follows")
+    new_value = float(referral["details"]["dealValue"]) + 60000.0
+    writes_before = len(observer.writes())
+    started = time.monotonic()
+    observer.update_referral(referral_id, {"details": {"dealValue": new_value}})
+    delivery, took = demo.wait_for("the referral-updated webhook", _delivered(observer, referral_id, 2), started)
+    _accepted(delivery)
+    demo.observed(step, f"signed {delivery['event']} webhook answered 202", took)
+
+    def followed() -> dict[str, Any] | None:
+        current = observer.opportunity_for(referral_id)
+        if current and _number(current.get("estimatedvalue")) == new_value and len(observer.writes()) > writes_before:
+            return current
+        return None
+
+    what = f"the opportunity's estimated value to become {new_value:,.0f}"
+    opportunity, took = demo.wait_for(what, followed, started)
+    demo.observed(step, "opportunity updated in Dataverse", took)
+    step.notes.append(f"deal value {float(referral['details']['dealValue']):,.0f} -> {new_value:,.0f}")
+    step.ok = True
+
+    step = demo.step("Partner Center delivers the same webhook again -> nothing new")
+    writes_before = len(observer.writes())
+    opportunities_before = len(observer.opportunities())
+    audit_before = len(observer.audit_trail(referral_id))
+    started = time.monotonic()
+    observer.redeliver(referral_id)
+    delivery, took = demo.wait_for("the duplicate webhook", _delivered(observer, referral_id, 3), started)
+    _accepted(delivery)
+    demo.observed(step, "duplicate webhook answered 202", took)
+
+    def handled() -> list[AuditLine] | None:
+        trail = observer.audit_trail(referral_id)
+        return trail if len(trail) > audit_before else None
+
+    trail, took = demo.wait_for("the duplicate job in the audit trail", handled, started)
+    demo.observed(step, f"job processed ({trail[-1].action})", took)
+    time.sleep(0.5)  # a late write would show up here; there must be none
+    writes_after, opportunities_after = len(observer.writes()), len(observer.opportunities())
+    if trail[-1].action != "unchanged" or writes_after != writes_before or opportunities_after != opportunities_before:
+        raise StepFailed(
+            f"the duplicate changed something: audit '{trail[-1].action}', Dataverse writes {writes_before} -> "
+            f"{writes_after}, opportunities {opportunities_before} -> {opportunities_after}"
+        )
+    step.notes.append(f"Dataverse writes stayed at {writes_after}, opportunities at {opportunities_after}")
+    step.ok = True
+    return {"referral_id": referral_id}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def report(demo: Demo, observer: Observer | None, referral_id: str | None) -> None:
+    print("\n" + "=" * 78)
+    print("Co-sell connector demo: Partner Center -> webhook -> queue -> Dataverse (all local)")
+    print("=" * 78)
+    print("Timings run from each step's action until the demo saw the result (it polls every 50 ms).")
+    print("Queue polling is capped at 0.5 s for the demo (AzureFunctionsJobHost__extensions__queues__")
+    print("maxPollingInterval); host.json allows 10 s between polls of an idle queue.\n")
+    for number, step in enumerate(demo.steps, start=1):
+        print(f"{'PASS' if step.ok else 'FAIL'}  {number}. {step.title}")
+        for label, seconds in step.timings:
+            print(f"        {label:<46} {_ms(seconds):>10}")
+        for note in step.notes:
+            print(f"        {note}")
+    if observer is not None and referral_id is not None:
+        _report_records(observer, referral_id)
+    passed = sum(step.ok for step in demo.steps)
+    total = time.monotonic() - demo.started
+    verdict = "every step observed" if demo.steps and passed == len(demo.steps) else "NOT every step observed"
+    print(f"\nResult: {passed}/{len(demo.steps)} steps passed, {verdict} (total {total:.1f} s)")
+
+
+def _report_records(observer: Observer, referral_id: str) -> None:
+    try:
+        referral = observer.referral(referral_id)
+        opportunities = observer.opportunities()
+        writes = observer.writes()
+        trail = observer.audit_trail(referral_id)
+    except Exception as exc:  # the report must not hide the steps' verdict behind a read error
+        print(f"\n(records unavailable: {exc})")
+        return
+    details = referral.get("details") or {}
+    print("\nPartner Center (emulator): 1 referral")
+    print(
+        f'  {referral_id}  "{referral.get("name")}"  {referral.get("status")}/{referral.get("substatus")}'
+        f"  {float(details.get('dealValue') or 0):,.0f} {details.get('currency', '')}  "
+        f"invited by {((referral.get('inviteContext') or {}).get('invitedBy') or {}).get('organizationName')}"
+    )
+    print(f"\nDataverse (emulator): {len(opportunities)} opportunit{'y' if len(opportunities) == 1 else 'ies'}")
+    for row in opportunities:
+        value = _number(row.get("estimatedvalue"))
+        print(
+            f'  {row.get("opportunityid")}  "{row.get("name")}"  estimatedvalue {value or 0:,.0f}'
+            f"  {observer.referral_column}={row.get(observer.referral_column)}"
+        )
+    kinds: dict[str, int] = {}
+    for write in writes:
+        key = f"{write.get('operation', write.get('op', '?'))} {write.get('table', write.get('entity', ''))}".strip()
+        kinds[key] = kinds.get(key, 0) + 1
+    print(f"  writes: {len(writes)} ({', '.join(f'{n} {k}' for k, n in kinds.items()) or 'none'})")
+    print("\nAudit trail (SyncAudit, oldest first)")
+    for line in trail:
+        stamp = line.at.strftime("%H:%M:%S.%f")[:-3] if line.at else "?"
+        print(f"  {stamp}  {line.action:<10} {line.message}")
+
+
+# -- entry point ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each observation")
+    args = parser.parse_args(argv)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)  # unwinds through the finally blocks below, which stop everything
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    demo = Demo(args.timeout)
+    workdir = Path(tempfile.mkdtemp(prefix="cosell-demo-"))
+    runner: Guarded | None = None
+    observer: Observer | None = None
+    outcome: dict[str, Any] = {}
+    failure: str | None = None
+    log_path: Path | None = None
+    demo.say("starting Azurite, the Partner Center and Dataverse emulators (nothing from your settings is used)")
+    try:
+        # Hermetic: the demo never reads local.settings.json or app settings from the environment.
+        with Stack({}, progress=demo.say, workdir=workdir) as stack:
+            try:
+                runner, base, log_path = start_runner(stack, workdir, demo)
+                demo.watch = lambda: None if runner.running() else "the local runner exited"
+                stack.register_webhook(webhook_url(base, stack.settings))
+                observer = Observer(stack)
+                outcome = run_scenario(demo, observer, base)
+            except (StepFailed, requests.RequestException) as exc:
+                time.sleep(0.3)  # a refused request is often the first sign of a dead runner: let it show
+                died = demo.watch()
+                failure = f"{died}: {exc}" if died and died not in str(exc) else str(exc)
+                if demo.steps:
+                    demo.steps[-1].notes.append(f"failed: {failure}")
+                demo.say(f"FAILED: {failure}")
+            report(demo, observer, outcome.get("referral_id") or _last_referral(observer))
+            if failure and log_path is not None:
+                print("\nLast lines of the runner's log:\n" + tail(log_path))
+            if runner is not None:
+                demo.say("stopping the runner, the emulators and Azurite")
+                runner.stop()
+    except KeyboardInterrupt:
+        demo.say("interrupted")
+        return 130
+    finally:
+        if runner is not None:
+            runner.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    ok = failure is None and bool(demo.steps) and all(step.ok for step in demo.steps)
+    return 0 if ok else 1
+
+
+def _last_referral(observer: Observer | None) -> str | None:
+    if observer is None:
+        return None
+    try:
+        referrals = requests.get(f"{observer.pc}/referrals", timeout=5).json()["value"]
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+    return referrals[-1]["id"] if referrals else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""`make demo` (python -m devtools.demo) as a newcomer runs it, and its process hygiene when killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = (
+    "the app is up: GET /api/health",
+    "Microsoft shares a co-sell referral -> signed webhook -> opportunity in Dataverse",
+    "the referral is updated in Partner Center -> the opportunity follows",
+    "Partner Center delivers the same webhook again -> nothing new",
+)
+
+
+def demo_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def test_demo_runs_every_step_and_reports_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "devtools.demo"],
+        cwd=ROOT,
+        env=demo_env(TMPDIR=str(tmp_path)),
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    for number, title in enumerate(STEPS, start=1):
+        assert f"PASS  {number}. {title}" in output
+        assert f"step {number}: {title}" in output  # progress while it runs, not only at the end
+    assert "signed referral-created webhook answered 202" in output
+    assert "opportunity created in Dataverse" in output
+    assert "opportunity updated in Dataverse" in output
+    assert "Dataverse (emulator): 1 opportunity" in output
+    assert "Audit trail (SyncAudit, oldest first)" in output
+    for action in ("created", "updated", "unchanged"):
+        assert f"  {action} " in output
+    assert f"Result: {len(STEPS)}/{len(STEPS)} steps passed, every step observed" in output
+    assert list(tmp_path.iterdir()) == []  # it cleans up after itself
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Processes whose environment carries ``marker`` (every process the demo started inherits it)."""
+    found = []
+    needle = f"COSELL_DEMO_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes():
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{entry.name} {command[:120]}")
+        except OSError:
+            continue  # gone meanwhile, or not ours
+    return found
+
+
+def _start_demo(marker: str, tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start the demo and return once the runner serves (Azurite and the emulators are up by then)."""
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "devtools.demo"],
+        cwd=ROOT,
+        # A demo killed outright cannot remove its temporary folders: keep them in pytest's.
+        env=demo_env(COSELL_DEMO_MARKER=marker, TMPDIR=str(tmp_path)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    assert demo.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in demo.stdout:
+        seen.append(line)
+        if "local runner serving" in line or time.monotonic() > deadline:
+            break
+    assert any("local runner serving" in line for line in seen), "".join(seen)
+    return demo, seen
+
+
+def _assert_none_left(marker: str, why: str) -> None:
+    deadline = time.monotonic() + 20
+    while _processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_with(marker) == [], f"left behind after {why}"
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find processes")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killing_the_demo_mid_run_leaves_no_processes_behind(sig: signal.Signals, tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    demo, _ = _start_demo(marker, tmp_path)
+    try:
+        started = _processes_with(marker)
+        assert len(started) >= 4, started  # two guards, Azurite and the runner are running now
+        os.killpg(demo.pid, sig)  # the demo's whole process group, as a terminal or CI job would
+        demo.wait(timeout=30)
+        _assert_none_left(marker, sig.name)
+        if sig == signal.SIGTERM:  # an orderly stop also removes the demo's temporary folders
+            assert list(tmp_path.iterdir()) == []
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find processes")
+def test_killing_the_runner_mid_demo_fails_the_demo_and_cleans_up(tmp_path: Path) -> None:
+    marker = uuid.uuid4().hex
+    demo, _ = _start_demo(marker, tmp_path)
+    try:
+        runners = [p for p in _processes_with(marker) if "devtools.runner" in p and "devtools.guard" not in p]
+        assert len(runners) == 1, _processes_with(marker)
+        os.kill(int(runners[0].split()[0]), signal.SIGKILL)
+        output, _ = demo.communicate(timeout=60)
+        assert demo.returncode == 1, output
+        assert "the local runner exited" in output
+        assert "NOT every step observed" in output
+        _assert_none_left(marker, "the runner was killed")
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
