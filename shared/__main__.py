@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from . import wiring
+from .domain.errors import ExternalServiceError
 from .settings import SettingsError
 
 
@@ -72,6 +73,44 @@ def _register_webhook(args: argparse.Namespace) -> int:
     return 0
 
 
+def _login(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from .partner_center.login import device_code_sign_in
+
+    # Only what sign-in needs: the app's other settings may not exist on an operator's machine yet.
+    tenant = args.tenant or os.environ.get("PARTNER_CENTER_TENANT_ID")
+    client = args.client_id or os.environ.get("PARTNER_CENTER_CLIENT_ID")
+    if not tenant or not client:
+        print("set PARTNER_CENTER_TENANT_ID and PARTNER_CENTER_CLIENT_ID (or --tenant/--client-id)", file=sys.stderr)
+        return 2
+    authority = os.environ.get("PARTNER_CENTER_AUTHORITY", "https://login.microsoftonline.com")
+    result = device_code_sign_in(
+        authority,
+        tenant,
+        client,
+        lambda text: print(text, flush=True),
+        client_secret=os.environ.get("PARTNER_CENTER_CLIENT_SECRET") or None,
+    )
+    vault_uri = args.key_vault_uri or os.environ.get("KEY_VAULT_URI")
+    if vault_uri:
+        from .partner_center.keyvault import KeyVaultSecrets
+
+        KeyVaultSecrets(vault_uri).set_secret(args.secret_name, result.refresh_token)
+        print(f"Signed in. The refresh token is stored in Key Vault as '{args.secret_name}'; restart the app.")
+        return 0
+    target = Path(args.output)
+    target.touch(mode=0o600, exist_ok=True)
+    target.chmod(0o600)
+    target.write_text(result.refresh_token)
+    print(
+        f"Signed in. The refresh token is in {target} (readable only by you); store it as the app setting "
+        "PARTNER_CENTER_REFRESH_TOKEN or in Key Vault, then delete the file."
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared", description="Co-sell connector operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask Partner Center to send the signature in x-ms-signature instead of Authorization",
     )
     register.set_defaults(run=_register_webhook)
+    login = commands.add_parser("login", help="sign in to Partner Center as a Referrals admin (device code)")
+    login.add_argument("--tenant", help="Partner Center tenant id (default: PARTNER_CENTER_TENANT_ID)")
+    login.add_argument("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)")
+    login.add_argument("--key-vault-uri", help="store the refresh token in this vault (default: KEY_VAULT_URI)")
+    login.add_argument("--secret-name", default="partner-center-refresh-token", help="Key Vault secret name")
+    login.add_argument("--output", default="refresh-token.txt", help="file for the token when no vault is given")
+    login.set_defaults(run=_login)
     return parser
 
 
@@ -101,6 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except ExternalServiceError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
     partner_center_client_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_ID"))
     partner_center_client_secret: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_SECRET"))
     partner_center_refresh_token: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN"))
+    key_vault_uri: str | None = Field(None, validation_alias=_env("KEY_VAULT_URI"))
+    partner_center_refresh_token_secret: str = Field(
+        "partner-center-refresh-token", validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN_SECRET")
+    )
     partner_center_authority: str = Field(
         "https://login.microsoftonline.com", validation_alias=_env("PARTNER_CENTER_AUTHORITY")
     )
@@ -197,6 +201,7 @@ class Settings(BaseSettings):
         "salesforce_login_url",
         "salesforce_token_url",
         "salesforce_instance_url",
+        "key_vault_uri",
     )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -205,6 +210,16 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _resolved_key_vault_reference(cls, value: object) -> object:
+        # The platform leaves the literal reference in place when it cannot read the secret.
+        if isinstance(value, str) and value.strip().startswith("@Microsoft.KeyVault("):
+            raise ValueError(
+                "is an unresolved Key Vault reference: the secret is missing or the app's identity cannot read it"
+            )
+        return value
 
     @field_validator("conflict_rules")
     @classmethod

@@ -323,6 +323,7 @@ def test_token_endpoint_outage_is_transient(endpoint):
 
 
 def _settings(**values: object) -> SimpleNamespace:
+    """Settings-shaped values (the factory reads only these attributes)."""
     defaults: dict[str, object] = {
         "partner_center_access_token": None,
         "partner_center_tenant_id": None,
@@ -331,6 +332,8 @@ def _settings(**values: object) -> SimpleNamespace:
         "partner_center_refresh_token": None,
         "partner_center_authority": "https://login.microsoftonline.com",
         "http_timeout_seconds": 5.0,
+        "key_vault_uri": None,
+        "partner_center_refresh_token_secret": "partner-center-refresh-token",
     }
     return SimpleNamespace(**{**defaults, **values})
 

@@ -71,6 +71,7 @@ class RefreshTokenProvider:
         session: requests.Session | None = None,
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
+        on_rotate: Callable[[str], None] | None = None,
     ) -> None:
         if not tenant_id or not client_id:
             raise AuthenticationError(SERVICE, "tenant id and client id are required for token refresh")
@@ -91,6 +92,7 @@ class RefreshTokenProvider:
         self._access_token: str | None = None
         self._expires_at = 0.0
         self._lock = threading.Lock()
+        self._on_rotate = on_rotate
 
     def __repr__(self) -> str:
         return f"RefreshTokenProvider(tenant_id={self.tenant_id!r}, client_id={self.client_id!r}, scope={self.scope!r})"
@@ -108,6 +110,7 @@ class RefreshTokenProvider:
             session=self._session,
             timeout=self._timeout,
             clock=self._clock,
+            on_rotate=self._on_rotate,
         )
 
     def __call__(self) -> str:
@@ -137,8 +140,10 @@ class RefreshTokenProvider:
             if not isinstance(token, str) or not token:
                 raise AuthenticationError(SERVICE, "the token endpoint answered without an access token")
             rotated = payload.get("refresh_token")
-            if isinstance(rotated, str) and rotated:
+            if isinstance(rotated, str) and rotated and rotated != self._holder.value:
                 self._holder.value = rotated  # the old one may stop working once a new one is issued
+                if self._on_rotate is not None:
+                    self._on_rotate(rotated)
         self._access_token = token
         self._expires_at = self._clock() + _expires_in(payload)
 
@@ -201,4 +206,13 @@ def partner_center_token_provider(settings: Settings, scope: str = REFERRALS_SCO
         settings.partner_center_client_secret,
         scope,
         timeout=settings.http_timeout_seconds,
+        on_rotate=_rotation_hook(settings),
     )
+
+
+def _rotation_hook(settings: Settings) -> Callable[[str], None] | None:
+    if not settings.key_vault_uri:
+        return None
+    from .keyvault import KeyVaultSecrets, persist_rotated_token
+
+    return persist_rotated_token(KeyVaultSecrets(settings.key_vault_uri), settings.partner_center_refresh_token_secret)
