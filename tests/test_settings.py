@@ -73,3 +73,28 @@ def test_insecure_certificate_prefix_is_refused(env):
 def test_secret_repr_is_masked(env):
     s = load_settings()
     assert "static-token-value" not in repr(s)
+
+
+def test_unresolved_key_vault_reference_is_named(env):
+    env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
+    env.setenv("PARTNER_CENTER_TENANT_ID", "t")
+    env.setenv("PARTNER_CENTER_CLIENT_ID", "c")
+    env.setenv("PARTNER_CENTER_REFRESH_TOKEN", "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/x/)")
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_REFRESH_TOKEN: is an unresolved Key Vault reference"):
+        load_settings()
+
+
+def test_empty_values_count_as_unset(env):
+    env.setenv("PARTNER_CENTER_WEBHOOK_CA_BUNDLE", "")
+    env.setenv("CRM_POLL_SCHEDULE", "")
+    s = load_settings()
+    assert s.partner_center_webhook_ca_bundle is None
+    assert s.crm_poll_schedule == "0 */2 * * * *"
+
+
+def test_conflict_rules_are_validated(env):
+    env.setenv("CONFLICT_RULES", "notes=pc,deal_value=crm")
+    assert load_settings().conflict_owners["notes"] == "pc"
+    env.setenv("CONFLICT_RULES", "notes=whoever")
+    with pytest.raises(SettingsError, match="CONFLICT_RULES"):
+        load_settings()
