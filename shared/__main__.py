@@ -33,6 +33,12 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    result = wiring.container().reconciler.poll()
+    print(f"{result.seen} referral(s) changed since the last run, {result.enqueued} job(s) enqueued")
+    return 0
+
+
 def _replay_poison(args: argparse.Namespace) -> int:
     c = wiring.container()
     replayed = dropped = 0
@@ -118,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(run=_status)
     backfill = commands.add_parser("backfill", help="enqueue every opportunity flagged 'Sync with Partner Center' once")
     backfill.set_defaults(run=_backfill)
+    reconcile = commands.add_parser("reconcile", help="enqueue referrals changed since the last reconciliation")
+    reconcile.set_defaults(run=_reconcile)
     replay = commands.add_parser("replay-poison", help="move jobs from 'sync-jobs-poison' back to 'sync-jobs'")
     replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
     replay.set_defaults(run=_replay_poison)

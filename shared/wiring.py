@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from .store.queue import StorageJobQueue
     from .store.tables import TableSyncStore
     from .sync.engine import SyncEngine
-    from .sync.poller import CrmPoller
+    from .sync.poller import ChangeFeed
     from .sync.webhook_intake import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -92,11 +92,26 @@ class Container:
         )
 
     @cached_property
-    def poller(self) -> CrmPoller:
+    def poller(self) -> ChangeFeed:
         from .sync.clock import SystemClock
-        from .sync.poller import CrmPoller
+        from .sync.poller import crm_poller
 
-        return CrmPoller(self.crm, self.store, self.queue, SystemClock(), self.settings.crm_poll_overlap_seconds)
+        return crm_poller(self.crm, self.store, self.queue, SystemClock(), self.settings.crm_poll_overlap_seconds)
+
+    @cached_property
+    def reconciler(self) -> ChangeFeed:
+        from .sync.clock import SystemClock
+        from .sync.poller import partner_center_reconciler
+
+        s = self.settings
+        return partner_center_reconciler(
+            self.partner_center,
+            self.store,
+            self.queue,
+            SystemClock(),
+            s.crm_poll_overlap_seconds,
+            s.reconcile_first_lookback_hours,
+        )
 
     @cached_property
     def engine(self) -> SyncEngine:

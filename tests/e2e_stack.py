@@ -94,6 +94,10 @@ def make_stack(monkeypatch, azurite, storage_names, pc, dv, tmp_path):
     def build(**overrides: str) -> Stack:
         pc.reset()
         dv.reset()
+        # The emulators live for the whole session: undo what earlier tests switched.
+        pc.dispatch_mode, pc.delivery_attempts = "async", 10
+        pc.clear_faults()
+        dv.clear_faults()
         configure(monkeypatch, azurite, storage_names, pc, dv, tmp_path, **overrides)
         host = InProcessHost()
         host.queue.ensure()

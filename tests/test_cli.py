@@ -57,3 +57,14 @@ def test_status_prints_json(stack, capsys):
     assert main(["status"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["queue"] == {"depth": 0, "poison": 0}
+
+
+def test_reconcile_recovers_a_lost_webhook(stack, capsys):
+    stack.pc.dispatch_mode = "off"  # Partner Center gave up delivering
+    referral = stack.pc.seed_referral(kind="cosell")
+    assert main(["reconcile"]) == 0
+    assert "1 job(s) enqueued" in capsys.readouterr().out
+    stack.host.drain()
+    assert [r["new_referralidentifier"] for r in stack.opportunities()] == [referral["id"]]
+    assert main(["reconcile"]) == 0  # nothing new since: nothing enqueued
+    assert "0 job(s) enqueued" in capsys.readouterr().out

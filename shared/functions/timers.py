@@ -1,4 +1,4 @@
-"""Timer triggers: the CRM poll (schedule from the CRM_POLL_SCHEDULE app setting, NCRONTAB, UTC)."""
+"""Timer triggers (NCRONTAB from app settings, UTC): the CRM poll and the Partner Center reconciliation."""
 
 from __future__ import annotations
 
@@ -17,3 +17,12 @@ bp = func.Blueprint()
 def poll_crm(timer: func.TimerRequest) -> None:
     result = wiring.container().poller.poll()
     log.info("CRM poll: %s changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark)
+
+
+@bp.function_name("reconcile")
+@bp.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def reconcile(timer: func.TimerRequest) -> None:
+    result = wiring.container().reconciler.poll()
+    log.info(
+        "reconcile: %s referrals changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark
+    )

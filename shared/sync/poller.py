@@ -1,34 +1,44 @@
-"""The CRM poll: find opportunities flagged for sync that changed since the watermark, enqueue one job
-each, then advance the watermark.
+"""Change feeds: find records changed since a watermark, enqueue one job each, advance the watermark.
 
-Safe against clock skew and equal timestamps: every poll re-reads an overlap window before the
-watermark and skips the (id, change time) versions it already enqueued. Safe against a crash between
-enqueue and save: the next poll enqueues the same versions again, and the engine treats a repeated job
-as a no-op. A poll that finds nothing costs one query.
+The CRM poll (opportunities flagged for sync) and the Partner Center reconciliation (referrals whose
+webhooks may have been lost) both run on :class:`ChangeFeed`. It is safe against clock skew and equal
+timestamps: every run re-reads an overlap window before the watermark and skips the (id, row version)
+pairs it already enqueued. It is safe against a crash between enqueue and save: the next run enqueues
+the same versions again, and the engine treats a repeated job as a no-op. A run that finds nothing
+costs one query.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from ..domain.opportunity import Opportunity
-from ..ports import Clock, Crm, Job, JobQueue
-from .engine import KIND_CRM
+from ..ports import Clock, Crm, Job, JobQueue, PartnerCenter
+from .engine import KIND_CRM, KIND_REFERRAL
 
 POLL_STATE_KEY = "crm-poll"
+RECONCILE_STATE_KEY = "reconcile"
 # Table Storage strings hold 32K characters; each remembered version takes about 14 ("digest:age,").
 # Past this many versions inside the overlap window, the oldest are forgotten and may be enqueued again,
 # which the engine treats as a no-op.
 MAX_REMEMBERED = 2200
 
 
-class PollState(Protocol):
+class FeedState(Protocol):
     def get_state(self, key: str) -> dict[str, Any] | None: ...
 
     def set_state(self, key: str, values: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Change:
+    record_id: str
+    version: str  # changes with every write (etag), so two writes in one timestamp tick differ
+    changed_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -38,10 +48,9 @@ class PollResult:
     watermark: datetime | None
 
 
-def _version(record: Opportunity) -> str:
-    # The row version (etag) changes on every write, even two writes within one timestamp tick.
-    text = f"{record.crm_id}|{record.etag or ''}|{record.modified_at.isoformat() if record.modified_at else ''}"
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+def _digest(change: Change) -> str:
+    stamp = change.changed_at.isoformat() if change.changed_at else ""
+    return hashlib.sha256(f"{change.record_id}|{change.version}|{stamp}".encode()).hexdigest()[:10]
 
 
 def _load_versions(text: str | None, newest: datetime | None) -> dict[str, datetime]:
@@ -61,40 +70,41 @@ def _dump_versions(versions: dict[str, datetime], newest: datetime | None) -> st
     return ",".join(f"{d}:{max(0, int((newest - at).total_seconds()))}" for d, at in versions.items())
 
 
-class CrmPoller:
+class ChangeFeed:
     def __init__(
         self,
-        crm: Crm,
-        state: PollState,
+        state_key: str,
+        job_kind: str,
+        fetch: Callable[[datetime | None], Iterable[Change]],
+        state: FeedState,
         queue: JobQueue,
         clock: Clock,
-        overlap_seconds: int = 300,
-        page_size: int = 500,
+        overlap_seconds: int,
+        first_since: Callable[[datetime], datetime | None] = lambda now: None,
     ) -> None:
-        self.crm, self.state, self.queue, self.clock = crm, state, queue, clock
+        self.state_key, self.job_kind, self.fetch = state_key, job_kind, fetch
+        self.state, self.queue, self.clock = state, queue, clock
         self.overlap = timedelta(seconds=overlap_seconds)
-        self.page_size = page_size
+        self.first_since = first_since
 
     def poll(self) -> PollResult:
-        saved = self.state.get_state(POLL_STATE_KEY) or {}
+        saved = self.state.get_state(self.state_key) or {}
         watermark = saved.get("Watermark") if isinstance(saved.get("Watermark"), datetime) else None
         remembered = _load_versions(saved.get("Versions"), watermark)
-        since = watermark - self.overlap if watermark else None
+        since = watermark - self.overlap if watermark else self.first_since(self.clock.now())
         seen = enqueued = 0
         newest = watermark
-        for record in self.crm.list_flagged_changed_since(since, self.page_size):
+        for change in self.fetch(since):
             seen += 1
-            if record.crm_id is None:
-                continue
-            version = _version(record)
-            if version not in remembered:
-                self.queue.enqueue(Job(KIND_CRM, record.crm_id, reason="crm-poll"))
+            digest = _digest(change)
+            if digest not in remembered:
+                self.queue.enqueue(Job(self.job_kind, change.record_id, reason=self.state_key))
                 enqueued += 1
-            if record.modified_at is not None:
-                remembered[version] = record.modified_at
-                newest = record.modified_at if newest is None or record.modified_at > newest else newest
+            if change.changed_at is not None:
+                remembered[digest] = change.changed_at
+                newest = change.changed_at if newest is None or change.changed_at > newest else newest
         self.state.set_state(
-            POLL_STATE_KEY,
+            self.state_key,
             {
                 "Watermark": newest,
                 "Versions": _dump_versions(self._within_window(remembered, newest), newest),
@@ -115,6 +125,61 @@ class CrmPoller:
             newest_first = sorted(kept.items(), key=lambda item: item[1], reverse=True)
             kept = dict(newest_first[:MAX_REMEMBERED])
         return kept
+
+
+def _opportunity_change(record: Opportunity) -> Change | None:
+    if record.crm_id is None:
+        return None
+    return Change(record.crm_id, record.etag or "", record.modified_at)
+
+
+def crm_poller(
+    crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300, page_size: int = 500
+) -> ChangeFeed:
+    def fetch(since: datetime | None) -> Iterable[Change]:
+        for record in crm.list_flagged_changed_since(since, page_size):
+            change = _opportunity_change(record)
+            if change is not None:
+                yield change
+
+    return ChangeFeed(POLL_STATE_KEY, KIND_CRM, fetch, state, queue, clock, overlap_seconds)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def partner_center_reconciler(
+    pc: PartnerCenter,
+    state: FeedState,
+    queue: JobQueue,
+    clock: Clock,
+    overlap_seconds: int = 300,
+    first_lookback_hours: int = 24,
+) -> ChangeFeed:
+    """Referrals changed since the last run, to recover webhooks Partner Center gave up on."""
+
+    def fetch(since: datetime | None) -> Iterable[Change]:
+        odata_filter = f"updatedDateTime ge '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'" if since else None
+        for referral in pc.list_referrals(odata_filter, orderby="updatedDateTime asc"):
+            if referral.id:
+                yield Change(referral.id, referral.e_tag or "", _parse_time(referral.updated_date_time))
+
+    return ChangeFeed(
+        RECONCILE_STATE_KEY,
+        KIND_REFERRAL,
+        fetch,
+        state,
+        queue,
+        clock,
+        overlap_seconds,
+        first_since=lambda now: now - timedelta(hours=first_lookback_hours),
+    )
 
 
 def backfill(crm: Crm, queue: JobQueue, progress: Any = None, page_size: int = 500) -> int:
