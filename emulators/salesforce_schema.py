@@ -1,0 +1,381 @@
+"""Salesforce emulator: the objects, their fields and the value rules the REST API enforces.
+
+Field names are case-insensitive in Salesforce (in SOQL and in JSON bodies); results always use the
+canonical API name, so :meth:`SObjectType.field` resolves any spelling to the canonical definition.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+# Field types (a subset of Schema.DisplayType).
+ID, STRING, TEXTAREA, BOOLEAN, CURRENCY, DOUBLE, PERCENT, DATE, DATETIME, PICKLIST, REFERENCE, URL, EMAIL, PHONE = (
+    "id",
+    "string",
+    "textarea",
+    "boolean",
+    "currency",
+    "double",
+    "percent",
+    "date",
+    "datetime",
+    "picklist",
+    "reference",
+    "url",
+    "email",
+    "phone",
+)
+TEXT_TYPES = frozenset({ID, STRING, TEXTAREA, PICKLIST, REFERENCE, URL, EMAIL, PHONE})
+NUMBER_TYPES = frozenset({CURRENCY, DOUBLE, PERCENT})
+
+DEFAULT_STAGES: tuple[tuple[str, bool, bool], ...] = (  # name, closed, won (a standard org's stage list)
+    ("Prospecting", False, False),
+    ("Qualification", False, False),
+    ("Needs Analysis", False, False),
+    ("Value Proposition", False, False),
+    ("Id. Decision Makers", False, False),
+    ("Perception Analysis", False, False),
+    ("Proposal/Price Quote", False, False),
+    ("Negotiation/Review", False, False),
+    ("Closed Won", True, True),
+    ("Closed Lost", True, False),
+)
+DEFAULT_HELP_VALUES = (
+    "Workload specific value proposition",
+    "Customer technical architecture",
+    "Proof of concept or demo",
+    "Quotes or licensing",
+    "Post sales customer success",
+    "General or other",
+)
+DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "AUD", "CAD")
+CURRENCY_RATES = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 151.0, "AUD": 1.52, "CAD": 1.36}
+ORG_ID = "00D5g000000EmuLATR"
+USER_ID = "0055g000000EmuLATR"
+
+# The case-safe 3-character suffix of 18-character ids: one letter/digit per 5-character chunk.
+_SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
+_ID_RE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+_BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class SalesforceError(Exception):
+    """Answered as ``[{"message", "errorCode", "fields"}]`` with ``status``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, fields: Iterable[str] = (), headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.fields = status, code, message, list(fields)
+        self.headers = dict(headers or {})
+
+    def item(self) -> dict[str, Any]:
+        return {"message": self.message, "errorCode": self.code, "fields": self.fields}
+
+
+def bad_request(code: str, message: str, fields: Iterable[str] = ()) -> SalesforceError:
+    return SalesforceError(400, code, message, fields)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ids and datetimes
+# ---------------------------------------------------------------------------------------------------------------
+def id_suffix(id15: str) -> str:
+    suffix = ""
+    for chunk in range(3):
+        bits = sum(1 << i for i, char in enumerate(id15[chunk * 5 : chunk * 5 + 5]) if "A" <= char <= "Z")
+        suffix += _SUFFIX_ALPHABET[bits]
+    return suffix
+
+
+def make_id(prefix: str, number: int) -> str:
+    digits = ""
+    while number:
+        number, rest = divmod(number, 62)
+        digits = _BASE62[rest] + digits
+    id15 = f"{prefix}5g00000{digits.rjust(5, '0')}"
+    return id15 + id_suffix(id15)
+
+
+def normalize_id(value: str) -> str | None:
+    """The 18-character form of a 15- or 18-character id, or None when ``value`` is not an id."""
+    if not _ID_RE.fullmatch(value):
+        return None
+    return value if len(value) == 18 else value + id_suffix(value)
+
+
+def format_datetime(moment: datetime) -> str:
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
+
+
+def parse_datetime(text: str) -> datetime:
+    """ISO 8601 as clients send it: ``Z``, ``+hh:mm`` or Salesforce's own ``+0000``."""
+    value = text.strip()
+    if value.endswith("Z"):
+        value = value[:-1] + "+00:00"
+    value = re.sub(r"([+-]\d{2})(\d{2})$", r"\1:\2", value)
+    moment = datetime.fromisoformat(value)
+    if moment.tzinfo is None:
+        raise ValueError("a datetime needs a time zone")
+    return moment.astimezone(UTC)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Objects and fields
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldDef:
+    name: str
+    type: str
+    length: int | None = None
+    required: bool = False  # must be present (non-null) after every write
+    createable: bool = True
+    updateable: bool = True
+    picklist: tuple[str, ...] = ()
+    restricted: bool = False
+    external_id: bool = False
+    reference_to: str | None = None
+    relationship: str | None = None  # parent relationship name for SOQL (AccountId -> Account)
+    default: Any = None
+    label: str = ""
+
+    @property
+    def system(self) -> bool:
+        return not self.createable and not self.updateable
+
+
+@dataclass
+class SObjectType:
+    name: str
+    key_prefix: str
+    fields: dict[str, FieldDef]
+    _by_lower: dict[str, FieldDef] = field(default_factory=dict, repr=False)
+    _relationships: dict[str, FieldDef] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_lower = {name.lower(): definition for name, definition in self.fields.items()}
+        self._relationships = {d.relationship.lower(): d for d in self.fields.values() if d.relationship}
+
+    def field(self, name: str) -> FieldDef | None:
+        return self._by_lower.get(name.lower())
+
+    def relationship(self, name: str) -> FieldDef | None:
+        return self._relationships.get(name.lower())
+
+    @property
+    def external_ids(self) -> list[FieldDef]:
+        return [d for d in self.fields.values() if d.external_id]
+
+
+@dataclass(frozen=True)
+class CustomFields:
+    """API names of the connector's custom Opportunity fields (the seed's names, ``__c`` suffix, typo kept)."""
+
+    sync: str = "Sync_with_Partner_Center__c"
+    referral_id: str = "Referral_Identfier__c"
+    referral_link: str = "Referral_Link__c"
+    help: str = "How_can_Microsoft_help__c"
+    products: str = "Products__c"
+    audit: str = "Audit__c"
+
+
+def _system_fields() -> list[FieldDef]:
+    readonly = {"createable": False, "updateable": False}
+    return [
+        FieldDef("Id", ID, 18, **readonly),
+        FieldDef("IsDeleted", BOOLEAN, default=False, **readonly),
+        FieldDef("CreatedDate", DATETIME, **readonly),
+        FieldDef("CreatedById", REFERENCE, 18, **readonly),
+        FieldDef("LastModifiedDate", DATETIME, **readonly),
+        FieldDef("LastModifiedById", REFERENCE, 18, **readonly),
+        FieldDef("SystemModstamp", DATETIME, **readonly),
+    ]
+
+
+def _object(name: str, prefix: str, fields: list[FieldDef]) -> SObjectType:
+    return SObjectType(name, prefix, {d.name: d for d in [*_system_fields(), *fields]})
+
+
+def build_objects(
+    custom: CustomFields,
+    stages: Iterable[str],
+    help_values: Iterable[str],
+    currencies: Iterable[str],
+) -> dict[str, SObjectType]:
+    currency = FieldDef("CurrencyIsoCode", PICKLIST, 3, picklist=tuple(currencies), restricted=True, default="USD")
+    derived = {"createable": False, "updateable": False}
+    opportunity = _object(
+        "Opportunity",
+        "006",
+        [
+            FieldDef("Name", STRING, 120, required=True),
+            FieldDef("StageName", PICKLIST, 255, required=True, picklist=tuple(stages), restricted=True),
+            FieldDef("CloseDate", DATE, required=True),
+            FieldDef("Amount", CURRENCY),
+            FieldDef("Probability", PERCENT),
+            FieldDef("Description", TEXTAREA, 32000),
+            FieldDef("AccountId", REFERENCE, 18, reference_to="Account", relationship="Account"),
+            FieldDef("IsClosed", BOOLEAN, default=False, **derived),
+            FieldDef("IsWon", BOOLEAN, default=False, **derived),
+            FieldDef("Type", PICKLIST, 255, picklist=("Existing Business", "New Business")),
+            FieldDef("LeadSource", PICKLIST, 255, picklist=("Web", "Phone Inquiry", "Partner Referral", "Other")),
+            FieldDef("NextStep", STRING, 255),
+            currency,
+            FieldDef(custom.sync, BOOLEAN, default=False, label="Sync with Partner Center"),
+            FieldDef(custom.referral_id, STRING, 100, external_id=True, label="Referral Identifier"),
+            FieldDef(custom.referral_link, URL, 255, label="Referral Link"),
+            FieldDef(
+                custom.help,
+                PICKLIST,
+                255,
+                picklist=tuple(help_values),
+                restricted=True,
+                label="How can Microsoft help?",
+            ),
+            FieldDef(custom.products, STRING, 255, label="Products"),
+            FieldDef(custom.audit, TEXTAREA, 100000, label="Audit"),
+        ],
+    )
+    account = _object(
+        "Account",
+        "001",
+        [
+            FieldDef("Name", STRING, 255, required=True),
+            FieldDef("BillingStreet", TEXTAREA, 255),
+            FieldDef("BillingCity", STRING, 40),
+            FieldDef("BillingState", STRING, 80),
+            FieldDef("BillingPostalCode", STRING, 20),
+            FieldDef("BillingCountry", STRING, 80),
+            currency,
+        ],
+    )
+    contact = _object(
+        "Contact",
+        "003",
+        [
+            FieldDef("FirstName", STRING, 40),
+            FieldDef("LastName", STRING, 80, required=True),
+            FieldDef("Name", STRING, 121, **derived),
+            FieldDef("Email", EMAIL, 80),
+            FieldDef("Phone", PHONE, 40),
+            FieldDef("Title", STRING, 128),
+            FieldDef("AccountId", REFERENCE, 18, reference_to="Account", relationship="Account"),
+        ],
+    )
+    role = _object(
+        "OpportunityContactRole",
+        "00K",
+        [
+            FieldDef(
+                "OpportunityId",
+                REFERENCE,
+                18,
+                required=True,
+                updateable=False,
+                reference_to="Opportunity",
+                relationship="Opportunity",
+            ),
+            FieldDef("ContactId", REFERENCE, 18, required=True, reference_to="Contact", relationship="Contact"),
+            FieldDef("IsPrimary", BOOLEAN, default=False),
+            FieldDef("Role", PICKLIST, 255, picklist=("Business User", "Decision Maker", "Economic Buyer", "Other")),
+        ],
+    )
+    # Multi-currency orgs list their currencies here; the emulator picks "02U" as its key prefix.
+    currency_type = _object(
+        "CurrencyType",
+        "02U",
+        [
+            FieldDef("IsoCode", STRING, 3, required=True, updateable=False),
+            FieldDef("ConversionRate", DOUBLE),
+            FieldDef("DecimalPlaces", DOUBLE),
+            FieldDef("IsActive", BOOLEAN, default=True),
+            FieldDef("IsCorporate", BOOLEAN, default=False),
+        ],
+    )
+    return {o.name: o for o in (opportunity, account, contact, role, currency_type)}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Values
+# ---------------------------------------------------------------------------------------------------------------
+def _type_error(definition: FieldDef, value: Any) -> SalesforceError:
+    return bad_request(
+        "JSON_PARSER_ERROR",
+        f"Cannot deserialize instance of {definition.type} from {type(value).__name__} value {value!r} "
+        f"for field {definition.name}",
+        [definition.name],
+    )
+
+
+def coerce(definition: FieldDef, value: Any, picklist: tuple[str, ...] | None = None) -> Any:
+    """The stored form of a JSON value written to ``definition``; raises the error the API answers with."""
+    if value is None:
+        return False if definition.type == BOOLEAN else None  # a checkbox cannot be null
+    kind = definition.type
+    if kind == BOOLEAN:
+        if not isinstance(value, bool):
+            raise _type_error(definition, value)
+        return value
+    if kind in NUMBER_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _type_error(definition, value)
+        return value
+    if not isinstance(value, str):
+        raise _type_error(definition, value)
+    if kind == DATE:
+        if not _DATE_RE.fullmatch(value):
+            raise _type_error(definition, value)
+        return date.fromisoformat(value)
+    if kind == DATETIME:
+        try:
+            return parse_datetime(value)
+        except ValueError:
+            raise _type_error(definition, value) from None
+    if kind in (REFERENCE, ID):
+        normalized = normalize_id(value)
+        if normalized is None:
+            raise bad_request(
+                "MALFORMED_ID", f"{definition.name}: id value of incorrect type: {value}", [definition.name]
+            )
+        return normalized
+    if definition.length is not None and len(value) > definition.length:
+        raise bad_request(
+            "STRING_TOO_LONG",
+            f"{definition.label or definition.name}: data value too large: {value[:40]}... "
+            f"(max length={definition.length})",
+            [definition.name],
+        )
+    if kind == EMAIL and value and not _EMAIL_RE.fullmatch(value):
+        raise bad_request("INVALID_EMAIL_ADDRESS", f"Email: invalid email address: {value}", [definition.name])
+    if kind == PICKLIST and definition.restricted:
+        allowed = picklist if picklist is not None else definition.picklist
+        if value not in allowed:
+            raise bad_request(
+                "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                f"{definition.label or definition.name}: bad value for restricted picklist field: {value}",
+                [definition.name],
+            )
+    return value
+
+
+def render_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    return value
+
+
+def stage_table(
+    stages: Iterable[tuple[str, bool, bool]] | Mapping[str, tuple[bool, bool]],
+) -> dict[str, tuple[bool, bool]]:
+    if isinstance(stages, Mapping):
+        return {name: (bool(c), bool(w)) for name, (c, w) in stages.items()}
+    return {name: (bool(c), bool(w)) for name, c, w in stages}

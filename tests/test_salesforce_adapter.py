@@ -1,0 +1,514 @@
+"""The Salesforce adapter against the Salesforce emulator over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
+from shared.crm.salesforce import (
+    DuplicateReferralId,
+    QuotaExhausted,
+    SalesforceCrm,
+    SalesforceMapping,
+    SalesforceRecordError,
+)
+from shared.crm.salesforce_auth import JwtBearer, OAuthToken, StaticToken
+from shared.domain.errors import AuthenticationError, PreconditionFailed, TransientError, ValidationFailed
+from shared.domain.mapping import mapped_values
+from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
+from shared.settings import Settings, load_settings
+
+REF = "Referral_Identfier__c"
+SYNC = "Sync_with_Partner_Center__c"
+TODAY = date(2025, 3, 1)
+KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+PRIVATE_PEM = KEY.private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+).decode("ascii")
+PUBLIC_PEM = (
+    KEY.public_key()
+    .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    .decode("ascii")
+)
+
+
+class Clock:
+    """Real time plus an offset the tests can push forward (If-Unmodified-Since works in whole seconds)."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
+CLOCK = Clock()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[SalesforceEmulator]:
+    emulator = SalesforceEmulator(clock=CLOCK)
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+    server.reset()
+    server.upsert_update_status = 200
+    return server
+
+
+def settings(emu: SalesforceEmulator, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "crm_provider": "salesforce",
+        "azure_webjobs_storage": "UseDevelopmentStorage=true",
+        "partner_center_access_token": "pc-token",
+        "salesforce_auth_flow": "client_credentials",
+        "salesforce_login_url": emu.url,
+        "salesforce_token_url": None,
+        "salesforce_client_id": DEFAULT_CLIENT_ID,
+        "salesforce_client_secret": DEFAULT_CLIENT_SECRET,
+        "salesforce_instance_url": None,
+        "salesforce_access_token": None,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def _no_sleep(seconds: float) -> None:
+    return None
+
+
+@pytest.fixture
+def crm(emu: SalesforceEmulator) -> SalesforceCrm:
+    return SalesforceCrm(settings(emu), sleep=_no_sleep, today=lambda: TODAY)
+
+
+def _requests(emu: SalesforceEmulator, fragment: str = "/services/data/") -> int:
+    return sum(1 for _, path in emu.request_log if fragment in path)
+
+
+def full_opportunity(referral_id: str = "ref-0001", **changes: Any) -> Opportunity:
+    values: dict[str, Any] = {
+        "name": "Contoso Azure migration",
+        "deal_value": Decimal("125000.50"),
+        "currency": "EUR",
+        "close_date": date(2025, 9, 30),
+        "notes": "Customer wants to move 40 VMs.\nSecond line.",
+        "customer_name": "Contoso Ltd",
+        "customer_address": CustomerAddress(
+            line1="1 Main Street",
+            line2="Building 4",
+            city="Redmond",
+            state="WA",
+            postal_code="98052",
+            country="US",
+        ),
+        "customer_contacts": (
+            Contact(first_name="Ann", last_name="Lee", email="ann@contoso.example", phone="+1 555 0100", title="CIO"),
+            Contact(first_name="Bo", email="bo@contoso.example"),
+            Contact(first_name="Ann", last_name="Lee", email="ANN@contoso.example"),  # the same person again
+            Contact(first_name="Nobody"),  # cannot be found again: skipped
+        ),
+        "help_code": "ProofOfConceptOrDemo",
+        "solution_ids": ("sol-1", "sol-2"),
+        "status": "Active",
+        "substatus": "Engaged",
+        "referral_id": referral_id,
+        "referral_link": f"https://partner.microsoft.com/referrals/{referral_id}",
+        "sync_enabled": True,
+        "audit": "created",
+    }
+    values.update(changes)
+    return Opportunity(**values)
+
+
+# -- authentication ---------------------------------------------------------------------------------------------------
+def test_client_credentials_flow_from_settings_and_bad_secret_refused(emu: SalesforceEmulator) -> None:
+    crm = SalesforceCrm(settings(emu), sleep=_no_sleep)
+    assert isinstance(crm.auth, OAuthToken)
+    assert crm.find_by_referral_id("nothing") is None
+    assert crm.get_opportunity("0065g00000AAAAAAAA") is None
+    assert emu.counters()["tokenRequests"]["client_credentials"] == 1  # cached between calls
+
+    wrong = SalesforceCrm(settings(emu, salesforce_client_secret="not-the-secret"), sleep=_no_sleep)
+    with pytest.raises(AuthenticationError) as refused:
+        wrong.find_by_referral_id("x")
+    assert "invalid client credentials" in str(refused.value)
+    assert "not-the-secret" not in str(refused.value)
+    with pytest.raises(ValueError, match="My Domain"):
+        SalesforceCrm(settings(emu, salesforce_login_url="https://login.salesforce.com"))
+
+
+def test_jwt_bearer_flow_signs_with_the_private_key(emu: SalesforceEmulator) -> None:
+    emu.register_jwt_key("jwt-consumer", PUBLIC_PEM, ["sync@contoso.example"])
+    jwt_settings = {
+        "salesforce_auth_flow": "jwt_bearer",
+        "salesforce_client_id": "jwt-consumer",
+        "salesforce_client_secret": None,
+        "salesforce_username": "sync@contoso.example",
+        # App settings often hold the PEM on one line with literal \n.
+        "salesforce_private_key": PRIVATE_PEM.replace("\n", "\\n"),
+    }
+    crm = SalesforceCrm(settings(emu, **jwt_settings), sleep=_no_sleep)
+    assert isinstance(crm.auth, JwtBearer) and crm.auth.audience == emu.url
+    assert crm.find_by_referral_id("nothing") is None
+    assert emu.counters()["tokenRequests"] == {"client_credentials": 0, "jwt_bearer": 1, "refused": 0}
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode("ascii")
+    bad = SalesforceCrm(settings(emu, **{**jwt_settings, "salesforce_private_key": forged}), sleep=_no_sleep)
+    with pytest.raises(AuthenticationError, match="invalid assertion"):
+        bad.find_by_referral_id("x")
+    with pytest.raises(ValueError, match="PEM private key"):
+        SalesforceCrm(settings(emu, **{**jwt_settings, "salesforce_private_key": "not a key"}))
+
+
+def test_session_expired_mid_run_reauthenticates_exactly_once(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    crm.create_opportunity(full_opportunity())
+    assert emu.counters()["tokenRequests"]["client_credentials"] == 1
+    emu.expire_sessions()
+    found = crm.find_by_referral_id("ref-0001")
+    assert found is not None and found.name == "Contoso Azure migration"
+    counters = emu.counters()
+    assert counters["tokenRequests"]["client_credentials"] == 2
+    assert counters["sessionRefusals"] == 1
+    assert crm.auth.token_requests == 2
+
+
+def test_second_401_is_an_authentication_error(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    crm.find_by_referral_id("warm-up")
+    emu.inject_fault(401, count=2)
+    with pytest.raises(AuthenticationError) as refused:
+        crm.find_by_referral_id("x")
+    assert refused.value.code == "INVALID_SESSION_ID"
+    assert emu.counters()["tokenRequests"]["client_credentials"] == 2  # one re-authentication, no more
+
+    static = SalesforceCrm.for_instance(emu.url, emu.issue_token(), sleep=_no_sleep)
+    assert isinstance(static.auth, StaticToken)
+    assert static.find_by_referral_id("x") is None
+    emu.expire_sessions()
+    before = _requests(emu)
+    with pytest.raises(AuthenticationError):
+        static.find_by_referral_id("x")
+    assert _requests(emu) == before + 1  # a static token cannot be renewed: no second try
+
+
+# -- limits -----------------------------------------------------------------------------------------------------------
+def test_quota_exhausted_raises_at_once_without_retries(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    crm.find_by_referral_id("warm-up")
+    assert crm.api_usage == emu.api_usage()
+    _, maximum = emu.api_usage()
+    emu.set_quota(used=maximum)  # the rolling 24-hour allocation is used up
+    before = _requests(emu)
+    with pytest.raises(QuotaExhausted) as stop:
+        crm.create_opportunity(full_opportunity())
+    assert isinstance(stop.value, TransientError)
+    assert stop.value.retry_after == 900 and stop.value.status == 403
+    assert _requests(emu) == before + 1
+    assert emu.counters()["quotaRefusals"] == 1
+    assert crm.api_usage == (maximum, maximum)
+    emu.restore_quota()
+    assert crm.create_opportunity(full_opportunity()).crm_id
+    assert crm.api_usage is not None and crm.api_usage == emu.api_usage()
+
+
+def test_transient_503_is_retried_inline(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    emu.inject_fault(503, count=2)
+    assert crm.find_by_referral_id("x") is None
+    assert emu.counters()["faults"] == 2
+
+
+# -- round trips ------------------------------------------------------------------------------------------------------
+def test_full_round_trip_of_every_mapped_field(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    desired = full_opportunity()
+    created = crm.create_opportunity(desired)
+    assert mapped_values(created) == mapped_values(crm.stored_form(desired))
+    assert created.sync_enabled is True and created.audit == "created"
+    assert created.etag and created.modified_at is not None and created.modified_at.tzinfo is not None
+    assert crm.get_opportunity(created.crm_id or "") == created
+    assert crm.find_by_referral_id("REF-0001") == created  # external ids match case-insensitively
+
+    record = emu.record("Opportunity", created.crm_id or "")
+    assert record is not None
+    assert record["StageName"] == "Qualification" and record["CurrencyIsoCode"] == "EUR"
+    assert record["How_can_Microsoft_help__c"] == "Proof of concept or demo"
+    assert record["Products__c"] == "sol-1, sol-2" and record[REF] == "ref-0001" and record[SYNC] is True
+    assert record["SystemModstamp"] == created.etag
+    account = emu.records("Account")[0]
+    assert account["BillingStreet"] == "1 Main Street\nBuilding 4" and account["BillingPostalCode"] == "98052"
+    contacts = {c["Email"]: c for c in emu.records("Contact")}
+    assert set(contacts) == {"ann@contoso.example", "bo@contoso.example"}
+    assert contacts["bo@contoso.example"]["LastName"] == "[not provided]"
+    roles = emu.records("OpportunityContactRole")
+    assert [(r["ContactId"], r["IsPrimary"]) for r in roles] == [
+        (contacts["ann@contoso.example"]["Id"], True),
+        (contacts["bo@contoso.example"]["Id"], False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("status", "substatus", "stage", "read_back"),
+    [
+        ("New", None, "Prospecting", ("New", "Pending")),
+        ("Active", "Accepted", "Qualification", ("Active", "Accepted")),
+        ("Closed", "Won", "Closed Won", ("Closed", "Won")),
+        ("Closed", "Lost", "Closed Lost", ("Closed", "Lost")),
+        ("Closed", "Declined", "Closed Lost", ("Closed", "Lost")),
+        ("Closed", "Expired", "Closed Lost", ("Closed", "Lost")),
+    ],
+)
+def test_status_maps_to_stage_and_reads_back_from_is_closed_is_won(
+    emu: SalesforceEmulator,
+    crm: SalesforceCrm,
+    status: str,
+    substatus: str | None,
+    stage: str,
+    read_back: tuple[str, str],
+) -> None:
+    desired = full_opportunity(status=status, substatus=substatus)
+    created = crm.create_opportunity(desired)
+    record = emu.record("Opportunity", created.crm_id or "")
+    assert record is not None and record["StageName"] == stage
+    assert (created.status, created.substatus) == read_back
+    assert (crm.stored_form(desired).status, crm.stored_form(desired).substatus) == read_back
+
+
+def test_other_open_stages_read_as_active_and_configured_stage_names(emu: SalesforceEmulator) -> None:
+    emu.seed("Opportunity", {"Name": "x", "StageName": "Needs Analysis", "CloseDate": "2025-01-01", REF: "r1"})
+    crm = SalesforceCrm.for_instance(emu.url, emu.issue_token(), sleep=_no_sleep)
+    found = crm.find_by_referral_id("r1")
+    assert found is not None and (found.status, found.substatus) == ("Active", "Accepted")
+    custom = SalesforceMapping(on_hold_stage="Needs Analysis", active_stage="Value Proposition")
+    renamed = SalesforceCrm.for_instance(emu.url, emu.issue_token(), mapping=custom, sleep=_no_sleep)
+    again = renamed.find_by_referral_id("r1")
+    assert again is not None and (again.status, again.substatus) == ("New", "Pending")
+    created = renamed.create_opportunity(full_opportunity("r2", status="Active"))
+    assert emu.record("Opportunity", created.crm_id or "")["StageName"] == "Value Proposition"  # type: ignore[index]
+
+
+def test_create_is_idempotent(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    first = crm.create_opportunity(full_opportunity())
+    second = crm.create_opportunity(full_opportunity())  # a retried job
+    assert second.crm_id == first.crm_id
+    assert len(emu.records("Opportunity")) == 1
+    assert len(emu.records("Account")) == 1
+    assert len(emu.records("Contact")) == 2
+    assert len(emu.records("OpportunityContactRole")) == 2
+    counters = emu.counters()["objects"]
+    assert counters["Opportunity"]["creates"] == 1 and counters["Account"]["creates"] == 1
+    assert counters["Contact"]["creates"] == 2 and counters["OpportunityContactRole"]["creates"] == 2
+
+
+def test_create_without_close_date_uses_today_plus_30_days(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    created = crm.create_opportunity(full_opportunity(close_date=None, customer_name=None, customer_contacts=()))
+    assert created.close_date == TODAY + timedelta(days=30)
+    assert emu.records("Account") == []
+    update = crm.update_opportunity(created, created.model_copy(update={"close_date": None}), ["close_date", "name"])
+    assert update.close_date == TODAY + timedelta(days=30)  # an empty date never clears the required field
+
+
+def test_update_sends_only_the_requested_fields_conditionally(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    current = crm.create_opportunity(full_opportunity())
+    before = len(emu.writes())
+    desired = current.model_copy(update={"deal_value": Decimal("99.95"), "audit": "updated", "notes": "ignored"})
+    updated = crm.update_opportunity(current, desired, ["deal_value", "audit"])
+    writes = emu.writes()[before:]
+    assert len(writes) == 1
+    assert writes[0]["object"] == "Opportunity" and writes[0]["fields"] == ["Amount", "Audit__c"]
+    assert writes[0]["ifUnmodifiedSince"].endswith("GMT")
+    assert updated.deal_value == Decimal("99.95") and updated.notes == current.notes
+    assert updated.modified_at is not None and current.modified_at is not None
+    assert updated.modified_at > current.modified_at and updated.etag != current.etag
+
+    closed = crm.update_opportunity(
+        updated, updated.model_copy(update={"status": "Closed", "substatus": "Won"}), ["status", "substatus"]
+    )
+    assert emu.writes()[-1]["fields"] == ["StageName"]
+    assert (closed.status, closed.substatus) == ("Closed", "Won")
+
+
+def test_update_of_customer_and_contacts(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    current = crm.create_opportunity(full_opportunity())
+    new_contacts = (Contact(first_name="Cy", last_name="Ng", email="cy@contoso.example"), current.customer_contacts[0])
+    desired = current.model_copy(
+        update={
+            "customer_name": "Contoso Holdings",
+            "customer_address": CustomerAddress(city="Seattle", postal_code="98101", country="US"),
+            "customer_contacts": new_contacts,
+        }
+    )
+    updated = crm.update_opportunity(current, desired, ["customer_name", "customer_address", "customer_contacts"])
+    assert mapped_values(updated) == mapped_values(crm.stored_form(desired))
+    assert len(emu.records("Account")) == 2 and len(emu.records("Contact")) == 3
+    assert [c.email for c in updated.customer_contacts] == ["cy@contoso.example", "ann@contoso.example"]
+    assert len(emu.records("OpportunityContactRole")) == 2
+    writes_before = len(emu.writes())
+    assert crm.update_opportunity(updated, updated, ["customer_contacts"]) == updated  # already in place
+    assert emu.writes()[writes_before:] == []
+
+
+def test_if_unmodified_since_conflict_is_precondition_failed(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    current = crm.create_opportunity(full_opportunity())
+    CLOCK.advance(2)
+    emu.update_record("Opportunity", current.crm_id or "", {"Description": "a seller's edit"})
+    with pytest.raises(PreconditionFailed):
+        crm.update_opportunity(current, current.model_copy(update={"name": "mine"}), ["name"])
+    with pytest.raises(PreconditionFailed):
+        crm.set_sync_outcome(current, "✔ mine", "audit")
+    record = emu.record("Opportunity", current.crm_id or "")
+    assert record is not None and record["Name"] == "Contoso Azure migration"
+    fresh = crm.get_opportunity(current.crm_id or "")
+    assert fresh is not None
+    assert crm.update_opportunity(fresh, fresh.model_copy(update={"name": "mine"}), ["name"]).name == "mine"
+
+
+def test_set_sync_outcome_writes_only_name_and_audit(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    current = crm.create_opportunity(full_opportunity())
+    before = len(emu.writes())
+    marked = crm.set_sync_outcome(current, "✔ Contoso Azure migration", "x" * 30000)
+    writes = emu.writes()[before:]
+    assert [w["fields"] for w in writes] == [["Audit__c", "Name"]] and "ifUnmodifiedSince" in writes[0]
+    assert marked.name == "✔ Contoso Azure migration" and marked.audit == "x" * 20000
+    assert marked.etag == emu.record("Opportunity", current.crm_id or "")["SystemModstamp"]  # type: ignore[index]
+    assert crm.set_sync_outcome(marked, marked.name, marked.audit or "") is marked  # nothing to write
+    assert len(emu.writes()) == before + 1
+
+
+# -- typed errors -----------------------------------------------------------------------------------------------------
+def test_salesforce_errors_become_typed_errors(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    with pytest.raises(ValidationFailed, match="Currency 'XYZ' is not active"):
+        crm.create_opportunity(full_opportunity(currency="XYZ"))
+    with pytest.raises(ValidationFailed, match="SALESFORCE_HELP_PICKLIST_VALUES"):
+        crm.create_opportunity(full_opportunity(help_code="SomethingNew"))
+    assert emu.writes() == []  # refused before anything was written
+
+    mislabelled = SalesforceMapping(help_values={"ProofOfConceptOrDemo": "POC please"})
+    other = SalesforceCrm.for_instance(emu.url, emu.issue_token(), mapping=mislabelled, sleep=_no_sleep)
+    with pytest.raises(SalesforceRecordError) as picklist:
+        other.create_opportunity(full_opportunity())
+    assert picklist.value.code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"
+    assert "POC please" in str(picklist.value)
+
+    current = crm.create_opportunity(full_opportunity("ref-2"))
+    with pytest.raises(SalesforceRecordError) as required:
+        crm.update_opportunity(current, current.model_copy(update={"name": None}), ["name"])
+    assert required.value.code == "REQUIRED_FIELD_MISSING" and isinstance(required.value, ValidationFailed)
+    with pytest.raises(ValidationFailed):
+        crm.update_opportunity(current.model_copy(update={"crm_id": "not-an-id"}), current, ["name"])
+
+
+def test_duplicate_referral_ids_are_named_and_nothing_is_written(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    twins = emu.seed(
+        "Opportunity",
+        [
+            {"Name": "one", "StageName": "Prospecting", "CloseDate": "2025-01-01", REF: "dup-1"},
+            {"Name": "two", "StageName": "Prospecting", "CloseDate": "2025-01-01", REF: "DUP-1"},
+        ],
+    )
+    with pytest.raises(DuplicateReferralId) as duplicates:
+        crm.create_opportunity(full_opportunity("dup-1", customer_name=None, customer_contacts=()))
+    assert sorted(duplicates.value.record_ids) == sorted(t["Id"] for t in twins)
+    assert all(t["Id"] in str(duplicates.value) for t in twins)
+    assert emu.counters()["objects"]["Opportunity"]["updates"] == 0
+    with pytest.raises(DuplicateReferralId):
+        crm.find_by_referral_id("dup-1")
+
+
+def test_upsert_update_answered_with_204_is_accepted(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    first = crm.create_opportunity(full_opportunity())
+    emu.upsert_update_status = 204
+    again = crm.create_opportunity(full_opportunity())
+    assert again.crm_id == first.crm_id and len(emu.records("Opportunity")) == 1
+
+
+# -- polling ----------------------------------------------------------------------------------------------------------
+def test_list_flagged_changed_since_watermark_semantics(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    def seed(name: str, stamp: str, flagged: bool = True) -> str:
+        record = {"Name": name, "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: flagged}
+        return str(emu.seed("Opportunity", {**record, "SystemModstamp": stamp})[0]["Id"])
+
+    # Inserted out of order, so only ORDER BY SystemModstamp, Id gives the expected sequence.
+    seed("latest", "2024-05-01T11:00:00.000+0000")
+    later = seed("later", "2024-05-01T10:00:00.700+0000")
+    tie_a = seed("tie a", "2024-05-01T10:00:00.000+0000")
+    seed("unflagged", "2024-05-01T10:00:01.000+0000", flagged=False)
+    tie_b = seed("tie b", "2024-05-01T10:00:00.000+0000")
+    seed("before", "2024-05-01T09:59:59.999+0000")
+
+    since = datetime(2024, 5, 1, 10, 0, 0, 400000, tzinfo=UTC)  # sub-second watermarks round down
+    changed = list(crm.list_flagged_changed_since(since))
+    assert [o.name for o in changed] == ["tie a", "tie b", "later", "latest"]
+    assert [o.crm_id for o in changed[:3]] == [*sorted([tie_a, tie_b]), later]
+    assert changed[0].modified_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert changed[2].etag == "2024-05-01T10:00:00.700+0000"
+    assert changed[2].modified_at == datetime(2024, 5, 1, 10, 0, 0, 700000, tzinfo=UTC)
+    assert [o.name for o in crm.list_flagged_changed_since(changed[-1].modified_at)] == ["latest"]
+    assert len(list(crm.list_flagged_changed_since(None))) == 5
+    query = next(path for _, path in emu.request_log if "/query?" in path)
+    assert "SystemModstamp+%3E%3D+2024-05-01T10%3A00%3A00Z" in query  # unquoted, whole seconds
+
+
+def test_list_flagged_changed_since_pages_with_next_records_url(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    rows = [
+        {"Name": f"Opp {i:03d}", "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: True} for i in range(450)
+    ]
+    emu.seed("Opportunity", rows)
+    for index, row in enumerate(emu.records("Opportunity")[:2]):
+        contact = emu.seed("Contact", {"LastName": f"Person {index}", "Email": f"p{index}@x.example"})[0]
+        emu.seed("OpportunityContactRole", {"OpportunityId": row["Id"], "ContactId": contact["Id"], "IsPrimary": True})
+    listed = list(crm.list_flagged_changed_since(None, page_size=200))
+    assert len(listed) == 450 and len({o.crm_id for o in listed}) == 450
+    stamps = [o.modified_at for o in listed]
+    assert stamps == sorted(stamps)  # type: ignore[type-var]
+    assert sum(1 for _, path in emu.request_log if "/query/01g" in path) == 2  # three pages
+    assert sum(1 for o in listed if o.customer_contacts) == 2
+
+
+def test_query_iterator_and_foreign_ids(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    emu.seed("Account", [{"Name": f"Account {i}"} for i in range(3)])
+    names = [row["Name"] for row in crm.query("SELECT Name FROM Account ORDER BY Name DESC")]
+    assert names == ["Account 2", "Account 1", "Account 0"]
+    before = _requests(emu)
+    assert crm.get_opportunity("3fa85f64-5717-4562-b3fc-2c963f66afa6") is None  # a Dataverse id
+    assert crm.get_opportunity("0015g00000AAAAAAAA") is None  # an account id
+    assert crm.find_by_referral_id("") is None
+    assert _requests(emu) == before
+
+
+# -- batches ----------------------------------------------------------------------------------------------------------
+def test_upsert_many_uses_collections_of_200(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+    existing = crm.create_opportunity(full_opportunity("batch-000"))
+    batch = [
+        full_opportunity(f"batch-{i:03d}", customer_contacts=(), deal_value=Decimal(i), status=None) for i in range(250)
+    ]
+    batch[5] = batch[5].model_copy(update={"help_code": "Unknown code"})
+    batch[6] = batch[6].model_copy(update={"name": None})
+    batch[7] = batch[7].model_copy(update={"notes": "n" * 40000})
+    before = _requests(emu, "/composite/sobjects/Opportunity/")
+    results = crm.upsert_many(batch)
+    assert _requests(emu, "/composite/sobjects/Opportunity/") == before + 2
+    assert [r.referral_id for r in results] == [o.referral_id for o in batch]
+    assert results[0].ok and results[0].created is False and results[0].crm_id == existing.crm_id
+    assert results[1].ok and results[1].created is True
+    assert isinstance(results[5].error, ValidationFailed)
+    assert isinstance(results[6].error, ValidationFailed)
+    assert isinstance(results[7].error, SalesforceRecordError) and results[7].error.code == "STRING_TOO_LONG"
+    assert sum(r.ok for r in results) == 247
+    assert len(emu.records("Opportunity")) == 247 and len(emu.records("Account")) == 1
+    assert emu.record("Opportunity", existing.crm_id or "")["Amount"] == 0  # type: ignore[index]
+    assert emu.record("Opportunity", existing.crm_id or "")["StageName"] == "Qualification"  # type: ignore[index]
