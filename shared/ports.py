@@ -129,7 +129,7 @@ class Job:
 
 
 class JobQueue(Protocol):
-    def enqueue(self, job: Job) -> None: ...
+    def enqueue(self, job: Job, delay_seconds: int = 0) -> None: ...
 
 
 class Clock(Protocol):

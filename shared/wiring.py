@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .store.queue import StorageJobQueue
     from .store.tables import TableSyncStore
     from .sync.engine import SyncEngine
+    from .sync.job_runner import JobRunner
     from .sync.poller import ChangeFeed
     from .sync.webhook_intake import WebhookIntake
 
@@ -65,7 +66,7 @@ class Container:
         if self.settings.crm_provider == "salesforce":
             from .crm.salesforce import SalesforceCrm
 
-            return SalesforceCrm(self.settings)
+            return SalesforceCrm(self.settings, quota_retry_after=self.settings.quota_pause_seconds)
         from .crm.dynamics import DataverseCrm
 
         return DataverseCrm(self.settings)
@@ -112,6 +113,13 @@ class Container:
             s.crm_poll_overlap_seconds,
             s.reconcile_first_lookback_hours,
         )
+
+    @cached_property
+    def jobs(self) -> JobRunner:
+        from .sync.clock import SystemClock
+        from .sync.job_runner import JobRunner
+
+        return JobRunner(self.engine, self.store, self.queue, SystemClock(), self.settings.quota_pause_seconds)
 
     @cached_property
     def engine(self) -> SyncEngine:

@@ -20,7 +20,7 @@ from typing import Any
 
 import requests
 
-from ..domain.errors import AuthenticationError, PermanentError, TransientError, ValidationFailed
+from ..domain.errors import AuthenticationError, PermanentError, QuotaExceeded, TransientError, ValidationFailed
 from ..httpclient import ApiClient
 from .salesforce_auth import SERVICE, SalesforceAuth
 
@@ -50,7 +50,7 @@ RECORD_ERROR_CODES = frozenset(
 )
 
 
-class QuotaExhausted(TransientError):
+class QuotaExhausted(QuotaExceeded):
     """403 REQUEST_LIMIT_EXCEEDED: the org's daily API allocation is used up. Pause, do not retry now."""
 
     def __init__(self, message: str, retry_after: float = QUOTA_RETRY_AFTER_SECONDS) -> None:

@@ -60,6 +60,10 @@ class TransientError(ExternalServiceError):
         self.retry_after = retry_after
 
 
+class QuotaExceeded(TransientError):
+    """The external system's API allocation is used up: pause all work until it recovers, do not retry now."""
+
+
 class Throttled(TransientError):
     """HTTP 429 (or 503 with Retry-After) whose wait exceeded what we may sleep inline."""
 

@@ -15,8 +15,10 @@ bp = func.Blueprint()
 @bp.function_name("poll_crm")
 @bp.timer_trigger(arg_name="timer", schedule="%CRM_POLL_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def poll_crm(timer: func.TimerRequest) -> None:
-    result = wiring.container().poller.poll()
-    log.info("CRM poll: %s changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark)
+    c = wiring.container()
+    result = c.jobs.poll_crm(c.poller)
+    if result is not None:
+        log.info("CRM poll: %s changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark)
 
 
 @bp.function_name("reconcile")

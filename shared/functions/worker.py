@@ -27,4 +27,4 @@ def sync_worker(msg: func.QueueMessage) -> None:
         log.error("dropping unreadable job message %s: %s", msg.id, exc)
         return
     dequeue_count = getattr(msg, "dequeue_count", None) or 1
-    wiring.container().engine.handle(job, final_attempt=dequeue_count >= MAX_DEQUEUE_COUNT)
+    wiring.container().jobs.run(job, final_attempt=dequeue_count >= MAX_DEQUEUE_COUNT)

@@ -48,11 +48,13 @@ class StorageJobQueue:
                 pass
         self._ready = True
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job, delay_seconds: int = 0) -> None:
+        """Send the job; with ``delay_seconds`` it stays invisible that long (at most 7 days)."""
         self.ensure()
         if not job.enqueued_at:
             job = Job(job.kind, job.record_id, job.reason, datetime.now(UTC).isoformat())
-        self.client.send_message(encode_job(job))
+        delay = max(0, min(int(delay_seconds), 7 * 24 * 3600))
+        self.client.send_message(encode_job(job), visibility_timeout=delay or None)
 
     def depth(self) -> int:
         self.ensure()

@@ -23,6 +23,7 @@ from ..domain.errors import (
     NotFound,
     PermanentError,
     PreconditionFailed,
+    QuotaExceeded,
     TransientError,
     ValidationFailed,
 )
@@ -126,6 +127,8 @@ class SyncEngine:
             raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
         try:
             return run(job.record_id, pair)  # type: ignore[operator]
+        except QuotaExceeded:
+            raise  # not a failure of this record: the job runner pauses all work
         except TransientError as exc:
             if final_attempt:
                 self._record_final_failure(job, pair, exc)

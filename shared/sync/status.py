@@ -28,7 +28,9 @@ def _iso(value: object) -> str | None:
     return value.isoformat() if isinstance(value, datetime) else (str(value) if value else None)
 
 
-def build_status(store: StatusStore, queue: StatusQueue, credentials: dict[str, str]) -> dict[str, Any]:
+def build_status(
+    store: StatusStore, queue: StatusQueue, credentials: dict[str, str], paused: dict[str, Any] | None = None
+) -> dict[str, Any]:
     links = store.iter_links()
     by_status = Counter(link.last_status or "unknown" for link in links)
     last_sync = max((link.last_synced_at for link in links if link.last_synced_at), default=None)
@@ -41,4 +43,5 @@ def build_status(store: StatusStore, queue: StatusQueue, credentials: dict[str, 
         "lastReconcileAt": _iso(reconcile.get("LastRunAt")),
         "queue": {"depth": queue.depth(), "poison": queue.poison_depth()},
         "credentials": credentials,
+        "paused": paused,
     }

@@ -1,0 +1,95 @@
+"""Runs queued jobs through the engine, and pauses all CRM work while the CRM's API quota is used up.
+
+A quota stop is not a failure of the record at hand: retrying every job until each lands in the poison
+queue would only burn what is left of the allocation. Instead the first job to hit it records a pause
+(visible in /api/status and the audit trail), goes back on the queue invisible until the pause ends,
+and every job or poll that starts during the pause does the same without calling the CRM. Nothing is
+lost; work resumes by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from ..domain.errors import QuotaExceeded
+from ..ports import AuditEntry, Clock, Job, JobQueue, SyncStore
+from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, SyncEngine
+from .poller import ChangeFeed, PollResult
+
+log = logging.getLogger(__name__)
+PAUSE_KEY = "crm-pause"
+
+
+@dataclass(frozen=True)
+class Pause:
+    until: datetime
+    reason: str
+
+
+class JobRunner:
+    def __init__(
+        self, engine: SyncEngine, store: SyncStore, queue: JobQueue, clock: Clock, pause_seconds: int = 900
+    ) -> None:
+        self.engine, self.store, self.queue, self.clock = engine, store, queue, clock
+        self.pause_seconds = pause_seconds
+
+    def current_pause(self) -> Pause | None:
+        state = self.store.get_state(PAUSE_KEY) or {}
+        until = state.get("Until")
+        if isinstance(until, datetime) and until > self.clock.now():
+            return Pause(until, str(state.get("Reason", "")))
+        return None
+
+    def run(self, job: Job, final_attempt: bool = False) -> str:
+        pause = self.current_pause()
+        if pause is not None:
+            self._defer(job, pause.until)
+            return "deferred"
+        try:
+            return self.engine.handle(job, final_attempt=final_attempt).action
+        except QuotaExceeded as exc:
+            pause = self._pause(exc, job)
+            self._defer(job, pause.until)
+            return "deferred"
+
+    def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
+        """The CRM poll, unless work is paused (then it costs no CRM call at all)."""
+        pause = self.current_pause()
+        if pause is not None:
+            log.warning("CRM poll skipped: paused until %s (%s)", pause.until.isoformat(), pause.reason)
+            return None
+        try:
+            return poller.poll()
+        except QuotaExceeded as exc:
+            self._pause(exc, None)
+            return None
+
+    def _pause(self, exc: QuotaExceeded, job: Job | None) -> Pause:
+        now = self.clock.now()
+        seconds = exc.retry_after if exc.retry_after is not None else self.pause_seconds
+        pause = Pause(now + timedelta(seconds=seconds), str(exc))
+        self.store.set_state(PAUSE_KEY, {"Until": pause.until, "Reason": pause.reason[:1000], "Since": now})
+        message = f"CRM API quota used up; all CRM work paused until {pause.until.isoformat()}: {exc}"
+        log.warning(message)
+        self.store.append_audit(
+            AuditEntry(
+                record_key=job.record_id if job else "crm",
+                action="paused",
+                direction=CRM_TO_PC if job is None or job.kind == KIND_CRM else PC_TO_CRM,
+                message=message,
+                at=now,
+            )
+        )
+        return pause
+
+    def _defer(self, job: Job, until: datetime) -> None:
+        delay = max(1, int((until - self.clock.now()).total_seconds()) + 1)
+        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay)
+
+
+def pause_status(runner: JobRunner) -> dict[str, Any] | None:
+    pause = runner.current_pause()
+    return {"until": pause.until.isoformat(), "reason": pause.reason} if pause else None
