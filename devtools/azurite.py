@@ -76,11 +76,9 @@ def azurite_binary() -> str:
     raise RuntimeError("Azurite is not installed: run 'npm install' in the project folder (make test does it)")
 
 
-def start_azurite(timeout: float = 30.0) -> Azurite:
-    """Start blob, queue and table services on free ports, in memory, in their own process group."""
-    workdir = tempfile.mkdtemp(prefix="azurite-")
-    blob, queue, table = free_port(), free_port(), free_port()
-    cmd = [
+def azurite_command(blob: int, queue: int, table: int) -> list[str]:
+    """In memory, quiet, no telemetry, on the given ports."""
+    return [
         azurite_binary(),
         "--inMemoryPersistence",
         "--skipApiVersionCheck",
@@ -94,6 +92,13 @@ def start_azurite(timeout: float = 30.0) -> Azurite:
         "--tablePort",
         str(table),
     ]
+
+
+def start_azurite(timeout: float = 30.0) -> Azurite:
+    """Start blob, queue and table services on free ports, in memory, in their own process group."""
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    blob, queue, table = free_port(), free_port(), free_port()
+    cmd = azurite_command(blob, queue, table)
     log = open(os.path.join(workdir, "azurite.log"), "wb")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=workdir)
     azurite = Azurite(process, blob, queue, table, workdir)

@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from .azurite import ROOT, Azurite, azurite_binary, free_port
+from .azurite import ROOT, Azurite, azurite_command, free_port
 from .guard import spawn_guarded
 
 Progress = Callable[[str], None]
@@ -81,20 +81,7 @@ def start_azurite_guarded(log_path: Path, timeout: float = 30.0) -> Azurite:
     """Azurite on free ports, in memory, under a guard (see devtools.guard) in its own process group."""
     workdir = tempfile.mkdtemp(prefix="azurite-")
     blob, queue, table = free_port(), free_port(), free_port()
-    cmd = [
-        azurite_binary(),
-        "--inMemoryPersistence",
-        "--skipApiVersionCheck",
-        "--loose",
-        "--silent",
-        "--disableTelemetry",
-        "--blobPort",
-        str(blob),
-        "--queuePort",
-        str(queue),
-        "--tablePort",
-        str(table),
-    ]
+    cmd = azurite_command(blob, queue, table)
     with open(log_path, "ab") as log:
         guarded = spawn_guarded(cmd, "azurite", cwd=workdir, output=log)
     azurite = Azurite(guarded.process, blob, queue, table, workdir)
