@@ -2,15 +2,24 @@
 
 Starts Azurite, the Partner Center and Dataverse emulators and the real function app under the local
 runner (a separate process), then plays a scripted scenario only through what Partner Center would do
-(the emulator's control API) and only observes the results (emulator state, the audit table):
+(the emulator's control API), what a seller would do in Dynamics 365 (the Dataverse Web API) and what an
+operator may do (fire the ``poll_crm`` timer through the host's admin endpoint), and only observes the
+results (emulator state and counters, the app's status endpoint, the audit table):
 
 1. the app is up: ``GET /api/health``;
 2. Microsoft shares a co-sell referral -> signed webhook -> queue -> an opportunity in Dataverse;
 3. the referral is updated -> webhook -> the opportunity follows;
-4. Partner Center delivers the same webhook again -> processed, nothing new written.
+4. Partner Center delivers the same webhook again -> processed, nothing new written;
+5. a seller flags an opportunity asking for Microsoft's help -> the poll enqueues it -> the co-sell
+   referral and Microsoft's referral in Partner Center; identifier, link, audit line and check mark on
+   the opportunity;
+6. the seller edits the deal value -> exactly one PATCH reaches Partner Center;
+7. Partner Center's webhooks for our writes and one more poll -> no further write on either side;
+8. an opportunity without a solution id -> cross mark and the reason in its Audit column, nothing sent.
 
-Exit status 0 only if every step was observed. Everything started is stopped on exit, on Ctrl-C and
-on SIGTERM; if this process is killed outright, the guards (devtools.guard) stop Azurite and the runner.
+Steps 5-8 live in ``devtools.demo_steps_crm``. Exit status 0 only if every step was observed. Everything
+started is stopped on exit, on Ctrl-C and on SIGTERM; if this process is killed outright, the guards
+(devtools.guard) stop Azurite and the runner.
 """
 
 from __future__ import annotations
@@ -31,7 +40,8 @@ from typing import Any, TypeVar
 import requests
 
 from .azurite import ROOT, free_port
-from .demo_observe import AuditLine, Observer
+from .demo_observe import AuditLine, Observer, Seller, StepFailed
+from .demo_steps_crm import is_microsofts_referral, run_crm_scenario
 from .guard import Guarded, spawn_guarded
 from .hostconfig import load_host_config
 from .stack import Stack, hermetic_environment, project_pythonpath
@@ -39,12 +49,15 @@ from .stack import Stack, hermetic_environment, project_pythonpath
 T = TypeVar("T")
 WEBHOOK_FUNCTION = "partner_center_webhook"
 # Queue polling backs off to host.json's maxPollingInterval (10 s) while idle; the demo caps it at 0.5 s so
-# its timings show the app's work, not the poll interval. The override is the host's own mechanism.
-POLLING_OVERRIDE = {"AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500"}
-
-
-class StepFailed(Exception):
-    """A step's expected outcome was not observed in time."""
+# its timings show the app's work, not the poll interval. A job that finds its pair leased by another job
+# (typically Partner Center's webhook for a referral the app is still creating) fails with RecordBusy and
+# is retried after visibilityTimeout, 30 s in host.json; the demo shortens that to 1 s, still long enough
+# for the lease holder to finish well within maxDequeueCount attempts. Both overrides are the host's own
+# mechanism (app settings named AzureFunctionsJobHost__...).
+HOST_OVERRIDES = {
+    "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",
+    "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
+}
 
 
 @dataclass
@@ -96,7 +109,7 @@ def start_runner(stack: Stack, workdir: Path, demo: Demo) -> tuple[Guarded, str,
     log_path = workdir / "runner.log"
     empty = workdir / "no-local-settings.json"
     empty.write_text('{"IsEncrypted": false, "Values": {}}')
-    env = {**hermetic_environment(os.environ), **stack.settings, **POLLING_OVERRIDE}
+    env = {**hermetic_environment(os.environ), **stack.settings, **HOST_OVERRIDES}
     env["PYTHONPATH"] = project_pythonpath(os.environ)
     cmd = [sys.executable, "-m", "devtools.runner", "serve", "--port", str(port), "--settings-file", str(empty)]
     with open(log_path, "ab") as log:
@@ -149,7 +162,7 @@ def _accepted(delivery: dict[str, Any]) -> None:
         raise StepFailed(f"webhook answered {delivery['status_code']} ({delivery['status']}), expected 202")
 
 
-def run_scenario(demo: Demo, observer: Observer, base: str) -> dict[str, Any]:
+def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> None:
     step = demo.step("the app is up: GET /api/health")
     started = time.monotonic()
     health = requests.get(f"{base}/api/health", timeout=10)
@@ -218,7 +231,7 @@ def run_scenario(demo: Demo, observer: Observer, base: str) -> dict[str, Any]:
         )
     step.notes.append(f"Dataverse writes stayed at {writes_after}, opportunities at {opportunities_after}")
     step.ok = True
-    return {"referral_id": referral_id}
+    run_crm_scenario(demo, observer, seller, base)
 
 
 def _number(value: Any) -> float | None:
@@ -233,59 +246,121 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def report(demo: Demo, observer: Observer | None, referral_id: str | None) -> None:
+def report(demo: Demo, observer: Observer | None, seller: Seller | None) -> None:
     print("\n" + "=" * 78)
-    print("Co-sell connector demo: Partner Center -> webhook -> queue -> Dataverse (all local)")
+    print("Co-sell connector demo: Partner Center <-> queue <-> Dataverse, both ways (all local)")
     print("=" * 78)
     print("Timings run from each step's action until the demo saw the result (it polls every 50 ms).")
     print("Queue polling is capped at 0.5 s for the demo (AzureFunctionsJobHost__extensions__queues__")
-    print("maxPollingInterval); host.json allows 10 s between polls of an idle queue.\n")
+    print("maxPollingInterval); host.json allows 10 s between polls of an idle queue. A job that finds its")
+    print("record busy with another job is retried after 1 s here (visibilityTimeout; 30 s in host.json).")
+    print("The CRM poll runs on CRM_POLL_SCHEDULE (every 2 minutes by default); the demo fires it through")
+    print("the host's admin endpoint (POST /admin/functions/poll_crm) instead of waiting.\n")
     for number, step in enumerate(demo.steps, start=1):
         print(f"{'PASS' if step.ok else 'FAIL'}  {number}. {step.title}")
         for label, seconds in step.timings:
-            print(f"        {label:<46} {_ms(seconds):>10}")
+            print(f"        {label:<50} {_ms(seconds):>10}")
         for note in step.notes:
             print(f"        {note}")
-    if observer is not None and referral_id is not None:
-        _report_records(observer, referral_id)
+    if observer is not None:
+        _report_records(observer, seller.writes if seller is not None else 0)
     passed = sum(step.ok for step in demo.steps)
     total = time.monotonic() - demo.started
     verdict = "every step observed" if demo.steps and passed == len(demo.steps) else "NOT every step observed"
     print(f"\nResult: {passed}/{len(demo.steps)} steps passed, {verdict} (total {total:.1f} s)")
 
 
-def _report_records(observer: Observer, referral_id: str) -> None:
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def _short(text: str, width: int = 96) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _report_records(observer: Observer, seller_writes: int) -> None:
     try:
-        referral = observer.referral(referral_id)
+        referrals = observer.referrals()
         opportunities = observer.opportunities()
         writes = observer.writes()
-        trail = observer.audit_trail(referral_id)
+        counters = observer.pc_counters()
+        # Audit rows are keyed by referral id, or by the opportunity id while no referral exists.
+        keys = [str(r["id"]) for r in referrals] + [
+            str(o["opportunityid"]) for o in opportunities if not o.get(observer.referral_column)
+        ]
+        trails = {key: observer.audit_trail(key) for key in keys}
     except Exception as exc:  # the report must not hide the steps' verdict behind a read error
         print(f"\n(records unavailable: {exc})")
         return
-    details = referral.get("details") or {}
-    print("\nPartner Center (emulator): 1 referral")
-    print(
-        f'  {referral_id}  "{referral.get("name")}"  {referral.get("status")}/{referral.get("substatus")}'
-        f"  {float(details.get('dealValue') or 0):,.0f} {details.get('currency', '')}  "
-        f"invited by {((referral.get('inviteContext') or {}).get('invitedBy') or {}).get('organizationName')}"
-    )
-    print(f"\nDataverse (emulator): {len(opportunities)} opportunit{'y' if len(opportunities) == 1 else 'ies'}")
+    print(f"\nPartner Center (emulator): {_plural(len(referrals), 'referral', 'referrals')}")
+    for referral in referrals:
+        details = referral.get("details") or {}
+        print(
+            f'  {referral["id"]}  "{referral.get("name")}"  {referral.get("type")}  '
+            f"{referral.get('status')}/{referral.get('substatus')}  "
+            f"{float(details.get('dealValue') or 0):,.0f} {details.get('currency', '')}"
+        )
+        print(f"      {_origin(referral)}")
+    calls = ", ".join(f"{counters[k]} {k}" for k in ("create", "patch", "update") if counters.get(k)) or "none"
+    print(f"  writes by the app: {counters.get('writes', 0)} ({calls})")
+    print(f"\nDataverse (emulator): {_plural(len(opportunities), 'opportunity', 'opportunities')}")
     for row in opportunities:
         value = _number(row.get("estimatedvalue"))
+        audit = str(row.get(observer.audit_column) or "").splitlines()
         print(
             f'  {row.get("opportunityid")}  "{row.get("name")}"  estimatedvalue {value or 0:,.0f}'
-            f"  {observer.referral_column}={row.get(observer.referral_column)}"
+            f"  sync {'Yes' if row.get(observer.sync_column) else 'No'}"
         )
+        print(f"      {observer.referral_column}={row.get(observer.referral_column) or '(none: no referral)'}")
+        if row.get(observer.link_column):
+            print(f"      {observer.link_column}={row.get(observer.link_column)}")
+        if audit:
+            print(
+                f"      {observer.audit_column}: {_short(audit[0])}"
+                + (f" (+{len(audit) - 1} older)" if audit[1:] else "")
+            )
     kinds: dict[str, int] = {}
     for write in writes:
         key = f"{write.get('operation', write.get('op', '?'))} {write.get('table', write.get('entity', ''))}".strip()
         kinds[key] = kinds.get(key, 0) + 1
-    print(f"  writes: {len(writes)} ({', '.join(f'{n} {k}' for k, n in kinds.items()) or 'none'})")
+    print(f"  writes: {len(writes)} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
+    print(f"          {seller_writes} by the seller (Web API), {len(writes) - seller_writes} by the app")
     print("\nAudit trail (SyncAudit, oldest first)")
-    for line in trail:
-        stamp = line.at.strftime("%H:%M:%S.%f")[:-3] if line.at else "?"
-        print(f"  {stamp}  {line.action:<10} {line.message}")
+    by_referral = {str(r["id"]): r for r in referrals}
+    for key, trail in sorted(trails.items(), key=lambda item: _first_time(item[1])):
+        if not trail:
+            continue
+        referral = by_referral.get(key)
+        print(f"  {'referral' if referral else 'opportunity'} {key}" + (f" ({_role(referral)})" if referral else ""))
+        for line in trail:
+            stamp = line.at.strftime("%H:%M:%S.%f")[:-3] if line.at else "?"
+            print(f"    {stamp}  {line.direction:<7}  {line.action:<10} {_short(line.message, 80)}")
+
+
+def _role(referral: dict[str, Any]) -> str:
+    if is_microsofts_referral(referral):
+        return "Microsoft's referral"
+    if referral.get("externalReferenceId"):
+        return "our co-sell referral"
+    return "shared by Microsoft"
+
+
+def _origin(referral: dict[str, Any]) -> str:
+    # A prefix is enough to see which referrals share an engagement; the full ids are in the step notes.
+    engagement = f"engagement {str(referral.get('engagementId'))[:8]}…"
+    role = _role(referral)
+    if role == "Microsoft's referral":
+        return f"{role} (target {referral['target'][0].get('id')}), {engagement}"
+    if role == "our co-sell referral":
+        solutions = ", ".join(str(t.get("id")) for t in referral.get("target") or [])
+        return f"{role} for opportunity {referral['externalReferenceId']} ({solutions}), {engagement}"
+    invited = ((referral.get("inviteContext") or {}).get("invitedBy") or {}).get("organizationName")
+    return f"{role}, invited by {invited}, {engagement}"
+
+
+def _first_time(trail: list[AuditLine]) -> float:
+    stamps = [line.at.timestamp() for line in trail if line.at]
+    return min(stamps) if stamps else float("inf")
 
 
 # -- entry point ---------------------------------------------------------------------------------------------
@@ -302,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cosell-demo-"))
     runner: Guarded | None = None
     observer: Observer | None = None
-    outcome: dict[str, Any] = {}
+    seller: Seller | None = None
     failure: str | None = None
     log_path: Path | None = None
     demo.say("starting Azurite, the Partner Center and Dataverse emulators (nothing from your settings is used)")
@@ -313,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner, base, log_path = start_runner(stack, workdir, demo)
                 demo.watch = lambda: None if runner.running() else "the local runner exited"
                 stack.register_webhook(webhook_url(base, stack.settings))
-                observer = Observer(stack)
-                outcome = run_scenario(demo, observer, base)
+                observer, seller = Observer(stack), Seller(stack)
+                run_scenario(demo, observer, seller, base)
             except (StepFailed, requests.RequestException) as exc:
                 time.sleep(0.3)  # a refused request is often the first sign of a dead runner: let it show
                 died = demo.watch()
@@ -322,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 if demo.steps:
                     demo.steps[-1].notes.append(f"failed: {failure}")
                 demo.say(f"FAILED: {failure}")
-            report(demo, observer, outcome.get("referral_id") or _last_referral(observer))
+            report(demo, observer, seller)
             if failure and log_path is not None:
                 print("\nLast lines of the runner's log:\n" + tail(log_path))
             if runner is not None:
@@ -337,16 +412,6 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     ok = failure is None and bool(demo.steps) and all(step.ok for step in demo.steps)
     return 0 if ok else 1
-
-
-def _last_referral(observer: Observer | None) -> str | None:
-    if observer is None:
-        return None
-    try:
-        referrals = requests.get(f"{observer.pc}/referrals", timeout=5).json()["value"]
-    except (requests.RequestException, ValueError, KeyError):
-        return None
-    return referrals[-1]["id"] if referrals else None
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from shared.domain.checkmark import CROSS
+
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = (
     "the app is up: GET /api/health",
     "Microsoft shares a co-sell referral -> signed webhook -> opportunity in Dataverse",
     "the referral is updated in Partner Center -> the opportunity follows",
     "Partner Center delivers the same webhook again -> nothing new",
+    "a seller flags an opportunity asking for Microsoft's help -> co-sell referrals + write-back",
+    "the seller edits the deal value -> exactly one PATCH reaches Partner Center",
+    "echoes settle: Partner Center's webhooks for our writes + one more poll -> zero writes",
+    f"an invalid opportunity (no solution id) -> {CROSS} and the reason in its Audit, nothing sent",
 )
 
 
@@ -45,10 +51,30 @@ def test_demo_runs_every_step_and_reports_it(tmp_path: Path) -> None:
     assert "signed referral-created webhook answered 202" in output
     assert "opportunity created in Dataverse" in output
     assert "opportunity updated in Dataverse" in output
-    assert "Dataverse (emulator): 1 opportunity" in output
+    # Dynamics 365 -> Partner Center: the poll is fired through the host's admin endpoint, not called
+    assert "poll_crm timer fired (admin API answered 202)" in output
+    assert "co-sell referral created in Partner Center" in output
+    assert "Microsoft's referral on the same engagement" in output
+    assert "Co-sell referral created in Partner Center with a request for Microsoft's help" in output
+    assert "Partner Center writes: 1 PATCH" in output
+    assert "since the write-back in step 6: 0 Partner Center writes, 0 Dataverse writes" in output
+    assert "Not sent to Partner Center: Add at least one co-sell solution id" in output
+    # the records on each side: Microsoft's referral, ours and Microsoft's copy; the three opportunities
+    assert "Partner Center (emulator): 3 referrals" in output
+    assert "writes by the app: 3 (2 create, 1 patch)" in output
+    assert "Dataverse (emulator): 3 opportunities" in output
     assert "Audit trail (SyncAudit, oldest first)" in output
-    for action in ("created", "updated", "unchanged"):
-        assert f"  {action} " in output
+    for direction, action in (
+        ("pc->crm", "created"),
+        ("pc->crm", "updated"),
+        ("pc->crm", "unchanged"),
+        ("crm->pc", "created"),
+        ("crm->pc", "updated"),
+        ("crm->pc", "unchanged"),
+        ("pc->crm", "skipped"),
+        ("crm->pc", "failed"),
+    ):
+        assert f"  {direction}  {action} " in output
     assert f"Result: {len(STEPS)}/{len(STEPS)} steps passed, every step observed" in output
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself
 
