@@ -319,10 +319,11 @@ class SyncEngine:
             target = target.model_copy(update={"name": name, "audit": audit})
             fields = [*plan.to_crm, *(["name"] if "name" not in plan.to_crm else []), "audit"]
             record = self.crm.update_opportunity(record, target, fields)
+            written = self._written_fingerprint(target)
             action = "updated" if changed else "unchanged"
         else:
-            text, action = "both sides already match", "unchanged"
-        self._save_link(link, referral.id, referral, record, plan.agreed)
+            text, action, written = "both sides already match", "unchanged", None
+        self._save_link(link, referral.id, referral, record, plan.agreed, written)
         return self._audit(Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(changed), text))
 
     def _plan(self, pc_opp: Opportunity, record: Opportunity, link: Link | None, referral: Referral) -> Plan:
@@ -419,7 +420,7 @@ class SyncEngine:
         )
         written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
         agreed = mapped_values(self.crm.stored_form(self._mapped(referral)))
-        self._save_link(None, referral.id, referral, written, agreed)
+        self._save_link(None, referral.id, referral, written, agreed, self._written_fingerprint(target))
         if failed:
             self.store.set_state(failure_state_key(record.crm_id), {"CrmFingerprint": "", "Reason": ""})
         return self._audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
@@ -503,21 +504,38 @@ class SyncEngine:
             return None
         return mark(name, success) if self.options.checkmark_enabled else strip_marks(name)
 
+    def _written_fingerprint(self, target: Opportunity) -> str:
+        """The fingerprint of what we wrote, not of a read after the write: a seller's edit saved between
+        our write and that read would otherwise count as already synchronised and be lost."""
+        return fingerprint(self.crm.stored_form(target))
+
     def _save_link(
-        self, link: Link | None, referral_id: str, referral: Referral, record: Opportunity, agreed: dict[str, object]
+        self,
+        link: Link | None,
+        referral_id: str,
+        referral: Referral,
+        record: Opportunity,
+        agreed: dict[str, object],
+        crm_fingerprint: str | None = None,
     ) -> None:
         updated = link or Link(referral_id=referral_id)
         updated.last_values = json.dumps(agreed, sort_keys=True, default=str)
-        self._record_link(updated, referral, record, status="ok", error=None)
+        self._record_link(updated, referral, record, status="ok", error=None, crm_fingerprint=crm_fingerprint)
 
     def _record_link(
-        self, link: Link, referral: Referral, record: Opportunity | None, status: str, error: str | None
+        self,
+        link: Link,
+        referral: Referral,
+        record: Opportunity | None,
+        status: str,
+        error: str | None,
+        crm_fingerprint: str | None = None,
     ) -> None:
         link.crm_provider = self.crm.provider
         if record is not None:
             link.crm_id = record.crm_id
             link.crm_etag = record.etag
-            link.crm_fingerprint = fingerprint(record)
+            link.crm_fingerprint = crm_fingerprint or fingerprint(record)
         link.pc_fingerprint = fingerprint(self._mapped(referral))
         link.pc_etag = referral.e_tag
         link.last_status = status

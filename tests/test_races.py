@@ -1,0 +1,28 @@
+"""Races between the connector's writes and a person's edits: nothing a person saves may be lost."""
+
+from __future__ import annotations
+
+from shared import wiring
+
+
+def test_seller_edit_saved_during_our_write_back_still_reaches_partner_center(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    crm = wiring.container().engine.crm
+    original = crm.update_opportunity
+    raced = {"done": False}
+
+    def write_then_seller_saves(current, desired, fields):
+        original(current, desired, fields)
+        if not raced["done"]:
+            raced["done"] = True
+            stack.seller().edit(crm_id, estimatedvalue=999999.0)  # saved right after our write-back
+        return crm.get_opportunity(crm_id)  # so our read after the write already shows the seller's edit
+
+    monkeypatch.setattr(crm, "update_opportunity", write_then_seller_saves)
+    stack.poll()
+    stack.host.drain()
+    monkeypatch.setattr(crm, "update_opportunity", original)
+    stack.poll()
+    stack.host.drain()
+    referral = next(r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id)
+    assert referral["details"]["dealValue"] == 999999.0
