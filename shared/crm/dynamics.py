@@ -22,7 +22,7 @@ from urllib.parse import quote
 import requests
 
 from ..domain.errors import AuthenticationError, NotFound, PreconditionFailed, TransientError, ValidationFailed
-from ..domain.opportunity import Contact, CustomerAddress, Opportunity
+from ..domain.opportunity import WRITABLE_FIELDS, Contact, CustomerAddress, Opportunity
 from ..httpclient import ApiClient, TokenProvider
 from ..settings import DEFAULT_DATAVERSE_HELP_OPTIONS, Settings
 
@@ -53,26 +53,6 @@ CONTACT_COLUMNS = (
 )
 CUSTOMER_FIELDS = frozenset({"customer_name", "customer_address"})
 STATUS_FIELDS = frozenset({"status", "substatus"})
-WRITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "deal_value",
-        "currency",
-        "close_date",
-        "notes",
-        "customer_name",
-        "customer_address",
-        "customer_contacts",
-        "help_code",
-        "solution_ids",
-        "status",
-        "substatus",
-        "referral_id",
-        "referral_link",
-        "sync_enabled",
-        "audit",
-    }
-)
 OPEN, WON, LOST = 0, 1, 2
 PRIMARY_KEYS = {"opportunities": "opportunityid", "accounts": "accountid", "contacts": "contactid"}
 

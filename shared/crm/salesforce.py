@@ -24,7 +24,7 @@ from urllib.parse import quote
 import requests
 
 from ..domain.errors import NotFound, ValidationFailed
-from ..domain.opportunity import Contact, CustomerAddress, Opportunity
+from ..domain.opportunity import WRITABLE_FIELDS, Contact, CustomerAddress, Opportunity
 from ..settings import DEFAULT_SALESFORCE_HELP_PICKLIST, Settings
 from .salesforce_api import (
     QUOTA_RETRY_AFTER_SECONDS,
@@ -72,26 +72,6 @@ CONTACT_FIELDS = (
 )
 CUSTOMER_FIELDS = frozenset({"customer_name", "customer_address"})
 STATUS_FIELDS = frozenset({"status", "substatus"})
-WRITABLE_FIELDS = frozenset(
-    {
-        "name",
-        "deal_value",
-        "currency",
-        "close_date",
-        "notes",
-        "customer_name",
-        "customer_address",
-        "customer_contacts",
-        "help_code",
-        "solution_ids",
-        "status",
-        "substatus",
-        "referral_id",
-        "referral_link",
-        "sync_enabled",
-        "audit",
-    }
-)
 PLAIN_FIELDS = WRITABLE_FIELDS - CUSTOMER_FIELDS - STATUS_FIELDS - {"customer_contacts"}
 
 

@@ -69,3 +69,6 @@ MAPPED_FIELDS: tuple[str, ...] = (
     "referral_id",
     "referral_link",
 )
+
+# What a CRM adapter may be asked to write: the synchronised fields plus the connector's own bookkeeping.
+WRITABLE_FIELDS: frozenset[str] = frozenset({*MAPPED_FIELDS, "sync_enabled", "audit"})
