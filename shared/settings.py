@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     dataverse_url: str | None = Field(None, validation_alias=_env("DATAVERSE_URL"))
     dataverse_api_version: str = Field("v9.2", validation_alias=_env("DATAVERSE_API_VERSION"))
     dataverse_access_token: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_ACCESS_TOKEN"))
+    dataverse_client_id: str | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_ID"))
+    dataverse_client_secret: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_SECRET"))
+    dataverse_tenant_id: str | None = Field(None, validation_alias=_env("DATAVERSE_TENANT_ID"))
     dataverse_field_sync: str = Field("new_syncwithpartnercenter", validation_alias=_env("DATAVERSE_FIELD_SYNC"))
     dataverse_field_referral_id: str = Field(
         "new_referralidentifier", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID")
@@ -238,6 +241,10 @@ class Settings(BaseSettings):
         missing: list[str] = []
         if self.crm_provider == "salesforce":
             missing.extend(self._salesforce_problems())
+        if self.dataverse_client_secret and not (
+            self.dataverse_client_id and (self.dataverse_tenant_id or self.partner_center_tenant_id)
+        ):
+            missing.append("DATAVERSE_CLIENT_SECRET needs DATAVERSE_CLIENT_ID and DATAVERSE_TENANT_ID")
         if self.crm_provider == "dynamics" and not self.dataverse_url:
             missing.append("DATAVERSE_URL (https://ORG.crm.dynamics.com) is required when CRM_PROVIDER=dynamics")
         if not self.azure_webjobs_storage and not (
@@ -285,6 +292,8 @@ class Settings(BaseSettings):
             crm = "static token (emulators/tests only)" if self.salesforce_access_token else self.salesforce_auth_flow
         elif self.dataverse_access_token:
             crm = "static token (emulators/tests only)"
+        elif self.dataverse_client_id and self.dataverse_client_secret:
+            crm = "app registration (client secret)"
         else:
             crm = "managed identity / DefaultAzureCredential"
         storage = "connection string" if self.azure_webjobs_storage else "managed identity"

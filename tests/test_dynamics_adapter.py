@@ -369,3 +369,36 @@ def test_azure_identity_failure_is_an_authentication_error() -> None:
     with pytest.raises(AuthenticationError) as caught:
         AzureIdentityToken("https://org.crm.dynamics.com/.default", Credential)()
     assert "s3cr3t" not in str(caught.value)
+
+
+def test_app_registration_credentials_are_used_when_configured(monkeypatch):
+    from shared.crm import dynamics
+    from shared.settings import load_settings
+
+    settings = load_settings(
+        DATAVERSE_URL="https://org.crm.dynamics.com",
+        AzureWebJobsStorage="UseDevelopmentStorage=true",
+        PARTNER_CENTER_ACCESS_TOKEN="t",
+        DATAVERSE_CLIENT_ID="app",
+        DATAVERSE_CLIENT_SECRET="s3cret",
+        DATAVERSE_TENANT_ID="tenant",
+    )
+    made = {}
+
+    class FakeClientSecretCredential:  # the Entra token service cannot run here
+        def __init__(self, tenant, client_id, secret):
+            made.update(tenant=tenant, client_id=client_id, secret=secret)
+
+        def get_token(self, scope):
+            made["scope"] = scope
+            return type("T", (), {"token": "tok", "expires_on": 9_999_999_999})()
+
+    monkeypatch.setattr("azure.identity.ClientSecretCredential", FakeClientSecretCredential)
+    assert dynamics.token_provider(settings)() == "tok"
+    assert made == {
+        "tenant": "tenant",
+        "client_id": "app",
+        "secret": "s3cret",
+        "scope": "https://org.crm.dynamics.com/.default",
+    }
+    assert settings.credential_modes()["crm"] == "app registration (client secret)"

@@ -136,7 +136,18 @@ def token_provider(settings: Settings) -> TokenProvider:
     secret = settings.dataverse_access_token
     if secret is not None:
         return secret.get_secret_value
-    return AzureIdentityToken(f"{settings.dataverse_url}/.default")
+    scope = f"{settings.dataverse_url}/.default"
+    client_id, client_secret = settings.dataverse_client_id, settings.dataverse_client_secret
+    tenant = settings.dataverse_tenant_id or settings.partner_center_tenant_id
+    if client_id and client_secret and tenant:
+        # An app registration of its own, for Dataverse environments in another tenant than the app.
+        def app_credential() -> Any:
+            from azure.identity import ClientSecretCredential
+
+            return ClientSecretCredential(tenant, client_id, client_secret.get_secret_value())
+
+        return AzureIdentityToken(scope, app_credential)
+    return AzureIdentityToken(scope)
 
 
 # ---------------------------------------------------------------------------------------------------------------
