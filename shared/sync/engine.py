@@ -45,6 +45,7 @@ KIND_REFERRAL = "pc-referral"
 KIND_CRM = "crm-opportunity"
 MAX_CONFLICT_RETRIES = 3
 STATUS_FIELDS = ("status", "substatus")
+ALREADY_SYNCED = "mapped fields already synchronised"
 
 
 class RecordBusy(TransientError):
@@ -113,15 +114,7 @@ class SyncEngine:
         pair = Pair()
         key = self._pair_key(job, pair)
         if key is None:
-            return self._audit(
-                Outcome(
-                    "skipped",
-                    job.record_id,
-                    PC_TO_CRM,
-                    referral_id=job.record_id,
-                    message="referral not found in Partner Center",
-                )
-            )
+            return self._note("skipped", PC_TO_CRM, "referral not found in Partner Center", referral_id=job.record_id)
         owner = uuid.uuid4().hex
         if not self.store.acquire_lease(key, owner, self.options.lease_seconds):
             raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
@@ -157,50 +150,19 @@ class SyncEngine:
             try:
                 pair.referral = self.pc.get_referral(referral_id)
             except NotFound:
-                return self._audit(
-                    Outcome(
-                        "skipped",
-                        referral_id,
-                        PC_TO_CRM,
-                        referral_id=referral_id,
-                        message="referral not found in Partner Center",
-                    )
-                )
+                return self._note("skipped", PC_TO_CRM, "referral not found in Partner Center", referral_id=referral_id)
         referral = pair.referral
         if is_microsoft_copy(referral.target):
-            return self._audit(
-                Outcome(
-                    "skipped",
-                    referral_id,
-                    PC_TO_CRM,
-                    referral_id=referral_id,
-                    message="Microsoft's copy of a co-sell engagement; the partner's referral carries the sync",
-                )
-            )
+            message = "Microsoft's copy of a co-sell engagement; the partner's referral carries the sync"
+            return self._note("skipped", PC_TO_CRM, message, referral_id=referral_id)
         link = self.store.get_link(referral_id)  # fresh: the one read before the lease may be stale
         if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
             category = classify(referral).value
-            return self._audit(
-                Outcome(
-                    "skipped",
-                    referral_id,
-                    PC_TO_CRM,
-                    referral_id=referral_id,
-                    message=f"{category} not synchronised because SYNC_COSELL_ONLY is on",
-                )
-            )
+            message = f"{category} not synchronised because SYNC_COSELL_ONLY is on"
+            return self._note("skipped", PC_TO_CRM, message, referral_id=referral_id)
         mapped = self._mapped(referral)
         if link is not None and link.pc_fingerprint == fingerprint(mapped) and link.last_status in ("ok", "failed"):
-            return self._audit(
-                Outcome(
-                    "unchanged",
-                    referral_id,
-                    PC_TO_CRM,
-                    link.crm_id,
-                    referral_id,
-                    message="mapped fields already synchronised",
-                )
-            )
+            return self._note("unchanged", PC_TO_CRM, ALREADY_SYNCED, link.crm_id, referral_id)
         problems = problems_for_crm(mapped)
         if problems:
             return self._fail_pc_side(referral, link, problems)
@@ -226,29 +188,16 @@ class SyncEngine:
     def _crm_job(self, crm_id: str, pair: Pair) -> Outcome:
         record = self._safe_get(crm_id)
         if record is None:
-            return self._audit(
-                Outcome("skipped", crm_id, CRM_TO_PC, crm_id, message="opportunity not found in the CRM")
-            )
+            return self._note("skipped", CRM_TO_PC, "opportunity not found in the CRM", crm_id)
         link = self.store.find_link_by_crm_id(crm_id)
         if link is None and record.referral_id:
             link = self.store.get_link(record.referral_id)
         crm_fp = fingerprint(record)
         if link is not None and link.crm_fingerprint == crm_fp and link.last_status in ("ok", "failed"):
-            return self._audit(
-                Outcome(
-                    "unchanged",
-                    link.referral_id,
-                    CRM_TO_PC,
-                    crm_id,
-                    link.referral_id,
-                    message="mapped fields already synchronised",
-                )
-            )
+            return self._note("unchanged", CRM_TO_PC, ALREADY_SYNCED, crm_id, link.referral_id)
         if link is None and not record.referral_id:
             if not record.sync_enabled:
-                return self._audit(
-                    Outcome("skipped", crm_id, CRM_TO_PC, crm_id, message="'Sync with Partner Center' is not set")
-                )
+                return self._note("skipped", CRM_TO_PC, "'Sync with Partner Center' is not set", crm_id)
             return self._create_referral(record, crm_fp)
         referral_id = link.referral_id if link else record.referral_id
         try:
@@ -390,14 +339,8 @@ class SyncEngine:
         assert record.crm_id is not None
         failed = self.store.get_state(failure_state_key(record.crm_id))
         if failed and failed.get("CrmFingerprint") == crm_fp:
-            return self._audit(
-                Outcome(
-                    "unchanged",
-                    record.crm_id,
-                    CRM_TO_PC,
-                    record.crm_id,
-                    message="still invalid; waiting for the opportunity to change",
-                )
+            return self._note(
+                "unchanged", CRM_TO_PC, "still invalid; waiting for the opportunity to change", record.crm_id
             )
         problems = problems_for_partner_center(record)
         if problems:
@@ -542,6 +485,13 @@ class SyncEngine:
         link.last_error = error
         link.last_synced_at = self.clock.now()
         self.store.save_link(link)
+
+    def _note(
+        self, action: str, direction: str, message: str, crm_id: str | None = None, referral_id: str | None = None
+    ) -> Outcome:
+        """Audit an outcome that wrote nothing; the trail is keyed by the referral when there is one."""
+        key = referral_id or crm_id or "unknown"
+        return self._audit(Outcome(action, key, direction, crm_id, referral_id, message=message))
 
     def _audit(self, outcome: Outcome) -> Outcome:
         self.store.append_audit(
