@@ -28,10 +28,11 @@ from ..domain.errors import (
     ValidationFailed,
 )
 from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE, fingerprint, mapped_values, referral_to_opportunity
-from ..domain.opportunity import MAPPED_FIELDS, Opportunity
-from ..domain.policies import DEFAULT_FIELD_OWNERS, Side, is_closed, transition_allowed, winner
+from ..domain.merge import plan_merge
+from ..domain.opportunity import Opportunity
+from ..domain.policies import DEFAULT_FIELD_OWNERS, Side
 from ..domain.referral import Referral
-from ..domain.referral_builder import PATCHABLE_FIELDS, is_microsoft_copy, patch_operations
+from ..domain.referral_builder import is_microsoft_copy, patch_operations
 from ..domain.validation import problems_for_crm, problems_for_partner_center
 from ..ports import AuditEntry, Clock, Crm, Job, Link, PartnerCenter, SyncStore
 from .clock import SystemClock
@@ -80,14 +81,6 @@ class Pair:
     referral: Referral | None = None
     record: Opportunity | None = None
     link: Link | None = None
-
-
-@dataclass
-class Plan:
-    to_crm: list[str] = field(default_factory=list)
-    to_pc: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    agreed: dict[str, object] = field(default_factory=dict)
 
 
 def failure_state_key(crm_id: str) -> str:
@@ -254,15 +247,16 @@ class SyncEngine:
         referral, record, link = pair.referral, pair.record, pair.link
         assert referral is not None and record is not None and referral.id
         pc_opp = self.crm.stored_form(self._mapped(referral))
-        plan = self._plan(pc_opp, record, link, referral)
+        base = json.loads(link.last_values) if link and link.last_values else None
+        plan = plan_merge(pc_opp, record, base, self.options.field_owners, referral.status, referral.substatus)
         now = self.clock.now()
         if plan.to_pc:
             operations = patch_operations(record, plan.to_pc, has_requirements=_has_requirements(referral))
             referral = self.pc.patch_referral(referral.id, operations, etag=referral.e_tag)
-        changed = [*plan.to_crm, *plan.to_pc]
+        changed = plan.changed
         name = self._marked(pc_opp.name if "name" in plan.to_crm else record.name, True)
         if changed or name != record.name:
-            text = _summary(plan)
+            text = plan.summary()
             audit = prepend(record.audit, audit_line(now, True, text), self.options.audit_max_chars)
             target = record.model_copy(update={f: getattr(pc_opp, f) for f in plan.to_crm})
             target = target.model_copy(update={"name": name, "audit": audit})
@@ -274,65 +268,6 @@ class SyncEngine:
             text, action, written = "both sides already match", "unchanged", None
         self._save_link(link, referral.id, referral, record, plan.agreed, written)
         return self._audit(Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(changed), text))
-
-    def _plan(self, pc_opp: Opportunity, record: Opportunity, link: Link | None, referral: Referral) -> Plan:
-        """Which side gets which field. ``agreed`` is what both sides hold afterwards, per field."""
-        pc_vals, crm_vals = mapped_values(pc_opp), mapped_values(record)
-        base = json.loads(link.last_values) if link and link.last_values else None
-        plan = Plan(agreed=dict(pc_vals))
-        for name in MAPPED_FIELDS:
-            if pc_vals[name] == crm_vals[name]:
-                continue
-            pc_changed = base is None or pc_vals[name] != base.get(name)
-            crm_changed = base is None or crm_vals[name] != base.get(name)
-            if pc_changed and crm_changed:
-                side = winner(name, self.options.field_owners)
-                if base is not None:
-                    plan.notes.append(f"{name} changed on both sides; {_side_name(side)} wins")
-            else:
-                side = "pc" if pc_changed else "crm"
-            if side == "pc":
-                plan.to_crm.append(name)
-            elif name not in PATCHABLE_FIELDS:
-                plan.notes.append(f"{name} cannot be changed in Partner Center after creation; not sent")
-            else:
-                plan.to_pc.append(name)
-                plan.agreed[name] = crm_vals[name]
-        self._check_status_move(plan, referral, record, pc_vals, crm_vals)
-        if plan.to_pc and is_closed(referral.status):
-            plan.notes.append(f"referral is closed in Partner Center; not sent: {', '.join(plan.to_pc)}")
-            for name in plan.to_pc:
-                plan.agreed[name] = pc_vals[name]
-            plan.to_pc = []
-        return plan
-
-    def _check_status_move(
-        self,
-        plan: Plan,
-        referral: Referral,
-        record: Opportunity,
-        pc_vals: dict[str, object],
-        crm_vals: dict[str, object],
-    ) -> None:
-        """Status and substatus travel together and only along Partner Center's allowed transitions."""
-        if not any(f in plan.to_pc for f in STATUS_FIELDS):
-            return
-        moving = [f for f in STATUS_FIELDS if f in plan.to_pc]
-        if transition_allowed(referral.status, record.status, record.substatus):
-            for name in STATUS_FIELDS:
-                if name not in plan.to_pc and pc_vals[name] != crm_vals[name]:
-                    plan.to_pc.append(name)
-                    if name in plan.to_crm:
-                        plan.to_crm.remove(name)
-                plan.agreed[name] = crm_vals[name]
-            return
-        plan.notes.append(
-            f"Partner Center does not allow {referral.status}/{referral.substatus} -> "
-            f"{record.status}/{record.substatus}; status not sent"
-        )
-        for name in moving:
-            plan.to_pc.remove(name)
-            plan.agreed[name] = pc_vals[name]
 
     # -- CRM -> Partner Center creation ---------------------------------------------------------------
     def _create_referral(self, record: Opportunity, crm_fp: str) -> Outcome:
@@ -512,19 +447,3 @@ class SyncEngine:
 
 def _has_requirements(referral: Referral) -> bool:
     return referral.details is not None and referral.details.requirements is not None
-
-
-def _side_name(side: Side) -> str:
-    return "Partner Center" if side == "pc" else "the CRM"
-
-
-def _summary(plan: Plan) -> str:
-    parts = []
-    if plan.to_crm:
-        parts.append("from Partner Center: " + ", ".join(plan.to_crm))
-    if plan.to_pc:
-        parts.append("to Partner Center: " + ", ".join(plan.to_pc))
-    text = "Updated " + "; ".join(parts) if parts else "Synchronised"
-    if plan.notes:
-        text += " (" + "; ".join(plan.notes) + ")"
-    return text

@@ -1,0 +1,110 @@
+"""Two-way merge of one referral <-> opportunity pair against the values both agreed on last time.
+
+A field that changed on one side only goes to the other side; a field both changed goes the way its
+owner says (:mod:`.policies`). Fields Partner Center cannot take (the customer's location after
+creation), status moves it does not allow, and anything for a closed referral stay where they are and
+are explained in ``notes``. ``agreed`` is what both sides hold once the plan has been carried out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .mapping import mapped_values
+from .opportunity import MAPPED_FIELDS, Opportunity
+from .policies import Side, is_closed, transition_allowed, winner
+from .referral_builder import PATCHABLE_FIELDS
+
+STATUS_FIELDS = ("status", "substatus")
+
+
+@dataclass
+class Plan:
+    to_crm: list[str] = field(default_factory=list)
+    to_pc: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    agreed: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> list[str]:
+        return [*self.to_crm, *self.to_pc]
+
+    def summary(self) -> str:
+        parts = []
+        if self.to_crm:
+            parts.append("from Partner Center: " + ", ".join(self.to_crm))
+        if self.to_pc:
+            parts.append("to Partner Center: " + ", ".join(self.to_pc))
+        text = "Updated " + "; ".join(parts) if parts else "Synchronised"
+        return text + (" (" + "; ".join(self.notes) + ")" if self.notes else "")
+
+
+def _side_name(side: Side) -> str:
+    return "Partner Center" if side == "pc" else "the CRM"
+
+
+def plan_merge(
+    pc: Opportunity,
+    crm: Opportunity,
+    base: Mapping[str, object] | None,
+    owners: Mapping[str, Side],
+    pc_status: str | None,
+    pc_substatus: str | None,
+) -> Plan:
+    """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync."""
+    pc_vals, crm_vals = mapped_values(pc), mapped_values(crm)
+    plan = Plan(agreed=dict(pc_vals))
+    for name in MAPPED_FIELDS:
+        if pc_vals[name] == crm_vals[name]:
+            continue
+        pc_changed = base is None or pc_vals[name] != base.get(name)
+        crm_changed = base is None or crm_vals[name] != base.get(name)
+        if pc_changed and crm_changed:
+            side = winner(name, owners)
+            if base is not None:
+                plan.notes.append(f"{name} changed on both sides; {_side_name(side)} wins")
+        else:
+            side = "pc" if pc_changed else "crm"
+        if side == "pc":
+            plan.to_crm.append(name)
+        elif name not in PATCHABLE_FIELDS:
+            plan.notes.append(f"{name} cannot be changed in Partner Center after creation; not sent")
+        else:
+            plan.to_pc.append(name)
+            plan.agreed[name] = crm_vals[name]
+    _check_status_move(plan, pc_status, pc_substatus, crm, pc_vals, crm_vals)
+    if plan.to_pc and is_closed(pc_status):
+        plan.notes.append(f"referral is closed in Partner Center; not sent: {', '.join(plan.to_pc)}")
+        for name in plan.to_pc:
+            plan.agreed[name] = pc_vals[name]
+        plan.to_pc = []
+    return plan
+
+
+def _check_status_move(
+    plan: Plan,
+    pc_status: str | None,
+    pc_substatus: str | None,
+    crm: Opportunity,
+    pc_vals: dict[str, object],
+    crm_vals: dict[str, object],
+) -> None:
+    """Status and substatus travel together and only along Partner Center's allowed transitions."""
+    moving = [f for f in STATUS_FIELDS if f in plan.to_pc]
+    if not moving:
+        return
+    if transition_allowed(pc_status, crm.status, crm.substatus):
+        for name in STATUS_FIELDS:
+            if name not in plan.to_pc and pc_vals[name] != crm_vals[name]:
+                plan.to_pc.append(name)
+                if name in plan.to_crm:
+                    plan.to_crm.remove(name)
+            plan.agreed[name] = crm_vals[name]
+        return
+    plan.notes.append(
+        f"Partner Center does not allow {pc_status}/{pc_substatus} -> {crm.status}/{crm.substatus}; status not sent"
+    )
+    for name in moving:
+        plan.to_pc.remove(name)
+        plan.agreed[name] = pc_vals[name]
