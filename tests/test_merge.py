@@ -1,0 +1,73 @@
+"""The pure two-way merge: who gets which field, conflicts, fields Partner Center cannot take, statuses."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from shared.domain.mapping import mapped_values
+from shared.domain.merge import plan_merge
+from shared.domain.opportunity import CustomerAddress, Opportunity
+from shared.domain.policies import DEFAULT_FIELD_OWNERS, parse_field_owners
+
+BASE = Opportunity(
+    name="Deal",
+    deal_value=Decimal(100),
+    currency="USD",
+    notes="n",
+    customer_name="C",
+    customer_address=CustomerAddress(country="US"),
+    status="Active",
+    substatus="Accepted",
+    referral_id="r",
+    solution_ids=("SOL-1",),
+)
+
+
+def plan(pc: Opportunity, crm: Opportunity, base: Opportunity | None = BASE, owners=DEFAULT_FIELD_OWNERS):
+    return plan_merge(pc, crm, mapped_values(base) if base else None, owners, pc.status, pc.substatus)
+
+
+def test_one_sided_changes_go_to_the_other_side():
+    p = plan(BASE.model_copy(update={"notes": "from pc"}), BASE.model_copy(update={"deal_value": Decimal(5)}))
+    assert (p.to_crm, p.to_pc, p.notes) == (["notes"], ["deal_value"], [])
+    assert p.agreed["notes"] == "from pc" and p.agreed["deal_value"] == "5"
+
+
+def test_nothing_changed_means_nothing_to_do():
+    p = plan(BASE, BASE)
+    assert p.changed == [] and p.summary() == "Synchronised"
+
+
+def test_conflict_goes_to_the_owner_and_is_explained():
+    pc, crm = BASE.model_copy(update={"notes": "pc"}), BASE.model_copy(update={"notes": "crm"})
+    assert plan(pc, crm).to_pc == ["notes"]
+    assert "notes changed on both sides; the CRM wins" in plan(pc, crm).summary()
+    assert plan(pc, crm, owners=parse_field_owners("notes=pc")).to_crm == ["notes"]
+
+
+def test_location_cannot_be_sent_after_creation():
+    crm = BASE.model_copy(update={"customer_address": CustomerAddress(country="DE")})
+    p = plan(BASE, crm)
+    assert p.to_pc == [] and "customer_address cannot be changed" in p.notes[0]
+    assert p.agreed["customer_address"] == mapped_values(BASE)["customer_address"]
+
+
+def test_closed_referral_gets_nothing():
+    closed = BASE.model_copy(update={"status": "Closed", "substatus": "Won"})
+    p = plan(closed, closed.model_copy(update={"deal_value": Decimal(1)}), base=closed)
+    assert p.to_pc == [] and "referral is closed" in p.notes[0]
+
+
+def test_status_moves_only_along_allowed_transitions():
+    won = BASE.model_copy(update={"status": "Closed", "substatus": "Won"})
+    assert sorted(plan(BASE, won).to_pc) == ["status", "substatus"]
+    back_to_new = BASE.model_copy(update={"status": "New", "substatus": "Pending"})
+    p = plan(BASE, back_to_new)
+    assert p.to_pc == [] and "does not allow Active/Accepted -> New/Pending" in p.notes[0]
+
+
+def test_first_sync_without_base_lets_owners_decide():
+    pc = BASE.model_copy(update={"notes": "pc", "status": "New", "substatus": "Pending"})
+    crm = BASE.model_copy(update={"notes": "crm"})
+    p = plan(pc, crm, base=None)
+    assert "notes" in p.to_pc and "status" in p.to_crm and p.notes == []
