@@ -1,13 +1,17 @@
 """``make demo``: the connector's main job end to end on the embedded default, with a short report.
 
-Starts Azurite, the Partner Center and Dataverse emulators and the real function app under the local
-runner (a separate process), then plays a scripted scenario only through what Partner Center would do
-(the emulator's control API), what a seller would do in Dynamics 365 (the Dataverse Web API) and what an
-operator may do (fire the ``poll_crm`` timer through the host's admin endpoint), and only observes the
-results (emulator state and counters, the app's status endpoint, the audit table):
+    python -m devtools.demo [--crm dynamics|salesforce] [--timeout SECONDS]
+
+Starts Azurite, the Partner Center emulator, the CRM's emulator (Dataverse for Dynamics 365, the default,
+or Salesforce) and the real function app under the local runner (a separate process) with
+``CRM_PROVIDER`` set to match, then plays a scripted scenario only through what Partner Center would do
+(the emulator's control API), what a seller would do in the CRM (the Dataverse Web API, or the Salesforce
+REST API with a session from the org's token endpoint) and what an operator may do (fire the ``poll_crm``
+timer through the host's admin endpoint), and only observes the results (emulator state and counters,
+the app's status endpoint, the audit table):
 
 1. the app is up: ``GET /api/health``;
-2. Microsoft shares a co-sell referral -> signed webhook -> queue -> an opportunity in Dataverse;
+2. Microsoft shares a co-sell referral -> signed webhook -> queue -> an opportunity in the CRM;
 3. the referral is updated -> webhook -> the opportunity follows;
 4. Partner Center delivers the same webhook again -> processed, nothing new written;
 5. a seller flags an opportunity asking for Microsoft's help -> the poll enqueues it -> the co-sell
@@ -15,11 +19,12 @@ results (emulator state and counters, the app's status endpoint, the audit table
    the opportunity;
 6. the seller edits the deal value -> exactly one PATCH reaches Partner Center;
 7. Partner Center's webhooks for our writes and one more poll -> no further write on either side;
-8. an opportunity without a solution id -> cross mark and the reason in its Audit column, nothing sent.
+8. an opportunity without a solution id -> cross mark and the reason in its Audit field, nothing sent.
 
-Steps 5-8 live in ``devtools.demo_steps_crm``. Exit status 0 only if every step was observed. Everything
-started is stopped on exit, on Ctrl-C and on SIGTERM; if this process is killed outright, the guards
-(devtools.guard) stop Azurite and the runner.
+Steps 5-8 live in ``devtools.demo_steps_crm``; what differs between CRMs sits behind
+:class:`devtools.demo_crm.CrmSide` (``devtools.demo_dataverse``, ``devtools.demo_salesforce``). Exit
+status 0 only if every step was observed. Everything started is stopped on exit, on Ctrl-C and on
+SIGTERM; if this process is killed outright, the guards (devtools.guard) stop Azurite and the runner.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from typing import Any, TypeVar
 import requests
 
 from .azurite import ROOT, free_port
-from .demo_observe import AuditLine, Observer, Seller, StepFailed
+from .demo_crm import CrmRecord, CrmSeller, short
+from .demo_observe import CRM_SIDES, AuditLine, Observer, StepFailed
 from .demo_steps_crm import is_microsofts_referral, run_crm_scenario
 from .guard import Guarded, spawn_guarded
 from .hostconfig import load_host_config
@@ -162,7 +168,8 @@ def _accepted(delivery: dict[str, Any]) -> None:
         raise StepFailed(f"webhook answered {delivery['status_code']} ({delivery['status']}), expected 202")
 
 
-def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> None:
+def run_scenario(demo: Demo, observer: Observer, seller: CrmSeller, base: str) -> None:
+    store = observer.crm.store
     step = demo.step("the app is up: GET /api/health")
     started = time.monotonic()
     health = requests.get(f"{base}/api/health", timeout=10)
@@ -171,7 +178,7 @@ def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> N
     demo.observed(step, "answered 200", time.monotonic() - started)
     step.ok = True
 
-    step = demo.step("Microsoft shares a co-sell referral -> signed webhook -> opportunity in Dataverse")
+    step = demo.step(f"Microsoft shares a co-sell referral -> signed webhook -> opportunity in {store}")
     started = time.monotonic()
     referral = observer.create_cosell_referral()
     referral_id = referral["id"]
@@ -179,10 +186,10 @@ def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> N
     _accepted(delivery)
     demo.observed(step, f"signed {delivery['event']} webhook answered 202", took)
     opportunity, took = demo.wait_for(
-        "the opportunity in the Dataverse emulator", lambda: observer.opportunity_for(referral_id), started
+        f"the opportunity in the {store} emulator", lambda: observer.opportunity_for(referral_id), started
     )
-    demo.observed(step, "opportunity created in Dataverse", took)
-    step.notes.append(f"referral {referral_id} -> opportunity {opportunity.get('opportunityid')}")
+    demo.observed(step, f"opportunity created in {store}", took)
+    step.notes.append(f"referral {referral_id} -> opportunity {opportunity['id']}")
     step.ok = True
 
     step = demo.step("the referral is updated in Partner Center -> the opportunity follows")
@@ -194,15 +201,15 @@ def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> N
     _accepted(delivery)
     demo.observed(step, f"signed {delivery['event']} webhook answered 202", took)
 
-    def followed() -> dict[str, Any] | None:
+    def followed() -> CrmRecord | None:
         current = observer.opportunity_for(referral_id)
-        if current and _number(current.get("estimatedvalue")) == new_value and len(observer.writes()) > writes_before:
+        if current and current["deal_value"] == new_value and len(observer.writes()) > writes_before:
             return current
         return None
 
-    what = f"the opportunity's estimated value to become {new_value:,.0f}"
+    what = f"the opportunity's {observer.crm.deal_value_label} to become {new_value:,.0f}"
     opportunity, took = demo.wait_for(what, followed, started)
-    demo.observed(step, "opportunity updated in Dataverse", took)
+    demo.observed(step, f"opportunity updated in {store}", took)
     step.notes.append(f"deal value {float(referral['details']['dealValue']):,.0f} -> {new_value:,.0f}")
     step.ok = True
 
@@ -226,19 +233,12 @@ def run_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> N
     writes_after, opportunities_after = len(observer.writes()), len(observer.opportunities())
     if trail[-1].action != "unchanged" or writes_after != writes_before or opportunities_after != opportunities_before:
         raise StepFailed(
-            f"the duplicate changed something: audit '{trail[-1].action}', Dataverse writes {writes_before} -> "
+            f"the duplicate changed something: audit '{trail[-1].action}', {store} writes {writes_before} -> "
             f"{writes_after}, opportunities {opportunities_before} -> {opportunities_after}"
         )
-    step.notes.append(f"Dataverse writes stayed at {writes_after}, opportunities at {opportunities_after}")
+    step.notes.append(f"{store} writes stayed at {writes_after}, opportunities at {opportunities_after}")
     step.ok = True
     run_crm_scenario(demo, observer, seller, base)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 # -- the report ----------------------------------------------------------------------------------------------
@@ -246,18 +246,21 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
-def report(demo: Demo, observer: Observer | None, seller: Seller | None) -> None:
+def report(demo: Demo, crm: str, observer: Observer | None, seller: CrmSeller | None) -> None:
+    side = CRM_SIDES[crm]
     print("\n" + "=" * 78)
-    print("Co-sell connector demo: Partner Center <-> queue <-> Dataverse, both ways (all local)")
+    print(f"Co-sell connector demo: Partner Center <-> queue <-> {side.store}, both ways (all local)")
     print("=" * 78)
+    print(f"CRM: {side.product} (CRM_PROVIDER={crm}) on the bundled {side.store} emulator; the app signs in")
+    print(f"with {side.sign_in}.")
     print("Timings run from each step's action until the demo saw the result (it polls every 50 ms).")
     print("Queue polling is capped at 0.5 s for the demo (AzureFunctionsJobHost__extensions__queues__")
     print("maxPollingInterval); host.json allows 10 s between polls of an idle queue. A job that finds its")
     print("record busy with another job is retried after 1 s here (visibilityTimeout; 30 s in host.json).")
     print("The CRM poll runs on CRM_POLL_SCHEDULE (every 2 minutes by default); the demo fires it through")
     print("the host's admin endpoint (POST /admin/functions/poll_crm) instead of waiting.\n")
-    for number, step in enumerate(demo.steps, start=1):
-        print(f"{'PASS' if step.ok else 'FAIL'}  {number}. {step.title}")
+    for position, step in enumerate(demo.steps, start=1):
+        print(f"{'PASS' if step.ok else 'FAIL'}  {position}. {step.title}")
         for label, seconds in step.timings:
             print(f"        {label:<50} {_ms(seconds):>10}")
         for note in step.notes:
@@ -274,20 +277,15 @@ def _plural(count: int, one: str, many: str) -> str:
     return f"{count} {one if count == 1 else many}"
 
 
-def _short(text: str, width: int = 96) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 def _report_records(observer: Observer, seller_writes: int) -> None:
     try:
         referrals = observer.referrals()
         opportunities = observer.opportunities()
         writes = observer.writes()
         counters = observer.pc_counters()
+        crm_notes = observer.crm.report_notes()
         # Audit rows are keyed by referral id, or by the opportunity id while no referral exists.
-        keys = [str(r["id"]) for r in referrals] + [
-            str(o["opportunityid"]) for o in opportunities if not o.get(observer.referral_column)
-        ]
+        keys = [str(r["id"]) for r in referrals] + [o["id"] for o in opportunities if not o["referral_id"]]
         trails = {key: observer.audit_trail(key) for key in keys}
     except Exception as exc:  # the report must not hide the steps' verdict behind a read error
         print(f"\n(records unavailable: {exc})")
@@ -303,28 +301,19 @@ def _report_records(observer: Observer, seller_writes: int) -> None:
         print(f"      {_origin(referral)}")
     calls = ", ".join(f"{counters[k]} {k}" for k in ("create", "patch", "update") if counters.get(k)) or "none"
     print(f"  writes by the app: {counters.get('writes', 0)} ({calls})")
-    print(f"\nDataverse (emulator): {_plural(len(opportunities), 'opportunity', 'opportunities')}")
-    for row in opportunities:
-        value = _number(row.get("estimatedvalue"))
-        audit = str(row.get(observer.audit_column) or "").splitlines()
-        print(
-            f'  {row.get("opportunityid")}  "{row.get("name")}"  estimatedvalue {value or 0:,.0f}'
-            f"  sync {'Yes' if row.get(observer.sync_column) else 'No'}"
-        )
-        print(f"      {observer.referral_column}={row.get(observer.referral_column) or '(none: no referral)'}")
-        if row.get(observer.link_column):
-            print(f"      {observer.link_column}={row.get(observer.link_column)}")
-        if audit:
-            print(
-                f"      {observer.audit_column}: {_short(audit[0])}"
-                + (f" (+{len(audit) - 1} older)" if audit[1:] else "")
-            )
+    crm = observer.crm
+    print(f"\n{crm.store} (emulator): {_plural(len(opportunities), 'opportunity', 'opportunities')}")
+    for record in opportunities:
+        for line in crm.render(record):
+            print(line)
     kinds: dict[str, int] = {}
     for write in writes:
-        key = f"{write.get('operation', write.get('op', '?'))} {write.get('table', write.get('entity', ''))}".strip()
-        kinds[key] = kinds.get(key, 0) + 1
+        kind = crm.write_kind(write)
+        kinds[kind] = kinds.get(kind, 0) + 1
     print(f"  writes: {len(writes)} ({', '.join(f'{n} {k}' for k, n in kinds.items())})")
-    print(f"          {seller_writes} by the seller (Web API), {len(writes) - seller_writes} by the app")
+    print(f"          {seller_writes} by the seller ({crm.seller_api}), {len(writes) - seller_writes} by the app")
+    for note in crm_notes:
+        print(note)
     print("\nAudit trail (SyncAudit, oldest first)")
     by_referral = {str(r["id"]): r for r in referrals}
     for key, trail in sorted(trails.items(), key=lambda item: _first_time(item[1])):
@@ -334,7 +323,7 @@ def _report_records(observer: Observer, seller_writes: int) -> None:
         print(f"  {'referral' if referral else 'opportunity'} {key}" + (f" ({_role(referral)})" if referral else ""))
         for line in trail:
             stamp = line.at.strftime("%H:%M:%S.%f")[:-3] if line.at else "?"
-            print(f"    {stamp}  {line.direction:<7}  {line.action:<10} {_short(line.message, 80)}")
+            print(f"    {stamp}  {line.direction:<7}  {line.action:<10} {short(line.message, 80)}")
 
 
 def _role(referral: dict[str, Any]) -> str:
@@ -366,8 +355,12 @@ def _first_time(trail: list[AuditLine]) -> float:
 # -- entry point ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--crm", choices=sorted(CRM_SIDES), default="dynamics", help="the CRM to sync with (CRM_PROVIDER)"
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for each observation")
     args = parser.parse_args(argv)
+    side = CRM_SIDES[args.crm]
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)  # unwinds through the finally blocks below, which stop everything
@@ -377,18 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="cosell-demo-"))
     runner: Guarded | None = None
     observer: Observer | None = None
-    seller: Seller | None = None
+    seller: CrmSeller | None = None
     failure: str | None = None
     log_path: Path | None = None
-    demo.say("starting Azurite, the Partner Center and Dataverse emulators (nothing from your settings is used)")
+    demo.say(f"CRM: {side.product} (CRM_PROVIDER={args.crm})")
+    demo.say(f"starting Azurite, the Partner Center and {side.store} emulators (nothing from your settings is used)")
     try:
-        # Hermetic: the demo never reads local.settings.json or app settings from the environment.
-        with Stack({}, progress=demo.say, workdir=workdir) as stack:
+        # Hermetic: the demo never reads local.settings.json or app settings from the environment; the
+        # stack starts the chosen CRM's emulator because no endpoint for it is set.
+        with Stack({"CRM_PROVIDER": args.crm}, progress=demo.say, workdir=workdir) as stack:
             try:
                 runner, base, log_path = start_runner(stack, workdir, demo)
                 demo.watch = lambda: None if runner.running() else "the local runner exited"
                 stack.register_webhook(webhook_url(base, stack.settings))
-                observer, seller = Observer(stack), Seller(stack)
+                observer = Observer(stack)
+                seller = observer.crm.seller()
                 run_scenario(demo, observer, seller, base)
             except (StepFailed, requests.RequestException) as exc:
                 time.sleep(0.3)  # a refused request is often the first sign of a dead runner: let it show
@@ -397,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
                 if demo.steps:
                     demo.steps[-1].notes.append(f"failed: {failure}")
                 demo.say(f"FAILED: {failure}")
-            report(demo, observer, seller)
+            report(demo, args.crm, observer, seller)
             if failure and log_path is not None:
                 print("\nLast lines of the runner's log:\n" + tail(log_path))
             if runner is not None:

@@ -1,6 +1,7 @@
-"""Steps 5-8 of ``make demo``: Dynamics 365 -> Partner Center, through the real app.
+"""Steps 5-8 of ``make demo``: the CRM (Dynamics 365 or Salesforce) -> Partner Center, through the real app.
 
-The seller acts only through the Dataverse Web API (:class:`~devtools.demo_observe.Seller`). The CRM poll
+The seller acts only through the CRM's own API (a :class:`~devtools.demo_crm.CrmSeller`: the Dataverse Web
+API, or the Salesforce REST API with a session from the org's token endpoint). The CRM poll
 runs on ``CRM_POLL_SCHEDULE`` (every two minutes by default); instead of waiting, the demo fires the
 ``poll_crm`` timer through the host's admin endpoint, as ``python -m devtools.runner fire poll_crm`` does.
 Everything else is observed: the emulators' state and counters, Partner Center's webhook deliveries and
@@ -10,7 +11,7 @@ the app's own ``GET /api/status`` (last poll time, queue depth, poison count).
    Microsoft's referral on the same engagement; identifier, link, audit line and check mark written back;
 6. the seller edits the deal value -> exactly one PATCH reaches Partner Center;
 7. Partner Center's webhooks for our writes and one more poll -> no further write on either side;
-8. an opportunity without a solution id -> cross mark and the reason in its Audit column, nothing sent.
+8. an opportunity without a solution id -> cross mark and the reason in its Audit field, nothing sent.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import requests
 
 from shared.domain.checkmark import CHECK, CROSS
 
-from .demo_observe import AuditLine, Observer, Seller, StepFailed
+from .demo_crm import CrmRecord, CrmSeller, latest_audit
+from .demo_observe import AuditLine, Observer, StepFailed
 
 if TYPE_CHECKING:
     from .demo import Demo, Step
@@ -82,15 +84,10 @@ def _microsofts(observer: Observer, engagement_id: str) -> Callable[[], dict[str
     return probe
 
 
-def _audit_first_line(observer: Observer, row: dict[str, Any]) -> str:
-    text = str(row.get(observer.audit_column) or "")
-    return text.splitlines()[0] if text else ""
-
-
 def _written_back(
-    observer: Observer, crm_id: str, accept: Callable[[dict[str, Any]], bool]
-) -> Callable[[], dict[str, Any] | None]:
-    def probe() -> dict[str, Any] | None:
+    observer: Observer, crm_id: str, accept: Callable[[CrmRecord], bool]
+) -> Callable[[], CrmRecord | None]:
+    def probe() -> CrmRecord | None:
         row = observer.opportunity(crm_id)
         return row if row is not None and accept(row) else None
 
@@ -126,27 +123,29 @@ class Tally:
     on, so a late write between two steps is still counted against one of them."""
 
     pc: dict[str, int]
-    dataverse_total: int
+    crm_total: int
     by_seller: int
 
     def pc_since(self, earlier: Tally, operation: str = "writes") -> int:
         return self.pc.get(operation, 0) - earlier.pc.get(operation, 0)
 
-    def app_dataverse_since(self, earlier: Tally) -> int:
-        """Dataverse writes made by the app (everything but the seller's own)."""
-        return (self.dataverse_total - earlier.dataverse_total) - (self.by_seller - earlier.by_seller)
+    def app_crm_since(self, earlier: Tally) -> int:
+        """CRM writes made by the app (everything but the seller's own)."""
+        return (self.crm_total - earlier.crm_total) - (self.by_seller - earlier.by_seller)
 
 
-def _tally(observer: Observer, seller: Seller) -> Tally:
+def _tally(observer: Observer, seller: CrmSeller) -> Tally:
     return Tally(observer.pc_counters(), len(observer.writes()), seller.writes)
 
 
-def _one_write_back(after: Tally, before: Tally) -> None:
+def _one_write_back(observer: Observer, after: Tally, before: Tally) -> None:
     """A job writes its outcome back to the opportunity once; a second write would be an echo that step 7
     could not see any more, because it happened before step 7 started counting."""
-    written = after.app_dataverse_since(before)
+    written = after.app_crm_since(before)
     if written != 1:
-        raise StepFailed(f"expected one write-back to the opportunity, the app made {written} Dataverse writes")
+        raise StepFailed(
+            f"expected one write-back to the opportunity, the app made {written} {observer.crm.store} writes"
+        )
 
 
 def _fire_poll(demo: Demo, app: App, step_started: float, step: Step) -> None:
@@ -155,7 +154,7 @@ def _fire_poll(demo: Demo, app: App, step_started: float, step: Step) -> None:
 
 
 # -- the steps ------------------------------------------------------------------------------------------------
-def run_crm_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) -> None:
+def run_crm_scenario(demo: Demo, observer: Observer, seller: CrmSeller, base: str) -> None:
     app = App(base)
     start = _tally(observer, seller)
     crm_id, referral_id, microsoft_id, created = _flag_with_help(demo, observer, seller, app, start)
@@ -165,7 +164,7 @@ def run_crm_scenario(demo: Demo, observer: Observer, seller: Seller, base: str) 
 
 
 def _flag_with_help(
-    demo: Demo, observer: Observer, seller: Seller, app: App, before: Tally
+    demo: Demo, observer: Observer, seller: CrmSeller, app: App, before: Tally
 ) -> tuple[str, str, str, Tally]:
     step = demo.step("a seller flags an opportunity asking for Microsoft's help -> co-sell referrals + write-back")
     started = time.monotonic()
@@ -187,12 +186,12 @@ def _flag_with_help(
     )
     demo.observed(step, "Microsoft's referral on the same engagement", took)
 
-    def complete(row: dict[str, Any]) -> bool:
+    def complete(row: CrmRecord) -> bool:
         return (
-            row.get(observer.referral_column) == referral["id"]
-            and referral["id"] in str(row.get(observer.link_column) or "")
-            and "Co-sell referral created in Partner Center" in _audit_first_line(observer, row)
-            and str(row.get("name") or "").endswith(CHECK)
+            row["referral_id"] == referral["id"]
+            and referral["id"] in (row["referral_link"] or "")
+            and "Co-sell referral created in Partner Center" in latest_audit(row)
+            and row["name"].endswith(CHECK)
         )
 
     row, took = demo.wait_for(
@@ -207,28 +206,28 @@ def _flag_with_help(
     creates, writes = after.pc_since(before, "create"), after.pc_since(before)
     if creates != 2 or writes != 2:
         raise StepFailed(f"expected 2 referrals created in Partner Center and no other write, saw {writes} writes")
-    _one_write_back(after, before)
+    _one_write_back(observer, after, before)
     solutions = ", ".join(str(t.get("id")) for t in referral.get("target") or [])
     step.notes.append(f"opportunity {crm_id}")
     step.notes.append(f"-> co-sell referral {referral['id']} ({referral.get('type')}, {solutions})")
     step.notes.append(f"-> Microsoft's referral {microsoft['id']}, same engagement {referral['engagementId'][:8]}…")
-    step.notes.append(f"Referral Link {row.get(observer.link_column)}")
-    step.notes.append(f'Audit "{_audit_first_line(observer, row)}"')
-    step.notes.append("Partner Center writes: 2 creates; Dataverse writes by the app: 1 (the write-back)")
+    step.notes.append(f"Referral Link {row['referral_link']}")
+    step.notes.append(f'Audit "{latest_audit(row)}"')
+    step.notes.append(f"Partner Center writes: 2 creates; {observer.crm.store} writes by the app: 1 (the write-back)")
     step.ok = True
     return crm_id, str(referral["id"]), str(microsoft["id"]), after
 
 
 def _edit_deal_value(
-    demo: Demo, observer: Observer, seller: Seller, app: App, crm_id: str, referral_id: str, before: Tally
+    demo: Demo, observer: Observer, seller: CrmSeller, app: App, crm_id: str, referral_id: str, before: Tally
 ) -> Tally:
     step = demo.step("the seller edits the deal value -> exactly one PATCH reaches Partner Center")
     old_value = float(observer.referral(referral_id)["details"]["dealValue"])
     updates = len([e for e in observer.audit_trail(referral_id) if (e.direction, e.action) == ("crm->pc", "updated")])
     new_value = old_value + 60000.0
     started = time.monotonic()
-    seller.edit(crm_id, {"estimatedvalue": new_value})
-    demo.observed(step, "seller saved the new estimated value", time.monotonic() - started)
+    seller.set_deal_value(crm_id, new_value)
+    demo.observed(step, f"seller saved the new {observer.crm.deal_value_label}", time.monotonic() - started)
     _fire_poll(demo, app, started, step)
 
     def followed() -> dict[str, Any] | None:
@@ -239,7 +238,7 @@ def _edit_deal_value(
     demo.observed(step, "referral updated in Partner Center", took)
     row, took = demo.wait_for(
         "the audit line for the update on the opportunity",
-        _written_back(observer, crm_id, lambda r: "to Partner Center: deal_value" in _audit_first_line(observer, r)),
+        _written_back(observer, crm_id, lambda r: "to Partner Center: deal_value" in latest_audit(r)),
         started,
     )
     demo.observed(step, "audit line written back to the opportunity", took)
@@ -251,10 +250,10 @@ def _edit_deal_value(
     patches, writes = after.pc_since(before, "patch"), after.pc_since(before)
     if patches != 1 or writes != 1:
         raise StepFailed(f"expected exactly one PATCH to Partner Center, saw {patches} PATCH among {writes} writes")
-    _one_write_back(after, before)
+    _one_write_back(observer, after, before)
     step.notes.append(f"dealValue {old_value:,.0f} -> {new_value:,.0f}")
-    step.notes.append(f'Audit "{_audit_first_line(observer, row)}"')
-    step.notes.append("Partner Center writes: 1 PATCH; Dataverse writes by the app: 1 (the write-back)")
+    step.notes.append(f'Audit "{latest_audit(row)}"')
+    step.notes.append(f"Partner Center writes: 1 PATCH; {observer.crm.store} writes by the app: 1 (the write-back)")
     step.ok = True
     return after
 
@@ -262,7 +261,7 @@ def _edit_deal_value(
 def _echoes_settle(
     demo: Demo,
     observer: Observer,
-    seller: Seller,
+    seller: CrmSeller,
     app: App,
     referral_ids: tuple[str, ...],
     first: Tally,
@@ -297,20 +296,21 @@ def _echoes_settle(
     time.sleep(LATE_WRITE_WINDOW)
     poison = app.status()["queue"]["poison"]
     after = _tally(observer, seller)
-    pc_writes, dv_writes = after.pc_since(before), after.app_dataverse_since(before)
-    if pc_writes or dv_writes or poison:
+    store = observer.crm.store
+    pc_writes, crm_writes = after.pc_since(before), after.app_crm_since(before)
+    if pc_writes or crm_writes or poison:
         raise StepFailed(
-            f"the echoes changed something: {pc_writes} Partner Center writes, {dv_writes} Dataverse writes, "
+            f"the echoes changed something: {pc_writes} Partner Center writes, {crm_writes} {store} writes, "
             f"{poison} jobs in the poison queue"
         )
     step.notes.append("webhooks for our writes: " + ", ".join(f"{n} {event}" for event, n in events.items()))
-    step.notes.append("since the write-back in step 6: 0 Partner Center writes, 0 Dataverse writes, poison queue empty")
+    step.notes.append(f"since the write-back in step 6: 0 Partner Center writes, 0 {store} writes, poison queue empty")
     calls = ", ".join(f"{after.pc_since(first, op)} {op}" for op in ("create", "patch"))
     step.notes.append(f"Partner Center writes for this deal in all: {after.pc_since(first)} ({calls})")
     step.ok = True
 
 
-def _invalid_opportunity(demo: Demo, observer: Observer, seller: Seller, app: App) -> None:
+def _invalid_opportunity(demo: Demo, observer: Observer, seller: CrmSeller, app: App) -> None:
     step = demo.step(f"an invalid opportunity (no solution id) -> {CROSS} and the reason in its Audit, nothing sent")
     before = _tally(observer, seller)
     started = time.monotonic()
@@ -326,9 +326,8 @@ def _invalid_opportunity(demo: Demo, observer: Observer, seller: Seller, app: Ap
     demo.observed(step, "seller saved it: Sync = Yes, no Products", time.monotonic() - started)
     _fire_poll(demo, app, started, step)
 
-    def refused(row: dict[str, Any]) -> bool:
-        crossed = str(row.get("name") or "").endswith(CROSS)
-        return crossed and "Not sent to Partner Center" in _audit_first_line(observer, row)
+    def refused(row: CrmRecord) -> bool:
+        return row["name"].endswith(CROSS) and "Not sent to Partner Center" in latest_audit(row)
 
     row, took = demo.wait_for(
         f"the {CROSS} and the reason on the opportunity", _written_back(observer, crm_id, refused), started
@@ -340,7 +339,7 @@ def _invalid_opportunity(demo: Demo, observer: Observer, seller: Seller, app: Ap
     pc_writes = _tally(observer, seller).pc_since(before)
     if sent or pc_writes:
         raise StepFailed(f"something reached Partner Center: referrals {sent}, {pc_writes} writes")
-    step.notes.append(f'opportunity {crm_id} "{row.get("name")}"')
-    step.notes.append(f'Audit "{_audit_first_line(observer, row)}"')
+    step.notes.append(f'opportunity {crm_id} "{row["name"]}"')
+    step.notes.append(f'Audit "{latest_audit(row)}"')
     step.notes.append("Partner Center writes: 0")
     step.ok = True

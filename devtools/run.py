@@ -92,6 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         stack.start()
         for name, value in sorted(stack.written.items()):
             say(f"  {name} = {masked(name, value)}")
+        # The in-process runner only adds settings missing from the environment; what the stack wrote over a
+        # value from the environment (a setting its emulator depends on) must win there too, as it does
+        # for func, which gets the environment with the settings on top.
+        os.environ.update(stack.written)
         base = f"http://127.0.0.1:{port}"
         # The app reads its settings at import; in-process runner and func child both see these.
         if use_func:

@@ -8,6 +8,13 @@
   CA bundle file with its test root.
 * Dataverse: ``CRM_PROVIDER`` dynamics and ``DATAVERSE_URL`` unset -> the Dataverse emulator
   (in-process), with ``DATAVERSE_URL`` and a static ``DATAVERSE_ACCESS_TOKEN``.
+* Salesforce: ``CRM_PROVIDER`` salesforce and ``SALESFORCE_LOGIN_URL``, ``SALESFORCE_TOKEN_URL`` and
+  ``SALESFORCE_INSTANCE_URL`` unset -> the Salesforce emulator (in-process) with the custom fields,
+  stages and help picklist values the settings name. The app signs in as it would to a real org, by the
+  client credentials flow at the emulator's ``/services/oauth2/token``: ``SALESFORCE_LOGIN_URL``,
+  ``SALESFORCE_CLIENT_ID`` and a fresh ``SALESFORCE_CLIENT_SECRET`` registered with the emulator (its
+  published default secret is refused), ``SALESFORCE_AUTH_FLOW=client_credentials``; a static
+  ``SALESFORCE_ACCESS_TOKEN`` is blanked.
 * Timer schedules: bindings read ``%..._SCHEDULE%`` straight from app settings, where the app's own
   defaults (``shared.settings``) do not apply, so unset schedules get those defaults written.
 
@@ -45,6 +52,22 @@ DATAVERSE_COLUMN_SETTINGS = {
     "DATAVERSE_FIELD_PRODUCTS": "products",
     "DATAVERSE_FIELD_AUDIT": "audit",
 }
+SALESFORCE_FIELD_SETTINGS = {
+    "SALESFORCE_FIELD_SYNC": "sync",
+    "SALESFORCE_FIELD_REFERRAL_ID": "referral_id",
+    "SALESFORCE_FIELD_REFERRAL_LINK": "referral_link",
+    "SALESFORCE_FIELD_HELP": "help",
+    "SALESFORCE_FIELD_PRODUCTS": "products",
+    "SALESFORCE_FIELD_AUDIT": "audit",
+}
+# Stage settings and whether the stage is (closed, won); a configured name the standard org lacks is added.
+SALESFORCE_STAGE_SETTINGS = {
+    "SALESFORCE_ON_HOLD_STAGE": (False, False),
+    "SALESFORCE_ACTIVE_STAGE": (False, False),
+    "SALESFORCE_WON_STAGE": (True, True),
+    "SALESFORCE_LOST_STAGE": (True, False),
+}
+SALESFORCE_ENDPOINT_SETTINGS = ("SALESFORCE_LOGIN_URL", "SALESFORCE_TOKEN_URL", "SALESFORCE_INSTANCE_URL")
 
 
 def _unset(settings: Mapping[str, str], name: str) -> bool:
@@ -75,6 +98,11 @@ def schedule_defaults() -> dict[str, str]:
         if isinstance(alias, str) and alias.endswith("_SCHEDULE") and isinstance(field.default, str):
             defaults[alias] = field.default
     return defaults
+
+
+def picklist_values(pairs: str) -> list[str]:
+    """The values of a ``Code=Value,...`` setting such as ``SALESFORCE_HELP_PICKLIST_VALUES``."""
+    return [item.split("=", 1)[1].strip() for item in pairs.split(",") if "=" in item]
 
 
 def start_azurite_guarded(log_path: Path, timeout: float = 30.0) -> Azurite:
@@ -120,6 +148,7 @@ class Stack:
         self.azurite: Azurite | None = None
         self.partner_center: Any = None
         self.dataverse: Any = None
+        self.salesforce: Any = None
 
     def __enter__(self) -> Stack:
         try:
@@ -137,7 +166,8 @@ class Stack:
         if current and only_if_unset:
             return
         if current and current != value:
-            self.progress(f"{name}: replaced the configured value, which cannot work with the emulator")
+            action = "replaced" if value else "cleared"
+            self.progress(f"{name}: {action} the configured value, which cannot work with the emulator")
         self.settings[name] = value
         self.written[name] = value
 
@@ -157,9 +187,11 @@ class Stack:
             self.progress(f"Azurite started (queue port {self.azurite.queue_port}) in {took:.1f}s")
         if _unset(self.settings, "PARTNER_CENTER_API_URL"):
             self._start_partner_center()
-        provider = self.settings.get("CRM_PROVIDER", "").strip().lower() or "dynamics"
+        provider = crm_provider(self.settings)
         if provider == "dynamics" and _unset(self.settings, "DATAVERSE_URL"):
             self._start_dataverse()
+        if provider == "salesforce" and all(_unset(self.settings, name) for name in SALESFORCE_ENDPOINT_SETTINGS):
+            self._start_salesforce()
         for name, value in schedule_defaults().items():
             self._write(name, value)
         return self.settings
@@ -201,6 +233,41 @@ class Stack:
         self._own("DATAVERSE_URL", self.dataverse.url)
         self.progress(f"Dataverse emulator listening on {self.dataverse.url}")
 
+    def _start_salesforce(self) -> None:
+        from emulators.salesforce import DEFAULT_CLIENT_ID, SalesforceEmulator
+        from emulators.salesforce_schema import DEFAULT_HELP_VALUES, DEFAULT_STAGES, CustomFields
+
+        # The emulated org has the custom fields, stages and picklist values the settings name, as a real org
+        # would have to.
+        fields = CustomFields(
+            **{
+                attribute: self.settings[name]
+                for name, attribute in SALESFORCE_FIELD_SETTINGS.items()
+                if not _unset(self.settings, name)
+            }
+        )
+        stages = {name: (closed, won) for name, closed, won in DEFAULT_STAGES}
+        for name, flags in SALESFORCE_STAGE_SETTINGS.items():
+            if not _unset(self.settings, name):
+                stages.setdefault(self.settings[name], flags)
+        # "How can Microsoft help?" is a restricted picklist: the org lists the values the app will write.
+        help_values = picklist_values(self.settings.get("SALESFORCE_HELP_PICKLIST_VALUES", "")) or DEFAULT_HELP_VALUES
+        client_id = self.settings.get("SALESFORCE_CLIENT_ID", "").strip() or DEFAULT_CLIENT_ID
+        # A fresh secret per run for the connected app: the emulator refuses any other, as Salesforce would.
+        secret = "sf-emulator-" + secrets.token_hex(16)
+        self.salesforce = SalesforceEmulator(
+            fields=fields, stages=stages, help_values=help_values, clients={client_id: secret}
+        )
+        self.salesforce.start()
+        self._own("SALESFORCE_AUTH_FLOW", "client_credentials")
+        self._own("SALESFORCE_LOGIN_URL", self.salesforce.url)
+        self._own("SALESFORCE_CLIENT_ID", client_id)
+        self._own("SALESFORCE_CLIENT_SECRET", secret)
+        if not _unset(self.settings, "SALESFORCE_ACCESS_TOKEN"):
+            # A static token would win over the sign-in, and no token from elsewhere is valid here.
+            self._own("SALESFORCE_ACCESS_TOKEN", "")
+        self.progress(f"Salesforce emulator listening on {self.salesforce.url}")
+
     # -- webhook registration ----------------------------------------------------------------------------
     def register_webhook(self, webhook_url: str) -> dict[str, Any] | None:
         """Register ``webhook_url`` with the Partner Center emulator through its Webhooks API.
@@ -224,15 +291,20 @@ class Stack:
 
     # -- stop --------------------------------------------------------------------------------------------
     def stop(self) -> None:
-        for emulator in (self.partner_center, self.dataverse):
+        for emulator in (self.partner_center, self.dataverse, self.salesforce):
             if emulator is not None:
                 emulator.stop()
-        self.partner_center = self.dataverse = None
+        self.partner_center = self.dataverse = self.salesforce = None
         if self.azurite is not None:
             self.azurite.stop()
             self.azurite = None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def crm_provider(settings: Mapping[str, str]) -> str:
+    """``CRM_PROVIDER`` as the app reads it (case-insensitive, default ``dynamics``)."""
+    return settings.get("CRM_PROVIDER", "").strip().lower() or "dynamics"
 
 
 def hermetic_environment(environ: Mapping[str, str]) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""`make demo` (python -m devtools.demo) as a newcomer runs it, and its process hygiene when killed."""
+"""`make demo` (python -m devtools.demo [--crm dynamics|salesforce]) as a newcomer runs it, against either
+CRM, and its process hygiene when killed."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ import pytest
 from shared.domain.checkmark import CROSS
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where each CRM keeps its opportunities, as the demo's titles and report say it.
+STORES = {"dynamics": "Dataverse", "salesforce": "Salesforce"}
 STEPS = (
     "the app is up: GET /api/health",
-    "Microsoft shares a co-sell referral -> signed webhook -> opportunity in Dataverse",
+    "Microsoft shares a co-sell referral -> signed webhook -> opportunity in {store}",
     "the referral is updated in Partner Center -> the opportunity follows",
     "Partner Center delivers the same webhook again -> nothing new",
     "a seller flags an opportunity asking for Microsoft's help -> co-sell referrals + write-back",
@@ -34,9 +37,14 @@ def demo_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_demo_runs_every_step_and_reports_it(tmp_path: Path) -> None:
+def _demo_command(crm: str | None) -> list[str]:
+    return [sys.executable, "-m", "devtools.demo", *(["--crm", crm] if crm else [])]
+
+
+@pytest.mark.parametrize("crm", [None, "salesforce"], ids=["dynamics-by-default", "salesforce"])
+def test_demo_runs_every_step_and_reports_it(crm: str | None, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "devtools.demo"],
+        _demo_command(crm),
         cwd=ROOT,
         env=demo_env(TMPDIR=str(tmp_path)),
         capture_output=True,
@@ -45,24 +53,40 @@ def test_demo_runs_every_step_and_reports_it(tmp_path: Path) -> None:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
+    provider = crm or "dynamics"
+    store = STORES[provider]
     for number, title in enumerate(STEPS, start=1):
-        assert f"PASS  {number}. {title}" in output
-        assert f"step {number}: {title}" in output  # progress while it runs, not only at the end
+        assert f"PASS  {number}. {title.format(store=store)}" in output
+        assert f"step {number}: {title.format(store=store)}" in output  # progress while it runs, not only at the end
+    assert f"CRM_PROVIDER={provider}) on the bundled {store} emulator" in output
     assert "signed referral-created webhook answered 202" in output
-    assert "opportunity created in Dataverse" in output
-    assert "opportunity updated in Dataverse" in output
+    assert f"opportunity created in {store}" in output
+    assert f"opportunity updated in {store}" in output
     # Dynamics 365 -> Partner Center: the poll is fired through the host's admin endpoint, not called
     assert "poll_crm timer fired (admin API answered 202)" in output
     assert "co-sell referral created in Partner Center" in output
     assert "Microsoft's referral on the same engagement" in output
     assert "Co-sell referral created in Partner Center with a request for Microsoft's help" in output
     assert "Partner Center writes: 1 PATCH" in output
-    assert "since the write-back in step 6: 0 Partner Center writes, 0 Dataverse writes" in output
+    assert f"since the write-back in step 6: 0 Partner Center writes, 0 {store} writes" in output
     assert "Not sent to Partner Center: Add at least one co-sell solution id" in output
     # the records on each side: Microsoft's referral, ours and Microsoft's copy; the three opportunities
     assert "Partner Center (emulator): 3 referrals" in output
     assert "writes by the app: 3 (2 create, 1 patch)" in output
-    assert "Dataverse (emulator): 3 opportunities" in output
+    assert f"{store} (emulator): 3 opportunities" in output
+    if provider == "salesforce":
+        # Salesforce's own field names; the seller used the REST API and the app signed in by client credentials.
+        assert "StageName Qualification  Amount 240,000 USD  sync Yes" in output
+        assert "Referral_Identfier__c=(none: no referral)" in output
+        assert "Referral_Link__c=https://partner.microsoft.com/" in output
+        assert "Audit__c: " in output and "✔ Updated to Partner Center: deal_value" in output
+        assert "by the seller (REST API)" in output
+        assert "sessions: 2 from /services/oauth2/token by client credentials" in output
+        assert ", 0 refused" in output
+    else:
+        assert "new_referralidentifier=(none: no referral)" in output
+        assert "estimatedvalue 240,000  sync Yes" in output
+        assert "7 by the seller (Web API)" in output
     assert "Audit trail (SyncAudit, oldest first)" in output
     for direction, action in (
         ("pc->crm", "created"),
@@ -95,10 +119,10 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
-def _start_demo(marker: str, tmp_path: Path) -> tuple[subprocess.Popen[str], list[str]]:
+def _start_demo(marker: str, tmp_path: Path, crm: str | None = None) -> tuple[subprocess.Popen[str], list[str]]:
     """Start the demo and return once the runner serves (Azurite and the emulators are up by then)."""
     demo = subprocess.Popen(
-        [sys.executable, "-m", "devtools.demo"],
+        _demo_command(crm),
         cwd=ROOT,
         # A demo killed outright cannot remove its temporary folders: keep them in pytest's.
         env=demo_env(COSELL_DEMO_MARKER=marker, TMPDIR=str(tmp_path)),
@@ -126,10 +150,13 @@ def _assert_none_left(marker: str, why: str) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find processes")
+@pytest.mark.parametrize("crm", [None, "salesforce"], ids=["dynamics", "salesforce"])
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_killing_the_demo_mid_run_leaves_no_processes_behind(sig: signal.Signals, tmp_path: Path) -> None:
+def test_killing_the_demo_mid_run_leaves_no_processes_behind(
+    sig: signal.Signals, crm: str | None, tmp_path: Path
+) -> None:
     marker = uuid.uuid4().hex
-    demo, _ = _start_demo(marker, tmp_path)
+    demo, _ = _start_demo(marker, tmp_path, crm)
     try:
         started = _processes_with(marker)
         assert len(started) >= 4, started  # two guards, Azurite and the runner are running now

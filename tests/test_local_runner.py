@@ -232,6 +232,70 @@ def test_stack_points_every_partner_center_setting_at_its_emulator(tmp_path: Pat
         assert stack.register_webhook("http://127.0.0.1:7072/api/webhooks/partner-center") is not None  # re-run
 
 
+SF_ELSEWHERE = {
+    "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;QueueEndpoint=http://127.0.0.1:1/x",
+    "PARTNER_CENTER_API_URL": "https://api.partner.microsoft.com",
+    "PARTNER_CENTER_ACCESS_TOKEN": "pc-token",
+    "CRM_PROVIDER": "salesforce",
+}
+
+
+def test_stack_starts_the_salesforce_emulator_and_the_app_signs_in_with_client_credentials(tmp_path: Path) -> None:
+    from devtools.stack import Stack
+    from emulators.salesforce import DEFAULT_CLIENT_SECRET, TOKEN_PATH
+    from shared.crm.salesforce import SalesforceCrm
+    from shared.settings import load_settings
+
+    settings = {
+        **SF_ELSEWHERE,
+        # From a copied local.settings.json: neither can work with the emulator.
+        "SALESFORCE_AUTH_FLOW": "jwt_bearer",
+        "SALESFORCE_ACCESS_TOKEN": "00Dxx!copied-token",
+        # A renamed custom field, a stage the standard org lacks and own picklist values: the emulated org has them.
+        "SALESFORCE_FIELD_AUDIT": "Sync_Audit__c",
+        "SALESFORCE_WON_STAGE": "Closed - Won",
+        "SALESFORCE_HELP_PICKLIST_VALUES": "ProofOfConceptOrDemo=PoC, GeneralOrOther=Other",
+    }
+    with Stack(settings, workdir=tmp_path) as stack:
+        emulator = stack.salesforce
+        assert emulator is not None and stack.dataverse is None and stack.azurite is None
+        written = stack.settings
+        assert written["SALESFORCE_LOGIN_URL"] == emulator.url
+        assert written["SALESFORCE_AUTH_FLOW"] == "client_credentials"
+        assert written["SALESFORCE_ACCESS_TOKEN"] == ""  # blank counts as unset for the app
+        secret = written["SALESFORCE_CLIENT_SECRET"]
+        assert secret and secret != DEFAULT_CLIENT_SECRET  # a fresh secret per run
+        assert "DATAVERSE_URL" not in written
+        token_url = emulator.url + TOKEN_PATH
+        refused = requests.post(
+            token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": written["SALESFORCE_CLIENT_ID"],
+                "client_secret": DEFAULT_CLIENT_SECRET,
+            },
+            timeout=5,
+        )
+        assert refused.status_code == 400
+        # The app, configured from the written settings (the environment ignores blank values), signs in.
+        app_settings = load_settings(**{k: v for k, v in written.items() if v})
+        crm = SalesforceCrm(app_settings)
+        assert list(crm.query("SELECT Id, Sync_Audit__c FROM Opportunity")) == []
+        assert emulator.counters()["tokenRequests"]["client_credentials"] == 1
+        assert emulator.stages["Closed - Won"] == (True, True)
+        assert emulator.objects["Opportunity"].field("How_can_Microsoft_help__c").picklist == ("PoC", "Other")
+
+
+def test_stack_leaves_a_configured_salesforce_org_alone(tmp_path: Path) -> None:
+    from devtools.stack import Stack
+
+    for endpoint in ("SALESFORCE_LOGIN_URL", "SALESFORCE_TOKEN_URL", "SALESFORCE_INSTANCE_URL"):
+        settings = {**SF_ELSEWHERE, endpoint: "https://contoso.my.salesforce.com"}
+        with Stack(settings, workdir=tmp_path) as stack:
+            assert stack.salesforce is None and stack.dataverse is None
+            assert not any(name.startswith("SALESFORCE") for name in stack.written)
+
+
 # -- the runner as a subprocess ---------------------------------------------------------------------------------
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
