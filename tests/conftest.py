@@ -28,4 +28,4 @@ def storage_names() -> dict[str, str]:
     }
 
 
-from tests.e2e_stack import dv, make_stack, pc, stack  # noqa: E402,F401  (shared end-to-end fixtures)
+from tests.e2e_stack import crm, dv, make_stack, pc, sf, stack  # noqa: E402,F401  (shared end-to-end fixtures)

@@ -65,6 +65,6 @@ def test_reconcile_recovers_a_lost_webhook(stack, capsys):
     assert main(["reconcile"]) == 0
     assert "1 job(s) enqueued" in capsys.readouterr().out
     stack.host.drain()
-    assert [r["new_referralidentifier"] for r in stack.opportunities()] == [referral["id"]]
+    assert [r["referral_id"] for r in stack.opportunities()] == [referral["id"]]
     assert main(["reconcile"]) == 0  # nothing new since: nothing enqueued
     assert "0 job(s) enqueued" in capsys.readouterr().out

@@ -1,13 +1,23 @@
-"""Dynamics 365 -> Partner Center, end to end: the seller flags an opportunity, the timer poll enqueues it,
-the worker creates the co-sell referral (and Microsoft's referral when help is requested) and writes the
-identifier, link and audit back. Later edits flow both ways without loops, duplicates or lost updates."""
+"""CRM -> Partner Center, end to end, for Dynamics 365 and Salesforce: the seller flags an opportunity, the
+timer poll enqueues it, the worker creates the co-sell referral (and Microsoft's referral when help is
+requested) and writes the identifier, link and audit back. Later edits flow both ways without loops,
+duplicates or lost updates."""
 
 from __future__ import annotations
+
+import pytest
 
 from shared import wiring
 from shared.domain.checkmark import CHECK, CROSS
 from shared.ports import Job
 from shared.sync.engine import KIND_CRM
+from tests.e2e_stack import CRMS
+
+
+@pytest.fixture(params=CRMS)
+def crm(request) -> str:
+    """Every test here runs against both CRMs."""
+    return request.param
 
 
 def _flag_and_sync(stack, **kwargs) -> str:
@@ -51,11 +61,11 @@ def test_flagged_opportunity_becomes_a_cosell_referral_with_write_back(stack):
     assert microsoft[0]["engagementId"] == referral["engagementId"]
     assert microsoft[0]["target"] == [{"type": "BusinessProfileLocation", "id": "msft"}]
 
-    row = stack.dv.record("opportunities", crm_id)
-    assert row["new_referralidentifier"] == referral["id"]
-    assert referral["id"] in row["new_referrallink"]
+    row = stack.opportunity(crm_id)
+    assert row["referral_id"] == referral["id"]
+    assert referral["id"] in row["referral_link"]
     assert row["name"].endswith(CHECK)
-    assert "Co-sell referral created in Partner Center" in row["new_audit"].splitlines()[0]
+    assert "Co-sell referral created in Partner Center" in row["audit"].splitlines()[0]
 
 
 def test_no_microsoft_referral_without_a_request_for_help(stack):
@@ -69,19 +79,19 @@ def test_echoes_of_our_writes_cause_no_further_writes(stack):
     _flag_and_sync(stack)
     stack.pc.dispatcher.wait_idle(timeout=10)
     stack.pc.reset_counters()
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     _settle(stack)
     _settle(stack)
     assert stack.pc.writes == 0
-    assert stack.dv_writes() == 0
+    assert stack.crm_writes() == 0
 
 
 def test_crm_edit_becomes_one_patch_and_its_echoes_nothing(stack):
     crm_id = _flag_and_sync(stack)
     _settle(stack)
     stack.pc.reset_counters()
-    stack.dv.reset_counters()
-    stack.seller().edit(crm_id, estimatedvalue=310000.0, description="Budget approved")
+    stack.view.reset_counters()
+    stack.seller().edit(crm_id, deal_value=310000.0, notes="Budget approved")
     stack.poll()
     stack.host.drain()
     assert stack.pc.counters().get("patch", 0) == 1
@@ -89,28 +99,28 @@ def test_crm_edit_becomes_one_patch_and_its_echoes_nothing(stack):
     referral = _ours(stack, crm_id)
     assert referral["details"]["dealValue"] == 310000.0
     assert referral["details"]["notes"] == "Budget approved"
-    assert "to Partner Center: deal_value, notes" in stack.dv.record("opportunities", crm_id)["new_audit"]
+    assert "to Partner Center: deal_value, notes" in stack.opportunity(crm_id)["audit"]
     stack.pc.reset_counters()
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     _settle(stack)
-    assert stack.pc.writes == 0 and stack.dv_writes() == 0
+    assert stack.pc.writes == 0 and stack.crm_writes() == 0
 
 
 def test_partner_center_edit_becomes_one_crm_update(stack):
     crm_id = _flag_and_sync(stack)
     _settle(stack)
     referral = _ours(stack, crm_id)
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.pc.reset_counters()
     stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": "Won"})
     stack.pc.dispatcher.wait_idle(timeout=10)
     stack.host.drain()
-    row = stack.dv.record("opportunities", crm_id)
-    assert (row["statecode"], row["statuscode"]) == (1, 3)
+    row = stack.opportunity(crm_id)
+    assert row["state"] == "won"
     assert stack.pc.writes == 0
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     _settle(stack)
-    assert stack.pc.writes == 0 and stack.dv_writes() == 0
+    assert stack.pc.writes == 0 and stack.crm_writes() == 0
 
 
 def test_same_job_twice_concurrently_makes_one_referral(stack):
@@ -139,7 +149,7 @@ def test_interrupted_creation_is_resumed_not_repeated(stack, monkeypatch):
     assert run.failed == 1
     stack.host.drain()
     assert len([r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]) == 1
-    assert stack.dv.record("opportunities", crm_id)["new_referralidentifier"]
+    assert stack.opportunity(crm_id)["referral_id"]
 
 
 def test_412_mid_update_rereads_and_ends_correct(stack, monkeypatch):
@@ -157,13 +167,13 @@ def test_412_mid_update_rereads_and_ends_correct(stack, monkeypatch):
         return original(referral_id, operations, etag=etag)
 
     monkeypatch.setattr(engine.pc, "patch_referral", racing_patch)
-    stack.seller().edit(crm_id, estimatedvalue=123456.0)
+    stack.seller().edit(crm_id, deal_value=123456.0)
     stack.poll()
     stack.host.drain()
     final = _ours(stack, crm_id)
     assert final["details"]["dealValue"] == 123456.0
     assert final["details"]["notes"] == "Portal note"
-    assert stack.dv.record("opportunities", crm_id)["description"] == "Portal note"
+    assert stack.opportunity(crm_id)["notes"] == "Portal note"
 
 
 def test_conflict_follows_the_field_owner_and_is_audited(stack):
@@ -171,7 +181,7 @@ def test_conflict_follows_the_field_owner_and_is_audited(stack):
     _settle(stack)
     referral = _ours(stack, crm_id)
     stack.pc.portal_update(referral["id"], {"details": {"notes": "PC side"}}, raise_event=False)
-    stack.seller().edit(crm_id, description="CRM side")
+    stack.seller().edit(crm_id, notes="CRM side")
     stack.poll()
     stack.host.drain()
     assert _ours(stack, crm_id)["details"]["notes"] == "CRM side"  # the CRM owns notes by default
@@ -184,20 +194,20 @@ def test_invalid_opportunity_gets_reason_and_cross_and_nothing_is_sent(stack):
     stack.poll()
     stack.host.drain()
     assert stack.pc.referrals() == []
-    row = stack.dv.record("opportunities", crm_id)
+    row = stack.opportunity(crm_id)
     assert row["name"].endswith(CROSS) and row["name"].count(CROSS) == 1
-    first = row["new_audit"].splitlines()[0]
+    first = row["audit"].splitlines()[0]
     assert "2-letter" in first and "solution id" in first
     stack.pc.reset_counters()
-    stack.dv.reset_counters()
-    _settle(stack)  # our own write of the cross changed modifiedon: still no retry, no write
-    assert stack.pc.writes == 0 and stack.dv_writes() == 0
-    stack.seller().edit(crm_id, new_products="SOL-34104-EBB")
+    stack.view.reset_counters()
+    _settle(stack)  # our own write of the cross changed the modification stamp: still no retry, no write
+    assert stack.pc.writes == 0 and stack.crm_writes() == 0
+    stack.seller().edit(crm_id, products="SOL-34104-EBB")
     stack.poll()
     stack.host.drain()
     assert stack.pc.referrals() == []  # still invalid (country): retried once after the change, not sent
-    row = stack.dv.record("opportunities", crm_id)
-    assert row["name"].count(CROSS) == 1 and "2-letter" in row["new_audit"].splitlines()[0]
+    row = stack.opportunity(crm_id)
+    assert row["name"].count(CROSS) == 1 and "2-letter" in row["audit"].splitlines()[0]
 
 
 def test_missing_contact_when_help_requested_is_explained(stack):
@@ -205,7 +215,7 @@ def test_missing_contact_when_help_requested_is_explained(stack):
     stack.poll()
     stack.host.drain()
     assert stack.pc.referrals() == []
-    assert "customer contact" in stack.dv.record("opportunities", crm_id)["new_audit"]
+    assert "customer contact" in stack.opportunity(crm_id)["audit"]
 
 
 def test_closed_referral_is_never_patched(stack):
@@ -214,11 +224,11 @@ def test_closed_referral_is_never_patched(stack):
     referral = _ours(stack, crm_id)
     stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": "Lost"}, raise_event=False)
     stack.pc.reset_counters()
-    stack.seller().edit(crm_id, estimatedvalue=1.0)
+    stack.seller().edit(crm_id, deal_value=1.0)
     stack.poll()
     stack.host.drain()
     assert stack.pc.writes == 0
-    assert "referral is closed" in stack.dv.record("opportunities", crm_id)["new_audit"]
+    assert "referral is closed" in stack.opportunity(crm_id)["audit"]
 
 
 def test_crm_win_closes_the_referral(stack):
@@ -239,7 +249,7 @@ def test_unflagged_opportunities_are_not_polled(stack):
 
 def test_empty_poll_costs_one_query(stack):
     stack.poll()
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.poll()
-    assert stack.dv.counters()["tables"]["opportunities"]["reads"] == 1
+    assert stack.view.opportunity_reads() == 1
     assert stack.host.queue.depth() == 0

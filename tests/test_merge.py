@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import date
 from decimal import Decimal
 
 from shared.domain.mapping import mapped_values
-from shared.domain.merge import plan_merge
+from shared.domain.merge import CRM_DEFAULTS, agreed_on_create, plan_merge
 from shared.domain.opportunity import CustomerAddress, Opportunity
 from shared.domain.policies import DEFAULT_FIELD_OWNERS, parse_field_owners
 
@@ -71,3 +72,22 @@ def test_first_sync_without_base_lets_owners_decide():
     crm = BASE.model_copy(update={"notes": "crm"})
     p = plan(pc, crm, base=None)
     assert "notes" in p.to_pc and "status" in p.to_crm and p.notes == []
+
+
+def test_a_value_the_crm_filled_in_stays_in_the_crm_until_a_side_changes_it():
+    no_date = BASE.model_copy(update={"close_date": None})
+    placeholder = BASE.model_copy(update={"close_date": date(2030, 1, 31)})  # e.g. Salesforce's required CloseDate
+    base = agreed_on_create(no_date, placeholder)
+    assert base["close_date"] is None and base[CRM_DEFAULTS] == {"close_date": "2030-01-31"}
+
+    p = plan_merge(no_date, placeholder, base, DEFAULT_FIELD_OWNERS, "Active", "Accepted")
+    assert p.changed == [] and p.agreed[CRM_DEFAULTS] == {"close_date": "2030-01-31"}  # kept, not sent
+
+    seller = placeholder.model_copy(update={"close_date": date(2030, 6, 30)})
+    p = plan_merge(no_date, seller, base, DEFAULT_FIELD_OWNERS, "Active", "Accepted")
+    assert p.to_pc == ["close_date"] and CRM_DEFAULTS not in p.agreed  # a seller's date is the partner's data
+
+    partner = no_date.model_copy(update={"close_date": date(2030, 3, 31)})
+    p = plan_merge(partner, placeholder, base, DEFAULT_FIELD_OWNERS, "Active", "Accepted")
+    assert p.to_crm == ["close_date"] and p.agreed["close_date"] == "2030-03-31"
+    assert CRM_DEFAULTS not in p.agreed

@@ -15,7 +15,7 @@ def test_seller_edit_saved_during_our_write_back_still_reaches_partner_center(st
         original(current, desired, fields)
         if not raced["done"]:
             raced["done"] = True
-            stack.seller().edit(crm_id, estimatedvalue=999999.0)  # saved right after our write-back
+            stack.seller().edit(crm_id, deal_value=999999.0)  # saved right after our write-back
         return crm.get_opportunity(crm_id)  # so our read after the write already shows the seller's edit
 
     monkeypatch.setattr(crm, "update_opportunity", write_then_seller_saves)

@@ -4,6 +4,10 @@ A field that changed on one side only goes to the other side; a field both chang
 owner says (:mod:`.policies`). Fields Partner Center cannot take (the customer's location after
 creation), status moves it does not allow, and anything for a closed referral stay where they are and
 are explained in ``notes``. ``agreed`` is what both sides hold once the plan has been carried out.
+
+A value the CRM filled in by itself where the referral has none (Salesforce requires ``CloseDate``, so
+the adapter sets one; a CRM may default the currency) is not the partner's data: it is kept under
+:data:`CRM_DEFAULTS` in ``agreed`` and stays in the CRM until either side really changes the field.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from .policies import Side, is_closed, transition_allowed, winner
 from .referral_builder import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
+CRM_DEFAULTS = "crm_defaults"  # key in ``agreed``: {field: value the CRM filled in where Partner Center has none}
 
 
 @dataclass
@@ -44,6 +49,18 @@ def _side_name(side: Side) -> str:
     return "Partner Center" if side == "pc" else "the CRM"
 
 
+def agreed_on_create(desired: Opportunity, created: Opportunity) -> dict[str, object]:
+    """What both sides hold once the CRM record was created: ``desired`` is the referral in the CRM's stored
+    form, ``created`` the record as read back. Fields Partner Center left empty but the CRM filled in are
+    remembered as the CRM's own defaults, so a later merge does not send them to Partner Center."""
+    agreed = mapped_values(desired)
+    stored = mapped_values(created)
+    defaults = {name: stored[name] for name in MAPPED_FIELDS if agreed[name] is None and stored[name] is not None}
+    if defaults:
+        agreed[CRM_DEFAULTS] = defaults
+    return agreed
+
+
 def plan_merge(
     pc: Opportunity,
     crm: Opportunity,
@@ -54,12 +71,19 @@ def plan_merge(
 ) -> Plan:
     """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync."""
     pc_vals, crm_vals = mapped_values(pc), mapped_values(crm)
+    stored_defaults = base.get(CRM_DEFAULTS) if base is not None else None
+    defaults: Mapping[str, object] = stored_defaults if isinstance(stored_defaults, dict) else {}
     plan = Plan(agreed=dict(pc_vals))
+    kept: dict[str, object] = {}
     for name in MAPPED_FIELDS:
         if pc_vals[name] == crm_vals[name]:
             continue
+        crm_base = defaults[name] if name in defaults else (base or {}).get(name)
         pc_changed = base is None or pc_vals[name] != base.get(name)
-        crm_changed = base is None or crm_vals[name] != base.get(name)
+        crm_changed = base is None or crm_vals[name] != crm_base
+        if not (pc_changed or crm_changed):
+            kept[name] = crm_base  # Partner Center still has none; the CRM keeps what it filled in
+            continue
         if pc_changed and crm_changed:
             side = winner(name, owners)
             if base is not None:
@@ -79,6 +103,8 @@ def plan_merge(
         for name in plan.to_pc:
             plan.agreed[name] = pc_vals[name]
         plan.to_pc = []
+    if kept:
+        plan.agreed[CRM_DEFAULTS] = kept
     return plan
 
 

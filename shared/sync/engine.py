@@ -28,7 +28,7 @@ from ..domain.errors import (
     ValidationFailed,
 )
 from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE, fingerprint, mapped_values, referral_to_opportunity
-from ..domain.merge import plan_merge
+from ..domain.merge import agreed_on_create, plan_merge
 from ..domain.opportunity import Opportunity
 from ..domain.policies import DEFAULT_FIELD_OWNERS, Side
 from ..domain.referral import Referral
@@ -230,7 +230,8 @@ class SyncEngine:
         created = self.crm.create_opportunity(
             desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
         )
-        self._save_link(pair.link, referral_id, pair.referral, created, mapped_values(self.crm.stored_form(desired)))
+        agreed = agreed_on_create(self.crm.stored_form(desired), created)
+        self._save_link(pair.link, referral_id, pair.referral, created, agreed)
         return self._audit(
             Outcome(
                 "created",

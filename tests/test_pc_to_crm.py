@@ -1,17 +1,30 @@
-"""Partner Center -> Dynamics 365, end to end: a signed webhook from the Partner Center emulator reaches
-the real function app over HTTP, the job goes through the Azurite queue to the worker, and the
-opportunity lands in the Dataverse emulator. Writes are counted in the emulators."""
+"""Partner Center -> CRM, end to end, for Dynamics 365 and Salesforce: a signed webhook from the Partner
+Center emulator reaches the real function app over HTTP, the job goes through the Azurite queue to the
+worker, and the opportunity lands in the CRM emulator (Dataverse or Salesforce). Writes are counted in
+the emulators."""
 
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from emulators.partner_center_dispatch import signed_headers
 from shared import wiring
 from shared.domain.checkmark import CHECK, CROSS
 from shared.domain.mapping import mapped_values, referral_to_opportunity
 from shared.domain.referral import Referral
-from tests.e2e_stack import DV_TOKEN, PC_TOKEN, Stack
+from tests.e2e_stack import CRMS, PC_TOKEN, Stack
+
+# The CRM's own value for the sample referral's assistanceRequestCode CustomerTechnicalArchitecture.
+TECHNICAL_ARCHITECTURE = {"dynamics": 100000001, "salesforce": "Customer technical architecture"}
+
+
+@pytest.fixture(params=CRMS)
+def crm(request) -> str:
+    """Every test here runs against both CRMs."""
+    return request.param
 
 
 def test_signed_webhook_creates_opportunity_with_every_mapped_field(stack):
@@ -23,11 +36,11 @@ def test_signed_webhook_creates_opportunity_with_every_mapped_field(stack):
     assert len(rows) == 1
     row = rows[0]
     assert row["name"] == f"{referral['name']} {CHECK}"
-    assert row["new_referralidentifier"] == referral["id"]
-    assert row["new_syncwithpartnercenter"] is True
-    assert referral["id"] in row["new_referrallink"]
-    assert row["new_howcanmicrosofthelp"] == 100000001  # CustomerTechnicalArchitecture
-    assert "Created from Partner Center referral" in row["new_audit"]
+    assert row["referral_id"] == referral["id"]
+    assert row["sync"] is True
+    assert referral["id"] in row["referral_link"]
+    assert row["help"] == TECHNICAL_ARCHITECTURE[stack.crm_name]
+    assert "Created from Partner Center referral" in row["audit"]
 
     stored = stack.crm().find_by_referral_id(referral["id"])
     expected = stack.crm().stored_form(referral_to_opportunity(Referral.model_validate(referral)))
@@ -48,20 +61,21 @@ def test_signed_webhook_creates_opportunity_with_every_mapped_field(stack):
     ):
         assert want[field], f"sample referral should exercise {field}"
 
-    accounts = stack.dv.table("accounts")
+    accounts = stack.view.accounts()
     assert [a["name"] for a in accounts] == [referral["customerProfile"]["name"]]
-    assert accounts[0]["address1_country"] == referral["customerProfile"]["address"]["country"]
+    assert accounts[0]["country"] == referral["customerProfile"]["address"]["country"]
+    assert row["account_id"] == accounts[0]["id"]
     assert stack.audit_actions(referral["id"]) == ["created"]
 
 
 def test_same_event_delivered_twice_makes_one_opportunity(stack):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.pc.redeliver(referral["id"])
     stack.deliver_and_drain(2)
     assert len(stack.opportunities()) == 1
-    assert stack.dv_writes() == 0
+    assert stack.crm_writes() == 0
     assert stack.audit_actions(referral["id"]) == ["unchanged", "created"]
 
 
@@ -73,8 +87,8 @@ def test_concurrent_deliveries_make_one_opportunity(stack):
     assert stack.host.queue.depth() == 3
     stack.deliver_and_drain(3, parallel=3)
     assert len(stack.opportunities()) == 1
-    assert len(stack.dv.table("accounts")) == 1
-    emails = [c.get("emailaddress1") for c in stack.dv.table("contacts")]
+    assert len(stack.view.accounts()) == 1
+    emails = stack.view.contact_emails()
     assert len(emails) == len(set(emails))
     assert stack.audit_actions(referral["id"]).count("created") == 1
 
@@ -82,16 +96,15 @@ def test_concurrent_deliveries_make_one_opportunity(stack):
 def test_referral_update_makes_one_crm_update(stack):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.pc.portal_update(referral["id"], {"details": {"dealValue": 99000, "notes": "Scope doubled"}})
     stack.deliver_and_drain(2)
-    counters = stack.dv.counters()
-    assert counters["tables"]["opportunities"]["updates"] == 1
-    assert stack.dv_writes() == 1
+    assert stack.view.opportunity_updates() == 1
+    assert stack.crm_writes() == 1
     row = stack.opportunities()[0]
-    assert float(row["estimatedvalue"]) == 99000
-    assert row["description"] == "Scope doubled"
-    assert row["new_audit"].splitlines()[0].endswith("Updated from Partner Center: deal_value, notes")
+    assert row["deal_value"] == 99000
+    assert row["notes"] == "Scope doubled"
+    assert row["audit"].splitlines()[0].endswith("Updated from Partner Center: deal_value, notes")
     assert stack.audit_actions(referral["id"])[0] == "updated"
 
 
@@ -101,16 +114,16 @@ def test_status_change_in_partner_center_closes_the_opportunity(stack):
     stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": "Won"})
     stack.deliver_and_drain(2)
     row = stack.opportunities()[0]
-    assert (row["statecode"], row["statuscode"]) == (1, 3)
+    assert row["state"] == "won"
 
 
 def test_no_op_event_makes_zero_crm_writes(stack):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.pc.send_event(referral["id"], "referral-updated")
     stack.deliver_and_drain(2)
-    assert stack.dv_writes() == 0
+    assert stack.crm_writes() == 0
     assert stack.audit_actions(referral["id"])[0] == "unchanged"
 
 
@@ -185,7 +198,7 @@ def test_lead_is_synced_when_cosell_only_is_off(make_stack):
     lead = stack.pc.seed_referral(kind="lead")
     stack.deliver_and_drain(1)
     rows = stack.opportunities()
-    assert len(rows) == 1 and rows[0]["new_referralidentifier"] == lead["id"]
+    assert len(rows) == 1 and rows[0]["referral_id"] == lead["id"]
 
 
 def test_cross_on_validation_failure_then_check_never_two_marks(stack):
@@ -197,19 +210,20 @@ def test_cross_on_validation_failure_then_check_never_two_marks(stack):
     stack.deliver_and_drain(2)
     row = stack.opportunities()[0]
     assert row["name"] == f"{referral['name']} {CROSS}"
-    assert "XYZ" in row["new_audit"].splitlines()[0]
+    assert "XYZ" in row["audit"].splitlines()[0]
     assert stack.audit_actions(referral["id"])[0] == "failed"
 
-    stack.dv.reset_counters()
+    stack.view.reset_counters()
     stack.pc.send_event(referral["id"], "referral-updated")  # same bad data again: no retry loop
     stack.deliver_and_drain(3)
-    assert stack.dv_writes() == 0
+    assert stack.crm_writes() == 0
 
     stack.pc.portal_update(referral["id"], {"details": {"currency": "EUR"}})
     stack.deliver_and_drain(4)
-    name = stack.opportunities()[0]["name"]
-    assert name == f"{referral['name']} {CHECK}"
-    assert name.count(CHECK) + name.count(CROSS) == 1
+    row = stack.opportunities()[0]
+    assert row["name"] == f"{referral['name']} {CHECK}"
+    assert row["name"].count(CHECK) + row["name"].count(CROSS) == 1
+    assert row["currency"] == "EUR"
 
 
 def test_checkmark_disabled_leaves_the_name_alone(make_stack):
@@ -220,11 +234,11 @@ def test_checkmark_disabled_leaves_the_name_alone(make_stack):
 
 
 def test_crm_throttling_is_waited_out(stack):
-    stack.dv.inject_fault(status=429, count=2, retry_after=0.2)
+    stack.view.inject_throttling(count=2, retry_after=0.2)
     stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
     assert len(stack.opportunities()) == 1
-    assert stack.dv.counters()["faults"] == 2
+    assert stack.view.faults() == 2
 
 
 def test_partner_center_outage_leaves_the_job_for_retry(stack):
@@ -236,17 +250,21 @@ def test_partner_center_outage_leaves_the_job_for_retry(stack):
     assert stack.opportunities() == []
     stack.pc.clear_faults()
     stack.host.drain()
-    assert [r["new_referralidentifier"] for r in stack.opportunities()] == [referral["id"]]
+    assert [r["referral_id"] for r in stack.opportunities()] == [referral["id"]]
 
 
 def test_health_and_status(stack):
     assert stack.host.get("health").status_code == 200
     stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
-    status = json.loads(stack.host.get("status").get_body())
+    status = stack.status()
     assert status["links"]["total"] == 1 and status["links"]["ok"] == 1
     assert status["queue"] == {"depth": 0, "poison": 0}
-    assert PC_TOKEN not in json.dumps(status) and DV_TOKEN not in json.dumps(status)
+    assert status["paused"] is None
+    secrets = [PC_TOKEN, *stack.view.secrets()]
+    assert len(secrets) > 1
+    for secret in secrets:
+        assert secret not in json.dumps(status)
 
 
 def test_invalid_new_referral_is_audited_not_created(stack):
@@ -268,6 +286,34 @@ def test_secrets_never_reach_logs_or_audit(stack, caplog):
     stack.pc.wait_for_deliveries(2, timeout=10)
     stack.host.drain(max_rounds=1)
     audit = json.dumps([e.message for e in wiring.container().store.audit_trail(referral["id"])])
-    for secret in (PC_TOKEN, DV_TOKEN, "AccountKey="):
+    for secret in (PC_TOKEN, *stack.view.secrets(), "AccountKey="):
         assert secret not in caplog.text
         assert secret not in audit
+
+
+def test_referral_without_close_date_gets_no_invented_one_in_partner_center(stack):
+    """Salesforce requires CloseDate, so its adapter fills one in (today + 30 days); Dynamics 365 leaves it
+    empty. Either way, a date the connector made up is not the partner's estimate and never reaches Partner
+    Center, whichever side changes next."""
+    referral = stack.pc.seed_referral(kind="cosell", details={"closingDateTime": None})
+    stack.deliver_and_drain(1)
+    placeholder = (datetime.now(UTC).date() + timedelta(days=30)).isoformat()
+    row = stack.opportunities()[0]
+    assert row["close_date"] == {"dynamics": None, "salesforce": placeholder}[stack.crm_name]
+
+    stack.pc.reset_counters()
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Scope doubled"}})
+    stack.deliver_and_drain(2)
+    stack.poll()  # the echo of our update
+    stack.host.drain()
+    assert stack.opportunities()[0]["notes"] == "Scope doubled"
+    assert stack.pc.writes == 0
+    assert "closingDateTime" not in stack.pc.referral(referral["id"])["details"]
+
+    stack.seller().edit(row["id"], deal_value=123.0)
+    stack.poll()
+    stack.host.drain()
+    assert stack.pc.writes == 1
+    details = stack.pc.referral(referral["id"])["details"]
+    assert details["dealValue"] == 123.0 and "closingDateTime" not in details
+    assert stack.opportunities()[0]["close_date"] == row["close_date"]

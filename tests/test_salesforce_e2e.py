@@ -1,0 +1,161 @@
+"""Salesforce end to end, where Salesforce differs from Dynamics 365: sessions that the org ends mid-run
+(the connector signs in again, once) and the org's daily API allocation running out mid-run (all CRM
+work pauses with a clear status and audit entry, nothing is lost, and it completes once the quota is
+back). The stack signs in with the client credentials flow, as in production."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+from emulators.salesforce import SalesforceEmulator
+from shared import wiring
+from shared.__main__ import main
+from shared.domain.mapping import mapped_values, referral_to_opportunity
+from shared.domain.referral import Referral
+from tests.e2e_stack import Stack
+
+
+def _emulator(stack: Stack) -> SalesforceEmulator:
+    emulator = getattr(stack.view, "emulator", None)
+    assert isinstance(emulator, SalesforceEmulator)
+    return emulator
+
+
+def _seed(stack: Stack, count: int) -> list[dict]:
+    """Referrals for different customers (one account and one contact each)."""
+    referrals = []
+    for i in range(count):
+        customer = f"Contoso Subsidiary {i}"
+        profile = {
+            "name": customer,
+            "team": [{"firstName": "Avery", "lastName": f"Howard {i}", "email": f"avery{i}@contoso.example"}],
+        }
+        referrals.append(
+            stack.pc.seed_referral(kind="cosell", name=f"{customer} - lab analytics", customerProfile=profile)
+        )
+    stack.pc.wait_for_deliveries(count, timeout=10)
+    return referrals
+
+
+def _assert_synced_exactly_once(stack: Stack, referrals: list[dict]) -> None:
+    """One opportunity per referral, every mapped field as Partner Center has it, no account or contact twice."""
+    by_referral: dict[str, int] = {}
+    for row in stack.opportunities():
+        if row["referral_id"]:
+            by_referral[row["referral_id"]] = by_referral.get(row["referral_id"], 0) + 1
+    for referral in referrals:
+        assert by_referral.get(referral["id"]) == 1, (referral["id"], by_referral)
+    reader = stack.crm()
+    for referral in referrals:
+        stored = reader.find_by_referral_id(referral["id"])
+        assert stored is not None
+        expected = reader.stored_form(referral_to_opportunity(Referral.model_validate(referral)))
+        assert mapped_values(stored) == mapped_values(expected)
+    names = [a["name"] for a in stack.view.accounts()]
+    assert len(names) == len(set(names)), names
+    emails = stack.view.contact_emails()
+    assert len(emails) == len(set(emails)), emails
+
+
+def test_session_expiring_mid_run_costs_exactly_one_reauthentication(make_stack):
+    stack = make_stack(crm="salesforce")
+    sf = _emulator(stack)
+    referrals = _seed(stack, 4)
+    crm_id = stack.seller().create_flagged(help_code=None)
+    stack.view.reset_counters()
+
+    first = stack.host.drain(max_rounds=1)
+    assert (first.processed, first.failed) == (1, 0), first.errors
+    assert sf.counters()["tokenRequests"]["client_credentials"] == 1
+
+    sf.expire_sessions()  # the org ends every session (timeout policy, an admin) in the middle of the run
+    rest = stack.host.drain(parallel=2)  # two workers hold the dead token at the same time
+    assert (rest.processed, rest.failed) == (3, 0), rest.errors
+    stack.poll()  # the CRM -> Partner Center direction on the new session (and the echoes of our creates)
+    crm_run = stack.host.drain()
+    assert crm_run.failed == 0, crm_run.errors
+
+    counters = sf.counters()
+    assert counters["tokenRequests"] == {"client_credentials": 2, "jwt_bearer": 0, "refused": 0}
+    assert wiring.container().crm.auth.token_requests == 2
+    assert 1 <= counters["sessionRefusals"] <= 2  # each request in flight with the old token, refused once
+    _assert_synced_exactly_once(stack, referrals)
+    for referral in referrals:
+        actions = stack.audit_actions(referral["id"])
+        assert actions[-1] == "created" and actions.count("created") == 1  # then only no-op echoes
+        assert set(actions) <= {"created", "unchanged"}
+    ours = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]
+    assert len(ours) == 1
+    assert stack.opportunity(crm_id)["referral_id"] == ours[0]["id"]
+    assert stack.status()["queue"] == {"depth": 0, "poison": 0}
+
+
+def _drain_until(stack: Stack, done, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = stack.host.drain()
+        assert run.failed == 0, run.errors
+        if done():
+            return
+        assert time.monotonic() < deadline, "the paused work did not complete after the quota came back"
+        time.sleep(0.2)
+
+
+def test_daily_quota_running_out_mid_run_pauses_and_completes_once_restored(make_stack, capsys):
+    stack = make_stack(crm="salesforce", QUOTA_PAUSE_SECONDS="3")
+    sf = _emulator(stack)
+    referrals = _seed(stack, 4)
+    crm_id = stack.seller().create_flagged(help_code=None)  # flagged before the quota ran out; not polled yet
+    stack.view.reset_counters()
+
+    first = stack.host.drain(max_rounds=1)
+    assert (first.processed, first.failed) == (1, 0), first.errors
+    per_record = sf.counters()["apiRequests"]
+    _, maximum = sf.api_usage()
+    sf.set_quota(used=maximum - per_record // 2)  # the day's allocation runs out half-way through the next record
+
+    run = stack.host.drain()
+    assert (run.processed, run.failed) == (3, 0), run.errors  # deferred, not failed
+    assert sf.counters()["quotaRefusals"] == 1  # one refusal stops everything: no call after it
+    assert len(stack.opportunities()) == 2  # the first record and the seller's; the rest waits
+
+    status = stack.status()
+    assert status["paused"] is not None
+    assert "daily API request allocation is used up" in status["paused"]["reason"]
+    until = datetime.fromisoformat(status["paused"]["until"])
+    assert datetime.now(UTC) < until <= datetime.now(UTC) + timedelta(seconds=3)  # QUOTA_PAUSE_SECONDS
+    assert status["queue"] == {"depth": 3, "poison": 0}  # the deferred jobs, invisible until the pause ends
+    assert main(["status"]) == 0
+    assert json.loads(capsys.readouterr().out)["paused"]["reason"] == status["paused"]["reason"]
+
+    paused = [r["id"] for r in referrals if "paused" in stack.audit_actions(r["id"])]
+    assert len(paused) == 1  # the job that hit the limit records the pause once
+    trail = wiring.container().store.audit_trail(paused[0])
+    assert trail[0].action == "paused" and "quota used up" in trail[0].message and "paused until" in trail[0].message
+
+    assert stack.status()["paused"] is not None  # (still within the pause)
+    sf.reset_counters()
+    stack.poll()  # skipped while paused: not a single Salesforce call
+    assert stack.host.drain().processed == 0  # nothing is visible before the pause ends
+    assert sf.counters()["requests"] == 0
+    assert stack.host.queue.depth() == 3
+
+    sf.restore_quota()  # the rolling 24 hours have passed
+    _drain_until(stack, lambda: stack.status()["paused"] is None and stack.host.queue.depth() == 0)
+    stack.poll()  # the poll resumes too and finds the seller's opportunity
+    crm_run = stack.host.drain()
+    assert crm_run.failed == 0, crm_run.errors
+
+    _assert_synced_exactly_once(stack, referrals)
+    assert sf.counters()["objects"]["Opportunity"]["creates"] == 3  # the three that waited, once each
+    assert sf.counters()["quotaRefusals"] == 0
+    for referral in referrals:
+        assert stack.audit_actions(referral["id"]).count("created") == 1
+    ours = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]
+    assert len(ours) == 1 and stack.opportunity(crm_id)["referral_id"] == ours[0]["id"]
+    final = stack.status()
+    assert final["paused"] is None
+    assert final["queue"] == {"depth": 0, "poison": 0}
+    assert final["links"]["total"] == 5 and final["links"]["ok"] == 5
