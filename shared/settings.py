@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     conflict_rules: str = Field("", validation_alias=_env("CONFLICT_RULES"))
     crm_poll_overlap_seconds: int = Field(300, ge=0, validation_alias=_env("CRM_POLL_OVERLAP_SECONDS"))
     reconcile_first_lookback_hours: int = Field(24, ge=1, validation_alias=_env("RECONCILE_FIRST_LOOKBACK_HOURS"))
+    busy_retry_seconds: int = Field(5, ge=0, validation_alias=_env("BUSY_RETRY_SECONDS"))
     quota_pause_seconds: int = Field(900, ge=1, validation_alias=_env("QUOTA_PAUSE_SECONDS"))
     job_lease_seconds: int = Field(120, ge=5, validation_alias=_env("JOB_LEASE_SECONDS"))
     http_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("HTTP_TIMEOUT_SECONDS"))

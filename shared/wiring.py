@@ -119,7 +119,14 @@ class Container:
         from .sync.clock import SystemClock
         from .sync.job_runner import JobRunner
 
-        return JobRunner(self.engine, self.store, self.queue, SystemClock(), self.settings.quota_pause_seconds)
+        return JobRunner(
+            self.engine,
+            self.store,
+            self.queue,
+            SystemClock(),
+            self.settings.quota_pause_seconds,
+            self.settings.busy_retry_seconds,
+        )
 
     @cached_property
     def engine(self) -> SyncEngine:

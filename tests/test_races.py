@@ -26,3 +26,17 @@ def test_seller_edit_saved_during_our_write_back_still_reaches_partner_center(st
     stack.host.drain()
     referral = next(r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id)
     assert referral["details"]["dealValue"] == 999999.0
+
+
+def test_a_busy_pair_is_retried_later_without_counting_as_a_failure(stack):
+    referral = stack.pc.seed_referral(kind="cosell")
+    stack.pc.wait_for_deliveries(1, timeout=10)
+    store = wiring.container().store
+    assert store.acquire_lease(f"referral:{referral['id']}", "another-worker", 60)
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 0 and run.processed == 1
+    assert stack.host.queue.depth() == 1  # back on the queue, as a new message with a fresh dequeue count
+    assert stack.opportunities() == []
+    store.release_lease(f"referral:{referral['id']}", "another-worker")
+    stack.host.drain()
+    assert [o["referral_id"] for o in stack.opportunities()] == [referral["id"]]

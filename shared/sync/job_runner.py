@@ -16,7 +16,7 @@ from typing import Any
 
 from ..domain.errors import QuotaExceeded
 from ..ports import AuditEntry, Clock, Job, JobQueue, SyncStore
-from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, SyncEngine
+from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, RecordBusy, SyncEngine
 from .poller import ChangeFeed, PollResult
 
 log = logging.getLogger(__name__)
@@ -31,10 +31,17 @@ class Pause:
 
 class JobRunner:
     def __init__(
-        self, engine: SyncEngine, store: SyncStore, queue: JobQueue, clock: Clock, pause_seconds: int = 900
+        self,
+        engine: SyncEngine,
+        store: SyncStore,
+        queue: JobQueue,
+        clock: Clock,
+        pause_seconds: int = 900,
+        busy_retry_seconds: int = 5,
     ) -> None:
         self.engine, self.store, self.queue, self.clock = engine, store, queue, clock
         self.pause_seconds = pause_seconds
+        self.busy_retry_seconds = busy_retry_seconds
 
     def current_pause(self) -> Pause | None:
         state = self.store.get_state(PAUSE_KEY) or {}
@@ -46,13 +53,19 @@ class JobRunner:
     def run(self, job: Job, final_attempt: bool = False) -> str:
         pause = self.current_pause()
         if pause is not None:
-            self._defer(job, pause.until)
+            self._defer(job, self._seconds_until(pause.until))
             return "deferred"
         try:
             return self.engine.handle(job, final_attempt=final_attempt).action
+        except RecordBusy:
+            # Usually the webhook for a referral we are creating right now: try again shortly, without
+            # counting it as a failed attempt towards the poison queue.
+            log.info("%s %s is busy; retrying in %ss", job.kind, job.record_id, self.busy_retry_seconds)
+            self._defer(job, self.busy_retry_seconds)
+            return "deferred"
         except QuotaExceeded as exc:
             pause = self._pause(exc, job)
-            self._defer(job, pause.until)
+            self._defer(job, self._seconds_until(pause.until))
             return "deferred"
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
@@ -85,9 +98,11 @@ class JobRunner:
         )
         return pause
 
-    def _defer(self, job: Job, until: datetime) -> None:
-        delay = max(1, int((until - self.clock.now()).total_seconds()) + 1)
-        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay)
+    def _seconds_until(self, until: datetime) -> int:
+        return max(1, int((until - self.clock.now()).total_seconds()) + 1)
+
+    def _defer(self, job: Job, delay_seconds: int) -> None:
+        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay_seconds)
 
 
 def pause_status(runner: JobRunner) -> dict[str, Any] | None:
