@@ -13,11 +13,11 @@ from .settings import SettingsError
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .sync.job_runner import pause_status
+    from .sync.job_runner import health_status
     from .sync.status import build_status
 
     c = wiring.container()
-    print(json.dumps(build_status(c.store, c.queue, c.settings.credential_modes(), pause_status(c.jobs)), indent=2))
+    print(json.dumps(build_status(c.store, c.queue, c.settings.credential_modes(), health_status(c.jobs)), indent=2))
     return 0
 
 

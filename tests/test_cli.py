@@ -10,6 +10,7 @@ from pathlib import Path
 from shared.__main__ import main
 from shared.ports import Job
 from shared.store.queue import encode_job
+from tests.crm_view import DV_TOKEN
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,3 +69,21 @@ def test_reconcile_recovers_a_lost_webhook(stack, capsys):
     assert [r["referral_id"] for r in stack.opportunities()] == [referral["id"]]
     assert main(["reconcile"]) == 0  # nothing new since: nothing enqueued
     assert "0 job(s) enqueued" in capsys.readouterr().out
+
+
+def test_status_reports_a_refused_credential_until_it_works_again(stack, capsys):
+    dataverse = stack.view.emulator
+    dataverse.set_required_token("rotated-by-an-admin")  # the app's Dataverse token no longer works
+    stack.pc.seed_referral(kind="cosell")
+    stack.pc.wait_for_deliveries(1, timeout=10)
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 1 and stack.host.queue.depth() == 1  # the host retries it
+    assert main(["status"]) == 0
+    failure = json.loads(capsys.readouterr().out)["credentials"]["lastFailure"]
+    assert failure["service"] == "Dataverse" and failure["at"]
+    assert DV_TOKEN not in failure["message"]
+
+    dataverse.set_required_token(DV_TOKEN)
+    stack.host.drain()
+    assert main(["status"]) == 0
+    assert json.loads(capsys.readouterr().out)["credentials"]["lastFailure"] is None

@@ -31,8 +31,8 @@ def health(req: func.HttpRequest) -> func.HttpResponse:
 @bp.function_name("status")
 @bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def status(req: func.HttpRequest) -> func.HttpResponse:
-    from ..sync.job_runner import pause_status
+    from ..sync.job_runner import health_status
     from ..sync.status import build_status
 
     c = wiring.container()
-    return _json(200, build_status(c.store, c.queue, c.settings.credential_modes(), pause_status(c.jobs)))
+    return _json(200, build_status(c.store, c.queue, c.settings.credential_modes(), health_status(c.jobs)))

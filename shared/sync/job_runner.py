@@ -5,6 +5,9 @@ queue would only burn what is left of the allocation. Instead the first job to h
 (visible in /api/status and the audit trail), goes back on the queue invisible until the pause ends,
 and every job or poll that starts during the pause does the same without calling the CRM. Nothing is
 lost; work resumes by itself.
+
+The same state row also remembers the last refused credential (until a job succeeds again), so an
+expired secret shows up in /api/status instead of only as failed invocations.
 """
 
 from __future__ import annotations
@@ -14,13 +17,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import QuotaExceeded
+from ..domain.errors import AuthenticationError, QuotaExceeded
 from ..ports import AuditEntry, Clock, Job, JobQueue, SyncStore
 from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, RecordBusy, SyncEngine
 from .poller import ChangeFeed, PollResult
 
 log = logging.getLogger(__name__)
-PAUSE_KEY = "crm-pause"
+HEALTH_KEY = "health"
 
 
 @dataclass(frozen=True)
@@ -43,20 +46,31 @@ class JobRunner:
         self.pause_seconds = pause_seconds
         self.busy_retry_seconds = busy_retry_seconds
 
-    def current_pause(self) -> Pause | None:
-        state = self.store.get_state(PAUSE_KEY) or {}
+    def health(self) -> dict[str, Any]:
+        return self.store.get_state(HEALTH_KEY) or {}
+
+    def current_pause(self, health: dict[str, Any] | None = None) -> Pause | None:
+        state = self.health() if health is None else health
         until = state.get("Until")
         if isinstance(until, datetime) and until > self.clock.now():
             return Pause(until, str(state.get("Reason", "")))
         return None
 
     def run(self, job: Job, final_attempt: bool = False) -> str:
-        pause = self.current_pause()
+        health = self.health()
+        pause = self.current_pause(health)
         if pause is not None:
             self._defer(job, self._seconds_until(pause.until))
             return "deferred"
         try:
-            return self.engine.handle(job, final_attempt=final_attempt).action
+            action = self.engine.handle(job, final_attempt=final_attempt).action
+        except AuthenticationError as exc:
+            log.error("credentials refused by %s: %s", exc.service, exc)
+            self.store.set_state(
+                HEALTH_KEY,
+                {"AuthService": exc.service, "AuthMessage": str(exc)[:1000], "AuthFailedAt": self.clock.now()},
+            )
+            raise
         except RecordBusy:
             # Usually the webhook for a referral we are creating right now: try again shortly, without
             # counting it as a failed attempt towards the poison queue.
@@ -67,6 +81,11 @@ class JobRunner:
             pause = self._pause(exc, job)
             self._defer(job, self._seconds_until(pause.until))
             return "deferred"
+        if health.get("AuthService"):
+            self.store.set_state(
+                HEALTH_KEY, {"AuthService": "", "AuthMessage": "", "AuthRecoveredAt": self.clock.now()}
+            )
+        return action
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
         """The CRM poll, unless work is paused (then it costs no CRM call at all)."""
@@ -84,7 +103,7 @@ class JobRunner:
         now = self.clock.now()
         seconds = exc.retry_after if exc.retry_after is not None else self.pause_seconds
         pause = Pause(now + timedelta(seconds=seconds), str(exc))
-        self.store.set_state(PAUSE_KEY, {"Until": pause.until, "Reason": pause.reason[:1000], "Since": now})
+        self.store.set_state(HEALTH_KEY, {"Until": pause.until, "Reason": pause.reason[:1000], "Since": now})
         message = f"CRM API quota used up; all CRM work paused until {pause.until.isoformat()}: {exc}"
         log.warning(message)
         self.store.append_audit(
@@ -105,6 +124,19 @@ class JobRunner:
         self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay_seconds)
 
 
-def pause_status(runner: JobRunner) -> dict[str, Any] | None:
-    pause = runner.current_pause()
-    return {"until": pause.until.isoformat(), "reason": pause.reason} if pause else None
+def health_status(runner: JobRunner) -> dict[str, Any]:
+    """The pause (if any) and the last refused credential (until a job succeeds again)."""
+    health = runner.health()
+    pause = runner.current_pause(health)
+    failure = None
+    if health.get("AuthService"):
+        at = health.get("AuthFailedAt")
+        failure = {
+            "service": health["AuthService"],
+            "message": health.get("AuthMessage", ""),
+            "at": at.isoformat() if isinstance(at, datetime) else None,
+        }
+    return {
+        "paused": {"until": pause.until.isoformat(), "reason": pause.reason} if pause else None,
+        "credentialFailure": failure,
+    }

@@ -29,7 +29,7 @@ def _iso(value: object) -> str | None:
 
 
 def build_status(
-    store: StatusStore, queue: StatusQueue, credentials: dict[str, str], paused: dict[str, Any] | None = None
+    store: StatusStore, queue: StatusQueue, credentials: dict[str, str], health: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     links = store.iter_links()
     by_status = Counter(link.last_status or "unknown" for link in links)
@@ -42,6 +42,6 @@ def build_status(
         "lastPollAt": _iso(poll.get("LastRunAt")),
         "lastReconcileAt": _iso(reconcile.get("LastRunAt")),
         "queue": {"depth": queue.depth(), "poison": queue.poison_depth()},
-        "credentials": credentials,
-        "paused": paused,
+        "credentials": {**credentials, "lastFailure": (health or {}).get("credentialFailure")},
+        "paused": (health or {}).get("paused"),
     }
