@@ -14,88 +14,57 @@ Tests drive it with Python methods (:meth:`SalesforceEmulator.reset`, :meth:`see
 :meth:`inject_fault`, :meth:`configure`) or the same operations under ``/_emulator/...``
 (:mod:`emulators.salesforce_control`). The default client credentials are :data:`DEFAULT_CLIENT_ID` /
 :data:`DEFAULT_CLIENT_SECRET`; JWT bearer clients are registered with their certificate.
+
+This module is the emulator itself: configuration, the Python control API, authentication, the daily
+quota, injected faults (:mod:`emulators.salesforce_faults`) and the token endpoint. The REST resources are
+in :mod:`emulators.salesforce_rest`, over the org of :mod:`emulators.salesforce_store`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import secrets
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import format_datetime as http_date
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import unquote
 
 from ._server import Emulator, Request, Response, main
-from .salesforce_collections import CollectionResult, Collections
+from .salesforce_collections import Collections
 from .salesforce_control import register_control_routes
+from .salesforce_faults import Fault, Faults
 from .salesforce_oauth import OAuthError, OAuthServer, Session
+from .salesforce_rest import MAX_BATCH_SIZE, Ledger, RestApi
 from .salesforce_schema import (
     DEFAULT_CURRENCIES,
     DEFAULT_HELP_VALUES,
     DEFAULT_STAGES,
     CustomFields,
-    FieldDef,
     SalesforceError,
-    bad_request,
     build_objects,
-    render_value,
     stage_table,
 )
-from .salesforce_soql import Query, compile_query, sort_rows
 from .salesforce_store import Org, Record
+
+__all__ = [
+    "DEFAULT_CLIENT_ID",
+    "DEFAULT_CLIENT_SECRET",
+    "MAX_BATCH_SIZE",
+    "TOKEN_PATH",
+    "SalesforceEmulator",
+]
 
 TOKEN_PATH = "/services/oauth2/token"
 API_PREFIX = re.compile(r"^/services/data/v(?P<major>\d{2})\.0(?:/|$)")
-API = r"/services/data/(?P<version>v\d{2}\.0)"
 LATEST_VERSION = 66
 OLDEST_VERSION = 31
 DEFAULT_CLIENT_ID = "cosell-connector-emulator"
 DEFAULT_CLIENT_SECRET = "emulator-client-secret"  # a published test credential, like the id
 DEFAULT_DAILY_QUOTA = 15000
-MAX_BATCH_SIZE = 2000
 _SEASONS = ("Spring", "Winter", "Summer")
-
-
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    method: str | None
-    path: re.Pattern[str] | None
-    retry_after: int | None
-    code: str | None
-    message: str | None
-
-
-@dataclass
-class _Cursor:
-    object_name: str
-    records: list[Record]
-    batch_size: int
-
-
-FAULT_DEFAULTS = {
-    401: ("INVALID_SESSION_ID", "Session expired or invalid"),
-    403: ("REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded."),
-    500: ("UNKNOWN_EXCEPTION", "An unexpected error occurred. Please include this ErrorId if you contact support."),
-    502: ("SERVER_UNAVAILABLE", "Bad gateway"),
-    503: ("SERVER_UNAVAILABLE", "Server is temporarily unavailable. Please try again later."),
-}
 
 
 def error_response(exc: SalesforceError) -> Response:
     return Response(exc.status, [exc.item()], dict(exc.headers))
-
-
-def _json_body(request: Request) -> Any:
-    try:
-        return request.json()
-    except ValueError:
-        raise bad_request("JSON_PARSER_ERROR", "The request body is not valid JSON") from None
 
 
 def _version_label(major: int) -> str:
@@ -140,10 +109,9 @@ class SalesforceEmulator(Emulator):
         self._configured_clients = dict(clients if clients is not None else {DEFAULT_CLIENT_ID: DEFAULT_CLIENT_SECRET})
         self._static_token = static_token
         self.api_used = 0
-        self._faults: list[_Fault] = []
-        self._cursors: dict[str, _Cursor] = {}
-        self._writes: list[dict[str, Any]] = []
-        self._counters: dict[str, Any] = {}
+        self.faults = Faults()
+        self.ledger = Ledger(self.objects)
+        self.rest = RestApi(self)
         self._register_routes()
         self.reset()
 
@@ -160,9 +128,9 @@ class SalesforceEmulator(Emulator):
             if self._static_token:
                 self.oauth.sessions[self._static_token] = self._static_session()
             self.daily_quota, self.api_used = self._configured_quota, 0
-            self._faults.clear()
-            self._cursors.clear()
-            self._writes.clear()
+            self.faults.clear()
+            self.rest.cursors.clear()
+            self.ledger.writes.clear()
             self.request_log.clear()
             self.reset_counters()
 
@@ -171,25 +139,16 @@ class SalesforceEmulator(Emulator):
 
     def reset_counters(self) -> None:
         with self.lock:
-            self._counters = {
-                "objects": {name: {"creates": 0, "updates": 0, "deletes": 0, "reads": 0} for name in self.objects},
-                "requests": 0,
-                "apiRequests": 0,
-                "queries": 0,
-                "tokenRequests": {"client_credentials": 0, "jwt_bearer": 0, "refused": 0},
-                "sessionRefusals": 0,
-                "quotaRefusals": 0,
-                "faults": 0,
-            }
+            self.ledger.reset_counters()
 
     def counters(self) -> dict[str, Any]:
         with self.lock:
-            return json.loads(json.dumps(self._counters))
+            return json.loads(json.dumps(self.ledger.counters))
 
     def writes(self) -> list[dict[str, Any]]:
         """Successful writes in order: operation, object, id, the field names sent, the route and conditions."""
         with self.lock:
-            return json.loads(json.dumps(self._writes))
+            return json.loads(json.dumps(self.ledger.writes))
 
     def seed(self, object_name: str, records: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[Record]:
         """Insert records as given (system fields such as Id or SystemModstamp may be set); not counted."""
@@ -267,8 +226,8 @@ class SalesforceEmulator(Emulator):
         Without ``path`` only REST API requests are hit; a ``path`` such as ``oauth2`` reaches the token endpoint.
         """
         with self.lock:
-            self._faults.append(
-                _Fault(
+            self.faults.add(
+                Fault(
                     status,
                     count,
                     method.upper() if method else None,
@@ -310,7 +269,7 @@ class SalesforceEmulator(Emulator):
         if request.path.startswith("/_emulator/"):
             return self._control(request)
         with self.lock:
-            self._counters["requests"] += 1
+            self.ledger.counters["requests"] += 1
         if request.path == TOKEN_PATH:
             return self._token(request)
         if request.path.rstrip("/") == "/services/data":
@@ -322,7 +281,7 @@ class SalesforceEmulator(Emulator):
             try:
                 self._authenticate(request)
             except SalesforceError as exc:
-                self._counters["sessionRefusals"] += 1
+                self.ledger.counters["sessionRefusals"] += 1
                 return error_response(exc)
             try:
                 self._charge()
@@ -358,48 +317,21 @@ class SalesforceEmulator(Emulator):
 
     def _charge(self) -> None:
         if self.api_used >= self.daily_quota:
-            self._counters["quotaRefusals"] += 1
+            self.ledger.counters["quotaRefusals"] += 1
             raise SalesforceError(403, "REQUEST_LIMIT_EXCEEDED", "TotalRequests Limit exceeded.")
         self.api_used += 1
-        self._counters["apiRequests"] += 1
+        self.ledger.counters["apiRequests"] += 1
 
     def _raise_fault(self, request: Request) -> None:
-        is_api = request.path != TOKEN_PATH
-        for fault in self._faults:
-            if fault.remaining <= 0 or (fault.method and fault.method != request.method):
-                continue
-            if (fault.path and not fault.path.search(unquote(request.path))) or (not fault.path and not is_api):
-                continue
-            fault.remaining -= 1
-            self._counters["faults"] += 1
-            code, message = FAULT_DEFAULTS.get(fault.status, ("UNKNOWN_EXCEPTION", "Injected fault"))
-            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
-            self._faults[:] = [f for f in self._faults if f.remaining > 0]
-            raise SalesforceError(fault.status, fault.code or code, fault.message or message, headers=headers)
-        self._faults[:] = [f for f in self._faults if f.remaining > 0]
+        error = self.faults.take(request, is_api=request.path != TOKEN_PATH)
+        if error is not None:
+            self.ledger.counters["faults"] += 1
+            raise error
 
     def _register_routes(self) -> None:
-        obj = r"(?P<type>[A-Za-z][A-Za-z0-9_]*)"
         register_control_routes(self)
-        self.route("GET", rf"{API}/?", self._resources)
-        self.route("GET", rf"{API}/limits/?", self._limits)
-        self.route("GET", rf"{API}/(?P<kind>query|queryAll)/?", self._query)
-        self.route(
-            "GET", rf"{API}/(?P<kind>query|queryAll)/(?P<locator>[A-Za-z0-9]+)-(?P<offset>\d+)", self._query_more
-        )
-        self.route("GET", rf"{API}/sobjects/?", self._describe_global)
-        self.route("GET", rf"{API}/sobjects/{obj}/describe/?", self._describe)
-        self.route("POST", rf"{API}/sobjects/{obj}/?", self._create)
-        self.route("GET", rf"{API}/sobjects/{obj}/(?P<id>[^/]+)", self._get)
-        self.route("PATCH", rf"{API}/sobjects/{obj}/(?P<id>[^/]+)", self._patch)
-        self.route("DELETE", rf"{API}/sobjects/{obj}/(?P<id>[^/]+)", self._delete)
-        self.route("GET", rf"{API}/sobjects/{obj}/(?P<field>[A-Za-z0-9_]+)/(?P<value>[^/]+)", self._get_by_external)
-        self.route("PATCH", rf"{API}/sobjects/{obj}/(?P<field>[A-Za-z0-9_]+)/(?P<value>[^/]+)", self._upsert)
-        self.route("POST", rf"{API}/composite/sobjects/?", self._collection_create)
-        self.route("PATCH", rf"{API}/composite/sobjects/?", self._collection_update)
-        self.route("DELETE", rf"{API}/composite/sobjects/?", self._collection_delete)
-        self.route("GET", rf"{API}/composite/sobjects/{obj}/?", self._collection_retrieve)
-        self.route("PATCH", rf"{API}/composite/sobjects/{obj}/(?P<field>[A-Za-z0-9_]+)/?", self._collection_upsert)
+        for method, pattern, handler in self.rest.routes():
+            self.route(method, pattern, handler)
 
     # -- OAuth ------------------------------------------------------------------------------------------------
     def _token(self, request: Request) -> Response:
@@ -413,15 +345,15 @@ class SalesforceEmulator(Emulator):
             try:
                 flow, body = self.oauth.token(request.body, request.headers, self.instance_url(request))
             except OAuthError as exc:
-                self._counters["tokenRequests"]["refused"] += 1
+                self.ledger.counters["tokenRequests"]["refused"] += 1
                 return Response(exc.status, exc.body())
-            self._counters["tokenRequests"][flow] += 1
+            self.ledger.counters["tokenRequests"][flow] += 1
         return Response(200, body)
 
     def instance_url(self, request: Request) -> str:
         return f"http://{request.header('host') or f'127.0.0.1:{self.port}'}"
 
-    # -- resources, limits, describe --------------------------------------------------------------------------
+    # -- versions (not authenticated) -------------------------------------------------------------------------
     def _versions(self, request: Request) -> Response:
         return Response(
             200,
@@ -430,293 +362,6 @@ class SalesforceEmulator(Emulator):
                 for major in range(OLDEST_VERSION, LATEST_VERSION + 1)
             ],
         )
-
-    def _resources(self, request: Request) -> Response:
-        base = f"/services/data/{request.params['version']}"
-        names = ("sobjects", "query", "queryAll", "limits", "composite")
-        return Response(200, {name: f"{base}/{name}" for name in names})
-
-    def _limits(self, request: Request) -> Response:
-        return Response(
-            200,
-            {
-                "DailyApiRequests": {"Max": self.daily_quota, "Remaining": max(0, self.daily_quota - self.api_used)},
-                "DailyBulkV2QueryJobs": {"Max": 10000, "Remaining": 10000},
-            },
-        )
-
-    def _describe_global(self, request: Request) -> Response:
-        return Response(
-            200,
-            {
-                "encoding": "UTF-8",
-                "maxBatchSize": 200,
-                "sobjects": [
-                    {"name": o.name, "label": o.name, "keyPrefix": o.key_prefix, "queryable": True}
-                    for o in self.objects.values()
-                ],
-            },
-        )
-
-    def _describe(self, request: Request) -> Response:
-        sobject = self.org.sobject(request.params["type"])
-        self._counters["objects"][sobject.name]["reads"] += 1
-        currencies = tuple(str(r["IsoCode"]) for r in self.org.rows("CurrencyType") if r.get("IsActive"))
-        fields = []
-        for definition in sobject.fields.values():
-            values = currencies if definition.name == "CurrencyIsoCode" else definition.picklist
-            fields.append(
-                {
-                    "name": definition.name,
-                    "label": definition.label or definition.name,
-                    "type": definition.type,
-                    "length": definition.length or 0,
-                    "nillable": not definition.required and definition.type != "boolean",
-                    "createable": definition.createable,
-                    "updateable": definition.updateable,
-                    "externalId": definition.external_id,
-                    "idLookup": definition.external_id or definition.name == "Id",
-                    "caseSensitive": False,
-                    "restrictedPicklist": definition.restricted,
-                    "picklistValues": [{"value": v, "label": v, "active": True, "defaultValue": False} for v in values],
-                    "referenceTo": [definition.reference_to] if definition.reference_to else [],
-                    "relationshipName": definition.relationship,
-                }
-            )
-        return Response(
-            200, {"name": sobject.name, "label": sobject.name, "keyPrefix": sobject.key_prefix, "fields": fields}
-        )
-
-    # -- SOQL -------------------------------------------------------------------------------------------------
-    def _query(self, request: Request) -> Response:
-        text = request.query.get("q")
-        if not text:
-            raise bad_request("MALFORMED_QUERY", "A query string has to be specified")
-        query: Query = compile_query(text, self.objects, self.org.resolve)
-        name = query.sobject.name
-        self._counters["queries"] += 1
-        self._counters["objects"][name]["reads"] += 1
-        include_deleted = request.params["kind"] == "queryAll"
-        rows = [row for row in self.org.rows(name, include_deleted) if query.predicate(row)]
-        rows = sort_rows(rows, [*query.order], self.org.resolve) if query.order else rows
-        rows = rows[query.offset :]
-        if query.limit is not None:
-            rows = rows[: query.limit]
-        version = request.params["version"]
-        # The result set is fixed when the query runs, as a server-side cursor is.
-        records = [self.org.render_columns(name, row, query.columns, version) for row in rows]
-        cursor = _Cursor(name, records, self._batch_size(request))
-        locator = "01g" + secrets.token_hex(8)[:15]
-        if len(records) > cursor.batch_size:
-            self._cursors[locator] = cursor
-        return Response(200, self._page(cursor, locator, 0, request))
-
-    def _query_more(self, request: Request) -> Response:
-        cursor = self._cursors.get(request.params["locator"])
-        offset = int(request.params["offset"])
-        if cursor is None or offset > len(cursor.records):
-            raise bad_request("INVALID_QUERY_LOCATOR", "invalid query locator")
-        self._counters["objects"][cursor.object_name]["reads"] += 1
-        return Response(200, self._page(cursor, request.params["locator"], offset, request))
-
-    def _page(self, cursor: _Cursor, locator: str, offset: int, request: Request) -> dict[str, Any]:
-        end = offset + cursor.batch_size
-        body: dict[str, Any] = {"totalSize": len(cursor.records), "done": end >= len(cursor.records)}
-        if end < len(cursor.records):
-            body["nextRecordsUrl"] = (
-                f"/services/data/{request.params['version']}/{request.params['kind']}/{locator}-{end}"
-            )
-        else:
-            self._cursors.pop(locator, None)
-        body["records"] = cursor.records[offset:end]
-        return body
-
-    def _batch_size(self, request: Request) -> int:
-        options = request.header("sforce-query-options") or ""
-        match = re.search(r"batchSize\s*=\s*(\d+)", options)
-        if match is None:
-            return self.query_batch_size
-        # Salesforce treats the size as a hint between 200 and 2000.
-        return max(self.min_batch_size, min(MAX_BATCH_SIZE, int(match.group(1))))
-
-    # -- single records -----------------------------------------------------------------------------------------
-    def _create(self, request: Request) -> Response:
-        name = self.org.sobject(request.params["type"]).name
-        body = _json_body(request)
-        row = self.org.insert(name, body)
-        self._log("create", name, row["Id"], body, "sobject")
-        return Response(201, {"id": row["Id"], "success": True, "errors": []})
-
-    def _get(self, request: Request) -> Response:
-        name = self.org.sobject(request.params["type"]).name
-        row = self.org.get(name, unquote(request.params["id"]))
-        if row is None:
-            raise SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
-        self._counters["objects"][name]["reads"] += 1
-        since = self._http_date(request, "if-modified-since")
-        if since is not None and row["SystemModstamp"].replace(microsecond=0) <= since:
-            return Response(304)
-        fields = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()] or None
-        body = self.org.render(name, row, request.params["version"], fields)
-        return Response(200, body, {"Last-Modified": http_date(row["SystemModstamp"], usegmt=True)})
-
-    def _patch(self, request: Request) -> Response:
-        name = self.org.sobject(request.params["type"]).name
-        body = _json_body(request)
-        row = self.org.get(name, unquote(request.params["id"]))
-        if row is None:
-            raise SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
-        self._check_unmodified(request, row)
-        self.org.update(name, row["Id"], body)
-        self._log("update", name, row["Id"], body, "sobject", request)
-        return Response(204)
-
-    def _delete(self, request: Request) -> Response:
-        name = self.org.sobject(request.params["type"]).name
-        row = self.org.delete(name, unquote(request.params["id"]))
-        self._log("delete", name, row["Id"], {}, "sobject")
-        return Response(204)
-
-    def _external_field(self, request: Request) -> tuple[str, FieldDef]:
-        sobject = self.org.sobject(request.params["type"])
-        definition = sobject.field(request.params["field"])
-        if definition is None or not (definition.external_id or definition.name == "Id"):
-            raise SalesforceError(
-                404,
-                "NOT_FOUND",
-                f"Provided external ID field does not exist or is not accessible: {request.params['field']}",
-            )
-        return sobject.name, definition
-
-    def _matches(self, name: str, definition: FieldDef, value: str) -> list[Record]:
-        if definition.name == "Id":
-            row = self.org.get(name, value)
-            return [row] if row else []
-        return self.org.match_external(name, definition, value)
-
-    def _multiple_choices(self, name: str, rows: list[Record], version: str) -> Response:
-        # Nothing is written; the body lists the matching records so a person can merge them.
-        return Response(300, [f"/services/data/{version}/sobjects/{name}/{row['Id']}" for row in rows])
-
-    def _get_by_external(self, request: Request) -> Response:
-        name, definition = self._external_field(request)
-        rows = self._matches(name, definition, unquote(request.params["value"]))
-        self._counters["objects"][name]["reads"] += 1
-        if len(rows) > 1:
-            return self._multiple_choices(name, rows, request.params["version"])
-        if not rows:
-            raise SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
-        fields = [f.strip() for f in request.query.get("fields", "").split(",") if f.strip()] or None
-        return Response(200, self.org.render(name, rows[0], request.params["version"], fields))
-
-    def _upsert(self, request: Request) -> Response:
-        name, definition = self._external_field(request)
-        value = unquote(request.params["value"])
-        body = _json_body(request)
-        if not isinstance(body, dict):
-            raise bad_request("JSON_PARSER_ERROR", "The request body must be a JSON object")
-        for key in body:
-            if key.lower() in ("id", definition.name.lower()):
-                raise bad_request(
-                    "INVALID_FIELD",
-                    f"The {key} field should not be specified in the sobject data when upserting by "
-                    f"{definition.name}: it is taken from the URL",
-                    [key],
-                )
-        rows = self._matches(name, definition, value)
-        if len(rows) > 1:
-            return self._multiple_choices(name, rows, request.params["version"])
-        if not rows:
-            if definition.name == "Id":
-                raise SalesforceError(404, "NOT_FOUND", "The requested resource does not exist")
-            row = self.org.insert(name, {**body, definition.name: value})
-            self._log("create", name, row["Id"], {**body, definition.name: value}, "upsert")
-            return Response(201, {"id": row["Id"], "success": True, "errors": [], "created": True})
-        row = rows[0]
-        self._check_unmodified(request, row)
-        self.org.update(name, row["Id"], body)
-        self._log("update", name, row["Id"], body, "upsert", request)
-        if self.upsert_update_status == 204:
-            return Response(204)
-        return Response(200, {"id": row["Id"], "success": True, "errors": [], "created": False})
-
-    def _http_date(self, request: Request, header: str) -> datetime | None:
-        raw = request.header(header)
-        if raw is None:
-            return None
-        try:
-            moment = parsedate_to_datetime(raw)
-        except (TypeError, ValueError):
-            moment = None
-        if moment is None or moment.tzinfo is None:
-            raise bad_request("INVALID_HEADER_VALUE", f"{header} is not a valid HTTP date: {raw}")
-        return moment.astimezone(UTC)
-
-    def _check_unmodified(self, request: Request, row: Record) -> None:
-        since = self._http_date(request, "if-unmodified-since")
-        # HTTP dates have whole seconds, so the record's stamp is compared at that precision.
-        if since is not None and row["SystemModstamp"].replace(microsecond=0) > since:
-            raise SalesforceError(
-                412,
-                "PRECONDITION_FAILED",
-                f"The requested resource has been modified since {request.header('if-unmodified-since')} "
-                f"(SystemModstamp {render_value(row['SystemModstamp'])})",
-            )
-
-    # -- collections --------------------------------------------------------------------------------------------
-    def _collection_body(self, request: Request) -> tuple[list[Any], bool]:
-        body = _json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("records"), list):
-            raise bad_request("JSON_PARSER_ERROR", "The request body needs a 'records' array")
-        return body["records"], bool(body.get("allOrNone", False))
-
-    def _finish(self, result: CollectionResult) -> Response:
-        for operation, name, record_id, body, via in result.committed:
-            self._log(operation, name, record_id, body, via)
-        return Response(200, result.results)
-
-    def _collection_create(self, request: Request) -> Response:
-        records, all_or_none = self._collection_body(request)
-        return self._finish(self.collections.create(records, all_or_none))
-
-    def _collection_update(self, request: Request) -> Response:
-        records, all_or_none = self._collection_body(request)
-        return self._finish(self.collections.update(records, all_or_none))
-
-    def _collection_upsert(self, request: Request) -> Response:
-        records, all_or_none = self._collection_body(request)
-        name, definition = self._external_field(request)
-        return self._finish(self.collections.upsert(name, definition, records, all_or_none))
-
-    def _collection_delete(self, request: Request) -> Response:
-        ids = [i for i in request.query.get("ids", "").split(",") if i]
-        all_or_none = request.query.get("allOrNone", "false").lower() == "true"
-        return self._finish(self.collections.delete(ids, all_or_none))
-
-    def _collection_retrieve(self, request: Request) -> Response:
-        name = self.org.sobject(request.params["type"]).name
-        ids = [i for i in request.query.get("ids", "").split(",") if i]
-        fields = [f for f in request.query.get("fields", "").split(",") if f]
-        if not ids or not fields:
-            raise bad_request("MISSING_ARGUMENT", "ids and fields are required")
-        self._counters["objects"][name]["reads"] += 1
-        version = request.params["version"]
-        rows = [self.org.get(name, record_id) for record_id in ids]
-        return Response(200, [self.org.render(name, row, version, fields) if row else None for row in rows])
-
-    # -- bookkeeping ----------------------------------------------------------------------------------------------
-    def _log(
-        self, operation: str, name: str, record_id: str, body: Any, via: str, request: Request | None = None
-    ) -> None:
-        counter = {"create": "creates", "update": "updates", "delete": "deletes"}[operation]
-        self._counters["objects"][name][counter] += 1
-        sobject = self.objects[name]
-        keys = [k for k in (body if isinstance(body, dict) else {}) if k not in ("attributes", "id")]
-        sent = sorted(getattr(sobject.field(k), "name", k) for k in keys)
-        entry: dict[str, Any] = {"operation": operation, "object": name, "id": record_id, "fields": sent, "via": via}
-        if request is not None and request.header("if-unmodified-since"):
-            entry["ifUnmodifiedSince"] = request.header("if-unmodified-since")
-        self._writes.append(entry)
 
 
 def _main() -> None:
