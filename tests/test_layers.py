@@ -1,0 +1,64 @@
+"""The layering of ARCHITECTURE.md §3, checked on the source: imports point downward only."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(__file__).resolve().parent.parent / "shared"
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute module names imported by a file of the ``shared`` package (relative imports resolved)."""
+    package = ".".join(path.relative_to(SHARED.parent).with_suffix("").parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                found.add(".".join([*base, node.module] if node.module else base))
+            else:
+                found.add(node.module or "")
+    return found
+
+
+def _files(folder: str) -> list[Path]:
+    return sorted((SHARED / folder).glob("*.py")) if (SHARED / folder).is_dir() else [SHARED / folder]
+
+
+def _third_party(name: str) -> bool:
+    top = name.split(".")[0]
+    return top not in sys.stdlib_module_names and top != "shared" and top != "__future__"
+
+
+@pytest.mark.parametrize("path", _files("domain"), ids=lambda p: p.name)
+def test_domain_is_pure(path):
+    imports = _imports(path)
+    assert {i for i in imports if _third_party(i)} <= {"pydantic", "pydantic.alias_generators"}
+    assert all(i.startswith("shared.domain") for i in imports if i.startswith("shared"))
+
+
+@pytest.mark.parametrize("path", _files("sync"), ids=lambda p: p.name)
+def test_services_see_only_domain_and_ports(path):
+    imports = _imports(path)
+    allowed = ("shared.domain", "shared.ports", "shared.sync")
+    assert all(i.startswith(allowed) for i in imports if i.startswith("shared")), imports
+    # pydantic models are allowed (the webhook body); clients, SDKs and HTTP are not: services do no I/O.
+    assert {i for i in imports if _third_party(i)} <= {"pydantic"}
+
+
+@pytest.mark.parametrize("path", [*_files("crm"), *_files("partner_center"), *_files("store")], ids=lambda p: p.name)
+def test_adapters_do_not_reach_up(path):
+    imports = _imports(path)
+    assert not any(i.startswith(("shared.sync", "shared.functions", "shared.wiring")) for i in imports), imports
+
+
+@pytest.mark.parametrize("path", _files("functions"), ids=lambda p: p.name)
+def test_triggers_stay_thin(path):
+    imports = _imports(path)
+    assert not any(i.startswith(("shared.crm", "shared.partner_center", "shared.store.tables")) for i in imports)
