@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,7 +32,7 @@ JWT_LIFETIME_SECONDS = 180
 GENERIC_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
 
 
-class SalesforceAuth:
+class SalesforceAuth(ABC):
     """A cached access token and the instance URL it belongs to."""
 
     renewable = False
@@ -39,12 +40,13 @@ class SalesforceAuth:
     def __init__(self) -> None:
         self.token_requests = 0  # token requests sent (tests and diagnostics read it)
 
-    def token(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def token(self) -> str: ...
 
-    def instance_url(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def instance_url(self) -> str: ...
 
+    @abstractmethod
     def invalidate(self, token: str) -> None:
         """Forget ``token`` (the API refused it) so that the next call fetches a new one."""
 
@@ -61,6 +63,9 @@ class StaticToken(SalesforceAuth):
 
     def instance_url(self) -> str:
         return self._instance_url
+
+    def invalidate(self, token: str) -> None:
+        return None  # nothing to renew: the 401 reaches the caller as an AuthenticationError
 
 
 class OAuthToken(SalesforceAuth):
@@ -97,8 +102,9 @@ class OAuthToken(SalesforceAuth):
             if self._token == token:
                 self._token = None
 
+    @abstractmethod
     def _form(self) -> dict[str, str]:
-        raise NotImplementedError
+        """The grant's form fields (client credentials or JWT bearer)."""
 
     def _fetch(self) -> None:
         self.token_requests += 1
