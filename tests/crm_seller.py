@@ -43,6 +43,10 @@ class Seller(Protocol):
 
     def edit(self, crm_id: str, **changes: Any) -> None: ...
 
+    def request_help(self, crm_id: str, help_code: str | None) -> None:
+        """Pick a "How can Microsoft help?" value (Partner Center's assistanceRequestCode; None clears it)."""
+        ...
+
     def win(self, crm_id: str) -> None: ...
 
 
@@ -138,6 +142,16 @@ class DataverseSeller:
         response = requests.patch(
             f"{self.base}/opportunities({crm_id})",
             json=_columns(self.EDITABLE, changes),
+            headers=self.headers,
+            timeout=10,
+        )
+        assert response.status_code in (200, 204), response.text
+
+    def request_help(self, crm_id: str, help_code: str | None) -> None:
+        value = DEFAULT_DATAVERSE_HELP_OPTIONS[help_code] if help_code else None
+        response = requests.patch(
+            f"{self.base}/opportunities({crm_id})",
+            json={"new_howcanmicrosofthelp": value},
             headers=self.headers,
             timeout=10,
         )
@@ -248,6 +262,10 @@ class SalesforceSeller:
 
     def edit(self, crm_id: str, **changes: Any) -> None:
         self._update(crm_id, _columns(self.EDITABLE, changes))
+
+    def request_help(self, crm_id: str, help_code: str | None) -> None:
+        value = DEFAULT_SALESFORCE_HELP_PICKLIST[help_code] if help_code else None
+        self._update(crm_id, {"How_can_Microsoft_help__c": value})
 
     def win(self, crm_id: str) -> None:
         self._update(crm_id, {"StageName": self.WON_STAGE})

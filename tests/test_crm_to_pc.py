@@ -253,3 +253,36 @@ def test_empty_poll_costs_one_query(stack):
     stack.poll()
     assert stack.view.opportunity_reads() == 1
     assert stack.host.queue.depth() == 0
+
+
+def test_asking_for_help_later_upgrades_the_referral_to_co_sell(stack):
+    crm_id = _flag_and_sync(stack, help_code=None)
+    _settle(stack)
+    referral = _ours(stack, crm_id)
+    assert len(stack.pc.referrals()) == 1
+    stack.pc.reset_counters()
+    stack.seller().request_help(crm_id, "QuotesOrLicensing")
+    stack.poll()
+    stack.host.drain()
+    upgraded = _ours(stack, crm_id)
+    assert upgraded["inviteContext"]["assistanceRequestCode"] == "QuotesOrLicensing"
+    assert upgraded["consent"]["consentToShareReferralWithMicrosoftSellers"] is True
+    microsoft = [r for r in stack.pc.referrals() if r["id"] != referral["id"]]
+    assert len(microsoft) == 1 and microsoft[0]["engagementId"] == referral["engagementId"]
+    assert microsoft[0]["target"] == [{"type": "BusinessProfileLocation", "id": "msft"}]
+    assert stack.pc.counters().get("patch", 0) == 1
+    stack.pc.reset_counters()
+    _settle(stack)
+    assert stack.pc.writes == 0  # the echoes of the upgrade write nothing, and no second Microsoft referral
+
+
+def test_help_cannot_be_withdrawn_once_requested(stack):
+    crm_id = _flag_and_sync(stack)
+    _settle(stack)
+    stack.pc.reset_counters()
+    stack.seller().request_help(crm_id, None)
+    stack.poll()
+    stack.host.drain()
+    assert stack.pc.writes == 0
+    assert _ours(stack, crm_id)["inviteContext"]["assistanceRequestCode"] == "ProofOfConceptOrDemo"
+    assert "cannot be withdrawn" in stack.opportunity(crm_id)["audit"].splitlines()[0]

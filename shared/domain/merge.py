@@ -94,6 +94,8 @@ def plan_merge(
             plan.to_crm.append(name)
         elif name not in PATCHABLE_FIELDS:
             plan.notes.append(f"{name} cannot be changed in Partner Center after creation; not sent")
+        elif name == "help_code" and crm_vals[name] is None:
+            plan.notes.append("a request for Microsoft's help cannot be withdrawn in Partner Center; not sent")
         else:
             plan.to_pc.append(name)
             plan.agreed[name] = crm_vals[name]

@@ -8,11 +8,14 @@ from typing import Any
 from .checkmark import strip_marks
 from .classification import MICROSOFT_ORG_ID
 from .opportunity import Contact, Opportunity
+from .referral import Referral
 
-# Fields Partner Center lets a partner change on an existing referral (the customer's location cannot be
-# edited after creation; asking for Microsoft's help later needs a new Microsoft referral).
+# Fields Partner Center lets a partner change on an existing referral. The customer's location cannot be
+# edited after creation. Asking for Microsoft's help later is an upgrade to co-sell: the request and the
+# consent are patched and Microsoft's referral is added to the engagement; it cannot be withdrawn.
 PATCHABLE_FIELDS = frozenset(
     {
+        "help_code",
         "name",
         "deal_value",
         "currency",
@@ -107,9 +110,25 @@ def microsoft_referral_body(partner_body: dict[str, Any], engagement_id: str) ->
     return body
 
 
-def patch_operations(opportunity: Opportunity, fields: list[str], has_requirements: bool) -> list[dict[str, Any]]:
-    """JSON Patch (``replace``/``add`` only) carrying ``fields`` of the opportunity to the referral."""
+def _help_operations(code: str, referral: Referral) -> list[dict[str, Any]]:
+    """Ask for Microsoft's help on an existing referral: the request code and consent to share it."""
+    operations: list[dict[str, Any]] = []
+    if referral.invite_context is None:
+        operations.append({"op": "add", "path": "/inviteContext", "value": {"assistanceRequestCode": code}})
+    else:
+        operations.append({"op": "replace", "path": "/inviteContext/assistanceRequestCode", "value": code})
+    consent = {"consentToShareReferralWithMicrosoftSellers": True, "consentToContact": True}
+    if referral.consent is None:
+        operations.append({"op": "add", "path": "/consent", "value": consent})
+    else:
+        operations.extend({"op": "replace", "path": f"/consent/{k}", "value": v} for k, v in consent.items())
+    return operations
+
+
+def patch_operations(opportunity: Opportunity, fields: list[str], referral: Referral) -> list[dict[str, Any]]:
+    """JSON Patch (``replace``/``add`` only) carrying ``fields`` of the opportunity to ``referral``."""
     o = opportunity
+    has_requirements = referral.details is not None and referral.details.requirements is not None
     values: dict[str, tuple[str, Any]] = {
         "name": ("/name", strip_marks(o.name or "")),
         "deal_value": ("/details/dealValue", float(o.deal_value) if o.deal_value is not None else None),
@@ -127,6 +146,8 @@ def patch_operations(opportunity: Opportunity, fields: list[str], has_requiremen
                 operations.append({"op": "replace", "path": "/details/requirements/solutions", "value": _solutions(o)})
             else:
                 operations.append({"op": "add", "path": "/details/requirements", "value": {"solutions": _solutions(o)}})
+        elif field == "help_code" and o.help_code is not None:
+            operations.extend(_help_operations(o.help_code, referral))
         elif field in values:
             path, value = values[field]
             operations.append({"op": "replace", "path": path, "value": value})

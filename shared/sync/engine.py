@@ -251,12 +251,20 @@ class SyncEngine:
         base = json.loads(link.last_values) if link and link.last_values else None
         plan = plan_merge(pc_opp, record, base, self.options.field_owners, referral.status, referral.substatus)
         now = self.clock.now()
+        upgrade = "help_code" in plan.to_pc
+        if upgrade:
+            problems = problems_for_partner_center(record)
+            if problems:
+                return self._fail_crm_side(record, link, problems)
         if plan.to_pc:
-            operations = patch_operations(record, plan.to_pc, has_requirements=_has_requirements(referral))
+            operations = patch_operations(record, plan.to_pc, referral)
             referral = self.pc.patch_referral(referral.id, operations, etag=referral.e_tag)
+        if upgrade:
+            self.creator.ensure_microsoft_referral(referral, record)
         changed = plan.changed
         name = self._marked(pc_opp.name if "name" in plan.to_crm else record.name, True)
-        if changed or name != record.name:
+        # Notes (a value Partner Center would not take) reach the seller through the Audit column too.
+        if changed or plan.notes or name != record.name:
             text = plan.summary()
             audit = prepend(record.audit, audit_line(now, True, text), self.options.audit_max_chars)
             target = record.model_copy(update={f: getattr(pc_opp, f) for f in plan.to_crm})
@@ -444,7 +452,3 @@ class SyncEngine:
         )
         log.info("%s %s: %s %s", outcome.direction, outcome.record_key, outcome.action, outcome.message)
         return outcome
-
-
-def _has_requirements(referral: Referral) -> bool:
-    return referral.details is not None and referral.details.requirements is not None

@@ -43,15 +43,19 @@ class ReferralCreator:
             None,
         )
         referral = existing or self.pc.create_referral(body)
-        microsoft_id = None
-        if record.help_code and referral.engagement_id:
-            copies = [
-                r
-                for r in self.pc.list_referrals(f"engagementId eq {_quoted(referral.engagement_id)}")
-                if is_microsoft_copy(r.target)
-            ]
-            microsoft = (
-                copies[0] if copies else self.pc.create_referral(microsoft_referral_body(body, referral.engagement_id))
-            )
-            microsoft_id = microsoft.id
+        microsoft_id = self.ensure_microsoft_referral(referral, record) if record.help_code else None
         return CreatedReferral(referral, microsoft_id, existing is not None)
+
+    def ensure_microsoft_referral(self, referral: Referral, record: Opportunity) -> str | None:
+        """Microsoft's referral on the partner referral's engagement, created unless it exists already."""
+        if not referral.engagement_id:
+            return None
+        copies = [
+            r
+            for r in self.pc.list_referrals(f"engagementId eq {_quoted(referral.engagement_id)}")
+            if is_microsoft_copy(r.target)
+        ]
+        if copies:
+            return copies[0].id
+        body = microsoft_referral_body(partner_referral_body(record), referral.engagement_id)
+        return self.pc.create_referral(body).id
