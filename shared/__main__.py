@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from . import wiring
 from .domain.errors import ExternalServiceError
-from .settings import SettingsError
+from .settings import SettingsError, load_settings
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -62,7 +62,7 @@ def _register_webhook(args: argparse.Namespace) -> int:
     from .partner_center.auth import WEBHOOKS_SCOPE, partner_center_token_provider
     from .partner_center.registration import WebhookRegistrationClient
 
-    s = wiring.container().settings
+    s = load_settings(partner_center_only=True)
     client = WebhookRegistrationClient(
         s.partner_center_webhook_api_url,
         partner_center_token_provider(s, WEBHOOKS_SCOPE),

@@ -320,10 +320,27 @@ def _setting_name(loc: tuple) -> str:
     return str(loc[0])
 
 
-def load_settings(**overrides: object) -> Settings:
+class PartnerCenterSettings(Settings):
+    """The same settings, requiring only what talking to Partner Center needs (operator commands such as
+    ``register-webhook`` run from a laptop that has no storage or CRM configured)."""
+
+    @model_validator(mode="after")
+    def _requirements(self) -> Settings:
+        if not self.partner_center_access_token and not (
+            self.partner_center_tenant_id and self.partner_center_client_id and self.partner_center_refresh_token
+        ):
+            raise ValueError(
+                "Partner Center credentials: set PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID and "
+                "PARTNER_CENTER_REFRESH_TOKEN (or PARTNER_CENTER_ACCESS_TOKEN for emulators)"
+            )
+        return self
+
+
+def load_settings(*, partner_center_only: bool = False, **overrides: object) -> Settings:
     """Read settings from the environment (and ``overrides``) or raise one readable SettingsError."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        kind = PartnerCenterSettings if partner_center_only else Settings
+        return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_url=False, include_input=False):

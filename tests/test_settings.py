@@ -98,3 +98,12 @@ def test_conflict_rules_are_validated(env):
     env.setenv("CONFLICT_RULES", "notes=whoever")
     with pytest.raises(SettingsError, match="CONFLICT_RULES"):
         load_settings()
+
+
+def test_partner_center_only_settings_need_no_storage_or_crm(env):
+    env.delenv("DATAVERSE_URL")
+    env.delenv("AzureWebJobsStorage")
+    assert load_settings(partner_center_only=True).partner_center_access_token is not None
+    env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_REFRESH_TOKEN"):
+        load_settings(partner_center_only=True)
