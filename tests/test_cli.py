@@ -87,3 +87,16 @@ def test_status_reports_a_refused_credential_until_it_works_again(stack, capsys)
     stack.host.drain()
     assert main(["status"]) == 0
     assert json.loads(capsys.readouterr().out)["credentials"]["lastFailure"] is None
+
+
+def test_reconcile_works_where_partner_center_refuses_the_date_filter(stack, capsys, monkeypatch, caplog):
+    import emulators.partner_center_odata as odata
+
+    monkeypatch.setattr(odata, "FILTERABLE_ROOTS", odata.FILTERABLE_ROOTS - {"updatedDateTime"})
+    stack.pc.dispatch_mode = "off"
+    referral = stack.pc.seed_referral(kind="cosell")
+    assert main(["reconcile"]) == 0
+    assert "1 job(s) enqueued" in capsys.readouterr().out
+    assert "refused the updatedDateTime filter" in caplog.text
+    stack.host.drain()
+    assert [o["referral_id"] for o in stack.opportunities()] == [referral["id"]]

@@ -11,15 +11,19 @@ costs one query.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from ..domain.errors import PermanentError
 from ..domain.opportunity import Opportunity
+from ..domain.referral import Referral
 from ..ports import Clock, Crm, Job, JobQueue, PartnerCenter
 from .engine import KIND_CRM, KIND_REFERRAL
 
+log = logging.getLogger(__name__)
 POLL_STATE_KEY = "crm-poll"
 RECONCILE_STATE_KEY = "reconcile"
 # Table Storage strings hold 32K characters; each remembered version takes about 14 ("digest:age,").
@@ -164,9 +168,29 @@ def partner_center_reconciler(
 ) -> ChangeFeed:
     """Referrals changed since the last run, to recover webhooks Partner Center gave up on."""
 
+    def changed_since(since: datetime | None) -> list[Referral]:
+        if since is None:
+            return list(pc.list_referrals(None, orderby="updatedDateTime asc"))
+        try:
+            return list(
+                pc.list_referrals(
+                    f"updatedDateTime ge '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'", orderby="updatedDateTime asc"
+                )
+            )
+        except PermanentError:
+            # Filtering on updatedDateTime is documented only in older pages; a service that refuses it is
+            # read newest first instead, up to the watermark.
+            log.warning("Partner Center refused the updatedDateTime filter; reading newest first instead")
+            recent = []
+            for referral in pc.list_referrals(None, orderby="updatedDateTime desc"):
+                changed = _parse_time(referral.updated_date_time)
+                if changed is not None and changed < since:
+                    break
+                recent.append(referral)
+            return recent[::-1]
+
     def fetch(since: datetime | None) -> Iterable[Change]:
-        odata_filter = f"updatedDateTime ge '{since.strftime('%Y-%m-%dT%H:%M:%SZ')}'" if since else None
-        for referral in pc.list_referrals(odata_filter, orderby="updatedDateTime asc"):
+        for referral in changed_since(since):
             if referral.id:
                 yield Change(referral.id, referral.e_tag or "", _parse_time(referral.updated_date_time))
 
