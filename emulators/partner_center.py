@@ -47,7 +47,7 @@ from .partner_center_dispatch import (
     signed_headers,
 )
 from .partner_center_faults import Fault
-from .partner_center_odata import ODataError
+from .partner_center_odata import FILTERABLE_ROOTS, ODataError
 from .partner_center_pki import DEFAULT_ISSUER_ORG, DEFAULT_SUBJECT, ROOT_PEM_PATH, EmulatorPki
 from .partner_center_query import list_page
 from .partner_center_registration import WEBHOOK_EVENTS, WebhookRegistry, error
@@ -86,6 +86,8 @@ class PartnerCenterEmulator(Emulator):
         super().__init__()
         self.required_token = required_token
         self.page_size = page_size
+        # Which properties $filter accepts; tests narrow it to play a service that refuses a documented filter.
+        self.filterable = FILTERABLE_ROOTS
         self.organization_id, self.organization_name = organization_id, organization_name
         self.cert_subject, self.cert_issuer_org = cert_subject, cert_issuer_org
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -473,7 +475,9 @@ class PartnerCenterEmulator(Emulator):
     def _list(self, request: Request) -> Response:
         try:
             with self.lock:
-                body = list_page(self._referrals.values(), request.query, self.page_size, self.base_url, REFERRALS)
+                body = list_page(
+                    self._referrals.values(), request.query, self.page_size, self.base_url, REFERRALS, self.filterable
+                )
         except ODataError as exc:
             return error(400, "invalidRequest", str(exc))
         return Response(200, body)

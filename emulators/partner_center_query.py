@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .partner_center_odata import (
+    FILTERABLE_ROOTS,
     ODataError,
     decode_skiptoken,
     encode_skiptoken,
@@ -45,11 +46,16 @@ def query_state(query: dict[str, str]) -> dict[str, Any]:
 
 
 def list_page(
-    referrals: Iterable[dict[str, Any]], query: dict[str, str], page_size: int, base_url: str, list_path: str
+    referrals: Iterable[dict[str, Any]],
+    query: dict[str, str],
+    page_size: int,
+    base_url: str,
+    list_path: str,
+    filterable: frozenset[str] = FILTERABLE_ROOTS,
 ) -> dict[str, Any]:
     """The response body for one list request; raises :class:`ODataError` for unsupported queries."""
     state = query_state(query)
-    predicate = parse_filter(state.get("f"))
+    predicate = parse_filter(state.get("f"), filterable)
     order = parse_orderby(state.get("ob"))
     matches = [r for r in referrals if predicate(r)]
     matches.sort(key=lambda r: _sort_time(r.get("createdDateTime")))  # stable: ties keep insertion order

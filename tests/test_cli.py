@@ -90,9 +90,7 @@ def test_status_reports_a_refused_credential_until_it_works_again(stack, capsys)
 
 
 def test_reconcile_works_where_partner_center_refuses_the_date_filter(stack, capsys, monkeypatch, caplog):
-    import emulators.partner_center_odata as odata
-
-    monkeypatch.setattr(odata, "FILTERABLE_ROOTS", odata.FILTERABLE_ROOTS - {"updatedDateTime"})
+    monkeypatch.setattr(stack.pc, "filterable", stack.pc.filterable - {"updatedDateTime"})
     stack.pc.dispatch_mode = "off"
     referral = stack.pc.seed_referral(kind="cosell")
     assert main(["reconcile"]) == 0
