@@ -15,7 +15,7 @@ from typing import Any
 from ..domain.errors import ValidationFailed
 from ..domain.opportunity import Contact, CustomerAddress, Opportunity
 from ..settings import DEFAULT_DATAVERSE_HELP_OPTIONS, Settings
-from .common import split_products, to_date, to_decimal
+from .common import custom_field_values, split_products, to_date, to_decimal
 
 # Characters that break GET/PATCH by alternate key, per the Dataverse documentation.
 KEY_BREAKING_CHARACTERS = frozenset("/<>*%&:\\?+")
@@ -189,18 +189,7 @@ def opportunity_columns(
         body["estimatedclosedate"] = o.close_date.isoformat() if o.close_date else None
     if "notes" in wanted:
         body["description"] = o.notes
-    if "help_code" in wanted:
-        body[c.help] = help_value(c, o.help_code)
-    if "solution_ids" in wanted:
-        body[c.products] = ", ".join(o.solution_ids) or None
-    if "referral_id" in wanted:
-        body[c.referral_id] = check_referral_id(o.referral_id)
-    if "referral_link" in wanted:
-        body[c.referral_link] = o.referral_link
-    if "sync_enabled" in wanted:
-        body[c.sync] = o.sync_enabled
-    if "audit" in wanted:
-        body[c.audit] = o.audit[:audit_max_chars] if o.audit is not None else None
+    body.update(custom_field_values(c, o, wanted, lambda code: help_value(c, code), check_referral_id, audit_max_chars))
     return body
 
 

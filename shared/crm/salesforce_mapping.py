@@ -18,7 +18,7 @@ from typing import Any
 from ..domain.errors import ValidationFailed
 from ..domain.opportunity import WRITABLE_FIELDS, Contact, CustomerAddress, Opportunity
 from ..settings import DEFAULT_SALESFORCE_HELP_PICKLIST, Settings
-from .common import CUSTOMER_FIELDS, STATUS_FIELDS, split_products, to_date, to_decimal
+from .common import CUSTOMER_FIELDS, STATUS_FIELDS, custom_field_values, split_products, to_date, to_decimal
 
 # Salesforce requires Contact.LastName; web-to-lead uses the same placeholder when a form has none.
 MISSING_LAST_NAME = "[not provided]"
@@ -258,18 +258,7 @@ def opportunity_record(
         body["CloseDate"] = o.close_date.isoformat()
     if "notes" in wanted:
         body["Description"] = o.notes
-    if "help_code" in wanted:
-        body[m.help] = help_value(m, o.help_code)
-    if "solution_ids" in wanted:
-        body[m.products] = ", ".join(o.solution_ids) or None
-    if "referral_id" in wanted:
-        body[m.referral_id] = check_referral_id(o.referral_id)
-    if "referral_link" in wanted:
-        body[m.referral_link] = o.referral_link
-    if "sync_enabled" in wanted:
-        body[m.sync] = o.sync_enabled
-    if "audit" in wanted:
-        body[m.audit] = o.audit[:audit_max_chars] if o.audit is not None else None
+    body.update(custom_field_values(m, o, wanted, lambda code: help_value(m, code), check_referral_id, audit_max_chars))
     return body
 
 
