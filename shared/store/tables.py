@@ -143,16 +143,6 @@ class TableSyncStore:
                 break
         return entries
 
-    def count_audit(self, action: str | None = None) -> int:
-        self.ensure()
-        query = f"Action eq '{_odata_quote(action)}'" if action else None
-        rows = (
-            self.audit.query_entities(query, select=["Action"])
-            if query
-            else self.audit.list_entities(select=["Action"])
-        )
-        return sum(1 for _ in rows)
-
     # -- leases (one worker per record at a time) ---------------------------------------------
     def acquire_lease(self, key: str, owner: str, seconds: int) -> bool:
         self.ensure()
