@@ -9,12 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import socket
+import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from .network_faults import FAULTS_PATH, NetworkFaults, control
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Emulator:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.request_log: list[tuple[str, str]] = []
+        self.network_faults = NetworkFaults()
 
     # -- routing -----------------------------------------------------------------------------
     def route(self, method: str, pattern: str, handler: Handler) -> None:
@@ -119,10 +125,45 @@ class Emulator:
                 )
                 with emulator.lock:
                     emulator.request_log.append((self.command, self.path))
+                if parts.path == FAULTS_PATH:
+                    try:
+                        body_json = request.json()
+                    except ValueError:
+                        body_json = None
+                    status, answer = control(emulator.network_faults, self.command, body_json)
+                    self._send(Response(status, answer))
+                    return
+                decision = emulator.network_faults.decide(self.command, parts.path)
+                if decision.delay > 0:
+                    time.sleep(decision.delay)
+                if decision.reset:
+                    self._drop()
+                    return
+                if decision.status is not None:
+                    headers = {} if decision.retry_after is None else {"Retry-After": _seconds(decision.retry_after)}
+                    self._send(Response(decision.status, _fault_body(decision.status), headers))
+                    return
                 try:
                     response = emulator.dispatch(request)
                 except Exception as exc:  # an emulator bug must surface as a 500, not a hang
                     response = Response(500, {"error": {"code": "EmulatorError", "message": repr(exc)}})
+                if decision.lose == "drop":
+                    self._drop()  # it took effect; the caller never hears so
+                    return
+                if decision.lose in ("502", "504"):
+                    self._send(Response(int(decision.lose), _fault_body(int(decision.lose))))
+                    return
+                self._send(response)
+
+            def _drop(self) -> None:
+                # An abortive close (RST), as a load balancer or a crashed front end does.
+                self.close_connection = True
+                try:
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                except OSError:
+                    pass
+
+            def _send(self, response: Response) -> None:
                 payload = response.encode()
                 self.send_response(response.status)
                 for key, value in response.headers.items():
@@ -157,6 +198,18 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _seconds(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _fault_body(status: int) -> dict[str, Any]:
+    if status == 429:
+        return {"error": {"code": "TooManyRequests", "message": "Rate limit is exceeded. Try again later."}}
+    if status in (502, 504):
+        return {"error": {"code": "GatewayError", "message": "The gateway did not get an answer in time."}}
+    return {"error": {"code": "ServiceUnavailable", "message": "The service is temporarily unavailable."}}
 
 
 def main(factory: Callable[[], Emulator], default_port: int, argv: list[str] | None = None) -> None:

@@ -1,9 +1,21 @@
 """The HTTP plumbing every adapter shares: one session, timeouts, Retry-After, typed errors.
 
 Adapters call :meth:`ApiClient.request`; it returns the response for 2xx/304 and raises one of the
-errors in :mod:`shared.domain.errors` otherwise. A 429 (or 503 with ``Retry-After``) is retried
-inline when the server asks for a short wait, and raised as :class:`Throttled` when the wait is
-longer than the job should block (the queue then retries later).
+errors in :mod:`shared.domain.errors` otherwise. A 429 (or 503 with ``Retry-After``, in seconds or as
+an HTTP date) is retried inline when the server asks for a short wait, and raised as
+:class:`Throttled` when the wait is longer than the job should block (the job runner then defers the
+job by that delay).
+
+**Only idempotent requests are sent twice.** A request whose answer was lost (connection dropped or
+reset after it was sent, read timeout, a gateway 502/504 or a 500) may have taken effect. GET, HEAD,
+PUT, DELETE and PATCH (conditional writes and upserts by key) are safe to send again; a POST is not,
+unless the caller says so. A POST whose answer was lost raises :class:`OutcomeUnknown`, and the caller
+finds what the first attempt made (:func:`create_once`) instead of making a second record. A POST is
+still retried when the server certainly did not act on it: the connection could not be opened, or the
+server answered 429/503 (throttled, nothing done).
+
+Every write first passes :func:`shared.write_fence.check_write_allowed`: a job that lost its pair
+lease stops before it writes.
 """
 
 from __future__ import annotations
@@ -13,7 +25,9 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, TypeVar
 
 import requests
 
@@ -22,13 +36,21 @@ from .domain.errors import (
     Conflict,
     ExternalServiceError,
     NotFound,
+    OutcomeUnknown,
     PermanentError,
     PreconditionFailed,
     Throttled,
     TransientError,
 )
+from .write_fence import check_write_allowed
 
 log = logging.getLogger(__name__)
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Statuses after which the server may have acted on the request (it reached the application).
+_UNKNOWN_OUTCOME_STATUSES = frozenset({500, 502, 504})
+T = TypeVar("T")
 
 TokenProvider = Callable[[], str]
 ErrorParser = Callable[[requests.Response], tuple[str, str | None]]
@@ -48,13 +70,39 @@ def _default_error(response: requests.Response) -> tuple[str, str | None]:
     return (response.reason or "error", None)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    if not value:
+def parse_retry_after(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value or not value.strip():
         return None
+    text = value.strip()
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(text))
     except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now()).total_seconds())
+
+
+def _never_sent(exc: requests.RequestException) -> bool:
+    """True when the request certainly did not reach the server (the connection was never opened)."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.exceptions.ConnectionError):
+        return False
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if type(cause).__name__ in ("NewConnectionError", "ConnectionRefusedError", "NameResolutionError"):
+            return True
+        reason = getattr(cause, "reason", None)
+        cause = reason if isinstance(reason, BaseException) else (cause.__cause__ or cause.__context__)
+    return False
 
 
 class ApiClient:
@@ -96,9 +144,18 @@ class ApiClient:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         ok_statuses: tuple[int, ...] = (),
+        idempotent: bool | None = None,
     ) -> requests.Response:
+        """Send one request, retrying what is safe to retry.
+
+        ``idempotent`` overrides the default for the method (True for everything but POST): pass True for
+        a POST that is a read or an upsert by key, False for a PATCH that appends."""
         url = self.url(path)
+        method = method.upper()
+        repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         for attempt in range(1, self.max_attempts + 1):
+            if method not in READ_METHODS:
+                check_write_allowed()
             sent = dict(self.default_headers)
             sent["client-request-id"] = str(uuid.uuid4())
             if self._token is not None:
@@ -110,16 +167,22 @@ class ApiClient:
                     method, url, params=params, json=json, headers=sent, timeout=self.timeout
                 )
             except requests.RequestException as exc:
+                what = f"network error on {method} {_path(url)}: {type(exc).__name__}"
+                if not repeatable and not _never_sent(exc):
+                    raise OutcomeUnknown(self.service, f"{what}; the request may have taken effect") from None
                 if attempt == self.max_attempts:
-                    raise TransientError(
-                        self.service, f"network error on {method} {_path(url)}: {type(exc).__name__}"
-                    ) from None
+                    raise TransientError(self.service, what) from None
                 self._sleep(_backoff(attempt))
                 continue
             status = response.status_code
             if status < 300 or status == 304 or status in ok_statuses:
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            if not repeatable and status in _UNKNOWN_OUTCOME_STATUSES:
+                message, code = self._error_parser(response)
+                raise OutcomeUnknown(
+                    self.service, f"{message}; the request may have taken effect", status, code, retry_after
+                )
             if status == 429 or (status in (502, 503, 504)):
                 wait = retry_after if retry_after is not None else _backoff(attempt)
                 if attempt < self.max_attempts and wait <= self.max_inline_wait:
@@ -146,6 +209,24 @@ class ApiClient:
         if status >= 500:
             return TransientError(self.service, message, status, code)
         return PermanentError(self.service, message, status, code)
+
+
+def create_once(create: Callable[[], T], find: Callable[[], T | None], what: str, attempts: int = 3) -> T:
+    """Create something exactly once over an unreliable network.
+
+    ``create`` sends the create request; ``find`` looks for what an earlier attempt made, by a key chosen
+    for that purpose (a client-generated id, an external reference, the matching rule). A lost answer is
+    resolved by ``find``; only when it finds nothing is the create sent again.
+    """
+    for _ in range(attempts):
+        try:
+            return create()
+        except OutcomeUnknown as exc:
+            log.info("the answer to creating %s was lost (%s); looking for what it made", what, exc.status or "network")
+            found = find()
+            if found is not None:
+                return found
+    raise TransientError("sync", f"could not learn whether {what} was created; will try again later")
 
 
 def _backoff(attempt: int) -> float:

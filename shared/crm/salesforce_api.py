@@ -158,12 +158,19 @@ class SalesforceApi:
         json: Any = None,
         headers: Mapping[str, str] | None = None,
         ok_statuses: tuple[int, ...] = (),
+        idempotent: bool | None = None,
     ) -> requests.Response:
         for attempt in (1, 2):
             used = self.auth.token()
             try:
                 return self.client.request(
-                    method, self.url(path), params=params, json=json, headers=headers, ok_statuses=ok_statuses
+                    method,
+                    self.url(path),
+                    params=params,
+                    json=json,
+                    headers=headers,
+                    ok_statuses=ok_statuses,
+                    idempotent=idempotent,
                 )
             except AuthenticationError as exc:
                 if exc.code != "INVALID_SESSION_ID" or not self.auth.renewable or attempt == 2:

@@ -68,6 +68,16 @@ class Throttled(TransientError):
     """HTTP 429 (or 503 with Retry-After) whose wait exceeded what we may sleep inline."""
 
 
+class OutcomeUnknown(TransientError):
+    """A request that is not idempotent (a create) may have taken effect, but its answer was lost
+    (connection dropped, read timeout, gateway 5xx). Sending it again blind could create a second record:
+    the caller must look for what the first attempt made (:func:`shared.httpclient.create_once`)."""
+
+
+class LeaseLost(TransientError):
+    """This worker no longer holds the lease on the pair it is writing: it must stop before its next write."""
+
+
 class WebhookRejected(SyncError):
     """A webhook delivery we refuse; ``status`` is the HTTP status to answer with."""
 
