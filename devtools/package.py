@@ -43,9 +43,10 @@ TARGET = (
     "cp311",
 )
 
-# Never packaged, whatever .funcignore says: local settings, key material, environments.
+# Never packaged, whatever .funcignore says: local settings, key material, tokens, environments.
 ALWAYS_EXCLUDED = (
     "local.settings.json",
+    "*refresh-token*",
     ".env",
     ".env.*",
     "*.pem",

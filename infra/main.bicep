@@ -64,6 +64,9 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
+@description('Set true once `python -m shared login` has stored the Partner Center refresh token in the vault, and deploy again: the app identity then may write that one secret, to keep the rotating token. The template never creates or overwrites the token.')
+param partnerCenterTokenStored bool = false
+
 // ---------------------------------------------------------------------------------------------
 // Code package
 // ---------------------------------------------------------------------------------------------
@@ -335,6 +338,8 @@ module rbac 'modules/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     keyVaultName: keyVault.outputs.name
     appInsightsName: monitoring.outputs.appInsightsName
+    refreshTokenSecretName: secretNames.partnerCenterRefreshToken
+    refreshTokenSecretExists: partnerCenterTokenStored
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
   }

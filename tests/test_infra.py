@@ -35,6 +35,7 @@ ROLE_IDS = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
     "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3": "Storage Table Data Contributor",
+    "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
 }
@@ -472,7 +473,7 @@ def compare_template(files: dict[str, dict], path: str, a: dict, out: Mismatch) 
                 out.add(rpath, f"copy does not iterate {array}")
         if "scope" in body:
             target = existing.get(body["scope"]) or bres.get(body["scope"])
-            if target is None or target["type"] not in arm_resource.get("scope", ""):
+            if target is None or scope_format(target["type"]) not in arm_resource.get("scope", ""):
                 out.add(rpath, f"scope {body['scope']} not matched by ARM scope {arm_resource.get('scope')!r}")
         elif "scope" in arm_resource:
             out.add(rpath, "scope only in ARM")
@@ -518,6 +519,12 @@ def compare_template(files: dict[str, dict], path: str, a: dict, out: Mismatch) 
             out.add(mpath, f"module file {module_path} not found")
             continue
         compare_template(files, module_path, props["template"], out)
+
+
+def scope_format(resource_type: str) -> str:
+    """How Bicep writes a scope of that type in ARM: 'A.B/vaults/secrets' -> "format('A.B/vaults/{0}/secrets/{1}'"."""
+    namespace, *types = resource_type.split("/")
+    return "format('" + namespace + "".join(f"/{t}/{{{i}}}" for i, t in enumerate(types)) + "'"
 
 
 def dependency_matches(symbol: str, parsed: dict, arm_dependency: str) -> bool:
@@ -698,25 +705,32 @@ def test_role_assignments_use_named_constants_least_privilege(bicep, arm):
     assert {k: v for k, v in arm_rbac["variables"].items() if k.endswith("RoleId")} == constants
 
     scopes = {n: r["type"] for n, r in rbac["resources"].items() if r.get("existing")}
-    expected_scope = {
-        "storageBlobDataOwnerRoleId": "Microsoft.Storage/storageAccounts",
-        "storageQueueDataContributorRoleId": "Microsoft.Storage/storageAccounts",
-        "storageTableDataContributorRoleId": "Microsoft.Storage/storageAccounts",
-        "keyVaultSecretsOfficerRoleId": "Microsoft.KeyVault/vaults",
-        "monitoringMetricsPublisherRoleId": "Microsoft.Insights/components",
+    # (role, scope type) -> condition of the assignment (None: always made)
+    expected_identity = {
+        ("storageBlobDataOwnerRoleId", "Microsoft.Storage/storageAccounts"): None,
+        ("storageQueueDataContributorRoleId", "Microsoft.Storage/storageAccounts"): None,
+        ("storageTableDataContributorRoleId", "Microsoft.Storage/storageAccounts"): None,
+        ("keyVaultSecretsUserRoleId", "Microsoft.KeyVault/vaults"): None,
+        ("keyVaultSecretsOfficerRoleId", "Microsoft.KeyVault/vaults/secrets"): "refreshTokenSecretExists",
+        ("monitoringMetricsPublisherRoleId", "Microsoft.Insights/components"): None,
     }
-    identity_roles = set()
+    expected_operator = {("keyVaultSecretsOfficerRoleId", "Microsoft.KeyVault/vaults")}
+    identity_roles, operator_roles = {}, set()
     for symbol, resource in deployed_resources(rbac).items():
         body, condition, _ = unwrap(resource)
         role = body["properties"]["roleDefinitionId"]
         assert is_expression_node(role) and role["function"]["type"] == "subscription_resource_id", symbol
         constant = role["function"]["parameters"]["resource_name_1"]
         assert constant in constants, f"{symbol}: role must be a named constant, not {constant!r}"
-        assert scopes[body["scope"]] == expected_scope[constant], f"{symbol}: scope {body['scope']}"
         if body["properties"]["principalId"] == "principalId":
-            assert condition is None and body["properties"]["principalType"] == "ServicePrincipal"
-            identity_roles.add(constant)
-    assert identity_roles == set(expected_scope), "the identity gets exactly these roles"
+            assert body["properties"]["principalType"] == "ServicePrincipal", symbol
+            identity_roles[(constant, scopes[body["scope"]])] = condition
+        else:
+            assert body["properties"]["principalId"] == "operatorPrincipalId", symbol
+            assert condition is not None, f"{symbol}: the operator's role is optional"
+            operator_roles.add((constant, scopes[body["scope"]]))
+    assert identity_roles == expected_identity, "the identity gets exactly these roles, on exactly these scopes"
+    assert operator_roles == expected_operator
     for resource in arm_rbac["resources"]:
         assert re.fullmatch(
             r"\[subscriptionResourceId\('Microsoft.Authorization/roleDefinitions', variables\('\w+RoleId'\)\)\]",
@@ -724,6 +738,60 @@ def test_role_assignments_use_named_constants_least_privilege(bicep, arm):
         )
     for guid in ROLE_IDS:
         assert guid not in json.dumps(arm_rbac["resources"]), "role ids appear only as named constants"
+
+
+def test_app_identity_reads_the_vault_and_writes_only_the_refresh_token_secret(bicep, arm):
+    rbac, main = bicep["modules/rbac.bicep"], bicep["main.bicep"]
+    officer = "keyVaultSecretsOfficerRoleId"
+
+    # Bicep: no Secrets Officer on the vault for the app; Officer on the token secret, which is only referenced.
+    existing = {n: r for n, r in rbac["resources"].items() if r.get("existing")}
+    app_officer = []
+    for resource in deployed_resources(rbac).values():
+        body, condition, _ = unwrap(resource)
+        role = body["properties"]["roleDefinitionId"]["function"]["parameters"]["resource_name_1"]
+        if body["properties"]["principalId"] == "principalId" and role == officer:
+            app_officer.append((existing[body["scope"]], condition))
+    assert len(app_officer) == 1, "one write role for the app identity"
+    (secret, condition) = app_officer[0]
+    assert secret["type"] == "Microsoft.KeyVault/vaults/secrets"
+    assert secret["config"]["name"] == "refreshTokenSecretName"
+    assert existing[secret["config"]["parent"]]["type"] == "Microsoft.KeyVault/vaults"
+    assert condition == "refreshTokenSecretExists"
+    passed = unwrap(main["modules"]["rbac"])[0]["params"]
+    assert bicep_token(passed["refreshTokenSecretName"]) == "secretNames.partnerCenterRefreshToken"
+    assert passed["refreshTokenSecretExists"] == "partnerCenterTokenStored"
+    assert main["parameters"]["partnerCenterTokenStored"]["default"] is False
+
+    # ARM: the same, spelled as the scope strings ARM deploys.
+    arm_rbac = arm_nested(arm, "rbac")
+    app = [r for r in arm_rbac["resources"] if r["properties"]["principalId"] == "[parameters('principalId')]"]
+    vault_scope = "[format('Microsoft.KeyVault/vaults/{0}', parameters('keyVaultName'))]"
+    secret_scope = (
+        "[format('Microsoft.KeyVault/vaults/{0}/secrets/{1}', parameters('keyVaultName'), "
+        "parameters('refreshTokenSecretName'))]"
+    )
+    on_vault = [r for r in app if r["scope"] == vault_scope]
+    assert [r["properties"]["roleDefinitionId"] for r in on_vault] == [
+        "[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', variables('keyVaultSecretsUserRoleId'))]"
+    ], "on the vault the app identity only reads"
+    writers = [r for r in app if f"variables('{officer}')" in r["properties"]["roleDefinitionId"]]
+    assert len(writers) == 1 and writers[0]["scope"] == secret_scope
+    assert writers[0]["condition"] == "[parameters('refreshTokenSecretExists')]"
+    rbac_deployment = next(r for r in arm["resources"] if r["name"] == "rbac")["properties"]["parameters"]
+    assert rbac_deployment["refreshTokenSecretName"]["value"] == "[variables('secretNames').partnerCenterRefreshToken]"
+    assert rbac_deployment["refreshTokenSecretExists"]["value"] == "[parameters('partnerCenterTokenStored')]"
+
+    # Neither form deploys the token secret itself, so a redeployment cannot overwrite a stored token.
+    for _, resource, body in walk_bicep(bicep):
+        if resource["type"] == "Microsoft.KeyVault/vaults/secrets":
+            assert bicep_token(body["name"]) != "secretNames.partnerCenterRefreshToken"
+    token_name = main["variables"]["secretNames"]["value"]["partnerCenterRefreshToken"]
+    keyvault = arm_nested(arm, "keyvault")
+    for resource in walk_arm(arm):
+        if resource["type"] == "Microsoft.KeyVault/vaults/secrets":
+            assert "partnerCenterRefreshToken" not in resource["name"] and token_name not in resource["name"]
+    assert "partnerCenterRefreshToken" not in json.dumps(keyvault["resources"])
 
 
 def test_app_settings_identity_based_and_secrets_from_key_vault(bicep, arm):

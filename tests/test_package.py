@@ -47,8 +47,11 @@ NOT_DEPLOYED = [
     "requirements-dev.txt",
     ".funcignore",
     "__azurite_db_table__.json",
+    "refresh-token.txt",
 ]
-SECRET_NAMES = re.compile(r"(^|/)(local\.settings\.json|\.env(\..*)?|id_rsa.*)$|\.(pem|pfx|p12|key)$")
+SECRET_NAMES = re.compile(
+    r"(^|/)(local\.settings\.json|\.env(\..*)?|id_rsa.*)$|\.(pem|pfx|p12|key)$|(^|/)[^/]*refresh-token[^/]*$"
+)
 SECRET_TEXT = re.compile(r"AccountKey=|SharedAccessSignature=|-----BEGIN [A-Z ]*PRIVATE KEY-----")
 # Compiled modules must be for CPython 3.11 (or the stable ABI) on Linux x86-64.
 NATIVE_OK = re.compile(r"(\.cpython-311-x86_64-linux-gnu\.so|\.abi3\.so)$")
@@ -181,3 +184,27 @@ def test_packaging_refuses_keys_and_skips_local_files(tmp_path):
     (tmp_path / "function_app.py").unlink()
     with pytest.raises(package.PackageError, match=r"function_app\.py"):
         package.check_app_files(tmp_path, package.app_files(tmp_path, []))
+
+
+TOKEN_FILES = ["refresh-token.txt", "refresh-token.txt.bak", "old-refresh-token.txt", "shared/refresh-token.txt"]
+
+
+def test_packaging_never_takes_a_refresh_token_file(tmp_path):
+    (tmp_path / "host.json").write_text('{"version": "2.0"}')
+    (tmp_path / "function_app.py").write_text("app = None\n")
+    (tmp_path / "requirements.txt").write_text("azure-functions\n")
+    (tmp_path / "shared").mkdir()
+    (tmp_path / "shared" / "__init__.py").write_text("")
+    for name in TOKEN_FILES:
+        (tmp_path / name).write_text("0.AXEA-a-refresh-token")
+    # Even with a .funcignore that forgets them (an older checkout's), the files stay out.
+    files = package.app_files(tmp_path, [])
+    assert [f.as_posix() for f in files] == ["function_app.py", "host.json", "requirements.txt", "shared/__init__.py"]
+
+
+@pytest.mark.parametrize("name", TOKEN_FILES)
+def test_refresh_token_files_are_excluded_by_funcignore_and_gitignore(name):
+    patterns = package.read_ignore_patterns(ROOT / ".funcignore")
+    assert package.is_ignored(PurePosixPath(name), False, patterns), f".funcignore does not exclude {name}"
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", name], cwd=ROOT, check=False)
+    assert ignored.returncode == 0, f".gitignore does not exclude {name}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -281,3 +283,130 @@ def test_configuration_errors_are_reported_at_construction(tmp_path):
         WebhookVerifier([], None)
     with pytest.raises(ValueError):
         WebhookVerifier(["https://allowed.host/cert/"], tmp_path / "missing.pem")
+
+
+# -- certificate URL spelling, refusal cache, one download at a time ------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://allowed.host/cert/x.cer?cache-buster=1",
+        "https://allowed.host/cert/x.cer?",
+        "https://allowed.host/cert/x.cer#",
+        "https://@allowed.host/cert/x.cer",
+        "https://user:secret@allowed.host/cert/x.cer",
+        "https://allowed.host:444/cert/x.cer",
+    ],
+)
+def test_queries_fragments_user_names_and_other_ports_are_refused_without_a_request(ca_bundle, url):
+    fetch = RecordingGet()
+    verifier = WebhookVerifier(["https://allowed.host/cert/"], ca_bundle, http_get=fetch)
+    headers = {
+        "Authorization": "Signature " + base64.b64encode(b"x" * 256).decode(),
+        "X-MS-Signature-Algorithm": "rsa-sha256",
+        "X-MS-Certificate-Url": url,
+    }
+    assert not verifier.is_allowed_certificate_url(url)
+    assert rejected(verifier, headers, b"{}").status == 401
+    assert fetch.urls == []
+
+
+def test_a_query_cannot_force_a_download_of_an_allowed_certificate(emu, receiver, verifier, fetch):
+    headers, body = genuine(emu, receiver)
+    verifier.verify(headers, body)
+    downloads = len(fetch.urls)
+    for n in range(3):
+        busted = {**headers, "x-ms-certificate-url": f"{emu.certificate_url()}?n={n}"}
+        assert rejected(verifier, busted, body).status == 401
+    assert len(fetch.urls) == downloads
+
+
+def test_spellings_of_one_certificate_url_share_one_download(emu, receiver, verifier, fetch):
+    headers, body = genuine(emu, receiver)
+    verifier.verify(headers, body)
+    shouted = emu.certificate_url().replace("http://", "HTTP://", 1)
+    verifier.verify({**headers, "x-ms-certificate-url": shouted}, body)
+    assert fetch.urls.count(emu.certificate_url()) == 1
+    assert all(url.startswith("http://") for url in fetch.urls)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failed_certificate_is_not_downloaded_again_for_a_minute(emu, receiver, ca_bundle, fetch):
+    clock = Clock()
+    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=fetch, clock=clock)
+    headers, body = genuine(emu, receiver)
+    missing = {**headers, "x-ms-certificate-url": f"{emu.url}/cert/gone.cer"}
+    for _ in range(5):
+        error = rejected(verifier, missing, body)
+        assert error.status == 401 and "could not be downloaded" in str(error)
+    assert fetch.urls == [f"{emu.url}/cert/gone.cer"]
+    clock.now += 61
+    rejected(verifier, missing, body)
+    assert fetch.urls == [f"{emu.url}/cert/gone.cer"] * 2
+
+
+def test_a_certificate_that_fails_verification_is_refused_from_the_cache(emu, receiver, verifier, fetch):
+    referral = emu.seed_referral()
+    emu.send_event(referral["id"], signer="rogue")
+    headers, body = delivered(receiver, index=1)
+    first = rejected(verifier, headers, body)
+    downloads = len(fetch.urls)
+    again = rejected(verifier, headers, body)
+    assert (again.status, str(again)) == (first.status, str(first))
+    assert len(fetch.urls) == downloads
+
+
+def test_refused_urls_do_not_push_out_a_verified_certificate(emu, receiver, ca_bundle, fetch):
+    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=fetch, max_cached=2, max_failures_cached=4)
+    headers, body = genuine(emu, receiver)
+    verifier.verify(headers, body)
+    for n in range(20):
+        rejected(verifier, {**headers, "x-ms-certificate-url": f"{emu.url}/cert/missing-{n}.cer"}, body)
+    verifier.verify(headers, body)
+    assert fetch.urls.count(emu.certificate_url()) == 1
+
+
+class SlowGet(RecordingGet):
+    """A downloader that takes a while, so that concurrent callbacks overlap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def __call__(self, url: str) -> bytes:
+        time.sleep(0.2)
+        with self.lock:
+            return super().__call__(url)
+
+
+@pytest.mark.parametrize("genuine_url", [True, False], ids=["genuine", "missing"])
+def test_concurrent_callbacks_wait_for_one_download(emu, receiver, ca_bundle, genuine_url):
+    slow = SlowGet()
+    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=slow)
+    headers, body = genuine(emu, receiver)
+    if not genuine_url:
+        headers = {**headers, "x-ms-certificate-url": f"{emu.url}/cert/gone.cer"}
+    start = threading.Barrier(8)
+    outcomes: list[str] = []
+
+    def deliver() -> None:
+        start.wait()
+        try:
+            verifier.verify(headers, body)
+            outcomes.append("accepted")
+        except WebhookRejected:
+            outcomes.append("rejected")
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert outcomes == ["accepted" if genuine_url else "rejected"] * 8
+    assert slow.urls.count(headers["x-ms-certificate-url"]) == 1

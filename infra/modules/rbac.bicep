@@ -12,6 +12,12 @@ param keyVaultName string
 @description('Application Insights component the app sends telemetry to.')
 param appInsightsName string
 
+@description('Name of the Key Vault secret holding the Partner Center refresh token (stored by the sign-in, rotated by the app).')
+param refreshTokenSecretName string
+
+@description('True once the sign-in has stored the refresh token secret; only an existing secret can carry a role assignment.')
+param refreshTokenSecretExists bool
+
 @description('Optional object id of an operator (user or group) who runs the sign-in and admin CLI; empty for none.')
 param operatorPrincipalId string
 
@@ -27,6 +33,7 @@ param operatorPrincipalType string
 var storageBlobDataOwnerRoleId = 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
 var storageQueueDataContributorRoleId = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var storageTableDataContributorRoleId = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
+var keyVaultSecretsUserRoleId = '4633458b-17de-408a-b874-0445c86b69e6'
 var keyVaultSecretsOfficerRoleId = 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
 var monitoringMetricsPublisherRoleId = '3913510d-42f4-4e42-8a64-420c390055eb'
 
@@ -40,6 +47,13 @@ resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
 
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
+}
+
+// Declared as existing, never deployed: `python -m shared login` creates the secret. A secret resource in
+// this template would need a value, and every redeployment would write that value over the signed-in token.
+resource refreshTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: vault
+  name: refreshTokenSecretName
 }
 
 // Host storage: leases, keys, timer schedules and the deployment package container.
@@ -78,15 +92,29 @@ resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-0
   }
 }
 
-// Key Vault references and the Partner Center token cache (read and write secrets, this vault only).
-resource secretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(vault.id, principalId, keyVaultSecretsOfficerRoleId)
+// Key Vault references: read the secrets of this vault, change none.
+resource secretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, principalId, keyVaultSecretsUserRoleId)
   scope: vault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsUserRoleId)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+    description: 'Key Vault references (read only)'
+  }
+}
+
+// The Partner Center token cache: the app writes each rotated refresh token back, to this one secret only.
+// Until the sign-in has created the secret there is nothing to scope the assignment to; deploy again with
+// partnerCenterTokenStored=true after `python -m shared login` (docs/deploy.md, step 2).
+resource refreshTokenWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (refreshTokenSecretExists) {
+  name: guid(refreshTokenSecret.id, principalId, keyVaultSecretsOfficerRoleId)
+  scope: refreshTokenSecret
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', keyVaultSecretsOfficerRoleId)
     principalId: principalId
     principalType: 'ServicePrincipal'
-    description: 'Key Vault references and Partner Center token cache'
+    description: 'Partner Center token cache (this secret only)'
   }
 }
 

@@ -7,15 +7,19 @@ return the new row; updates are conditional on the etag the caller read. Numbers
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..domain.errors import PermanentError, PreconditionFailed
 from ..httpclient import ApiClient
 
 MAX_PAGE_SIZE = 5000
 LOOKUP_ANNOTATION = "Microsoft.Dynamics.CRM.lookuplogicalname"
 ODATA_HEADERS = {"Accept": "application/json", "OData-MaxVersion": "4.0", "OData-Version": "4.0"}
+_DEFAULT_PORTS = {"https": 443, "http": 80}
 PRIMARY_KEYS = {"opportunities": "opportunityid", "accounts": "accountid", "contacts": "contactid"}
 
 
@@ -49,16 +53,62 @@ class DataverseRows:
             page = self.get(path, query, prefer) or {}
             yield from page.get("value", [])
             # The nextLink is used as given: re-encoding its skiptoken breaks paging.
-            path, query = page.get("@odata.nextLink"), None
+            next_link = page.get("@odata.nextLink")
+            path, query = (self._pinned(str(next_link)) if next_link else None), None
+
+    def _pinned(self, link: str) -> str:
+        """The next link, if it points back into this environment's Web API: same scheme, host, port and
+        API path. The bearer token goes with every page request, so anything else is refused unsent."""
+        base = urlsplit(self.api.base_url)
+        try:
+            parts = urlsplit(link)
+            port = parts.port or _DEFAULT_PORTS.get(parts.scheme.lower())
+        except ValueError:
+            parts, port = None, None
+        if (
+            parts is None
+            or parts.scheme.lower() != base.scheme.lower()
+            or (parts.hostname or "") != (base.hostname or "").lower()
+            or port != (base.port or _DEFAULT_PORTS.get(base.scheme.lower()))
+            or "@" in parts.netloc
+            or not parts.path.startswith(base.path.rstrip("/") + "/")
+            or ".." in parts.path.split("/")
+        ):
+            origin = (
+                f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+                if parts and parts.netloc
+                else "a relative or unreadable link"
+            )
+            raise PermanentError(
+                self.api.service,
+                f"the @odata.nextLink points outside {base.scheme}://{base.netloc}{base.path} (to {origin}); "
+                "it was not followed, so the access token was not sent there",
+            )
+        return link
 
     def first(self, entity_set: str, select: str, odata_filter: str) -> dict[str, Any] | None:
         params = {"$select": select, "$filter": odata_filter, "$orderby": "createdon asc"}
         return next(iter(self.rows(entity_set, params, page_size=1)), None)
 
     def create(self, entity_set: str, body: dict[str, Any], select: str) -> dict[str, Any]:
-        response = self.api.request(
-            "POST", entity_set, params={"$select": select}, json=body, headers={"Prefer": "return=representation"}
-        )
+        """Create a row under an id chosen here, with a create-only upsert (``PATCH <set>(<id>)`` with
+        ``If-None-Match: *``). A lost answer is then harmless: the client sends the PATCH again, and a
+        412 means the row under our id exists, so the first attempt made it and that row is the answer."""
+        path = f"{entity_set}({uuid.uuid4()})"
+        try:
+            response = self.api.request(
+                "PATCH",
+                path,
+                params={"$select": select},
+                json=body,
+                headers={"If-None-Match": "*", "Prefer": "return=representation"},
+            )
+        except PreconditionFailed:
+            # 412 can also be another row holding the same alternate key: then nothing is under our id.
+            existing = self.get(path, {"$select": select}, missing_ok=True)
+            if existing is None:
+                raise
+            return existing
         created: dict[str, Any] = response.json(parse_float=Decimal)
         return created
 

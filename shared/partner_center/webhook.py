@@ -17,11 +17,12 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -50,8 +51,11 @@ DEFAULT_ISSUER_ORG = "Microsoft Corporation"
 SUPPORTED_ALGORITHM = "rsa-sha256"
 MAX_CERTIFICATE_BYTES = 64 * 1024
 MAX_AIA_URLS = 2
+# How long a certificate URL that failed (download, identity or chain) is refused without a new download.
+FAILURE_CACHE_SECONDS = 60.0
 _DEFAULT_PORTS = {"https": 443, "http": 80}
 _PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+T = TypeVar("T")
 
 
 def _reject(status: int, message: str) -> WebhookRejected:
@@ -101,20 +105,23 @@ def _default_http_get(url: str) -> bytes:
 
 
 @dataclass
-class _Cached:
-    value: list[x509.Certificate]
+class _Cached(Generic[T]):
+    value: T
     expires: float
 
 
-class _BoundedCache:
-    """Certificates by URL, least recently used first out, each with an expiry."""
+class _BoundedCache(Generic[T]):
+    """Values by URL, each with an expiry; when full, expired entries go first, then the least recently used.
+
+    Verified certificates and refusals live in separate caches, so a flood of bad certificate URLs can
+    only push out other refusals, never a certificate that verified."""
 
     def __init__(self, max_entries: int, clock: Callable[[], float]) -> None:
-        self._entries: OrderedDict[str, _Cached] = OrderedDict()
+        self._entries: OrderedDict[str, _Cached[T]] = OrderedDict()
         self._max, self._clock = max_entries, clock
         self._lock = threading.Lock()
 
-    def get(self, key: str) -> list[x509.Certificate] | None:
+    def get(self, key: str) -> T | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None or entry.expires <= self._clock():
@@ -123,12 +130,43 @@ class _BoundedCache:
             self._entries.move_to_end(key)
             return entry.value
 
-    def put(self, key: str, value: list[x509.Certificate], ttl: float) -> None:
+    def put(self, key: str, value: T, ttl: float) -> None:
+        if ttl <= 0:
+            return
         with self._lock:
             self._entries[key] = _Cached(value, self._clock() + ttl)
             self._entries.move_to_end(key)
+            if len(self._entries) > self._max:
+                now = self._clock()
+                for stale in [k for k, e in self._entries.items() if e.expires <= now]:
+                    del self._entries[stale]
             while len(self._entries) > self._max:
                 self._entries.popitem(last=False)
+
+
+class _SingleFlight:
+    """One lock per key, alive while someone holds or waits for it: concurrent callbacks signed with the
+    same certificate wait for one download instead of each starting their own."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
 
 
 class WebhookVerifier:
@@ -142,6 +180,8 @@ class WebhookVerifier:
         cache_seconds: float = 3600.0,
         *,
         max_cached: int = 16,
+        failure_cache_seconds: float = FAILURE_CACHE_SECONDS,
+        max_failures_cached: int = 256,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -152,8 +192,11 @@ class WebhookVerifier:
         self._http_get = http_get or _default_http_get
         self._cache_seconds = cache_seconds
         self._now = now
-        self._leaves = _BoundedCache(max_cached, clock)
-        self._intermediates = _BoundedCache(max_cached, clock)
+        self._failure_cache_seconds = failure_cache_seconds
+        self._leaves: _BoundedCache[x509.Certificate] = _BoundedCache(max_cached, clock)
+        self._intermediates: _BoundedCache[list[x509.Certificate]] = _BoundedCache(max_cached, clock)
+        self._failures: _BoundedCache[tuple[int, str]] = _BoundedCache(max_failures_cached, clock)
+        self._downloads = _SingleFlight()
         self._store = Store(_trusted_roots(ca_bundle_path))
         # The signing certificate is not a TLS server certificate by purpose, so its extended key
         # usage is not required to name serverAuth; every other web PKI rule still applies.
@@ -183,9 +226,10 @@ class WebhookVerifier:
         certificate_url = lowered.get("x-ms-certificate-url", "").strip()
         if not certificate_url:
             raise _reject(401, "the X-MS-Certificate-Url header is missing")
-        if not self.is_allowed_certificate_url(certificate_url):
+        canonical = self._allowed_canonical_url(certificate_url)
+        if canonical is None:
             raise _reject(401, "the signing certificate URL is not on the allowed list")
-        public_key = self._certificate(certificate_url).public_key()
+        public_key = self._certificate(canonical).public_key()
         if not isinstance(public_key, rsa.RSAPublicKey):
             raise _reject(401, "the signing certificate does not hold an RSA key")
         try:
@@ -194,37 +238,73 @@ class WebhookVerifier:
             raise _reject(401, "the signature does not match the request body") from None
 
     def is_allowed_certificate_url(self, url: str) -> bool:
-        if any(ord(ch) <= 0x20 or ch == "\\" for ch in url):
-            return False
+        return self._allowed_canonical_url(url) is not None
+
+    def _allowed_canonical_url(self, url: str) -> str | None:
+        """The one spelling of an allowed certificate URL (what is fetched and cached), or None.
+
+        A query, fragment or user name would let a caller mint endless distinct URLs for one certificate,
+        each a fresh download and cache entry; spellings that differ only in case or a default port map to
+        one entry."""
+        if any(ord(ch) <= 0x20 or ch in "\\?#@" for ch in url):
+            return None
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError:
-            return False
+            return None
         scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS or parts.username or parts.password or parts.fragment or not parts.hostname:
-            return False
+        if scheme not in _DEFAULT_PORTS or not parts.hostname:
+            return None
         # Percent-encoding and dot segments could make the fetched path differ from the checked one.
         if unquote(parts.path) != parts.path or any(s in (".", "..") for s in parts.path.split("/")):
-            return False
+            return None
         host, port = parts.hostname.lower(), port or _DEFAULT_PORTS[scheme]
-        return any(
+        if not any(
             p.scheme == scheme and p.host == host and p.port == port and _path_within(parts.path, p.path)
             for p in self._prefixes
-        )
+        ):
+            return None
+        authority = f"[{host}]" if ":" in host else host
+        if port != _DEFAULT_PORTS[scheme]:
+            authority += f":{port}"
+        return f"{scheme}://{authority}{parts.path}"
 
     def _certificate(self, url: str) -> x509.Certificate:
-        cached = self._leaves.get(url)
-        if cached:
-            return cached[0]
+        leaf = self._known(url)
+        if leaf is not None:
+            return leaf
+        with self._downloads.hold(url):
+            leaf = self._known(url)  # another callback may have fetched it while this one waited
+            if leaf is not None:
+                return leaf
+            try:
+                leaf = self._download_and_check(url)
+            except WebhookRejected as exc:
+                # Brief, so a certificate that was briefly unreachable is tried again soon.
+                self._failures.put(url, (exc.status, str(exc)), self._failure_cache_seconds)
+                raise
+            remaining = (leaf.not_valid_after_utc - self._now()).total_seconds()
+            self._leaves.put(url, leaf, min(self._cache_seconds, remaining))
+            return leaf
+
+    def _known(self, url: str) -> x509.Certificate | None:
+        """The verified certificate cached for ``url``; raises the cached refusal if it recently failed."""
+        leaf = self._leaves.get(url)
+        if leaf is not None:
+            return leaf
+        failure = self._failures.get(url)
+        if failure is not None:
+            raise _reject(*failure)
+        return None
+
+    def _download_and_check(self, url: str) -> x509.Certificate:
         try:
             leaf = _load_certificates(self._http_get(url))[0]
         except (OSError, requests.RequestException, ValueError, IndexError):
             raise _reject(401, "the signing certificate could not be downloaded or read") from None
         self._check_identity(leaf)
         self._check_chain(leaf)
-        remaining = (leaf.not_valid_after_utc - self._now()).total_seconds()
-        self._leaves.put(url, [leaf], max(0.0, min(self._cache_seconds, remaining)))
         return leaf
 
     def _check_identity(self, leaf: x509.Certificate) -> None:
