@@ -29,6 +29,7 @@ from .dataverse_odata import (
     wants_annotations,
 )
 from .dataverse_schema import (
+    CODE_ALREADY_CLOSED,
     CODE_CONCURRENCY,
     CODE_DUPLICATE,
     CODE_QUERY,
@@ -361,10 +362,8 @@ class WebApi:
                 raise bad_request("OpportunityClose needs 'opportunityid@odata.bind'.")
             row = self.store.rows["opportunities"][opportunity_id]
             if row.values["statecode"] != 0:
-                raise bad_request(
-                    f"The opportunity is already closed ({STATE_NAMES[row.values['statecode']]}); "
-                    "reopen it before closing it again."
-                )
+                # The service's OpportunityIsAlreadyClosed error, whatever the state it was closed in.
+                raise ODataError(400, "The opportunity is already closed.", CODE_ALREADY_CLOSED)
             close_values.setdefault("subject", "Won" if state == 1 else "Lost")
             close_values.setdefault("actualend", self.store.clock().astimezone(UTC).date().isoformat())
             close_values.update({"statecode": 1, "statuscode": 2})  # the close activity is completed

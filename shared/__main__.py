@@ -37,24 +37,38 @@ def _backfill(args: argparse.Namespace) -> int:
 def _reconcile(args: argparse.Namespace) -> int:
     result = wiring.container().reconciler.poll()
     print(f"{result.seen} referral(s) changed since the last run, {result.enqueued} job(s) enqueued")
+    if result.throttled:
+        wait = f" (it asks to wait {result.retry_after:.0f}s)" if result.retry_after is not None else ""
+        print(
+            f"stopped early: Partner Center is throttling{wait}: {result.throttled}. What was read is enqueued "
+            "and remembered; run reconcile again later to read the rest.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
 def _replay_poison(args: argparse.Namespace) -> int:
-    c = wiring.container()
-    replayed = dropped = 0
-    for raw, job in c.queue.drain_poison():
-        if job is None:
-            dropped += 1
-            print(f"dropped unreadable message: {raw[:200]}", file=sys.stderr)
-            continue
-        c.queue.enqueue(job)
-        replayed += 1
-        if args.limit and replayed >= args.limit:
-            break
+    done = wiring.container().queue.replay_poison(max(0, args.limit))
+    for text in done.dropped:
+        print(f"dropped unreadable message: {text[:200]}", file=sys.stderr)
+    dropped = len(done.dropped)
     print(
-        f"replayed {replayed} job(s) from 'sync-jobs-poison'" + (f", dropped {dropped} unreadable" if dropped else "")
+        f"replayed {len(done.replayed)} job(s) from 'sync-jobs-poison'"
+        + (f", dropped {dropped} unreadable" if dropped else "")
     )
+    return 0
+
+
+def _poison_list(args: argparse.Namespace) -> int:
+    from .poison_report import poison_rows, render_table
+
+    c = wiring.container()
+    rows = poison_rows(c.queue.list_poison(), c.store)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(render_table(rows))
     return 0
 
 
@@ -84,7 +98,7 @@ def _login(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .partner_center.login import device_code_sign_in
+    from .partner_center.login import device_code_sign_in, store_in_file
 
     # Only what sign-in needs: the app's other settings may not exist on an operator's machine yet.
     tenant = args.tenant or os.environ.get("PARTNER_CENTER_TENANT_ID")
@@ -107,13 +121,10 @@ def _login(args: argparse.Namespace) -> int:
         KeyVaultSecrets(vault_uri).set_secret(args.secret_name, result.refresh_token)
         print(f"Signed in. The refresh token is stored in Key Vault as '{args.secret_name}'; restart the app.")
         return 0
-    target = Path(args.output)
-    target.touch(mode=0o600, exist_ok=True)
-    target.chmod(0o600)
-    target.write_text(result.refresh_token)
+    target = store_in_file(result.refresh_token, Path(args.output) if args.output else None)
     print(
-        f"Signed in. The refresh token is in {target} (readable only by you); store it as the app setting "
-        "PARTNER_CENTER_REFRESH_TOKEN or in Key Vault, then delete the file."
+        f"Signed in. The refresh token is in {target} (readable only by you), where local commands find it; "
+        "for the app, store it in Key Vault as the secret the app setting PARTNER_CENTER_REFRESH_TOKEN refers to."
     )
     return 0
 
@@ -130,6 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay-poison", help="move jobs from 'sync-jobs-poison' back to 'sync-jobs'")
     replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
     replay.set_defaults(run=_replay_poison)
+    poison = commands.add_parser("poison", help="the jobs in 'sync-jobs-poison': list or replay them")
+    poison_commands = poison.add_subparsers(dest="poison_command", required=True)
+    listing = poison_commands.add_parser(
+        "list", help="each poisoned job: kind, record, when it was poisoned, the record's last error"
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=_poison_list)
+    poison_replay = poison_commands.add_parser("replay", help="the same as replay-poison")
+    poison_replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
+    poison_replay.set_defaults(run=_replay_poison)
     register = commands.add_parser("register-webhook", help="register this app's webhook URL with Partner Center")
     register.add_argument("--url", help="https://<app>.azurewebsites.net/api/webhooks/partner-center")
     register.add_argument("--show", action="store_true", help="print the current registration and exit")
@@ -144,7 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     login.add_argument("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)")
     login.add_argument("--key-vault-uri", help="store the refresh token in this vault (default: KEY_VAULT_URI)")
     login.add_argument("--secret-name", default="partner-center-refresh-token", help="Key Vault secret name")
-    login.add_argument("--output", default="refresh-token.txt", help="file for the token when no vault is given")
+    login.add_argument(
+        "--output", help="file for the token when no vault is given (default: refresh-token.txt in your config folder)"
+    )
     login.set_defaults(run=_login)
     return parser
 

@@ -154,13 +154,15 @@ class ApiClient:
         method = method.upper()
         repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
         for attempt in range(1, self.max_attempts + 1):
-            if method not in READ_METHODS:
-                check_write_allowed()
             sent = dict(self.default_headers)
             sent["client-request-id"] = str(uuid.uuid4())
             if self._token is not None:
                 sent["Authorization"] = f"Bearer {self._token()}"
             sent.update(headers or {})
+            # Checked after the token (whose refresh may itself take a whole timeout), right before sending:
+            # the lease margin allows one call's timeout between this check and the write taking effect.
+            if method not in READ_METHODS:
+                check_write_allowed()
             try:
                 self.calls += 1
                 response = self.session.request(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -14,7 +15,9 @@ from .domain.referral import Referral
 class PartnerCenter(Protocol):
     def get_referral(self, referral_id: str) -> Referral: ...
 
-    def create_referral(self, referral: dict[str, Any]) -> Referral: ...
+    def create_referral(self, referral: dict[str, Any], find: Callable[[], Referral | None] | None = None) -> Referral:
+        """Create; when the answer is lost, ``find`` looks for what the attempt made before any second create."""
+        ...
 
     def patch_referral(
         self, referral_id: str, operations: list[dict[str, Any]], etag: str | None = None
@@ -101,6 +104,10 @@ class SyncStore(Protocol):
 
     def acquire_lease(self, key: str, owner: str, seconds: int) -> bool: ...
 
+    def renew_lease(self, key: str, owner: str, seconds: int) -> bool:
+        """Extend a lease ``owner`` still holds; False (and nothing written) when it expired or changed hands."""
+        ...
+
     def release_lease(self, key: str, owner: str) -> None: ...
 
     def get_state(self, key: str) -> dict[str, Any] | None: ...
@@ -134,3 +141,10 @@ class JobQueue(Protocol):
 
 class Clock(Protocol):
     def now(self) -> datetime: ...
+
+
+class WriteFence(Protocol):
+    """Runs a block with ``check`` called before each external or bookkeeping write; ``check`` raises to
+    stop the write. Services install it, adapters honour it (:mod:`shared.write_fence` is the one in use)."""
+
+    def __call__(self, check: Callable[[], None]) -> AbstractContextManager[None]: ...

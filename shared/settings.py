@@ -9,14 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 from .domain.policies import Side, parse_field_owners
+from .partner_center.token_file import default_token_path, read_token_file, warn_about_stray_token_file
 
 MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/cert/"
+# Hosts a plain-http certificate prefix may name (local emulators), as urlsplit reports them.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 DEFAULT_DATAVERSE_HELP_OPTIONS = {
     "WorkloadSpecificValueProposition": 100000000,
@@ -35,6 +39,10 @@ DEFAULT_SALESFORCE_HELP_PICKLIST = {
     "PostSalesCustomerSuccess": "Post sales customer success",
     "GeneralOrOther": "General or other",
 }
+
+# How far apart two workers' clocks may be: a lease row's expiry is written by one worker's clock and read by
+# another's. Azure hosts keep NTP time well within this.
+LEASE_CLOCK_SKEW_SECONDS = 5.0
 
 STATIC_TOKEN_SETTINGS = ("PARTNER_CENTER_ACCESS_TOKEN", "DATAVERSE_ACCESS_TOKEN", "SALESFORCE_ACCESS_TOKEN")
 
@@ -95,7 +103,14 @@ class Settings(BaseSettings):
     partner_center_tenant_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_TENANT_ID"))
     partner_center_client_id: str | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_ID"))
     partner_center_client_secret: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_CLIENT_SECRET"))
-    partner_center_refresh_token: SecretStr | None = Field(None, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN"))
+    # Where `python -m shared login` left the token when no Key Vault was given (default: the per-user
+    # config folder); read only when PARTNER_CENTER_REFRESH_TOKEN is not set.
+    partner_center_refresh_token_file: Path | None = Field(
+        None, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN_FILE")
+    )
+    partner_center_refresh_token: SecretStr | None = Field(
+        None, validate_default=True, validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN")
+    )
     key_vault_uri: str | None = Field(None, validation_alias=_env("KEY_VAULT_URI"))
     partner_center_refresh_token_secret: str = Field(
         "partner-center-refresh-token", validation_alias=_env("PARTNER_CENTER_REFRESH_TOKEN_SECRET")
@@ -186,9 +201,33 @@ class Settings(BaseSettings):
         if not value:
             raise ValueError("at least one certificate URL prefix is required")
         for prefix in value:
-            if not prefix.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            try:
+                parts = urlsplit(prefix)
+                host = parts.hostname
+            except ValueError:
+                raise ValueError(f"'{prefix}' is not a URL prefix") from None
+            scheme = parts.scheme.lower()
+            # Plain http only for emulators on this machine: compare the parsed host, so that
+            # http://localhost.evil.example or http://127.0.0.1@evil.example do not pass as loopback.
+            if not host or not (scheme == "https" or (scheme == "http" and host in LOOPBACK_HOSTS)):
                 raise ValueError(f"'{prefix}' must be an https:// URL prefix")
         return value
+
+    @field_validator("partner_center_refresh_token")
+    @classmethod
+    def _refresh_token_from_file(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None or info.data.get("partner_center_access_token") is not None:
+            return value
+        configured: Path | None = info.data.get("partner_center_refresh_token_file")
+        path = configured or default_token_path()
+        warn_about_stray_token_file(chosen=configured)
+        try:
+            token = read_token_file(path)
+        except OSError as exc:
+            raise ValueError(f"cannot read the token file {path} ({type(exc).__name__})") from None
+        if token is None and configured is not None:
+            raise ValueError(f"the token file {path} named by PARTNER_CENTER_REFRESH_TOKEN_FILE is missing or empty")
+        return SecretStr(token) if token else None
 
     @field_validator("dataverse_help_option_values", "salesforce_help_picklist_values", mode="before")
     @classmethod
@@ -236,6 +275,29 @@ class Settings(BaseSettings):
     @property
     def conflict_owners(self) -> dict[str, Side]:
         return parse_field_owners(self.conflict_rules)
+
+    @property
+    def lease_margin_seconds(self) -> float:
+        """How long before its lease row expires a worker stops writing: a write that passed its check just
+        before then is in flight for at most one HTTP timeout, and another worker's clock may run ahead."""
+        return self.http_timeout_seconds + LEASE_CLOCK_SKEW_SECONDS
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Settings:
+        # The lease is renewed every third of its length and writes stop one margin before it ends
+        # (shared/sync/lease.py). Only a lease longer than three margins leaves the second renewal due
+        # before that point, so one failed renewal (or a short storage hiccup) does not stop the job.
+        # Inline Retry-After waits do not count: the HTTP client checks the lease again before each attempt.
+        minimum = 3 * self.lease_margin_seconds
+        if self.job_lease_seconds <= minimum:
+            raise ValueError(
+                f"JOB_LEASE_SECONDS ({self.job_lease_seconds}) must be more than 3 x (HTTP_TIMEOUT_SECONDS "
+                f"({self.http_timeout_seconds:g}) + {LEASE_CLOCK_SKEW_SECONDS:g}s allowed clock skew) = {minimum:g}: "
+                "a worker stops writing one HTTP timeout before its lease ends and renews it every third of it, "
+                "so a shorter lease cannot survive one failed renewal; raise JOB_LEASE_SECONDS or lower "
+                "HTTP_TIMEOUT_SECONDS"
+            )
+        return self
 
     @model_validator(mode="after")
     def _requirements(self) -> Settings:

@@ -131,6 +131,7 @@ class Container:
     @cached_property
     def engine(self) -> SyncEngine:
         from .sync.engine import EngineOptions, SyncEngine
+        from .write_fence import fenced
 
         s = self.settings
         options = EngineOptions(
@@ -139,9 +140,10 @@ class Container:
             referral_link_template=s.referral_link_template,
             audit_max_chars=s.audit_max_chars,
             lease_seconds=s.job_lease_seconds,
+            lease_margin_seconds=s.lease_margin_seconds,
             field_owners=s.conflict_owners,
         )
-        return SyncEngine(self.partner_center, self.crm, self.store, options)
+        return SyncEngine(self.partner_center, self.crm, self.store, options, fence=fenced)
 
 
 _lock = threading.Lock()

@@ -244,7 +244,8 @@ def test_crm_throttling_is_waited_out(stack):
 def test_partner_center_outage_leaves_the_job_for_retry(stack):
     stack.pc.dispatch_mode = "sync"
     referral = stack.pc.seed_referral(kind="cosell")
-    stack.pc.add_fault(status=503, count=100, retry_after=30)
+    # No Retry-After: an outage counts as a failed attempt (a 503 naming a delay defers the job instead).
+    stack.pc.add_fault(status=503, count=100, retry_after=None)
     run = stack.host.drain(max_rounds=1)
     assert run.failed == 1 and stack.host.queue.depth() == 1
     assert stack.opportunities() == []

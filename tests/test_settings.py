@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.partner_center.token_file import write_token_file
 from shared.settings import SettingsError, load_settings
 
 BASE = {
@@ -14,7 +15,9 @@ BASE = {
 
 
 @pytest.fixture
-def env(monkeypatch):
+def env(monkeypatch, tmp_path):
+    # A refresh token left by `python -m shared login` on this machine must not leak into these tests.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     for key in list(__import__("os").environ):
         if key.upper().startswith(
             ("DATAVERSE_", "PARTNER_CENTER_", "AZUREWEBJOBSSTORAGE", "CRM_", "CHECKMARK", "SYNC_")
@@ -107,3 +110,84 @@ def test_partner_center_only_settings_need_no_storage_or_crm(env):
     env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
     with pytest.raises(SettingsError, match="PARTNER_CENTER_REFRESH_TOKEN"):
         load_settings(partner_center_only=True)
+
+
+def test_a_lease_one_http_call_could_outlive_is_refused_at_start_up(env):
+    for name in ("JOB_LEASE_SECONDS", "HTTP_TIMEOUT_SECONDS", "MAX_INLINE_RETRY_AFTER_SECONDS"):
+        env.delenv(name, raising=False)
+    defaults = load_settings()
+    assert defaults.job_lease_seconds == 120 and defaults.http_timeout_seconds == 30
+    assert defaults.lease_margin_seconds == 35  # the defaults keep a valid lease: 120 > 3 x 35
+    env.setenv("HTTP_TIMEOUT_SECONDS", "40")  # 3 x (40 + 5) = 135: the default lease is now too short
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "JOB_LEASE_SECONDS (120) must be more than 3 x (HTTP_TIMEOUT_SECONDS (40)" in str(info.value)
+    assert "= 135" in str(info.value)
+    env.setenv("JOB_LEASE_SECONDS", "136")
+    assert load_settings().job_lease_seconds == 136
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    [
+        "http://localhost.evil.example/cert/",
+        "http://127.0.0.1.evil.example/cert/",
+        "http://localhostevil.example/cert/",
+        "http://localhost@evil.example/cert/",
+        "http://127.0.0.1:80@evil.example/cert/",
+        "http://[::2]/cert/",
+        "http://10.0.0.1/cert/",
+    ],
+)
+def test_plain_http_certificate_prefix_must_name_a_loopback_host(env, prefix):
+    env.setenv("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES", prefix)
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "prefix",
+    ["http://localhost:10000/cert/", "http://127.0.0.1:8080/cert/", "http://[::1]:9000/cert/", "HTTP://LocalHost/c/"],
+)
+def test_plain_http_certificate_prefix_on_loopback_is_allowed_for_emulators(env, prefix):
+    env.setenv("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES", prefix)
+    assert load_settings().partner_center_webhook_cert_url_prefixes == [prefix]
+
+
+def _signed_in_without_static_token(env):
+    env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
+    env.setenv("PARTNER_CENTER_TENANT_ID", "t")
+    env.setenv("PARTNER_CENTER_CLIENT_ID", "c")
+
+
+def test_refresh_token_is_read_from_the_per_user_file_login_wrote(env, tmp_path):
+    _signed_in_without_static_token(env)
+    stored = write_token_file("rt-from-login")
+    assert stored == tmp_path / "config" / "cosell-connector" / "refresh-token.txt"
+    settings = load_settings(partner_center_only=True)
+    assert settings.partner_center_refresh_token.get_secret_value() == "rt-from-login"
+    env.setenv("PARTNER_CENTER_REFRESH_TOKEN", "rt-from-setting")
+    assert load_settings(partner_center_only=True).partner_center_refresh_token.get_secret_value() == "rt-from-setting"
+
+
+def test_refresh_token_file_setting_names_another_file(env, tmp_path):
+    _signed_in_without_static_token(env)
+    elsewhere = write_token_file("rt-elsewhere", tmp_path / "vaultless" / "token")
+    env.setenv("PARTNER_CENTER_REFRESH_TOKEN_FILE", str(elsewhere))
+    assert load_settings(partner_center_only=True).partner_center_refresh_token.get_secret_value() == "rt-elsewhere"
+    env.setenv("PARTNER_CENTER_REFRESH_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_REFRESH_TOKEN_FILE is missing") as info:
+        load_settings(partner_center_only=True)
+    assert "rt-elsewhere" not in str(info.value)
+
+
+def test_a_token_file_in_the_working_directory_is_not_used_but_warned_about(env, tmp_path, caplog):
+    _signed_in_without_static_token(env)
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    (checkout / "refresh-token.txt").write_text("rt-in-the-repo")
+    env.chdir(checkout)
+    with pytest.raises(SettingsError, match="PARTNER_CENTER_REFRESH_TOKEN"):
+        load_settings(partner_center_only=True)
+    assert "refresh-token.txt" in caplog.text and "move it" in caplog.text
+    assert "rt-in-the-repo" not in caplog.text

@@ -22,9 +22,9 @@ from urllib.parse import quote
 
 import requests
 
-from ..domain.errors import NotFound, PreconditionFailed, ValidationFailed
+from ..domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ..domain.opportunity import WRITABLE_FIELDS, Opportunity
-from ..httpclient import ApiClient, TokenProvider
+from ..httpclient import ApiClient, TokenProvider, create_once
 from ..settings import Settings
 from .common import CUSTOMER_FIELDS, STATUS_FIELDS, to_decimal
 from .dynamics_auth import SERVICE, AzureIdentityToken, token_provider
@@ -61,6 +61,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
+ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
 
 
 class DataverseCrm:
@@ -241,9 +242,13 @@ class DataverseCrm:
         except PreconditionFailed:
             # Already there (a retried job, or a concurrent one): the existing row is the answer.
             existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
-            if existing is None:
+            if existing is None or existing.crm_id is None:
                 raise
             log.info("opportunity for referral %s already existed; not created again", opportunity.referral_id)
+            if target is not None and target[0] != OPEN and existing.status != "Closed":
+                # Made by an attempt whose answer was lost, before it could close the row.
+                self._close(existing.crm_id, target, opportunity.deal_value, None)
+                return self._reread(existing.crm_id)
             return existing
         row: dict[str, Any] = response.json(parse_float=Decimal)
         if target is not None and target[0] != OPEN:
@@ -336,13 +341,34 @@ class DataverseCrm:
         return row
 
     def _close(self, crm_id: str, target: tuple[int, int], revenue: Decimal | None, actual_end: str | None) -> None:
+        """Win or lose the opportunity once. The action is a POST that makes a close activity, so it is not
+        sent blind again: when its answer is lost, or Dataverse says the opportunity is already closed (an
+        earlier attempt took effect), the opportunity's state decides whether it is done."""
         action = "WinOpportunity" if target[0] == WON else "LoseOpportunity"
         close: dict[str, Any] = {"subject": CLOSE_SUBJECT, "opportunityid@odata.bind": f"/opportunities({crm_id})"}
         if revenue is not None:
             close["actualrevenue"] = float(revenue)
         if actual_end:
             close["actualend"] = str(actual_end)[:10]
-        self.api.request("POST", action, json={"Status": target[1], "OpportunityClose": close})
+
+        def send() -> bool:
+            try:
+                self.api.request("POST", action, json={"Status": target[1], "OpportunityClose": close})
+            except PermanentError as exc:
+                if exc.code != ALREADY_CLOSED:
+                    raise
+                if not self._closed_as(crm_id, target):
+                    # Closed otherwise by someone else since we read it: re-read and decide again.
+                    raise PreconditionFailed(SERVICE, f"opportunity {crm_id} was closed by someone else", 412) from None
+            return True
+
+        create_once(
+            send, lambda: True if self._closed_as(crm_id, target) else None, f"the close of opportunity {crm_id}"
+        )
+
+    def _closed_as(self, crm_id: str, target: tuple[int, int]) -> bool:
+        row = self._web.get(f"opportunities({crm_id})", {"$select": "statecode,statuscode"}, missing_ok=True)
+        return row is not None and (row.get("statecode"), row.get("statuscode")) == target
 
     def _reread(self, crm_id: str) -> Opportunity:
         result = self.get_opportunity(crm_id)

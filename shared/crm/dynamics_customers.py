@@ -1,7 +1,9 @@
 """The Dataverse rows an opportunity points at: the customer's account, its contacts, the currency.
 
 Accounts and contacts are found before one is created, so a retried job finds what the first attempt
-made instead of adding a duplicate. Currencies are looked up by ISO code and cached per adapter.
+made instead of adding a duplicate; each create is keyed by an id chosen here
+(:meth:`~shared.crm.dynamics_webapi.DataverseRows.create`), so a create whose answer was lost is not
+made twice either. Currencies are looked up by ISO code and cached per adapter.
 """
 
 from __future__ import annotations

@@ -1,18 +1,22 @@
 """The Salesforce records around an opportunity: the customer's account, contacts, contact roles, currency.
 
 Accounts and contacts are found before one is created, so a retried job finds what the first attempt
-made instead of adding a duplicate. Contact roles are what ties contacts to an opportunity; they are
+made instead of adding a duplicate; a create whose answer was lost is resolved by the same matching rule
+before anything is sent again. Contact roles are what ties contacts to an opportunity; they are
 rewritten only from the first one that differs. Active currencies are cached per adapter.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
-from ..domain.errors import ValidationFailed
+from ..domain.errors import OutcomeUnknown, TransientError, ValidationFailed
 from ..domain.opportunity import Contact, Opportunity
+from ..httpclient import create_once
 from .salesforce_api import SalesforceApi, record_error
+from .salesforce_auth import SERVICE
 from .salesforce_mapping import (
     ACCOUNT_FIELDS,
     CONTACT_FIELDS,
@@ -24,6 +28,10 @@ from .salesforce_mapping import (
     street,
     unique_contacts,
 )
+
+log = logging.getLogger(__name__)
+
+SYNC_ATTEMPTS = 3
 
 
 class Currencies:
@@ -72,10 +80,10 @@ class Customers:
             "CreatedDate, Id",
             limit=1,
         )
-        row = next(iter(self._api.query(statement)), None)
+        row = self._first(statement)
         if row is None:
             body = {"Name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
-            return str(self._api.json(self._api.request("POST", "sobjects/Account", json=body))["id"])
+            return self._create("Account", body, statement)
         account_id = str(row["Id"])
         # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
         changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
@@ -101,13 +109,14 @@ class Customers:
             )
         fields = ["Id", "AccountId", *(name for _, name in CONTACT_FIELDS)]
         wanted = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
-        row = next(iter(self._api.query(soql("Contact", fields, where, "CreatedDate, Id", limit=1))), None)
+        statement = soql("Contact", fields, where, "CreatedDate, Id", limit=1)
+        row = self._first(statement)
         if row is None:
             body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
             body.setdefault("LastName", MISSING_LAST_NAME)
             if account_id:
                 body["AccountId"] = account_id
-            return str(self._api.json(self._api.request("POST", "sobjects/Contact", json=body))["id"])
+            return self._create("Contact", body, statement)
         contact_id = str(row["Id"])
         changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
         if account_id and not row.get("AccountId"):
@@ -115,6 +124,22 @@ class Customers:
         if changes:
             self._api.request("PATCH", f"sobjects/Contact/{contact_id}", json=changes)
         return contact_id
+
+    def _first(self, statement: str) -> dict[str, Any] | None:
+        return next(iter(self._api.query(statement)), None)
+
+    def _create(self, sobject: str, body: dict[str, Any], matching: str) -> str:
+        """Create a record; Salesforce takes no client-chosen id, so a create whose answer was lost is
+        resolved by the matching rule (``matching``, the query that found nothing before the create)."""
+
+        def send() -> str:
+            return str(self._api.json(self._api.request("POST", f"sobjects/{sobject}", json=body))["id"])
+
+        def find() -> str | None:
+            row = self._first(matching)
+            return str(row["Id"]) if row is not None else None
+
+        return create_once(send, find, f"a {sobject}")
 
 
 class ContactRoles:
@@ -139,9 +164,21 @@ class ContactRoles:
 
         Roles read back primary first, then in the order they were added, so the roles from the first
         difference on are replaced. No contacts at all leaves the roles alone: a blank list from Partner
-        Center must not erase the roles sellers added."""
+        Center must not erase the roles sellers added. When the answer to creating roles is lost, the
+        roles are read again and only what is still missing is created."""
         if not contact_ids:
             return
+        for _ in range(SYNC_ATTEMPTS):
+            try:
+                self._sync(crm_id, contact_ids)
+                return
+            except OutcomeUnknown as exc:
+                log.info(
+                    "the answer to creating contact roles was lost (%s); reading them again", exc.status or "network"
+                )
+        raise TransientError(SERVICE, f"could not learn whether the contact roles of {crm_id} were created")
+
+    def _sync(self, crm_id: str, contact_ids: list[str]) -> None:
         existing = self.read([crm_id]).get(crm_id, [])
         keep = 0
         for index, role in enumerate(existing[: len(contact_ids)]):
@@ -150,7 +187,8 @@ class ContactRoles:
             keep = index + 1
         stale = [str(role["Id"]) for role in existing[keep:]]
         if stale:
-            _check(self._api.delete_many(stale))
+            # A delete sent again after its answer was lost finds the role already gone: that is done too.
+            _check([r for r in self._api.delete_many(stale) if not _already_deleted(r)])
         new = [
             {
                 "attributes": {"type": "OpportunityContactRole"},
@@ -163,6 +201,13 @@ class ContactRoles:
         ]
         for start in range(0, len(new), 200):
             _check(self._api.collection("POST", "composite/sobjects", new[start : start + 200]))
+
+
+def _already_deleted(result: dict[str, Any]) -> bool:
+    errors = result.get("errors") or []
+    return (
+        not result.get("success") and bool(errors) and all(e.get("statusCode") == "ENTITY_IS_DELETED" for e in errors)
+    )
 
 
 def _check(results: list[dict[str, Any]]) -> None:

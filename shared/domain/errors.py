@@ -84,3 +84,13 @@ class WebhookRejected(SyncError):
     def __init__(self, status: int, message: str) -> None:
         self.status = status
         super().__init__(message)
+
+
+class StorageRejected(PermanentError):
+    """Table Storage refused (or would refuse) one of our writes for what the row holds: a property or the
+    whole entity over the size limits, a key too long. The same write always fails, so it is a permanent
+    failure of that record, never a retry. The message names the row and the properties, never the data."""
+
+    def __init__(self, what: str, problems: list[str], status: int = 400, code: str | None = None) -> None:
+        self.what, self.problems = what, problems
+        super().__init__("Table Storage", f"{what} was refused: {'; '.join(problems)}", status, code)

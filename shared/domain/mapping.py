@@ -30,13 +30,40 @@ def _close_date(raw: str | None) -> date | None:
         return date.fromisoformat(raw[:10])
 
 
-def _contact(member: Member) -> Contact:
+def _clean_code(value: str | None) -> str | None:
+    return _clean(value.upper() if value else None)
+
+
+def _clean_contact(contact: Contact) -> Contact:
     return Contact(
-        first_name=_clean(member.first_name),
-        last_name=_clean(member.last_name),
-        email=_clean(member.email.lower() if member.email else None),
-        phone=_clean(member.phone_number),
-        title=_clean(member.title),
+        first_name=_clean(contact.first_name),
+        last_name=_clean(contact.last_name),
+        email=_clean(contact.email.lower() if contact.email else None),
+        phone=_clean(contact.phone),
+        title=_clean(contact.title),
+    )
+
+
+def _clean_address(address: CustomerAddress) -> CustomerAddress:
+    return CustomerAddress(
+        line1=_clean(address.line1),
+        line2=_clean(address.line2),
+        city=_clean(address.city),
+        state=_clean(address.state),
+        postal_code=_clean(address.postal_code),
+        country=_clean_code(address.country),
+    )
+
+
+def _contact(member: Member) -> Contact:
+    return _clean_contact(
+        Contact(
+            first_name=member.first_name,
+            last_name=member.last_name,
+            email=member.email,
+            phone=member.phone_number,
+            title=member.title,
+        )
     )
 
 
@@ -60,17 +87,19 @@ def referral_to_opportunity(referral: Referral, link_template: str = DEFAULT_REF
     return Opportunity(
         name=_clean(strip_marks(referral.name or "")),
         deal_value=details.deal_value if details else None,
-        currency=_clean(details.currency.upper() if details and details.currency else None),
+        currency=_clean_code(details.currency) if details else None,
         close_date=_close_date(details.closing_date_time) if details else None,
         notes=_clean(details.notes) if details else None,
         customer_name=_clean(profile.name) if profile else None,
-        customer_address=CustomerAddress(
-            line1=_clean(address.address_line1),
-            line2=_clean(address.address_line2),
-            city=_clean(address.city),
-            state=_clean(address.state),
-            postal_code=_clean(address.postal_code),
-            country=_clean(address.country.upper() if address.country else None),
+        customer_address=_clean_address(
+            CustomerAddress(
+                line1=address.address_line1,
+                line2=address.address_line2,
+                city=address.city,
+                state=address.state,
+                postal_code=address.postal_code,
+                country=address.country,
+            )
         )
         if address
         else CustomerAddress(),
@@ -87,7 +116,8 @@ def referral_to_opportunity(referral: Referral, link_template: str = DEFAULT_REF
 
 def _canonical(value: object) -> object:
     if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
+        # -0 is 0: Decimal's sign of zero survives normalize() and would make equal amounts differ.
+        return format(value.normalize(), "f") if value else "0"
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, tuple | list):
@@ -98,10 +128,22 @@ def _canonical(value: object) -> object:
 
 
 def mapped_values(opportunity: Opportunity) -> dict[str, object]:
-    """The synchronised fields in a canonical, JSON-able form (marks stripped from the name)."""
-    values = {field: _canonical(getattr(opportunity, field)) for field in MAPPED_FIELDS}
-    values["name"] = strip_marks(opportunity.name or "") or None
-    return values
+    """The synchronised fields in a canonical, JSON-able form: marks stripped from the name, and text cleaned
+    as :func:`referral_to_opportunity` cleans what Partner Center returns. A value the seller typed with stray
+    spaces or in another case reads back cleaned after it was sent; compared raw, it would come back from
+    Partner Center as a change and overwrite the seller's text."""
+    o = opportunity
+    cleaned = o.model_copy(
+        update={
+            "name": _clean(strip_marks(o.name or "")),
+            "currency": _clean_code(o.currency),
+            "notes": _clean(o.notes),
+            "customer_name": _clean(o.customer_name),
+            "customer_address": _clean_address(o.customer_address),
+            "customer_contacts": tuple(_clean_contact(c) for c in o.customer_contacts),
+        }
+    )
+    return {field: _canonical(getattr(cleaned, field)) for field in MAPPED_FIELDS}
 
 
 def fingerprint(opportunity: Opportunity) -> str:

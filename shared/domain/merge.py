@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .bounded import same_value
 from .mapping import mapped_values
 from .opportunity import MAPPED_FIELDS, Opportunity
 from .policies import Side, is_closed, transition_allowed, winner
@@ -79,8 +80,9 @@ def plan_merge(
         if pc_vals[name] == crm_vals[name]:
             continue
         crm_base = defaults[name] if name in defaults else (base or {}).get(name)
-        pc_changed = base is None or pc_vals[name] != base.get(name)
-        crm_changed = base is None or crm_vals[name] != crm_base
+        # A value too large to store whole is kept as a digest marker: same_value compares by digest.
+        pc_changed = base is None or not same_value(pc_vals[name], base.get(name))
+        crm_changed = base is None or not same_value(crm_vals[name], crm_base)
         if not (pc_changed or crm_changed):
             kept[name] = crm_base  # Partner Center still has none; the CRM keeps what it filled in
             continue

@@ -17,7 +17,7 @@ import requests
 
 from ..domain.errors import PermanentError, TransientError
 from ..domain.referral import Referral
-from ..httpclient import ApiClient, TokenProvider
+from ..httpclient import ApiClient, TokenProvider, create_once
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -144,10 +144,18 @@ class PartnerCenterClient:
             params = {}  # the next link already carries the query
         raise TransientError(SERVICE, f"the referral list did not end after {MAX_PAGES} pages")
 
-    def create_referral(self, referral: Mapping[str, Any] | Referral) -> Referral:
+    def create_referral(
+        self, referral: Mapping[str, Any] | Referral, find: Callable[[], Referral | None] | None = None
+    ) -> Referral:
+        """Create a referral. A create whose answer was lost may have taken effect: without ``find`` that
+        raises :class:`OutcomeUnknown`; with it, ``find`` looks for what the attempt made (by a key the
+        caller chose, such as ``externalReferenceId``) and the create is sent again only if nothing is found."""
         body = referral.to_json_dict() if isinstance(referral, Referral) else dict(referral)
-        response = self.api.request("POST", REFERRALS_PATH, json=body)
-        return self._referral(response)
+
+        def send() -> Referral:
+            return self._referral(self.api.request("POST", REFERRALS_PATH, json=body))
+
+        return send() if find is None else create_once(send, find, "a referral")
 
     def patch_referral(
         self, referral_id: str, operations: Sequence[Mapping[str, Any]], etag: str | None = None

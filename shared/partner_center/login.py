@@ -9,12 +9,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
 from ..domain.errors import AuthenticationError
 from .auth import REFERRALS_SCOPE
+from .token_file import warn_about_stray_token_file, write_token_file
 
 SERVICE = "Microsoft identity platform"
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
@@ -75,3 +77,9 @@ def device_code_sign_in(
             continue
         raise AuthenticationError(SERVICE, f"sign-in failed ({error or status})", status)
     raise AuthenticationError(SERVICE, "sign-in timed out: the code was not entered in time")
+
+
+def store_in_file(refresh_token: str, path: Path | None = None) -> Path:
+    """Keep the token in the per-user file (or ``path``) when no Key Vault is given; return the file."""
+    warn_about_stray_token_file(chosen=path)
+    return write_token_file(refresh_token, path)

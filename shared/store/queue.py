@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError
-from azure.storage.queue import QueueClient, QueueServiceClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import (
+    QueueClient,
+    QueueMessage,
+    QueueServiceClient,
+    TextBase64DecodePolicy,
+    TextBase64EncodePolicy,
+)
 
 from ..ports import Job
 
 JOBS_QUEUE = "sync-jobs"
 POISON_QUEUE = f"{JOBS_QUEUE}-poison"
+MAX_VISIBILITY_SECONDS = 7 * 24 * 3600  # the longest a Storage queue message may stay invisible
+PEEK_LIMIT = 32  # the most messages one peek or receive returns
 
 
 def encode_job(job: Job) -> str:
@@ -27,6 +35,29 @@ def decode_job(text: str) -> Job:
     if not isinstance(data, dict):
         raise ValueError("job message must be a JSON object")
     return Job.from_dict(data)
+
+
+def _readable(text: str) -> Job | None:
+    try:
+        return decode_job(text)
+    except ValueError:
+        return None
+
+
+@dataclass(frozen=True)
+class PoisonedJob:
+    """A message of the poison queue: the job (None when unreadable), its text and when it was poisoned."""
+
+    job: Job | None
+    text: str
+    message_id: str
+    poisoned_at: datetime | None
+
+
+@dataclass
+class Replay:
+    replayed: list[Job]
+    dropped: list[str]  # the text of unreadable messages, deleted
 
 
 class StorageJobQueue:
@@ -53,8 +84,10 @@ class StorageJobQueue:
         self.ensure()
         if not job.enqueued_at:
             job = Job(job.kind, job.record_id, job.reason, datetime.now(UTC).isoformat())
-        delay = max(0, min(int(delay_seconds), 7 * 24 * 3600))
-        self.client.send_message(encode_job(job), visibility_timeout=delay or None)
+        delay = max(0, min(int(delay_seconds), MAX_VISIBILITY_SECONDS))
+        # A message lives 7 days unless told otherwise: one deferred for days would expire before (or as)
+        # it became visible, and the job would be gone without a trace. A deferred job never expires.
+        self.client.send_message(encode_job(job), visibility_timeout=delay or None, time_to_live=-1 if delay else None)
 
     def depth(self) -> int:
         self.ensure()
@@ -68,17 +101,51 @@ class StorageJobQueue:
         self.ensure()
         return [decode_job(m.content) for m in self.client.peek_messages(max_messages=max_messages)]
 
-    def drain_poison(self) -> Iterator[tuple[str, Job | None]]:
-        """Yield (raw text, job or None when unreadable) and delete each poison message."""
+    def replay_poison(self, limit: int = 0) -> Replay:
+        """Move up to ``limit`` jobs (0: all) from the poison queue back to the job queue, deleting each
+        poison message only once its job is sent, and unreadable messages on the way."""
         self.ensure()
-        while True:
-            batch = list(self.poison.receive_messages(max_messages=32, visibility_timeout=60))
+        done = Replay([], [])
+        while not limit or len(done.replayed) < limit:
+            # Take no more than can be replayed: a message taken and not replayed would stay hidden a while.
+            wanted = PEEK_LIMIT if not limit else min(PEEK_LIMIT, limit - len(done.replayed))
+            batch = list(self.poison.receive_messages(max_messages=wanted, visibility_timeout=60))
             if not batch:
-                return
+                break
             for message in batch:
-                try:
-                    job: Job | None = decode_job(message.content)
-                except ValueError:
-                    job = None
-                yield message.content, job
+                job = _readable(message.content)
+                if job is None:
+                    done.dropped.append(message.content)
+                else:
+                    self.enqueue(job)
+                    done.replayed.append(job)
                 self.poison.delete_message(message)
+        return done
+
+    def list_poison(self) -> list[PoisonedJob]:
+        """Every message of the poison queue, oldest first, left where it is.
+
+        A peek shows at most 32 messages; a longer queue is read by taking each message out of sight for a
+        moment and showing it again straight away (its dequeue count goes up; nothing reads it but us)."""
+        self.ensure()
+        peeked = list(self.poison.peek_messages(max_messages=PEEK_LIMIT))
+        if len(peeked) < PEEK_LIMIT:
+            return [_poisoned(m) for m in peeked]
+        taken: dict[str, QueueMessage] = {}
+        try:
+            while True:
+                batch = list(self.poison.receive_messages(max_messages=PEEK_LIMIT, visibility_timeout=120))
+                fresh = [m for m in batch if m.id not in taken]
+                if not fresh:
+                    break
+                taken.update((m.id, m) for m in fresh)
+        finally:
+            for message in taken.values():
+                self.poison.update_message(message, visibility_timeout=0)
+        return sorted(
+            (_poisoned(m) for m in taken.values()), key=lambda p: p.poisoned_at or datetime.min.replace(tzinfo=UTC)
+        )
+
+
+def _poisoned(message: QueueMessage) -> PoisonedJob:
+    return PoisonedJob(_readable(message.content), message.content, message.id, message.inserted_on)

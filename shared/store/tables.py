@@ -3,6 +3,11 @@
 Row keys never hold raw external ids with characters Table Storage forbids (``/ \\ # ?``); ids are
 escaped by :func:`safe_key`. Links are written with etag conditions so two workers can never
 silently overwrite each other's bookkeeping.
+
+Every link, audit and state row is checked against the size limits before it is sent (Azurite, the local
+emulator, refuses an oversized property but accepts any entity size), and a row Table Storage refuses for
+what it holds raises :class:`StorageRejected`, a permanent failure of that record. Long texts are capped in
+UTF-16 units, the way Table Storage counts them, so these rows fit by construction.
 """
 
 from __future__ import annotations
@@ -13,17 +18,27 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import EntityProperty, TableClient, TableServiceClient, UpdateMode
 
-from ..domain.errors import PreconditionFailed
+from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
+from ..domain.errors import PreconditionFailed, StorageRejected
 from ..ports import AuditEntry, Link
+from ..write_fence import check_write_allowed
 
 _FORBIDDEN = {"/": "%2F", "\\": "%5C", "#": "%23", "?": "%3F", "%": "%25"}
 LINK_PARTITION = "referral"
 CRM_INDEX_PARTITION = "crm"
 LEASE_PARTITION = "lease"
 STATE_PARTITION = "state"
+
+# Our contract, stricter than Table Storage's 1 MiB entity: every row we write stays under 64 KiB.
+MAX_ENTITY_BYTES = 64 * 1024
+MAX_KEY_BYTES = 1024  # PartitionKey and RowKey, in UTF-16
+MAX_PROPERTIES = 252  # besides PartitionKey, RowKey and Timestamp
+AUDIT_MESSAGE_MAX_UNITS = 16_000
+AUDIT_EXTRA_MAX_UNITS = 12_000
+AUDIT_FIELDS_MAX_UNITS = 2_000
 
 
 def safe_key(value: str) -> str:
@@ -75,8 +90,10 @@ class TableSyncStore:
         return self.get_link(str(row["ReferralId"]))
 
     def save_link(self, link: Link) -> Link:
+        check_write_allowed()
         self.ensure()
-        row = _row_from_link(link)
+        what = f"the link row for referral {link.referral_id}"
+        row = check_limits(what, _row_from_link(link))
         try:
             if link.etag is None:
                 meta = self.links.create_entity(row)
@@ -88,11 +105,21 @@ class TableSyncStore:
             raise PreconditionFailed(
                 "Table Storage", f"link for referral {link.referral_id} changed concurrently", 412
             ) from exc
+        except HttpResponseError as exc:
+            _raise_if_rejected(exc, what, row)
+            raise
         if link.crm_id:
-            self.links.upsert_entity(
-                {"PartitionKey": CRM_INDEX_PARTITION, "RowKey": safe_key(link.crm_id), "ReferralId": link.referral_id},
-                mode=UpdateMode.REPLACE,
-            )
+            index = {
+                "PartitionKey": CRM_INDEX_PARTITION,
+                "RowKey": safe_key(link.crm_id),
+                "ReferralId": link.referral_id,
+            }
+            what = f"the CRM index row for referral {link.referral_id}"
+            try:
+                self.links.upsert_entity(check_limits(what, index), mode=UpdateMode.REPLACE)
+            except HttpResponseError as exc:
+                _raise_if_rejected(exc, what, index)
+                raise
         link.etag = meta.get("etag")
         return link
 
@@ -104,20 +131,24 @@ class TableSyncStore:
     def append_audit(self, entry: AuditEntry) -> None:
         self.ensure()
         at = entry.at or _now()
-        self.audit.create_entity(
-            {
-                "PartitionKey": safe_key(entry.record_key),
-                "RowKey": f"{_inverted_ticks(at)}-{uuid.uuid4().hex[:8]}",
-                "At": at,
-                "Action": entry.action,
-                "Direction": entry.direction,
-                "Message": entry.message[:30000],
-                "CrmId": entry.crm_id or "",
-                "ReferralId": entry.referral_id or "",
-                "Fields": ",".join(entry.fields),
-                "Extra": json.dumps(entry.extra, default=str)[:30000] if entry.extra else "",
-            }
-        )
+        row = {
+            "PartitionKey": safe_key(entry.record_key),
+            "RowKey": f"{_inverted_ticks(at)}-{uuid.uuid4().hex[:8]}",
+            "At": at,
+            "Action": entry.action,
+            "Direction": entry.direction,
+            "Message": cap_utf16(entry.message, AUDIT_MESSAGE_MAX_UNITS),
+            "CrmId": entry.crm_id or "",
+            "ReferralId": entry.referral_id or "",
+            "Fields": cap_utf16(",".join(entry.fields), AUDIT_FIELDS_MAX_UNITS),
+            "Extra": _extra_json(entry.extra) if entry.extra else "",
+        }
+        what = f"the audit row for {entry.record_key}"
+        try:
+            self.audit.create_entity(check_limits(what, row))
+        except HttpResponseError as exc:
+            _raise_if_rejected(exc, what, row)
+            raise
 
     def audit_trail(self, record_key: str, limit: int = 50) -> list[AuditEntry]:
         self.ensure()
@@ -176,6 +207,35 @@ class TableSyncStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
 
+    def renew_lease(self, key: str, owner: str, seconds: int) -> bool:
+        """Extend a lease this owner still holds. False when another worker holds it, or it expired (someone
+        may have taken it since), or it is gone: an expired lease is never taken back. The write is conditional
+        on the etag read, so a takeover between the read and the write wins over the renewal."""
+        self.ensure()
+        try:
+            current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
+        except ResourceNotFoundError:
+            return False
+        now = _now()
+        until = current.get("Until")
+        if current.get("Owner") != owner or not isinstance(until, datetime) or until <= now:
+            return False
+        try:
+            self.state.update_entity(
+                {
+                    "PartitionKey": LEASE_PARTITION,
+                    "RowKey": safe_key(key),
+                    "Owner": owner,
+                    "Until": now + timedelta(seconds=seconds),
+                },
+                mode=UpdateMode.REPLACE,
+                etag=current.metadata["etag"],
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        return True
+
     def release_lease(self, key: str, owner: str) -> None:
         try:
             current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
@@ -203,14 +263,113 @@ class TableSyncStore:
         return {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
 
     def set_state(self, key: str, values: dict[str, Any]) -> None:
+        check_write_allowed()
         self.ensure()
-        self.state.upsert_entity(
-            {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values}, mode=UpdateMode.MERGE
-        )
+        row = {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values}
+        what = f"the state row {key}"
+        try:
+            # A merge can only be checked for what it sends; Table Storage refuses a merged row that outgrows it.
+            self.state.upsert_entity(check_limits(what, row), mode=UpdateMode.MERGE)
+        except HttpResponseError as exc:
+            _raise_if_rejected(exc, what, row)
+            raise
 
 
 def _odata_quote(value: str) -> str:
     return value.replace("'", "''")
+
+
+def _value_bytes(value: Any) -> int:
+    """A property value's size as Table Storage counts it (strings in UTF-16, plus 4 bytes of length)."""
+    if isinstance(value, EntityProperty):
+        value = value.value
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return 2 * utf16_units(value) + 4
+    if isinstance(value, bytes | bytearray):
+        return len(value) + 4
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float | datetime):
+        return 8
+    if isinstance(value, uuid.UUID):
+        return 16
+    return 2 * utf16_units(str(value)) + 4
+
+
+def entity_bytes(row: dict[str, Any]) -> int:
+    """An entity's size by Microsoft's formula: 4 bytes, both keys in UTF-16, and for each property 8 bytes,
+    its name in UTF-16 and its value."""
+    size = 4
+    for name, value in row.items():
+        if name in ("PartitionKey", "RowKey"):
+            size += 2 * utf16_units(str(value))
+        else:
+            size += 8 + 2 * utf16_units(name) + _value_bytes(value)
+    return size
+
+
+def _largest(row: dict[str, Any], count: int = 3) -> str:
+    sizes = sorted(((_value_bytes(v), k) for k, v in row.items() if k not in ("PartitionKey", "RowKey")), reverse=True)
+    return ", ".join(f"{name} {size:,} bytes" for size, name in sizes[:count])
+
+
+def limit_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(Table Storage's error code, what breaks the limit) for ``row``, naming properties and sizes, never
+    values."""
+    problems = []
+    for key in ("PartitionKey", "RowKey"):
+        size = 2 * utf16_units(str(row.get(key, "")))
+        if size > MAX_KEY_BYTES:
+            problems.append(("KeyValueTooLarge", f"{key} is {size:,} bytes (limit {MAX_KEY_BYTES:,})"))
+    for name, value in row.items():
+        text = value.value if isinstance(value, EntityProperty) else value
+        if name not in ("PartitionKey", "RowKey") and isinstance(text, str):
+            units = utf16_units(text)
+            if units > MAX_TEXT_UNITS:
+                problems.append(
+                    ("PropertyValueTooLarge", f"{name} holds {units:,} UTF-16 units (limit {MAX_TEXT_UNITS:,})")
+                )
+    if len(row) - 2 > MAX_PROPERTIES:
+        problems.append(("TooManyProperties", f"{len(row) - 2} properties (limit {MAX_PROPERTIES})"))
+    size = entity_bytes(row)
+    if size > MAX_ENTITY_BYTES:
+        problems.append(
+            ("EntityTooLarge", f"the row is {size:,} bytes (limit {MAX_ENTITY_BYTES:,}; largest: {_largest(row)})")
+        )
+    return problems
+
+
+def check_limits(what: str, row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` when it is within the limits, else StorageRejected: the failure Table Storage would give,
+    raised before sending, so the emulator and Azure fail alike."""
+    problems = limit_problems(row)
+    if problems:
+        raise StorageRejected(what, [text for _, text in problems], 400, problems[0][0])
+    return row
+
+
+def _raise_if_rejected(exc: HttpResponseError, what: str, row: dict[str, Any]) -> None:
+    """A refusal of what the row holds becomes StorageRejected; anything else (an outage, throttling, a
+    timeout) is left for the caller to re-raise. Table Storage's own text is left out: ours is known never
+    to quote the data."""
+    status = exc.status_code or 0
+    if not 400 <= status < 500 or status in (404, 408, 409, 412, 429):
+        return
+    code = getattr(exc.error_code, "value", exc.error_code)
+    problems = [text for _, text in limit_problems(row)] or [f"largest properties: {_largest(row)}"]
+    raise StorageRejected(what, problems, status, str(code) if code else None) from exc
+
+
+def _extra_json(extra: dict[str, Any]) -> str:
+    """The audit row's extra details as JSON that always parses: when too long, their start as one text."""
+    text = json.dumps(extra, default=str, ensure_ascii=False)
+    capped, limit = text, AUDIT_EXTRA_MAX_UNITS
+    while utf16_units(capped) > AUDIT_EXTRA_MAX_UNITS:
+        capped = json.dumps({"truncated": cap_utf16(text, limit)}, ensure_ascii=False)
+        limit //= 2  # escaping lengthened it
+    return capped
 
 
 def _row_from_link(link: Link) -> dict[str, Any]:
@@ -223,6 +382,11 @@ def _row_from_link(link: Link) -> dict[str, Any]:
         value = getattr(link, attr)
         if value is not None:
             row[column] = value
+    if link.last_error is not None:
+        row["LastError"] = cap_utf16(link.last_error, ERROR_MAX_UNITS)
+    if link.last_values is not None and utf16_units(link.last_values) > AGREED_MAX_UNITS:
+        # A row written before the values were kept within budget (escaped JSON) shrinks on its next write.
+        row["LastValues"] = encode_agreed(json.loads(link.last_values))
     return row
 
 

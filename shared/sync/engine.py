@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from ..domain.audit_text import audit_line, prepend
+from ..domain.bounded import ERROR_MAX_UNITS, cap_utf16, encode_agreed
 from ..domain.checkmark import mark, strip_marks
 from ..domain.classification import classify, should_sync_to_crm
 from ..domain.errors import (
     ExternalServiceError,
+    LeaseLost,
     NotFound,
     PermanentError,
     PreconditionFailed,
     QuotaExceeded,
+    StorageRejected,
     TransientError,
     ValidationFailed,
 )
@@ -34,8 +37,10 @@ from ..domain.policies import DEFAULT_FIELD_OWNERS, Side
 from ..domain.referral import Referral
 from ..domain.referral_builder import is_microsoft_copy, patch_operations
 from ..domain.validation import problems_for_crm, problems_for_partner_center
-from ..ports import AuditEntry, Clock, Crm, Job, Link, PartnerCenter, SyncStore
+from ..ports import AuditEntry, Clock, Crm, Job, Link, PartnerCenter, SyncStore, WriteFence
 from .clock import SystemClock
+from .deferral import is_deferred
+from .lease import LeaseKeeper
 from .referral_creation import ReferralCreator
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,9 @@ class EngineOptions:
     referral_link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
     audit_max_chars: int = 20000
     lease_seconds: int = 120
+    # Writes stop this long before the lease row expires: one HTTP timeout plus allowed clock skew between
+    # workers (shared.sync.lease explains why; settings derive it from HTTP_TIMEOUT_SECONDS).
+    lease_margin_seconds: float = 35.0
     field_owners: Mapping[str, Side] = field(default_factory=lambda: dict(DEFAULT_FIELD_OWNERS))
 
 
@@ -89,10 +97,20 @@ def failure_state_key(crm_id: str) -> str:
 
 class SyncEngine:
     def __init__(
-        self, pc: PartnerCenter, crm: Crm, store: SyncStore, options: EngineOptions, clock: Clock | None = None
+        self,
+        pc: PartnerCenter,
+        crm: Crm,
+        store: SyncStore,
+        options: EngineOptions,
+        clock: Clock | None = None,
+        fence: WriteFence | None = None,
     ) -> None:
+        """``fence`` is what stops the adapters' writes once a job's lease is lost; wiring passes
+        :func:`shared.write_fence.fenced`. Without it the lease is still kept and renewed, but nothing
+        stops a worker that lost it."""
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
         self.clock: Clock = clock or SystemClock()
+        self.fence: WriteFence = fence or (lambda _check: nullcontext())
         self.creator = ReferralCreator(pc)
 
     # -- entry point -------------------------------------------------------------------------------
@@ -108,19 +126,21 @@ class SyncEngine:
         key = self._pair_key(job, pair)
         if key is None:
             return self._note("skipped", PC_TO_CRM, "referral not found in Partner Center", referral_id=job.record_id)
-        owner = uuid.uuid4().hex
-        if not self.store.acquire_lease(key, owner, self.options.lease_seconds):
+        lease = LeaseKeeper(self.store, key, self.options.lease_seconds, self.options.lease_margin_seconds)
+        if not lease.acquire():
             raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
-        try:
-            return run(job.record_id, pair)  # type: ignore[operator]
-        except QuotaExceeded:
-            raise  # not a failure of this record: the job runner pauses all work
-        except TransientError as exc:
-            if final_attempt:
-                self._record_final_failure(job, pair, exc)
-            raise
-        finally:
-            self.store.release_lease(key, owner)
+        with lease, self.fence(lease.check):
+            try:
+                return run(job.record_id, pair)  # type: ignore[operator]
+            except (QuotaExceeded, LeaseLost):
+                # Not a failure of this record: the job runner pauses all work, or defers the job while
+                # another worker may own the pair (this one must write nothing more, not even a failure).
+                raise
+            except TransientError as exc:
+                if final_attempt and not is_deferred(exc):  # a throttled job is deferred, not given up
+                    lease.check()  # a worker that lost the pair does not mark it failed either
+                    self._record_final_failure(job, pair, exc)
+                raise
 
     def _pair_key(self, job: Job, pair: Pair) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
@@ -209,6 +229,10 @@ class SyncEngine:
             except PreconditionFailed:
                 log.info("a record changed while we wrote it; re-reading both sides")
                 pair = self._reread(pair)
+            except StorageRejected as exc:
+                # Our bookkeeping was refused after the sides were written: fail from fresh reads, so the
+                # failure neither writes the refused values again nor marks the record with a stale etag.
+                return self._fail(self._reread(pair), direction, [str(exc)])
             except ValidationFailed as exc:
                 return self._fail(pair, direction, exc.reasons)
             except PermanentError as exc:
@@ -307,7 +331,14 @@ class SyncEngine:
         )
         written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
         agreed = mapped_values(self.crm.stored_form(self._mapped(referral)))
-        self._save_link(None, referral.id, referral, written, agreed, self._written_fingerprint(target))
+        try:
+            self._save_link(None, referral.id, referral, written, agreed, self._written_fingerprint(target))
+        except StorageRejected as exc:
+            # The referral exists now: keep the pair linked by a small row without the refused values, so
+            # the failure is recorded once, not again on every poll.
+            link = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
+            link.pc_fingerprint, link.pc_etag = fingerprint(self._mapped(referral)), referral.e_tag
+            return self._fail_crm_side(written, link, [str(exc)])
         if failed:
             self.store.set_state(failure_state_key(record.crm_id), {"CrmFingerprint": "", "Reason": ""})
         return self._audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
@@ -339,7 +370,7 @@ class SyncEngine:
         if link is None:
             self.store.set_state(
                 failure_state_key(record.crm_id),
-                {"CrmFingerprint": fingerprint(marked or record), "Reason": message[:30000]},
+                {"CrmFingerprint": fingerprint(marked or record), "Reason": cap_utf16(message, ERROR_MAX_UNITS)},
             )
         else:
             link.crm_fingerprint = fingerprint(marked or record)
@@ -406,7 +437,7 @@ class SyncEngine:
         crm_fingerprint: str | None = None,
     ) -> None:
         updated = link or Link(referral_id=referral_id)
-        updated.last_values = json.dumps(agreed, sort_keys=True, default=str)
+        updated.last_values = encode_agreed(agreed)
         self._record_link(updated, referral, record, status="ok", error=None, crm_fingerprint=crm_fingerprint)
 
     def _record_link(

@@ -6,6 +6,11 @@ queue would only burn what is left of the allocation. Instead the first job to h
 and every job or poll that starts during the pause does the same without calling the CRM. Nothing is
 lost; work resumes by itself.
 
+Throttling is not a failure either: a job whose service answered 429 (or 503 with ``Retry-After``)
+beyond what the HTTP client waits inline goes back on the queue, invisible for the delay the service
+asked for, and its attempt does not count towards the poison queue. A job whose worker lost its pair
+lease goes back the same way, like one whose pair is busy.
+
 The same state row also remembers the last refused credential (until a job succeeds again), so an
 expired secret shows up in /api/status instead of only as failed invocations.
 """
@@ -13,17 +18,21 @@ expired secret shows up in /api/status instead of only as failed invocations.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import AuthenticationError, QuotaExceeded
+from ..domain.errors import AuthenticationError, LeaseLost, QuotaExceeded, TransientError
 from ..ports import AuditEntry, Clock, Job, JobQueue, SyncStore
+from .deferral import throttle_delay
 from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, RecordBusy, SyncEngine
 from .poller import ChangeFeed, PollResult
 
 log = logging.getLogger(__name__)
 HEALTH_KEY = "health"
+# A Storage queue message can stay invisible for at most 7 days; a longer wait is taken in 7-day steps.
+MAX_DEFER_SECONDS = 7 * 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -41,10 +50,12 @@ class JobRunner:
         clock: Clock,
         pause_seconds: int = 900,
         busy_retry_seconds: int = 5,
+        throttle_retry_seconds: int = 60,
     ) -> None:
         self.engine, self.store, self.queue, self.clock = engine, store, queue, clock
         self.pause_seconds = pause_seconds
         self.busy_retry_seconds = busy_retry_seconds
+        self.throttle_retry_seconds = throttle_retry_seconds  # a 429 that names no delay
 
     def health(self) -> dict[str, Any]:
         return self.store.get_state(HEALTH_KEY) or {}
@@ -77,9 +88,22 @@ class JobRunner:
             log.info("%s %s is busy; retrying in %ss", job.kind, job.record_id, self.busy_retry_seconds)
             self._defer(job, self.busy_retry_seconds)
             return "deferred"
+        except LeaseLost as exc:
+            # Another worker may be writing the pair now; it finishes the work, or this job does once it is free.
+            log.warning("%s %s: %s; retrying in %ss", job.kind, job.record_id, exc, self.busy_retry_seconds)
+            self._defer(job, self.busy_retry_seconds)
+            return "deferred"
         except QuotaExceeded as exc:
             pause = self._pause(exc, job)
             self._defer(job, self._seconds_until(pause.until))
+            return "deferred"
+        except TransientError as exc:
+            delay = throttle_delay(exc, self.throttle_retry_seconds)
+            if delay is None:
+                raise  # counts as a failed attempt; the host retries it, then poisons it
+            seconds = min(MAX_DEFER_SECONDS, max(1, math.ceil(delay)))
+            log.warning("%s %s throttled (%s); retrying in %ss", job.kind, job.record_id, exc, seconds)
+            self._defer(job, seconds)
             return "deferred"
         if health.get("AuthService"):
             self.store.set_state(
@@ -88,7 +112,10 @@ class JobRunner:
         return action
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
-        """The CRM poll, unless work is paused (then it costs no CRM call at all)."""
+        """The CRM poll, unless work is paused (then it costs no CRM call at all).
+
+        A throttled poll keeps what it enqueued and reports it (the feed logs the throttle and saves its
+        progress); the next scheduled run carries on from there."""
         pause = self.current_pause()
         if pause is not None:
             log.warning("CRM poll skipped: paused until %s (%s)", pause.until.isoformat(), pause.reason)
@@ -121,7 +148,10 @@ class JobRunner:
         return max(1, int((until - self.clock.now()).total_seconds()) + 1)
 
     def _defer(self, job: Job, delay_seconds: int) -> None:
-        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay_seconds)
+        # A new message: the host deletes the one being handled (this invocation succeeds), and the new one
+        # starts with a fresh dequeue count. Should this send fail, the invocation fails and the host retries.
+        delay = min(MAX_DEFER_SECONDS, delay_seconds)
+        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay)
 
 
 def health_status(runner: JobRunner) -> dict[str, Any]:
