@@ -39,4 +39,4 @@ clean:
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(VENV_STAMP) $(NODE_STAMP)
-	$(PY) devtools/bench.py $(BENCH_ARGS)
+	$(PY) -m devtools.bench $(BENCH_ARGS)

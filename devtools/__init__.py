@@ -1,1 +1,2 @@
-"""Development tools (not deployed): Azurite launcher, local runner, demo."""
+"""Development tools (not deployed): the local Functions host and stack (``localhost``), the demo (``demo``), the
+benchmark (``bench``) and the release zip (``release``)."""

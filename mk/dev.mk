@@ -1,7 +1,7 @@
 # Local development: `make run` and `make demo` (issue 3). Included by the root Makefile.
 #
 #   make run    the app on http://localhost:7071/api/...: `func start` when Azure Functions Core Tools is
-#               installed, else the local runner (devtools/runner.py). Azurite and the emulators start only
+#               installed, else the local runner (devtools/localhost/runner.py). Azurite and the emulators start only
 #               for endpoints the settings (environment, then local.settings.json) leave unset.
 #               RUN_ARGS="--port 7072" passes options through; CRM=salesforce sets CRM_PROVIDER for this
 #               run (the bundled Salesforce emulator starts when no Salesforce endpoint is configured).
@@ -19,10 +19,10 @@ DEMO_CRM := $(if $(CRM),--crm $(CRM))
 
 run: $(VENV_STAMP) $(NODE_STAMP)
 	@if command -v func >/dev/null 2>&1; then \
-		exec env $(RUN_ENV) $(PY) -m devtools.run --host func $(RUN_ARGS); \
+		exec env $(RUN_ENV) $(PY) -m devtools.localhost.run --host func $(RUN_ARGS); \
 	else \
 		echo "Azure Functions Core Tools (func) not found: using the local runner (a development tool)"; \
-		exec env $(RUN_ENV) $(PY) -m devtools.run --host runner $(RUN_ARGS); \
+		exec env $(RUN_ENV) $(PY) -m devtools.localhost.run --host runner $(RUN_ARGS); \
 	fi
 
 demo: $(VENV_STAMP) $(NODE_STAMP)

@@ -37,7 +37,7 @@ infra-tools: $(CHECKOV_STAMP) $(INFRA_STAMP)
 
 # The release zip the Functions host runs: app files + Linux x86-64 / CPython 3.11 wheels.
 package: $(VENV_STAMP)
-	$(PY) devtools/package.py --output $(PACKAGE_ZIP)
+	$(PY) -m devtools.release.package --output $(PACKAGE_ZIP)
 
 # Human-readable security scan without the accepted findings (skipped here by check id; the test in
 # tests/test_infra.py matches them per resource type and fails on anything unexplained).

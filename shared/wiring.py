@@ -15,7 +15,7 @@ from .settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from .partner_center.client import PartnerCenterClient
-    from .partner_center.webhook import WebhookVerifier
+    from .partner_center.signature import WebhookVerifier
     from .ports import Crm
     from .store.queue import StorageJobQueue
     from .store.tables import TableSyncStore
@@ -73,7 +73,7 @@ class Container:
 
     @cached_property
     def verifier(self) -> WebhookVerifier:
-        from .partner_center.webhook import WebhookVerifier
+        from .partner_center.signature import WebhookVerifier
 
         s = self.settings
         return WebhookVerifier(

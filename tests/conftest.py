@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from devtools.azurite import Azurite, start_azurite
+from devtools.localhost.azurite import Azurite, start_azurite
 
 
 @pytest.fixture(scope="session")

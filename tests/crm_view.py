@@ -18,10 +18,10 @@ import math
 from typing import Any, Protocol
 
 from emulators.dataverse import DataverseEmulator
-from emulators.salesforce import DEFAULT_CLIENT_SECRET, SalesforceEmulator
+from emulators.salesforce.emulator import DEFAULT_CLIENT_SECRET, SalesforceEmulator
 from shared.crm.dynamics import DataverseCrm
 from shared.crm.salesforce import SalesforceCrm
-from shared.crm.salesforce_auth import StaticToken
+from shared.crm.salesforce.auth import StaticToken
 from shared.ports import Crm
 from tests.crm_seller import DataverseSeller, SalesforceSeller, Seller
 

@@ -20,7 +20,8 @@ from azure.functions.timer import TimerRequest
 
 from emulators.dataverse import DataverseEmulator
 from emulators.partner_center import PartnerCenterEmulator
-from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, MAX_BATCH_SIZE, SalesforceEmulator
+from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
+from emulators.salesforce.rest import MAX_BATCH_SIZE
 from shared import wiring
 from shared.ports import Crm
 from tests.crm_seller import Seller

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_thousand_flagged_opportunities_become_a_thousand_referrals():
     result = subprocess.run(
-        [sys.executable, "devtools/bench.py", "--records", "1000"],
+        [sys.executable, "-m", "devtools.bench", "--records", "1000"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from shared.crm.dynamics_webapi import DataverseRows
+from shared.crm.dynamics.webapi import DataverseRows
 from shared.domain.errors import PermanentError
 from shared.httpclient import ApiClient
 

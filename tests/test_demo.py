@@ -176,7 +176,11 @@ def test_killing_the_runner_mid_demo_fails_the_demo_and_cleans_up(tmp_path: Path
     marker = uuid.uuid4().hex
     demo, _ = _start_demo(marker, tmp_path)
     try:
-        runners = [p for p in _processes_with(marker) if "devtools.runner" in p and "devtools.guard" not in p]
+        runners = [
+            p
+            for p in _processes_with(marker)
+            if "devtools.localhost.runner" in p and "devtools.localhost.guard" not in p
+        ]
         assert len(runners) == 1, _processes_with(marker)
         os.kill(int(runners[0].split()[0]), signal.SIGKILL)
         output, _ = demo.communicate(timeout=60)

@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from emulators.dataverse import DataverseEmulator
-from shared.crm.dynamics import AzureIdentityToken, DataverseCrm
+from shared.crm.dynamics import DataverseCrm
+from shared.crm.dynamics.auth import AzureIdentityToken
 from shared.domain.errors import AuthenticationError, PreconditionFailed, ValidationFailed
 from shared.domain.mapping import mapped_values
 from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
@@ -372,7 +373,7 @@ def test_azure_identity_failure_is_an_authentication_error() -> None:
 
 
 def test_app_registration_credentials_are_used_when_configured(monkeypatch):
-    from shared.crm import dynamics
+    from shared.crm.dynamics import auth
     from shared.settings import load_settings
 
     settings = load_settings(
@@ -394,7 +395,7 @@ def test_app_registration_credentials_are_used_when_configured(monkeypatch):
             return type("T", (), {"token": "tok", "expires_on": 9_999_999_999})()
 
     monkeypatch.setattr("azure.identity.ClientSecretCredential", FakeClientSecretCredential)
-    assert dynamics.token_provider(settings)() == "tok"
+    assert auth.token_provider(settings)() == "tok"
     assert made == {
         "tenant": "tenant",
         "client_id": "app",

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parent.parent / "shared"
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT / "shared"
+EMULATORS = ROOT / "emulators"
 
 
 def _imports(path: Path) -> set[str]:
-    """Absolute module names imported by a file of the ``shared`` package (relative imports resolved)."""
-    package = ".".join(path.relative_to(SHARED.parent).with_suffix("").parts[:-1])
+    """Absolute module names imported by a file of the repository (relative imports resolved)."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -27,8 +29,13 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-def _files(folder: str) -> list[Path]:
-    return sorted((SHARED / folder).glob("*.py")) if (SHARED / folder).is_dir() else [SHARED / folder]
+def _files(folder: str, root: Path = SHARED) -> list[Path]:
+    """Every module of a folder, its subpackages included, or the one file named."""
+    return sorted((root / folder).rglob("*.py")) if (root / folder).is_dir() else [root / folder]
+
+
+def _id(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
 
 
 def _third_party(name: str) -> bool:
@@ -36,14 +43,14 @@ def _third_party(name: str) -> bool:
     return top not in sys.stdlib_module_names and top != "shared" and top != "__future__"
 
 
-@pytest.mark.parametrize("path", _files("domain"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _files("domain"), ids=_id)
 def test_domain_is_pure(path):
     imports = _imports(path)
     assert {i for i in imports if _third_party(i)} <= {"pydantic", "pydantic.alias_generators"}
     assert all(i.startswith("shared.domain") for i in imports if i.startswith("shared"))
 
 
-@pytest.mark.parametrize("path", _files("sync"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _files("sync"), ids=_id)
 def test_services_see_only_domain_and_ports(path):
     imports = _imports(path)
     allowed = ("shared.domain", "shared.ports", "shared.sync")
@@ -52,13 +59,20 @@ def test_services_see_only_domain_and_ports(path):
     assert {i for i in imports if _third_party(i)} <= {"pydantic"}
 
 
-@pytest.mark.parametrize("path", [*_files("crm"), *_files("partner_center"), *_files("store")], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [*_files("crm"), *_files("partner_center"), *_files("store")], ids=_id)
 def test_adapters_do_not_reach_up(path):
     imports = _imports(path)
     assert not any(i.startswith(("shared.sync", "shared.functions", "shared.wiring")) for i in imports), imports
 
 
-@pytest.mark.parametrize("path", _files("functions"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", _files("functions"), ids=_id)
 def test_triggers_stay_thin(path):
     imports = _imports(path)
     assert not any(i.startswith(("shared.crm", "shared.partner_center", "shared.store.tables")) for i in imports)
+
+
+@pytest.mark.parametrize("path", _files(".", EMULATORS), ids=_id)
+def test_emulators_stand_apart_from_the_app(path):
+    # An emulator that borrowed the connector's code would agree with the connector's mistakes.
+    imports = _imports(path)
+    assert not any(i.split(".")[0] in {"shared", "devtools", "tests", "function_app"} for i in imports), imports

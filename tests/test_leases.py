@@ -15,7 +15,7 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.data.tables import UpdateMode
 
-from emulators.partner_center_samples import outgoing_cosell_body
+from emulators.partner_center.samples import outgoing_cosell_body
 from shared import wiring
 from shared.domain.errors import LeaseLost
 from shared.partner_center.client import PartnerCenterClient

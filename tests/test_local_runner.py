@@ -1,4 +1,4 @@
-"""The local runner (devtools/runner.py): NCRONTAB, settings precedence, host.json, routes, and the
+"""The local runner (devtools/localhost/runner.py): NCRONTAB, settings precedence, host.json, routes, and the
 runner itself as a subprocess serving a fixture app (HTTP, queue output, poison queue, timers) and the
 real app (health, a signed webhook that ends as a Dataverse opportunity)."""
 
@@ -21,11 +21,11 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from devtools import ncrontab
-from devtools.azurite import Azurite, free_port
-from devtools.hostconfig import HostConfigError, load_host_config, parse_timespan
-from devtools.http_host import compile_route
-from devtools.settings_loader import LocalSettingsError, merge_settings, resolve
+from devtools.localhost import ncrontab
+from devtools.localhost.azurite import Azurite, free_port
+from devtools.localhost.hostconfig import HostConfigError, load_host_config, parse_timespan
+from devtools.localhost.http_host import compile_route
+from devtools.localhost.settings_loader import LocalSettingsError, merge_settings, resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_APP = ROOT / "tests" / "fixtures" / "runner_app"
@@ -148,7 +148,7 @@ def test_host_json_is_read_and_app_settings_override_it() -> None:
 
 
 def _function(route: str | None, methods: list[str] | None = None) -> Any:
-    from devtools.appload import LoadedFunction
+    from devtools.localhost.appload import LoadedFunction
 
     trigger = {"type": "httpTrigger", "name": "req", "route": route, "methods": methods}
     return LoadedFunction("fn", trigger, [], lambda req: None, {})
@@ -184,7 +184,7 @@ def test_sample_settings_list_every_app_setting() -> None:
 
 
 def test_stack_starts_only_what_the_settings_leave_unset(azurite: Azurite, tmp_path: Path) -> None:
-    from devtools.stack import Stack, needs_azurite
+    from devtools.localhost.stack import Stack, needs_azurite
 
     assert needs_azurite({})
     assert needs_azurite({"AzureWebJobsStorage": "UseDevelopmentStorage=true"})
@@ -209,7 +209,7 @@ def test_stack_starts_only_what_the_settings_leave_unset(azurite: Azurite, tmp_p
 
 
 def test_stack_points_every_partner_center_setting_at_its_emulator(tmp_path: Path) -> None:
-    from devtools.stack import Stack
+    from devtools.localhost.stack import Stack
 
     settings = {
         "AzureWebJobsStorage": "DefaultEndpointsProtocol=http;AccountName=x;AccountKey=eA==;QueueEndpoint=http://127.0.0.1:1/x",
@@ -241,8 +241,8 @@ SF_ELSEWHERE = {
 
 
 def test_stack_starts_the_salesforce_emulator_and_the_app_signs_in_with_client_credentials(tmp_path: Path) -> None:
-    from devtools.stack import Stack
-    from emulators.salesforce import DEFAULT_CLIENT_SECRET, TOKEN_PATH
+    from devtools.localhost.stack import Stack
+    from emulators.salesforce.emulator import DEFAULT_CLIENT_SECRET, TOKEN_PATH
     from shared.crm.salesforce import SalesforceCrm
     from shared.settings import load_settings
 
@@ -287,7 +287,7 @@ def test_stack_starts_the_salesforce_emulator_and_the_app_signs_in_with_client_c
 
 
 def test_stack_leaves_a_configured_salesforce_org_alone(tmp_path: Path) -> None:
-    from devtools.stack import Stack
+    from devtools.localhost.stack import Stack
 
     for endpoint in ("SALESFORCE_LOGIN_URL", "SALESFORCE_TOKEN_URL", "SALESFORCE_INSTANCE_URL"):
         settings = {**SF_ELSEWHERE, endpoint: "https://contoso.my.salesforce.com"}
@@ -314,7 +314,7 @@ class RunnerProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "devtools.runner", *args, "--port", str(port)],
+            [sys.executable, "-m", "devtools.localhost.runner", *args, "--port", str(port)],
             cwd=ROOT,
             env=env,
             stdout=self._log,
@@ -459,7 +459,7 @@ def test_timers_fire_on_schedule_and_on_demand(fixture_runner: dict[str, Any]) -
     wait_until(lambda: len(lines(out / "tick.jsonl")) >= 2, 10, "two scheduled ticks (*/1 * * * * *)")
     assert not lines(out / "yearly.jsonl")
     fire = subprocess.run(
-        [sys.executable, "-m", "devtools.runner", "fire", "yearly", "--url", runner.base],
+        [sys.executable, "-m", "devtools.localhost.runner", "fire", "yearly", "--url", runner.base],
         cwd=ROOT,
         env=runner_env(),
         capture_output=True,
@@ -485,7 +485,7 @@ def test_runner_reports_a_missing_binding_setting(tmp_path: Path, azurite: Azuri
         [
             sys.executable,
             "-m",
-            "devtools.runner",
+            "devtools.localhost.runner",
             "--app-dir",
             str(FIXTURE_APP),
             "--port",
@@ -513,8 +513,8 @@ def _real_app_ready() -> bool:
 def test_real_app_health_and_signed_webhook_become_an_opportunity(
     azurite: Azurite, storage_names: dict[str, str], tmp_path: Path
 ) -> None:
-    from devtools.demo_observe import Observer
-    from devtools.stack import Stack, hermetic_environment
+    from devtools.demo.observe import Observer
+    from devtools.localhost.stack import Stack, hermetic_environment
 
     settings = {"AzureWebJobsStorage": azurite.connection_string, **storage_names}
     with Stack(settings, workdir=tmp_path) as stack:

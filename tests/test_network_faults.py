@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from emulators.partner_center import PartnerCenterEmulator
-from emulators.partner_center_samples import outgoing_cosell_body
+from emulators.partner_center.samples import outgoing_cosell_body
 from shared.domain.errors import LeaseLost, OutcomeUnknown, Throttled, TransientError
 from shared.httpclient import ApiClient, create_once, parse_retry_after
 from shared.partner_center.auth import StaticToken

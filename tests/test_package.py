@@ -1,4 +1,4 @@
-"""The release zip (``make package`` / devtools/package.py): what the Functions host needs, for Linux
+"""The release zip (``make package`` / devtools/release/package.py): what the Functions host needs, for Linux
 x86-64 and CPython 3.11, and nothing else - no tests, emulators, developer tools, local settings or keys.
 
 The zip is built once per test session; downloaded wheels stay in dist/wheelhouse, so reruns are quick.
@@ -14,8 +14,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from devtools import package
-from devtools.azurite import DEV_KEY
+from devtools.localhost.azurite import DEV_KEY
+from devtools.release import package
 
 ROOT = Path(__file__).resolve().parent.parent
 SITE = ".python_packages/lib/site-packages/"
@@ -61,7 +61,7 @@ NATIVE_OK = re.compile(r"(\.cpython-311-x86_64-linux-gnu\.so|\.abi3\.so)$")
 def built(tmp_path_factory) -> tuple[zipfile.ZipFile, list[str]]:
     output = tmp_path_factory.mktemp("package") / "cosell-connector.zip"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "devtools" / "package.py"), "--output", str(output)],
+        [sys.executable, "-m", "devtools.release.package", "--output", str(output)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -12,7 +12,7 @@ from pydantic import SecretStr
 
 from emulators._server import Emulator, Request, Response
 from emulators.partner_center import PartnerCenterEmulator
-from emulators.partner_center_samples import outgoing_cosell_body
+from emulators.partner_center.samples import outgoing_cosell_body
 from shared.domain.errors import (
     AuthenticationError,
     NotFound,

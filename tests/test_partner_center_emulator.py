@@ -13,8 +13,8 @@ import requests
 from cryptography import x509
 
 from emulators.partner_center import PartnerCenterEmulator
-from emulators.partner_center_receiver import WebhookReceiver
-from emulators.partner_center_samples import cosell_referral, lead_referral, outgoing_cosell_body
+from emulators.partner_center.receiver import WebhookReceiver
+from emulators.partner_center.samples import cosell_referral, lead_referral, outgoing_cosell_body
 
 AUTH = {"Authorization": "Bearer test-token"}
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

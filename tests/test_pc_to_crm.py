@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from emulators.partner_center_dispatch import signed_headers
+from emulators.partner_center.dispatch import signed_headers
 from shared import wiring
 from shared.domain.checkmark import CHECK, CROSS
 from shared.domain.mapping import mapped_values, referral_to_opportunity

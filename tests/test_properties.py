@@ -1,6 +1,6 @@
 """Property-based tests of the pure sync core: mapping both ways, fingerprints, the merge plan, audit text, marks.
 
-Partner Center is played by the emulator's own JSON Patch rules (``emulators.partner_center_rules``) and JSON
+Partner Center is played by the emulator's own JSON Patch rules (``emulators.partner_center.rules``) and JSON
 goes through ``json.dumps``/``json.loads`` as it does over HTTP, so a property that holds here holds for what
 the connector really sends and reads back.
 """
@@ -17,7 +17,7 @@ from typing import Any
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from emulators.partner_center_rules import apply_patch, check_transition
+from emulators.partner_center.rules import apply_patch, check_transition
 from shared.domain.audit_text import audit_line, prepend
 from shared.domain.bounded import AGREED_MAX_UNITS, encode_agreed, utf16_units
 from shared.domain.checkmark import CHECK, CROSS, mark, strip_marks

@@ -11,15 +11,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
-from shared.crm.salesforce import (
-    DuplicateReferralId,
-    QuotaExhausted,
-    SalesforceCrm,
-    SalesforceMapping,
-    SalesforceRecordError,
-)
-from shared.crm.salesforce_auth import JwtBearer, OAuthToken, StaticToken
+from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
+from shared.crm.salesforce import SalesforceCrm
+from shared.crm.salesforce.api import DuplicateReferralId, QuotaExhausted, SalesforceRecordError
+from shared.crm.salesforce.auth import JwtBearer, OAuthToken, StaticToken
+from shared.crm.salesforce.mapping import SalesforceMapping
 from shared.domain.errors import AuthenticationError, PreconditionFailed, TransientError, ValidationFailed
 from shared.domain.mapping import mapped_values
 from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
@@ -488,27 +484,3 @@ def test_query_iterator_and_foreign_ids(emu: SalesforceEmulator, crm: Salesforce
     assert crm.get_opportunity("0015g00000AAAAAAAA") is None  # an account id
     assert crm.find_by_referral_id("") is None
     assert _requests(emu) == before
-
-
-# -- batches ----------------------------------------------------------------------------------------------------------
-def test_upsert_many_uses_collections_of_200(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
-    existing = crm.create_opportunity(full_opportunity("batch-000"))
-    batch = [
-        full_opportunity(f"batch-{i:03d}", customer_contacts=(), deal_value=Decimal(i), status=None) for i in range(250)
-    ]
-    batch[5] = batch[5].model_copy(update={"help_code": "Unknown code"})
-    batch[6] = batch[6].model_copy(update={"name": None})
-    batch[7] = batch[7].model_copy(update={"notes": "n" * 40000})
-    before = _requests(emu, "/composite/sobjects/Opportunity/")
-    results = crm.upsert_many(batch)
-    assert _requests(emu, "/composite/sobjects/Opportunity/") == before + 2
-    assert [r.referral_id for r in results] == [o.referral_id for o in batch]
-    assert results[0].ok and results[0].created is False and results[0].crm_id == existing.crm_id
-    assert results[1].ok and results[1].created is True
-    assert isinstance(results[5].error, ValidationFailed)
-    assert isinstance(results[6].error, ValidationFailed)
-    assert isinstance(results[7].error, SalesforceRecordError) and results[7].error.code == "STRING_TOO_LONG"
-    assert sum(r.ok for r in results) == 247
-    assert len(emu.records("Opportunity")) == 247 and len(emu.records("Account")) == 1
-    assert emu.record("Opportunity", existing.crm_id or "")["Amount"] == 0  # type: ignore[index]
-    assert emu.record("Opportunity", existing.crm_id or "")["StageName"] == "Qualification"  # type: ignore[index]

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
+from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
 
 V = "v62.0"
 REF = "Referral_Identfier__c"

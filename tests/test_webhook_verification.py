@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509 import load_der_x509_certificate
 
 from emulators.partner_center import PartnerCenterEmulator
-from emulators.partner_center_receiver import WebhookReceiver
+from emulators.partner_center.receiver import WebhookReceiver
 from shared.domain.errors import WebhookRejected
-from shared.partner_center.webhook import WebhookVerifier
+from shared.partner_center.signature import WebhookVerifier
 
 AUTH = {"Authorization": "Bearer test-token"}
 

@@ -1,0 +1,328 @@
+"""Starts, on demand, the local services the app's settings leave unset, and writes those settings.
+
+* Storage: ``AzureWebJobsStorage`` unset, empty or ``UseDevelopmentStorage=true`` (and no identity-based
+  ``AzureWebJobsStorage__*``) -> Azurite on free ports, under a guard so it cannot outlive us; the
+  setting becomes its explicit connection string (the fixed 10000-10002 ports are often taken).
+* Partner Center: ``PARTNER_CENTER_API_URL`` unset -> the Partner Center emulator (in-process). Writes
+  both API URLs, a static ``PARTNER_CENTER_ACCESS_TOKEN``, the emulator's certificate URL prefix and a
+  CA bundle file with its test root.
+* Dataverse: ``CRM_PROVIDER`` dynamics and ``DATAVERSE_URL`` unset -> the Dataverse emulator
+  (in-process), with ``DATAVERSE_URL`` and a static ``DATAVERSE_ACCESS_TOKEN``.
+* Salesforce: ``CRM_PROVIDER`` salesforce and ``SALESFORCE_LOGIN_URL``, ``SALESFORCE_TOKEN_URL`` and
+  ``SALESFORCE_INSTANCE_URL`` unset -> the Salesforce emulator (in-process) with the custom fields,
+  stages and help picklist values the settings name. The app signs in as it would to a real org, by the
+  client credentials flow at the emulator's ``/services/oauth2/token``: ``SALESFORCE_LOGIN_URL``,
+  ``SALESFORCE_CLIENT_ID`` and a fresh ``SALESFORCE_CLIENT_SECRET`` registered with the emulator (its
+  published default secret is refused), ``SALESFORCE_AUTH_FLOW=client_credentials``; a static
+  ``SALESFORCE_ACCESS_TOKEN`` is blanked.
+* Timer schedules: bindings read ``%..._SCHEDULE%`` straight from app settings, where the app's own
+  defaults (``shared.settings``) do not apply, so unset schedules get those defaults written.
+
+The main URL decides whether a service is emulated; once it is, every setting tied to that emulator is
+written even over a value from the file (a Microsoft certificate prefix cannot verify the emulator's
+callbacks), and the override is reported. Anything for a real service is used as is, so the same
+command runs against real services.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .azurite import ROOT, Azurite, azurite_command, free_port
+from .guard import spawn_guarded
+
+Progress = Callable[[str], None]
+REGISTRATION_PATH = "/webhooks/v1/registration"
+SECRET_MARKERS = ("TOKEN", "SECRET", "KEY", "PASSWORD", "AZUREWEBJOBSSTORAGE")
+DATAVERSE_COLUMN_SETTINGS = {
+    "DATAVERSE_FIELD_SYNC": "sync",
+    "DATAVERSE_FIELD_REFERRAL_ID": "referral_id",
+    "DATAVERSE_FIELD_REFERRAL_LINK": "referral_link",
+    "DATAVERSE_FIELD_HELP": "help",
+    "DATAVERSE_FIELD_PRODUCTS": "products",
+    "DATAVERSE_FIELD_AUDIT": "audit",
+}
+SALESFORCE_FIELD_SETTINGS = {
+    "SALESFORCE_FIELD_SYNC": "sync",
+    "SALESFORCE_FIELD_REFERRAL_ID": "referral_id",
+    "SALESFORCE_FIELD_REFERRAL_LINK": "referral_link",
+    "SALESFORCE_FIELD_HELP": "help",
+    "SALESFORCE_FIELD_PRODUCTS": "products",
+    "SALESFORCE_FIELD_AUDIT": "audit",
+}
+# Stage settings and whether the stage is (closed, won); a configured name the standard org lacks is added.
+SALESFORCE_STAGE_SETTINGS = {
+    "SALESFORCE_ON_HOLD_STAGE": (False, False),
+    "SALESFORCE_ACTIVE_STAGE": (False, False),
+    "SALESFORCE_WON_STAGE": (True, True),
+    "SALESFORCE_LOST_STAGE": (True, False),
+}
+SALESFORCE_ENDPOINT_SETTINGS = ("SALESFORCE_LOGIN_URL", "SALESFORCE_TOKEN_URL", "SALESFORCE_INSTANCE_URL")
+
+
+def _unset(settings: Mapping[str, str], name: str) -> bool:
+    return not settings.get(name, "").strip()
+
+
+def needs_azurite(settings: Mapping[str, str]) -> bool:
+    value = settings.get("AzureWebJobsStorage", "").strip()
+    identity = any(k.startswith("AzureWebJobsStorage__") and v for k, v in settings.items())
+    if identity and not value:
+        return False
+    return not value or value.rstrip(";").lower().replace(" ", "") == "usedevelopmentstorage=true"
+
+
+def masked(name: str, value: str) -> str:
+    """A setting as it may be printed: secrets (and connection strings, which hold keys) hidden."""
+    if any(marker in name.upper() for marker in SECRET_MARKERS):
+        return value[:4] + "…" if value else ""
+    return value
+
+
+def schedule_defaults() -> dict[str, str]:
+    from shared.settings import Settings
+
+    defaults = {}
+    for field in Settings.model_fields.values():
+        alias = getattr(field.validation_alias, "choices", [None])[0]
+        if isinstance(alias, str) and alias.endswith("_SCHEDULE") and isinstance(field.default, str):
+            defaults[alias] = field.default
+    return defaults
+
+
+def picklist_values(pairs: str) -> list[str]:
+    """The values of a ``Code=Value,...`` setting such as ``SALESFORCE_HELP_PICKLIST_VALUES``."""
+    return [item.split("=", 1)[1].strip() for item in pairs.split(",") if "=" in item]
+
+
+def start_azurite_guarded(log_path: Path, timeout: float = 30.0) -> Azurite:
+    """Azurite on free ports, in memory, under a guard (see devtools.localhost.guard) in its own process group."""
+    workdir = tempfile.mkdtemp(prefix="azurite-")
+    blob, queue, table = free_port(), free_port(), free_port()
+    cmd = azurite_command(blob, queue, table)
+    with open(log_path, "ab") as log:
+        guarded = spawn_guarded(cmd, "azurite", cwd=workdir, output=log)
+    azurite = Azurite(guarded.process, blob, queue, table, workdir)
+    deadline = time.monotonic() + timeout
+    for port in (blob, queue, table):
+        if not _wait_for_port(port, deadline, guarded.process):
+            azurite.stop()
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise RuntimeError(f"Azurite did not start within {timeout:.0f}s: {tail}")
+    return azurite
+
+
+def _wait_for_port(port: int, deadline: float, process: subprocess.Popen[bytes]) -> bool:
+    import socket
+
+    while time.monotonic() < deadline and process.poll() is None:
+        with socket.socket() as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
+class Stack:
+    """Use as a context manager; ``settings`` holds the completed settings after ``start()``."""
+
+    def __init__(
+        self, settings: Mapping[str, str], progress: Progress | None = None, workdir: Path | None = None
+    ) -> None:
+        self.settings: dict[str, str] = dict(settings)
+        self.written: dict[str, str] = {}
+        self.progress = progress or (lambda message: None)
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="cosell-stack-"))
+        self.azurite: Azurite | None = None
+        self.partner_center: Any = None
+        self.dataverse: Any = None
+        self.salesforce: Any = None
+
+    def __enter__(self) -> Stack:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _write(self, name: str, value: str, only_if_unset: bool = True) -> None:
+        current = self.settings.get(name, "").strip()
+        if current and only_if_unset:
+            return
+        if current and current != value:
+            action = "replaced" if value else "cleared"
+            self.progress(f"{name}: {action} the configured value, which cannot work with the emulator")
+        self.settings[name] = value
+        self.written[name] = value
+
+    def _own(self, name: str, value: str) -> None:
+        """A setting the emulator we started depends on."""
+        self._write(name, value, only_if_unset=False)
+
+    # -- start -----------------------------------------------------------------------------------------
+    def start(self) -> dict[str, str]:
+        self._write("FUNCTIONS_WORKER_RUNTIME", "python")
+        if needs_azurite(self.settings):
+            started = time.monotonic()
+            self.azurite = start_azurite_guarded(self.workdir / "azurite.log")
+            self.settings.pop("AzureWebJobsStorage", None)  # UseDevelopmentStorage=true is no override to report
+            self._own("AzureWebJobsStorage", self.azurite.connection_string)
+            took = time.monotonic() - started
+            self.progress(f"Azurite started (queue port {self.azurite.queue_port}) in {took:.1f}s")
+        if _unset(self.settings, "PARTNER_CENTER_API_URL"):
+            self._start_partner_center()
+        provider = crm_provider(self.settings)
+        if provider == "dynamics" and _unset(self.settings, "DATAVERSE_URL"):
+            self._start_dataverse()
+        if provider == "salesforce" and all(_unset(self.settings, name) for name in SALESFORCE_ENDPOINT_SETTINGS):
+            self._start_salesforce()
+        for name, value in schedule_defaults().items():
+            self._write(name, value)
+        return self.settings
+
+    def _start_partner_center(self) -> None:
+        from emulators.partner_center import PartnerCenterEmulator
+
+        # A fresh token per run: the emulator refuses any other, as Partner Center refuses a wrong token.
+        token = "pc-emulator-" + secrets.token_hex(8)
+        self.partner_center = PartnerCenterEmulator(required_token=token)
+        self.partner_center.start()
+        url = self.partner_center.url
+        self._own("PARTNER_CENTER_ACCESS_TOKEN", token)
+        self._own("PARTNER_CENTER_API_URL", url)
+        self._own("PARTNER_CENTER_WEBHOOK_API_URL", url)
+        # Only the emulator's own certificate path is trusted, the way only Microsoft's is in production.
+        cert_url = self.partner_center.certificate_url()
+        self._own("PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES", cert_url.rsplit("/", 1)[0] + "/")
+        bundle = self.partner_center.write_ca_bundle(self.workdir / "partner-center-emulator-ca.pem")
+        self._own("PARTNER_CENTER_WEBHOOK_CA_BUNDLE", str(bundle))
+        self.progress(f"Partner Center emulator listening on {url}")
+
+    def _start_dataverse(self) -> None:
+        from emulators.dataverse import DataverseEmulator
+        from emulators.dataverse.schema import CustomColumns
+
+        # The emulated org has the custom columns the settings name, as a real org would have to.
+        columns = CustomColumns(
+            **{
+                attribute: self.settings[name]
+                for name, attribute in DATAVERSE_COLUMN_SETTINGS.items()
+                if not _unset(self.settings, name)
+            }
+        )
+        country = self.settings.get("DATAVERSE_ACCOUNT_COUNTRY_FIELD", "").strip() or "address1_country"
+        token = "dataverse-emulator-" + secrets.token_hex(8)
+        self.dataverse = DataverseEmulator(columns=columns, account_country_column=country, required_token=token)
+        self.dataverse.start()
+        self._own("DATAVERSE_ACCESS_TOKEN", token)
+        self._own("DATAVERSE_URL", self.dataverse.url)
+        self.progress(f"Dataverse emulator listening on {self.dataverse.url}")
+
+    def _start_salesforce(self) -> None:
+        from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, SalesforceEmulator
+        from emulators.salesforce.schema import DEFAULT_HELP_VALUES, DEFAULT_STAGES, CustomFields
+
+        # The emulated org has the custom fields, stages and picklist values the settings name, as a real org
+        # would have to.
+        fields = CustomFields(
+            **{
+                attribute: self.settings[name]
+                for name, attribute in SALESFORCE_FIELD_SETTINGS.items()
+                if not _unset(self.settings, name)
+            }
+        )
+        stages = {name: (closed, won) for name, closed, won in DEFAULT_STAGES}
+        for name, flags in SALESFORCE_STAGE_SETTINGS.items():
+            if not _unset(self.settings, name):
+                stages.setdefault(self.settings[name], flags)
+        # "How can Microsoft help?" is a restricted picklist: the org lists the values the app will write.
+        help_values = picklist_values(self.settings.get("SALESFORCE_HELP_PICKLIST_VALUES", "")) or DEFAULT_HELP_VALUES
+        client_id = self.settings.get("SALESFORCE_CLIENT_ID", "").strip() or DEFAULT_CLIENT_ID
+        # A fresh secret per run for the connected app: the emulator refuses any other, as Salesforce would.
+        secret = "sf-emulator-" + secrets.token_hex(16)
+        self.salesforce = SalesforceEmulator(
+            fields=fields, stages=stages, help_values=help_values, clients={client_id: secret}
+        )
+        self.salesforce.start()
+        self._own("SALESFORCE_AUTH_FLOW", "client_credentials")
+        self._own("SALESFORCE_LOGIN_URL", self.salesforce.url)
+        self._own("SALESFORCE_CLIENT_ID", client_id)
+        self._own("SALESFORCE_CLIENT_SECRET", secret)
+        if not _unset(self.settings, "SALESFORCE_ACCESS_TOKEN"):
+            # A static token would win over the sign-in, and no token from elsewhere is valid here.
+            self._own("SALESFORCE_ACCESS_TOKEN", "")
+        self.progress(f"Salesforce emulator listening on {self.salesforce.url}")
+
+    # -- webhook registration ----------------------------------------------------------------------------
+    def register_webhook(self, webhook_url: str) -> dict[str, Any] | None:
+        """Register ``webhook_url`` with the Partner Center emulator through its Webhooks API.
+
+        Only for our own emulator: registering with the real Partner Center is an operator's decision
+        (``python -m shared register-webhook``), never a side effect of starting the app.
+        """
+        if self.partner_center is None:
+            return None
+        from shared.sync.webhook_intake import REFERRAL_EVENTS, TEST_EVENT
+
+        url = self.settings["PARTNER_CENTER_WEBHOOK_API_URL"].rstrip("/") + REGISTRATION_PATH
+        headers = {"Authorization": f"Bearer {self.settings['PARTNER_CENTER_ACCESS_TOKEN']}"}
+        body = {"WebhookUrl": webhook_url, "WebhookEvents": [TEST_EVENT, *sorted(REFERRAL_EVENTS)]}
+        response = requests.post(url, json=body, headers=headers, timeout=10)
+        if response.status_code == 409:
+            response = requests.put(url, json=body, headers=headers, timeout=10)
+        response.raise_for_status()
+        self.progress(f"webhook registered with the Partner Center emulator: {webhook_url}")
+        return dict(response.json())
+
+    # -- stop --------------------------------------------------------------------------------------------
+    def stop(self) -> None:
+        for emulator in (self.partner_center, self.dataverse, self.salesforce):
+            if emulator is not None:
+                emulator.stop()
+        self.partner_center = self.dataverse = self.salesforce = None
+        if self.azurite is not None:
+            self.azurite.stop()
+            self.azurite = None
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def crm_provider(settings: Mapping[str, str]) -> str:
+    """``CRM_PROVIDER`` as the app reads it (case-insensitive, default ``dynamics``)."""
+    return settings.get("CRM_PROVIDER", "").strip().lower() or "dynamics"
+
+
+def hermetic_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment without any app or host setting: the demo runs on the embedded default only."""
+    from shared.settings import Settings
+
+    names = {"AZUREWEBJOBSSTORAGE", "FUNCTIONS_WORKER_RUNTIME"}
+    for field in Settings.model_fields.values():
+        for alias in getattr(field.validation_alias, "choices", []):
+            names.add(str(alias).upper())
+    return {
+        k: v
+        for k, v in environ.items()
+        if k.upper() not in names and not k.upper().startswith(("AZUREWEBJOBSSTORAGE__", "AZUREFUNCTIONSJOBHOST__"))
+    }
+
+
+def project_pythonpath(environ: Mapping[str, str]) -> str:
+    existing = environ.get("PYTHONPATH", "")
+    return os.pathsep.join(p for p in (str(ROOT), existing) if p)

@@ -1,0 +1,1 @@
+"""``make package``: the release zip the Functions host runs (:mod:`devtools.release.package`)."""

@@ -1,0 +1,213 @@
+"""Dataverse (Dynamics 365) Web API emulator: an in-memory OData v4 subset for tests and the local demo.
+
+``python -m emulators.dataverse [--port N]`` serves ``/api/data/v9.2/`` with the tables the connector
+uses (opportunities, accounts, contacts, transactioncurrencies, opportunitycloses). It is strict where
+the real service is strict (types in ``$filter``, unknown columns, lookups written only through
+``@odata.bind``, closed opportunities read-only) so a client bug shows up here, not in a customer's org.
+
+Tests drive it through the ``/_emulator/...`` routes or the same operations as Python methods:
+:meth:`DataverseEmulator.reset`, :meth:`seed`, :meth:`counters`, :meth:`inject_fault`, :meth:`table`,
+:meth:`writes`.
+
+This module is the emulator itself: configuration, the Python control API, authentication and injected
+faults. The parts live next to it: the tables and value rules (:mod:`emulators.dataverse.schema`), the
+query language (:mod:`emulators.dataverse.odata`), the rows and write rules (:mod:`emulators.dataverse.store`),
+the Web API operations (:mod:`emulators.dataverse.webapi`) and the control routes
+(:mod:`emulators.dataverse.control`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from .._server import Emulator, Request, Response
+from .control import register_control_routes
+from .schema import (
+    CODE_THROTTLED,
+    DEFAULT_HELP_OPTIONS,
+    CustomColumns,
+    ODataError,
+    bad_request,
+    build_tables,
+)
+from .store import Store
+from .webapi import API, Ledger, WebApi
+
+__all__ = ["API", "CustomColumns", "DataverseEmulator", "ODataError"]
+
+THROTTLED_MESSAGE = "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
+
+
+@dataclass
+class _Fault:
+    status: int
+    remaining: int
+    retry_after: int | None
+    method: str | None
+    path: re.Pattern[str] | None
+
+
+class DataverseEmulator(Emulator):
+    name = "dataverse"
+
+    def __init__(
+        self,
+        *,
+        columns: CustomColumns | None = None,
+        account_country_column: str = "address1_country",
+        help_options: Iterable[int] = DEFAULT_HELP_OPTIONS,
+        required_token: str | None = None,
+        base_currency: str | None = "USD",
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        super().__init__()
+        self.columns = columns or CustomColumns()
+        self.tables = build_tables(self.columns, account_country_column, help_options)
+        self._configured_token = required_token
+        self.required_token = required_token
+        self.store = Store(self.tables, clock or (lambda: datetime.now(UTC)), base_currency)
+        self.ledger = Ledger(self.tables)
+        self.web_api = WebApi(self.store, self.ledger, self.lock, lambda: self.port)
+        self._faults: list[_Fault] = []
+        self._register_routes()
+        self.reset()
+
+    @property
+    def base_currency(self) -> str | None:
+        """ISO code of the organisation's base currency, stamped on new opportunities (None: not stamped)."""
+        return self.store.base_currency
+
+    @base_currency.setter
+    def base_currency(self, code: str | None) -> None:
+        self.store.base_currency = code
+
+    # -- control (Python) ------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Empty every table (currencies re-seeded), counters, faults and logs; restore the configured token."""
+        with self.lock:
+            self._faults.clear()
+            self.ledger.writes.clear()
+            self.request_log.clear()
+            self.required_token = self._configured_token
+            self.reset_counters()
+            self.store.clear()
+
+    def reset_counters(self) -> None:
+        with self.lock:
+            self.ledger.reset_counters()
+
+    def counters(self) -> dict[str, Any]:
+        with self.lock:
+            return json.loads(json.dumps(self.ledger.counters))
+
+    def seed(self, entity_set: str, records: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert rows as given (system columns and ``_x_value`` lookups may be set); not counted as writes."""
+        table = self.store.table(entity_set)
+        items = [records] if isinstance(records, dict) else list(records)
+        with self.lock:
+            created = []
+            for record in items:
+                values, targets = self.store.parse_body(table, record, seeding=True)
+                created.append(self.store.render(table, self.store.insert(table, values, targets, seeding=True)))
+            return created
+
+    def inject_fault(
+        self,
+        status: int = 429,
+        count: int = 1,
+        retry_after: int | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        """Answer the next ``count`` API requests (matching ``method`` / the ``path`` regex) with ``status``."""
+        if retry_after is None and status in (429, 503):
+            retry_after = 1
+        with self.lock:
+            self._faults.append(
+                _Fault(
+                    status, count, retry_after, method.upper() if method else None, re.compile(path) if path else None
+                )
+            )
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self._faults.clear()
+
+    def table(self, entity_set: str) -> list[dict[str, Any]]:
+        table = self.store.table(entity_set)
+        with self.lock:
+            return [self.store.render(table, row) for row in self.store.rows[entity_set].values()]
+
+    def record(self, entity_set: str, record_id: str) -> dict[str, Any] | None:
+        table = self.store.table(entity_set)
+        with self.lock:
+            row = self.store.rows[entity_set].get(record_id.lower())
+            return self.store.render(table, row) if row else None
+
+    def writes(self) -> list[dict[str, Any]]:
+        """Successful writes in order: operation, table, id, the body keys sent and the conditional headers."""
+        with self.lock:
+            return json.loads(json.dumps(self.ledger.writes))
+
+    def set_required_token(self, token: str | None) -> None:
+        with self.lock:
+            self.required_token = token
+
+    # -- dispatch ---------------------------------------------------------------------------------------------
+    def dispatch(self, request: Request) -> Response:
+        if request.path.startswith("/_emulator/"):
+            return super().dispatch(request)
+        try:
+            with self.lock:
+                self.ledger.counters["requests"] += 1
+                self._raise_fault(request)
+            self._check_headers(request)
+            response = super().dispatch(request)
+        except ODataError as exc:
+            response = exc.response()
+        response.headers.setdefault("OData-Version", "4.0")
+        if isinstance(response.body, dict):
+            response.headers.setdefault("Content-Type", "application/json; odata.metadata=minimal")
+        return response
+
+    def _raise_fault(self, request: Request) -> None:
+        for fault in self._faults:
+            if fault.remaining <= 0 or (fault.method and fault.method != request.method):
+                continue
+            if fault.path and not fault.path.search(unquote(request.path)):
+                continue
+            fault.remaining -= 1
+            self.ledger.counters["faults"] += 1
+            headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
+            if fault.status == 429:
+                raise ODataError(429, THROTTLED_MESSAGE, CODE_THROTTLED, headers)
+            if fault.status == 401:
+                raise ODataError(401, "The access token has expired.", "", headers)
+            raise ODataError(fault.status, "The service is temporarily unavailable. Try again later.", "", headers)
+        self._faults[:] = [f for f in self._faults if f.remaining > 0]
+
+    def _check_headers(self, request: Request) -> None:
+        authorization = request.header("authorization") or ""
+        scheme, _, token = authorization.partition(" ")
+        challenge = {
+            "WWW-Authenticate": "Bearer authorization_uri=https://login.microsoftonline.com/common/oauth2/authorize"
+        }
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ODataError(401, "Request is not authenticated: send 'Authorization: Bearer <token>'.", "", challenge)
+        if self.required_token is not None and token.strip() != self.required_token:
+            raise ODataError(401, "The access token is not valid for this organization.", "", challenge)
+        for name in ("odata-version", "odata-maxversion"):
+            value = request.header(name)
+            if value is not None and not value.strip().startswith("4."):
+                raise bad_request(f"The {name} header value '{value}' is not supported; use 4.0.")
+
+    def _register_routes(self) -> None:
+        register_control_routes(self)
+        for method, pattern, handler in self.web_api.routes():
+            self.route(method, pattern, handler)

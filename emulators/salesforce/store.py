@@ -1,0 +1,308 @@
+"""Salesforce emulator: the in-memory org (records, write rules, system fields, rollback).
+
+Every write goes through :meth:`Org.insert` / :meth:`Org.update` / :meth:`Org.delete`, which apply what
+the platform applies: field existence and types, create/update permissions of system fields, required
+fields, restricted picklists (the currency picklist follows the active ``CurrencyType`` rows), lookups
+that must point at a live record of the right object, ``IsClosed`` / ``IsWon`` derived from the stage,
+one primary contact role per opportunity, and strictly increasing ``SystemModstamp`` values.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from .schema import (
+    BOOLEAN,
+    CURRENCY_RATES,
+    REFERENCE,
+    USER_ID,
+    FieldDef,
+    SalesforceError,
+    SObjectType,
+    bad_request,
+    coerce,
+    make_id,
+    normalize_id,
+    render_value,
+)
+from .soql import Column
+
+Record = dict[str, Any]
+SYSTEM_SEEDABLE = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"})
+
+
+class Org:
+    def __init__(
+        self,
+        objects: Mapping[str, SObjectType],
+        stages: Mapping[str, tuple[bool, bool]],
+        currencies: Iterable[str],
+        clock: Callable[[], datetime],
+        external_id_case_sensitive: bool = False,
+    ) -> None:
+        self.objects = dict(objects)
+        self._lower = {name.lower(): sobject for name, sobject in objects.items()}
+        self.stages = dict(stages)
+        self.currencies = tuple(currencies)
+        self.clock = clock
+        self.external_id_case_sensitive = external_id_case_sensitive
+        self.records: dict[str, dict[str, Record]] = {}
+        self._next_number = 1
+        self._last_stamp = datetime.min.replace(tzinfo=UTC)
+        self.clear()
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def clear(self) -> None:
+        self.records = {name: {} for name in self.objects}
+        self._next_number = 1
+        self._last_stamp = datetime(1970, 1, 1, tzinfo=UTC)
+        # Currencies are reference data of the org: dated in the past, they use up no change stamps.
+        since = {name: "2000-01-01T00:00:00.000+0000" for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp")}
+        for code in self.currencies:
+            self.insert(
+                "CurrencyType",
+                {
+                    "IsoCode": code,
+                    "ConversionRate": CURRENCY_RATES.get(code, 1.0),
+                    "DecimalPlaces": 0 if code == "JPY" else 2,
+                    "IsActive": True,
+                    "IsCorporate": code == self.currencies[0],
+                    **since,
+                },
+                seeding=True,
+            )
+
+    def snapshot(self) -> tuple[dict[str, dict[str, Record]], int, datetime]:
+        return copy.deepcopy(self.records), self._next_number, self._last_stamp
+
+    def restore(self, state: tuple[dict[str, dict[str, Record]], int, datetime]) -> None:
+        self.records, self._next_number, self._last_stamp = state
+
+    def sobject(self, name: str) -> SObjectType:
+        sobject = self._lower.get(name.lower())
+        if sobject is None:
+            raise bad_request("NOT_FOUND", "The requested resource does not exist")
+        return sobject
+
+    def _stamp(self) -> datetime:
+        # Strictly increasing, at millisecond precision, so that "changed since" watermarks can be tested.
+        now = self.clock().astimezone(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        stamp = max(now, self._last_stamp + timedelta(milliseconds=1))
+        self._last_stamp = stamp
+        return stamp
+
+    # -- reads ------------------------------------------------------------------------------------------------
+    def get(self, object_name: str, record_id: str, include_deleted: bool = False) -> Record | None:
+        normalized = normalize_id(record_id)
+        row = self.records[self.sobject(object_name).name].get(normalized or "")
+        if row is None or (row["IsDeleted"] and not include_deleted):
+            return None
+        return row
+
+    def find_any(self, record_id: str) -> tuple[str, Record] | None:
+        normalized = normalize_id(record_id) or ""
+        for name, sobject in self.objects.items():
+            if normalized.startswith(sobject.key_prefix) and normalized in self.records[name]:
+                return name, self.records[name][normalized]
+        return None
+
+    def rows(self, object_name: str, include_deleted: bool = False) -> list[Record]:
+        rows = self.records[self.sobject(object_name).name].values()
+        return [row for row in rows if include_deleted or not row["IsDeleted"]]
+
+    def match_external(self, object_name: str, definition: FieldDef, value: str) -> list[Record]:
+        if self.external_id_case_sensitive:
+            return [row for row in self.rows(object_name) if row.get(definition.name) == value]
+        wanted = value.casefold()
+        return [row for row in self.rows(object_name) if str(row.get(definition.name) or "").casefold() == wanted]
+
+    def resolve(self, row: Mapping[str, Any], column: Column) -> Any:
+        current: Mapping[str, Any] | None = row
+        for hop in column.hops:
+            parent_id = current.get(hop.name) if current is not None else None
+            current = self.get(hop.reference_to or "", parent_id) if parent_id else None
+        return current.get(column.field.name) if current is not None else None
+
+    # -- rendering --------------------------------------------------------------------------------------------
+    def attributes(self, object_name: str, record_id: str, version: str) -> dict[str, str]:
+        return {"type": object_name, "url": f"/services/data/{version}/sobjects/{object_name}/{record_id}"}
+
+    def render(self, object_name: str, row: Record, version: str, fields: Iterable[str] | None = None) -> Record:
+        sobject = self.sobject(object_name)
+        names = list(sobject.fields) if fields is None else [self._field(sobject, f).name for f in fields]
+        out: Record = {"attributes": self.attributes(sobject.name, row["Id"], version)}
+        for name in names:
+            out[name] = render_value(row.get(name))
+        return out
+
+    def render_columns(self, object_name: str, row: Record, columns: Iterable[Column], version: str) -> Record:
+        out: Record = {"attributes": self.attributes(object_name, row["Id"], version)}
+        for column in columns:
+            target, source, sobject_name = out, row, object_name
+            for hop in column.hops:
+                relationship = hop.relationship or ""
+                parent_id = source.get(hop.name) if source is not None else None
+                parent = self.get(hop.reference_to or "", parent_id) if parent_id else None
+                sobject_name = hop.reference_to or ""
+                if parent is None:
+                    target[relationship] = None
+                    source = None
+                    break
+                nested = target.get(relationship)
+                if not isinstance(nested, dict):
+                    nested = {"attributes": self.attributes(sobject_name, parent["Id"], version)}
+                    target[relationship] = nested
+                target, source = nested, parent
+            else:
+                target[column.field.name] = render_value(source.get(column.field.name))
+        return out
+
+    # -- writes -----------------------------------------------------------------------------------------------
+    def insert(self, object_name: str, body: Mapping[str, Any], seeding: bool = False) -> Record:
+        sobject = self.sobject(object_name)
+        changes = self._changes(sobject, body, creating=True, seeding=seeding)
+        row: Record = {name: definition.default for name, definition in sobject.fields.items()}
+        row.update(changes)
+        record_id = changes.get("Id") or make_id(sobject.key_prefix, self._next_number)
+        self._next_number += 1
+        if record_id in self.records[sobject.name]:
+            raise bad_request(
+                "DUPLICATE_VALUE", f"duplicate value found: Id duplicates value on record with id: {record_id}"
+            )
+        row["Id"] = record_id
+        stamps = ("CreatedDate", "LastModifiedDate", "SystemModstamp")
+        stamp = None if all(changes.get(name) for name in stamps) else self._stamp()
+        for name in stamps:
+            row[name] = changes.get(name) or stamp
+        row["CreatedById"] = row["LastModifiedById"] = USER_ID
+        self._derive(sobject, row, changes)
+        self._check_required(sobject, row, sobject.fields)
+        self.records[sobject.name][record_id] = row
+        self._after_write(sobject, row, changes)
+        return row
+
+    def update(self, object_name: str, record_id: str, body: Mapping[str, Any], seeding: bool = False) -> Record:
+        sobject = self.sobject(object_name)
+        row = self.get(sobject.name, record_id)
+        if row is None:
+            raise self.not_found(sobject.name, record_id)
+        changes = self._changes(sobject, body, creating=False, seeding=seeding)
+        merged = {**row, **changes}
+        self._derive(sobject, merged, changes)
+        self._check_required(sobject, merged, changes)
+        stamp = self._stamp()
+        merged["LastModifiedDate"] = changes.get("LastModifiedDate") or stamp
+        merged["SystemModstamp"] = changes.get("SystemModstamp") or stamp
+        row.update(merged)
+        self._after_write(sobject, row, changes)
+        return row
+
+    def delete(self, object_name: str, record_id: str) -> Record:
+        sobject = self.sobject(object_name)
+        row = self.get(sobject.name, record_id, include_deleted=True)
+        if row is None:
+            raise self.not_found(sobject.name, record_id)
+        if row["IsDeleted"]:
+            raise bad_request("ENTITY_IS_DELETED", "entity is deleted")
+        self._tombstone(row)
+        # Contact roles go with their opportunity or contact, as on the platform.
+        for role in self.rows("OpportunityContactRole"):
+            if row["Id"] in (role.get("OpportunityId"), role.get("ContactId")):
+                self._tombstone(role)
+        return row
+
+    def _tombstone(self, row: Record) -> None:
+        row["IsDeleted"] = True
+        row["SystemModstamp"] = self._stamp()
+
+    @staticmethod
+    def not_found(object_name: str, record_id: str) -> SalesforceError:
+        return SalesforceError(404, "NOT_FOUND", f"The requested resource does not exist ({object_name} {record_id})")
+
+    # -- rules ------------------------------------------------------------------------------------------------
+    def _field(self, sobject: SObjectType, name: str) -> FieldDef:
+        definition = sobject.field(name)
+        if definition is None:
+            raise bad_request("INVALID_FIELD", f"No such column '{name}' on sobject of type {sobject.name}", [name])
+        return definition
+
+    def _changes(self, sobject: SObjectType, body: Mapping[str, Any], creating: bool, seeding: bool) -> Record:
+        if not isinstance(body, Mapping):
+            raise bad_request("JSON_PARSER_ERROR", "The request body must be a JSON object")
+        changes: Record = {}
+        refused: list[str] = []
+        for key, value in body.items():
+            if key == "attributes":
+                declared = value.get("type") if isinstance(value, Mapping) else None
+                if declared is not None and str(declared).lower() != sobject.name.lower():
+                    raise bad_request("INVALID_TYPE", f"attributes.type '{declared}' does not match {sobject.name}")
+                continue
+            definition = self._field(sobject, key)
+            allowed = definition.createable if creating else definition.updateable
+            if not allowed and not (seeding and definition.name in SYSTEM_SEEDABLE):
+                refused.append(definition.name)
+                continue
+            picklist = self._active_currencies() if definition.name == "CurrencyIsoCode" else None
+            stored = coerce(definition, value, picklist)
+            if definition.type == REFERENCE and stored is not None:
+                self._check_reference(definition, stored)
+            changes[definition.name] = stored
+        if refused:
+            raise bad_request(
+                "INVALID_FIELD_FOR_INSERT_UPDATE",
+                f"Unable to create/update fields: {', '.join(refused)}. Please check the security settings of this "
+                "field and verify that it is read/write for your profile or permission set.",
+                refused,
+            )
+        if "Id" in changes and changes["Id"] is not None and not changes["Id"].startswith(sobject.key_prefix):
+            raise bad_request("MALFORMED_ID", f"Id: id value of incorrect type: {changes['Id']}", ["Id"])
+        return changes
+
+    def _active_currencies(self) -> tuple[str, ...]:
+        return tuple(str(r["IsoCode"]) for r in self.rows("CurrencyType") if r.get("IsActive"))
+
+    def _check_reference(self, definition: FieldDef, target_id: str) -> None:
+        target = self.objects[definition.reference_to or ""]
+        if not target_id.startswith(target.key_prefix):
+            raise bad_request(
+                "FIELD_INTEGRITY_EXCEPTION",
+                f"{definition.name}: id value of incorrect type: {target_id}",
+                [definition.name],
+            )
+        if self.get(target.name, target_id) is None:
+            raise bad_request(
+                "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {target_id}", [definition.name]
+            )
+
+    def _check_required(self, sobject: SObjectType, row: Record, checked: Iterable[str]) -> None:
+        missing = [
+            name for name in checked if sobject.fields[name].required and (row.get(name) is None or row.get(name) == "")
+        ]
+        if missing:
+            raise bad_request("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
+
+    def _derive(self, sobject: SObjectType, row: Record, changes: Record) -> None:
+        if sobject.name == "Opportunity":
+            closed, won = self.stages.get(str(row.get("StageName")), (False, False))
+            row["IsClosed"], row["IsWon"] = closed, won
+        elif sobject.name == "Contact":
+            row["Name"] = " ".join(p for p in (row.get("FirstName"), row.get("LastName")) if p) or None
+        elif sobject.name == "OpportunityContactRole":
+            for name in ("OpportunityId", "ContactId"):
+                if name in changes and changes[name] is None:
+                    raise bad_request("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{name}]", [name])
+        for name, definition in sobject.fields.items():
+            if definition.type == BOOLEAN and row.get(name) is None:
+                row[name] = False
+
+    def _after_write(self, sobject: SObjectType, row: Record, changes: Record) -> None:
+        if sobject.name == "OpportunityContactRole" and changes.get("IsPrimary"):
+            # An opportunity has at most one primary contact role: the newest primary wins.
+            for other in self.rows("OpportunityContactRole"):
+                if other is not row and other["OpportunityId"] == row["OpportunityId"] and other["IsPrimary"]:
+                    other["IsPrimary"] = False
+                    other["SystemModstamp"] = self._stamp()

@@ -1,0 +1,378 @@
+"""Dynamics 365 adapter: the :class:`shared.ports.Crm` port over the Dataverse Web API.
+
+Every write is keyed or conditional: opportunities are created by an upsert on the referral-id
+alternate key with ``If-None-Match: *``, accounts and contacts are found before they are created,
+and updates carry ``If-Match`` with the etag the caller read. Only columns that change are sent,
+because Dataverse runs plug-ins and auditing for every column in a request.
+
+Tokens come from :mod:`shared.crm.dynamics.auth` and the row <-> opportunity mapping from
+:mod:`shared.crm.dynamics.mapping`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
+from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
+from ...httpclient import ApiClient, TokenProvider, create_once
+from ...settings import Settings
+from ..common import CUSTOMER_FIELDS, STATUS_FIELDS, to_decimal
+from .auth import SERVICE, token_provider
+from .customers import Currencies, Customers
+from .mapping import (
+    OPEN,
+    WON,
+    DataverseColumns,
+    account_select,
+    check_referral_id,
+    contact_select,
+    odata_datetime,
+    opportunity_columns,
+    opportunity_select,
+    row_to_opportunity,
+    status_target,
+)
+from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows
+
+log = logging.getLogger(__name__)
+
+CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
+ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
+
+
+class DataverseCrm:
+    """Opportunities in Dynamics 365, read and written through the Dataverse Web API."""
+
+    provider = "dynamics"
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        token: TokenProvider | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not settings.dataverse_url:
+            raise ValueError("DATAVERSE_URL is required for the Dynamics 365 adapter")
+        self._configure(
+            settings.dataverse_url,
+            settings.dataverse_api_version,
+            DataverseColumns.from_settings(settings),
+            token or token_provider(settings),
+            session,
+            sleep,
+            settings.http_timeout_seconds,
+            settings.max_inline_retry_after_seconds,
+            settings.audit_max_chars,
+        )
+
+    @classmethod
+    def for_url(
+        cls,
+        org_url: str,
+        token: str | TokenProvider | None,
+        *,
+        columns: DataverseColumns | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        max_inline_wait: float = 20.0,
+        timeout: float = 30.0,
+        audit_max_chars: int = 20000,
+        api_version: str = "v9.2",
+    ) -> DataverseCrm:
+        """An adapter for an explicit organisation URL (tests, tools); ``token=None`` sends no credentials."""
+        provider: TokenProvider | None = (lambda: token) if isinstance(token, str) else token
+        crm = cls.__new__(cls)
+        crm._configure(
+            org_url,
+            api_version,
+            columns or DataverseColumns(),
+            provider,
+            session,
+            sleep,
+            timeout,
+            max_inline_wait,
+            audit_max_chars,
+        )
+        return crm
+
+    def _configure(
+        self,
+        org_url: str,
+        api_version: str,
+        columns: DataverseColumns,
+        token: TokenProvider | None,
+        session: requests.Session | None,
+        sleep: Callable[[float], None],
+        timeout: float,
+        max_inline_wait: float,
+        audit_max_chars: int,
+    ) -> None:
+        self.columns = columns
+        self.audit_max_chars = audit_max_chars
+        self.api = ApiClient(
+            SERVICE,
+            f"{org_url.rstrip('/')}/api/data/{api_version}",
+            token,
+            timeout=timeout,
+            max_inline_wait=max_inline_wait,
+            default_headers=ODATA_HEADERS,
+            session=session,
+            sleep=sleep,
+        )
+        self._web = DataverseRows(self.api)
+        self._customers = Customers(self._web, columns)
+        self._currencies = Currencies(self._web)
+        self._help_codes = {value: code for code, value in columns.help_options.items()}
+        self._opportunity_select = opportunity_select(columns)
+        self._account_select = account_select(columns)
+        self._contact_select = contact_select()
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def get_opportunity(self, crm_id: str) -> Opportunity | None:
+        row = self._web.get(
+            f"opportunities({self._guid(crm_id)})",
+            {"$select": self._opportunity_select},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
+        return self._to_opportunity(row) if row is not None else None
+
+    def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
+        row = self._web.get(
+            self._key_path(referral_id),
+            {"$select": self._opportunity_select},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
+        return self._to_opportunity(row) if row is not None else None
+
+    def stored_form(self, opportunity: Opportunity) -> Opportunity:
+        """Only the primary contact is kept on the opportunity (``parentcontactid``)."""
+        return opportunity.model_copy(update={"customer_contacts": opportunity.customer_contacts[:1]})
+
+    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
+        """Opportunities with the sync flag set and modified at or after ``since``, oldest change first."""
+        odata_filter = f"{self.columns.sync} eq true"
+        if since is not None:
+            odata_filter += f" and modifiedon ge {odata_datetime(since)}"
+        params = {
+            "$select": self._opportunity_select,
+            "$filter": odata_filter,
+            "$orderby": "modifiedon asc,opportunityid asc",
+        }
+        for row in self._web.rows("opportunities", params, page_size, annotations=True):
+            yield self._to_opportunity(row)
+
+    def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
+        c = self.columns
+        customer_id = row.get("_customerid_value")
+        customer_kind = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account")
+        account = None
+        if customer_id and customer_kind == "account":
+            account = self._web.get(f"accounts({customer_id})", {"$select": self._account_select}, missing_ok=True)
+        contact_id = row.get("_parentcontactid_value")
+        contact = (
+            self._web.get(f"contacts({contact_id})", {"$select": self._contact_select}, missing_ok=True)
+            if contact_id
+            else None
+        )
+        help_value = row.get(c.help)
+        if help_value is not None and help_value not in self._help_codes:
+            log.warning(
+                "opportunity %s: choice value %s of %s has no AssistanceRequestCode mapping",
+                row.get("opportunityid"),
+                help_value,
+                c.help,
+            )
+        currency = self._currencies.code_of(row.get("_transactioncurrencyid_value"))
+        return row_to_opportunity(row, account, contact, currency, c, self._help_codes)
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
+        path = self._key_path(opportunity.referral_id)
+        fields = WRITABLE_FIELDS - STATUS_FIELDS - {"referral_id"}
+        body = self._columns_for(opportunity, fields)  # validates before anything is written
+        account_id = self._customers.ensure_account(opportunity)
+        if account_id:
+            body["customerid_account@odata.bind"] = f"/accounts({account_id})"
+        contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
+        if contact_ids:
+            body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
+        body = {k: v for k, v in body.items() if v is not None}
+        target = status_target(opportunity.status, opportunity.substatus)
+        if target is not None and target[0] == OPEN and target[1] != 1:
+            body["statuscode"] = target[1]
+        try:
+            response = self.api.request(
+                "PATCH",
+                path,
+                params={"$select": self._opportunity_select},
+                json=body,
+                headers={
+                    "If-None-Match": "*",
+                    "Prefer": f'return=representation,odata.include-annotations="{LOOKUP_ANNOTATION}"',
+                },
+            )
+        except PreconditionFailed:
+            # Already there (a retried job, or a concurrent one): the existing row is the answer.
+            existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
+            if existing is None or existing.crm_id is None:
+                raise
+            log.info("opportunity for referral %s already existed; not created again", opportunity.referral_id)
+            if target is not None and target[0] != OPEN and existing.status != "Closed":
+                # Made by an attempt whose answer was lost, before it could close the row.
+                self._close(existing.crm_id, target, opportunity.deal_value, None)
+                return self._reread(existing.crm_id)
+            return existing
+        row: dict[str, Any] = response.json(parse_float=Decimal)
+        if target is not None and target[0] != OPEN:
+            self._close(row["opportunityid"], target, opportunity.deal_value, None)
+            return self._reread(row["opportunityid"])
+        return self._to_opportunity(row)
+
+    def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
+        crm_id = self._guid(current.crm_id)
+        wanted = set(fields)
+        unknown = wanted - WRITABLE_FIELDS
+        if unknown:
+            raise ValueError(f"fields not written by the Dynamics 365 adapter: {', '.join(sorted(unknown))}")
+        body = self._columns_for(desired, wanted - STATUS_FIELDS)
+        row = self._state_row(crm_id, current.etag)
+        is_account = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account") == "account"
+        account_id = row.get("_customerid_value") if is_account else None
+        if wanted & CUSTOMER_FIELDS:
+            found = self._customers.ensure_account(desired)
+            if found and found != row.get("_customerid_value"):
+                body["customerid_account@odata.bind"] = f"/accounts({found})"
+                account_id = found
+        if "customer_contacts" in wanted:
+            contact_ids = self._customers.ensure_contacts(desired.customer_contacts, account_id)
+            if contact_ids and contact_ids[0] != row.get("_parentcontactid_value"):
+                body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
+        target = status_target(desired.status, desired.substatus) if wanted & STATUS_FIELDS else None
+        self._write(crm_id, current.etag, row, body, target, desired.deal_value)
+        return self._reread(crm_id)
+
+    def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
+        crm_id = self._guid(current.crm_id)
+        audit = audit[: self.audit_max_chars]  # the engine puts the newest entry first
+        body: dict[str, Any] = {}
+        if name is not None and name != current.name:
+            body["name"] = name
+        if audit != current.audit:
+            body[self.columns.audit] = audit
+        if not body:
+            return current
+        if current.status == "Closed":
+            row = self._state_row(crm_id, current.etag)
+        else:
+            row = {"statecode": OPEN}
+        etag = self._write(crm_id, current.etag, row, body, None, None)
+        changed = {"etag": etag, "audit": audit, **({"name": name} if "name" in body else {})}
+        return current.model_copy(update=changed)
+
+    def _write(
+        self,
+        crm_id: str,
+        etag: str | None,
+        row: dict[str, Any],
+        body: dict[str, Any],
+        target: tuple[int, int] | None,
+        deal_value: Decimal | None,
+    ) -> str:
+        """Write ``body`` and move to ``target``; a closed row is reopened around the write and closed again."""
+        original = (row.get("statecode", OPEN), row.get("statuscode"))
+        final = target or original
+        status, reopened = original[1], False
+        if original[0] != OPEN and (body or final != original):
+            status = final[1] if final[0] == OPEN else 1
+            etag = self._web.patch("opportunities", crm_id, {"statecode": OPEN, "statuscode": status}, etag)
+            reopened = True
+        if final[0] == OPEN and final[1] != status:
+            body = {**body, "statuscode": final[1]}
+        if body:
+            etag = self._web.patch("opportunities", crm_id, body, etag)
+        if final[0] != OPEN and (reopened or original[0] == OPEN):
+            # Closing again after a reopen keeps the original close date and revenue.
+            same_close = final == original
+            revenue = to_decimal(row.get("actualvalue")) if same_close else deal_value
+            self._close(crm_id, final, revenue, row.get("actualclosedate") if same_close else None)
+            refreshed = self._web.get(f"opportunities({crm_id})", {"$select": "opportunityid"})
+            etag = str((refreshed or {}).get("@odata.etag") or etag)
+        return etag or ""
+
+    def _state_row(self, crm_id: str, etag: str | None) -> dict[str, Any]:
+        row = self._web.get(
+            f"opportunities({crm_id})",
+            {"$select": "statecode,statuscode,_customerid_value,_parentcontactid_value,actualclosedate,actualvalue"},
+            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            missing_ok=True,
+        )
+        if row is None:
+            raise NotFound(SERVICE, f"opportunity {crm_id} does not exist", 404)
+        if etag and row.get("@odata.etag") != etag:
+            raise PreconditionFailed(SERVICE, f"opportunity {crm_id} changed since it was read", 412)
+        return row
+
+    def _close(self, crm_id: str, target: tuple[int, int], revenue: Decimal | None, actual_end: str | None) -> None:
+        """Win or lose the opportunity once. The action is a POST that makes a close activity, so it is not
+        sent blind again: when its answer is lost, or Dataverse says the opportunity is already closed (an
+        earlier attempt took effect), the opportunity's state decides whether it is done."""
+        action = "WinOpportunity" if target[0] == WON else "LoseOpportunity"
+        close: dict[str, Any] = {"subject": CLOSE_SUBJECT, "opportunityid@odata.bind": f"/opportunities({crm_id})"}
+        if revenue is not None:
+            close["actualrevenue"] = float(revenue)
+        if actual_end:
+            close["actualend"] = str(actual_end)[:10]
+
+        def send() -> bool:
+            try:
+                self.api.request("POST", action, json={"Status": target[1], "OpportunityClose": close})
+            except PermanentError as exc:
+                if exc.code != ALREADY_CLOSED:
+                    raise
+                if not self._closed_as(crm_id, target):
+                    # Closed otherwise by someone else since we read it: re-read and decide again.
+                    raise PreconditionFailed(SERVICE, f"opportunity {crm_id} was closed by someone else", 412) from None
+            return True
+
+        create_once(
+            send, lambda: True if self._closed_as(crm_id, target) else None, f"the close of opportunity {crm_id}"
+        )
+
+    def _closed_as(self, crm_id: str, target: tuple[int, int]) -> bool:
+        row = self._web.get(f"opportunities({crm_id})", {"$select": "statecode,statuscode"}, missing_ok=True)
+        return row is not None and (row.get("statecode"), row.get("statuscode")) == target
+
+    def _reread(self, crm_id: str) -> Opportunity:
+        result = self.get_opportunity(crm_id)
+        if result is None:
+            raise NotFound(SERVICE, f"opportunity {crm_id} disappeared while it was being written", 404)
+        return result
+
+    # -- columns and keys -------------------------------------------------------------------------------------------
+    def _columns_for(self, opportunity: Opportunity, fields: Iterable[str]) -> dict[str, Any]:
+        return opportunity_columns(self.columns, opportunity, fields, self._currencies.id_of, self.audit_max_chars)
+
+    def _key_path(self, referral_id: str | None) -> str:
+        value = check_referral_id(referral_id)
+        return f"opportunities({self.columns.referral_id}='{quote(value.replace(chr(39), chr(39) * 2), safe='')}')"
+
+    @staticmethod
+    def _guid(crm_id: str | None) -> str:
+        try:
+            return str(uuid.UUID(str(crm_id)))
+        except ValueError:
+            raise ValidationFailed([f"'{crm_id}' is not a Dynamics 365 record id"]) from None

@@ -1,0 +1,83 @@
+"""Dataverse access tokens: a static token (emulators, tests), managed identity or an app registration.
+
+Tokens come from azure-identity and are cached until shortly before they expire, so a burst of jobs asks
+the identity endpoint once. Failures are reported by exception type only, because credential errors can
+quote configuration values.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ...domain.errors import AuthenticationError, TransientError
+from ...httpclient import TokenProvider
+from ...settings import Settings
+
+SERVICE = "Dataverse"
+TOKEN_REFRESH_MARGIN_SECONDS = 300.0
+
+
+class AzureIdentityToken:
+    """Bearer tokens from azure-identity, cached until shortly before they expire."""
+
+    def __init__(
+        self, scope: str, credential_factory: Callable[[], Any] | None = None, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._scope = scope
+        self._factory = credential_factory or _default_credential
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._credential: Any = None
+        self._token: str | None = None
+        self._expires_on = 0.0
+
+    def __call__(self) -> str:
+        with self._lock:
+            if self._token is None or self._clock() >= self._expires_on - TOKEN_REFRESH_MARGIN_SECONDS:
+                self._refresh()
+            assert self._token is not None
+            return self._token
+
+    def _refresh(self) -> None:
+        from azure.core.exceptions import AzureError, ClientAuthenticationError
+
+        try:
+            if self._credential is None:
+                self._credential = self._factory()
+            access = self._credential.get_token(self._scope)
+        except ClientAuthenticationError as exc:
+            # Only the exception type: credential errors can quote configuration values.
+            raise AuthenticationError(
+                SERVICE, f"no access token from the Azure identity chain ({type(exc).__name__})"
+            ) from None
+        except AzureError as exc:
+            raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
+        self._token, self._expires_on = access.token, float(access.expires_on)
+
+
+def _default_credential() -> Any:
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential()
+
+
+def token_provider(settings: Settings) -> TokenProvider:
+    """``DATAVERSE_ACCESS_TOKEN`` when set (emulators, tests), else managed identity / DefaultAzureCredential."""
+    secret = settings.dataverse_access_token
+    if secret is not None:
+        return secret.get_secret_value
+    scope = f"{settings.dataverse_url}/.default"
+    client_id, client_secret = settings.dataverse_client_id, settings.dataverse_client_secret
+    tenant = settings.dataverse_tenant_id or settings.partner_center_tenant_id
+    if client_id and client_secret and tenant:
+        # An app registration of its own, for Dataverse environments in another tenant than the app.
+        def app_credential() -> Any:
+            from azure.identity import ClientSecretCredential
+
+            return ClientSecretCredential(tenant, client_id, client_secret.get_secret_value())
+
+        return AzureIdentityToken(scope, app_credential)
+    return AzureIdentityToken(scope)

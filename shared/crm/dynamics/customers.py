@@ -1,0 +1,130 @@
+"""The Dataverse rows an opportunity points at: the customer's account, its contacts, the currency.
+
+Accounts and contacts are found before one is created, so a retried job finds what the first attempt
+made instead of adding a duplicate; each create is keyed by an id chosen here
+(:meth:`~shared.crm.dynamics.webapi.DataverseRows.create`), so a create whose answer was lost is not
+made twice either. Currencies are looked up by ISO code and cached per adapter.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from ...domain.errors import ValidationFailed
+from ...domain.opportunity import Contact, Opportunity
+from .mapping import (
+    ACCOUNT_ADDRESS,
+    CONTACT_COLUMNS,
+    DataverseColumns,
+    account_select,
+    contact_select,
+    odata_string,
+)
+from .webapi import DataverseRows
+
+
+class Currencies:
+    """Transaction currency ids by ISO code and back, reloaded when a code or id is not known yet."""
+
+    def __init__(self, web: DataverseRows) -> None:
+        self._web = web
+        self._ids: dict[str, str] = {}
+        self._codes: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def id_of(self, code: str) -> str:
+        iso = code.strip().upper()
+        if iso not in self._ids:
+            self._load()  # a currency may have been enabled since the cache was filled
+        currency_id = self._ids.get(iso)
+        if currency_id is None:
+            raise ValidationFailed(
+                [
+                    f"Currency '{iso}' is not enabled in Dynamics 365; add it under Settings > "
+                    "Business Management > Currencies"
+                ]
+            )
+        return currency_id
+
+    def code_of(self, currency_id: str | None) -> str | None:
+        if not currency_id:
+            return None
+        if currency_id not in self._codes:
+            self._load()
+        return self._codes.get(currency_id)
+
+    def _load(self) -> None:
+        rows = list(self._web.rows("transactioncurrencies", {"$select": "transactioncurrencyid,isocurrencycode"}))
+        with self._lock:
+            for row in rows:
+                iso, currency_id = str(row["isocurrencycode"]).upper(), str(row["transactioncurrencyid"])
+                self._ids[iso] = currency_id
+                self._codes[currency_id] = iso
+
+
+class Customers:
+    """Find-or-create of the customer's account and contacts."""
+
+    def __init__(self, web: DataverseRows, columns: DataverseColumns) -> None:
+        self._web = web
+        self._columns = columns
+        self._account_select = account_select(columns)
+        self._contact_select = contact_select()
+
+    def ensure_account(self, opportunity: Opportunity) -> str | None:
+        """Find the customer's account by name and postal code, else create it; fill in missing address parts."""
+        if not opportunity.customer_name:
+            return None
+        address = opportunity.customer_address
+        wanted = {col: getattr(address, attr) for attr, col in ACCOUNT_ADDRESS}
+        wanted[self._columns.account_country] = address.country
+        odata_filter = (
+            f"name eq {odata_string(opportunity.customer_name)} and "
+            f"address1_postalcode eq {odata_string(address.postal_code)}"
+        )
+        row = self._web.first("accounts", self._account_select, odata_filter)
+        if row is None:
+            body = {"name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
+            return str(self._web.create("accounts", body, "accountid")["accountid"])
+        account_id = str(row["accountid"])
+        # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
+        changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+        if changes:
+            self._web.patch("accounts", account_id, changes, row.get("@odata.etag"))
+        return account_id
+
+    def ensure_contacts(self, contacts: Iterable[Contact], account_id: str | None) -> list[str]:
+        ids: list[str] = []
+        for contact in contacts:
+            contact_id = self._ensure_contact(contact, account_id)
+            if contact_id and contact_id not in ids:
+                ids.append(contact_id)
+        return ids
+
+    def _ensure_contact(self, contact: Contact, account_id: str | None) -> str | None:
+        if contact.email:
+            odata_filter = f"emailaddress1 eq {odata_string(contact.email)}"
+        elif contact.last_name and account_id:
+            odata_filter = (
+                f"firstname eq {odata_string(contact.first_name)} and lastname eq "
+                f"{odata_string(contact.last_name)} and _parentcustomerid_value eq {account_id}"
+            )
+        else:
+            # Without an email or a name at a known account a retry could not find it again: skip, not duplicate.
+            return None
+        wanted = {col: getattr(contact, attr) for attr, col in CONTACT_COLUMNS}
+        row = self._web.first("contacts", self._contact_select, odata_filter)
+        if row is None:
+            body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
+            if account_id:
+                body["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+            return str(self._web.create("contacts", body, "contactid")["contactid"])
+        contact_id = str(row["contactid"])
+        changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+        if account_id and not row.get("_parentcustomerid_value"):
+            changes["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+        if changes:
+            self._web.patch("contacts", contact_id, changes, row.get("@odata.etag"))
+        return contact_id

@@ -1,0 +1,335 @@
+"""Salesforce adapter: the :class:`shared.ports.Crm` port over the Salesforce REST API.
+
+It mirrors the Dynamics 365 adapter: opportunities are created by an upsert on the Referral Identifier
+external id (a retried create updates the same record instead of adding one), accounts are found by
+name and postal code before one is created, contacts by email, and updates send only the requested
+fields with ``If-Unmodified-Since`` set to the ``SystemModstamp`` the caller read. What is particular to
+Salesforce stays here: stage names (``IsClosed`` / ``IsWon`` for reading), picklist labels, the
+mandatory ``CloseDate``, contact roles, and the daily API allocation
+(:class:`~shared.crm.salesforce.api.QuotaExhausted`).
+
+The record <-> opportunity mapping is in :mod:`shared.crm.salesforce.mapping`, the account, contact,
+contact-role and currency records in :mod:`shared.crm.salesforce.customers`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from ...domain.errors import NotFound, ValidationFailed
+from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
+from ...settings import Settings
+from ..common import CUSTOMER_FIELDS, STATUS_FIELDS
+from .api import (
+    QUOTA_RETRY_AFTER_SECONDS,
+    DuplicateReferralId,
+    SalesforceApi,
+)
+from .auth import SERVICE, SalesforceAuth, StaticToken, auth_from_settings
+from .customers import ContactRoles, Currencies, Customers
+from .mapping import (
+    OPPORTUNITY_PREFIX,
+    PLAIN_FIELDS,
+    SalesforceMapping,
+    check_referral_id,
+    http_date,
+    is_record_id,
+    opportunity_fields,
+    opportunity_record,
+    parse_modstamp,
+    record_to_opportunity,
+    soql,
+    soql_datetime,
+    soql_string,
+    stored_form,
+)
+
+log = logging.getLogger(__name__)
+
+# A referral without a closing date still needs one: Salesforce requires CloseDate on every opportunity.
+DEFAULT_CLOSE_DAYS = 30
+
+
+class SalesforceCrm:
+    """Opportunities in Salesforce, read with SOQL and written through sObject rows and collections."""
+
+    provider = "salesforce"
+
+    def __init__(
+        self,
+        settings: Settings,
+        session: requests.Session | None = None,
+        *,
+        auth: SalesforceAuth | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        today: Callable[[], date] | None = None,
+        quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS,
+    ) -> None:
+        self._configure(
+            auth or auth_from_settings(settings, session),
+            settings.salesforce_api_version,
+            SalesforceMapping.from_settings(settings),
+            session,
+            sleep,
+            settings.http_timeout_seconds,
+            settings.max_inline_retry_after_seconds,
+            settings.audit_max_chars,
+            today,
+            quota_retry_after,
+        )
+
+    @classmethod
+    def for_instance(
+        cls,
+        instance_url: str | None = None,
+        access_token: str | None = None,
+        *,
+        auth: SalesforceAuth | None = None,
+        mapping: SalesforceMapping | None = None,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        api_version: str = "v62.0",
+        timeout: float = 30.0,
+        max_inline_wait: float = 20.0,
+        audit_max_chars: int = 20000,
+        today: Callable[[], date] | None = None,
+        quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS,
+    ) -> SalesforceCrm:
+        """An adapter for an explicit instance and token, or any :class:`SalesforceAuth` (tests, tools)."""
+        if auth is None:
+            if not instance_url or not access_token:
+                raise ValueError("give instance_url and access_token, or auth")
+            auth = StaticToken(access_token, instance_url)
+        crm = cls.__new__(cls)
+        crm._configure(
+            auth,
+            api_version,
+            mapping or SalesforceMapping(),
+            session,
+            sleep,
+            timeout,
+            max_inline_wait,
+            audit_max_chars,
+            today,
+            quota_retry_after,
+        )
+        return crm
+
+    def _configure(
+        self,
+        auth: SalesforceAuth,
+        api_version: str,
+        mapping: SalesforceMapping,
+        session: requests.Session | None,
+        sleep: Callable[[float], None],
+        timeout: float,
+        max_inline_wait: float,
+        audit_max_chars: int,
+        today: Callable[[], date] | None,
+        quota_retry_after: float,
+    ) -> None:
+        self.mapping = mapping
+        self.audit_max_chars = audit_max_chars
+        self.api = SalesforceApi(
+            auth,
+            api_version,
+            session,
+            timeout=timeout,
+            max_inline_wait=max_inline_wait,
+            sleep=sleep,
+            quota_retry_after=quota_retry_after,
+        )
+        self._today = today or (lambda: datetime.now(UTC).date())
+        self._help_codes = {value: code for code, value in mapping.help_values.items()}
+        self._customers = Customers(self.api)
+        self._roles = ContactRoles(self.api)
+        self._currencies = Currencies(self.api)
+        self._opportunity_fields = opportunity_fields(mapping)
+
+    # -- public extras ------------------------------------------------------------------------------------------
+    @property
+    def auth(self) -> SalesforceAuth:
+        return self.api.auth
+
+    @property
+    def api_usage(self) -> tuple[int, int] | None:
+        """(used, max) of the org's daily API requests, from the last ``Sforce-Limit-Info`` seen."""
+        return self.api.api_usage
+
+    def query(self, soql: str, batch_size: int | None = None) -> Iterator[dict[str, Any]]:
+        """Records of any SOQL query, following ``nextRecordsUrl``."""
+        return self.api.query(soql, batch_size)
+
+    # -- reading --------------------------------------------------------------------------------------------------
+    def get_opportunity(self, crm_id: str) -> Opportunity | None:
+        if not is_record_id(crm_id, OPPORTUNITY_PREFIX):
+            return None  # an id from another system (or not an opportunity) cannot name one here
+        rows = list(self.api.query(self._select(f"Id = {soql_string(crm_id)}")))
+        return self._with_contacts(rows)[0] if rows else None
+
+    def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
+        if not referral_id:
+            return None
+        field_name = self.mapping.referral_id
+        rows = list(self.api.query(self._select(f"{field_name} = {soql_string(referral_id)}", "CreatedDate, Id")))
+        if len(rows) > 1:
+            # Text external ids match case-insensitively, so an upsert would be refused with 300 as well.
+            raise DuplicateReferralId(field_name, referral_id, [str(row["Id"]) for row in rows])
+        return self._with_contacts(rows)[0] if rows else None
+
+    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
+        """Flagged opportunities with ``SystemModstamp`` at or after ``since`` (whole seconds), oldest first,
+        ties broken by Id so that paging is stable."""
+        where = f"{self.mapping.sync} = true"
+        if since is not None:
+            where += f" AND SystemModstamp >= {soql_datetime(since)}"
+        for page in self.api.query_pages(self._select(where, "SystemModstamp ASC, Id ASC"), page_size):
+            yield from self._with_contacts(page)
+
+    def stored_form(self, opportunity: Opportunity) -> Opportunity:
+        """What reading the opportunity back returns: the status as its stage reads back, one multi-line
+        street, products re-split, only contacts that can be stored (once each), no address without an
+        account, and no currency in a single-currency org."""
+        return stored_form(self.mapping, opportunity)
+
+    def _select(self, where: str, order_by: str | None = None) -> str:
+        return soql("Opportunity", self._opportunity_fields, where, order_by)
+
+    def _with_contacts(self, rows: list[dict[str, Any]]) -> list[Opportunity]:
+        roles = self._roles.read([str(row["Id"]) for row in rows]) if rows else {}
+        return [self._to_opportunity(row, roles.get(str(row["Id"]), [])) for row in rows]
+
+    def _to_opportunity(self, row: dict[str, Any], roles: list[dict[str, Any]]) -> Opportunity:
+        m = self.mapping
+        help_value = row.get(m.help)
+        if help_value is not None and help_value not in self._help_codes:
+            log.warning(
+                "opportunity %s: picklist value '%s' of %s has no AssistanceRequestCode mapping",
+                row.get("Id"),
+                help_value,
+                m.help,
+            )
+        return record_to_opportunity(row, roles, m, self._help_codes)
+
+    # -- writing --------------------------------------------------------------------------------------------------
+    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
+        referral_id = check_referral_id(opportunity.referral_id)
+        body = self._fields_for(opportunity, PLAIN_FIELDS - {"referral_id"})  # validates before any write
+        if not opportunity.name:
+            raise ValidationFailed(["A Salesforce opportunity needs a name"])
+        account_id = self._customers.ensure_account(opportunity)
+        contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
+        body = {k: v for k, v in body.items() if v is not None}
+        body["StageName"] = self.mapping.stage_for(opportunity.status, opportunity.substatus) or (
+            self.mapping.active_stage
+        )
+        body.setdefault("CloseDate", self._default_close_date())
+        if account_id:
+            body["AccountId"] = account_id
+        crm_id, created = self._upsert(referral_id, body)
+        if not created:
+            log.info("opportunity for referral %s already existed; updated instead of created again", referral_id)
+        self._roles.sync(crm_id, contact_ids)
+        return self._reread(crm_id)
+
+    def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
+        crm_id = self._crm_id(current.crm_id)
+        wanted = set(fields)
+        unknown = wanted - WRITABLE_FIELDS
+        if unknown:
+            raise ValueError(f"fields not written by the Salesforce adapter: {', '.join(sorted(unknown))}")
+        body = self._fields_for(desired, wanted & PLAIN_FIELDS)
+        if wanted & STATUS_FIELDS:
+            stage = self.mapping.stage_for(desired.status, desired.substatus)
+            if stage is not None:
+                body["StageName"] = stage
+        account_id: str | None = None
+        if wanted & CUSTOMER_FIELDS or "customer_contacts" in wanted:
+            account_id = self._customers.ensure_account(desired)
+            if account_id and wanted & CUSTOMER_FIELDS:
+                body["AccountId"] = account_id
+        contact_ids = (
+            self._customers.ensure_contacts(desired.customer_contacts, account_id)
+            if "customer_contacts" in wanted
+            else None
+        )
+        if body:
+            self._patch(crm_id, body, current.modified_at)
+        if contact_ids is not None:
+            self._roles.sync(crm_id, contact_ids)
+        return self._reread(crm_id)
+
+    def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
+        crm_id = self._crm_id(current.crm_id)
+        audit = audit[: self.audit_max_chars]  # the engine puts the newest entry first
+        body: dict[str, Any] = {}
+        if name is not None and name != current.name:
+            body["Name"] = name
+        if audit != current.audit:
+            body[self.mapping.audit] = audit
+        if not body:
+            return current
+        self._patch(crm_id, body, current.modified_at)
+        stamp = self.api.json(
+            self.api.request("GET", f"sobjects/Opportunity/{crm_id}", params={"fields": "SystemModstamp"})
+        ).get("SystemModstamp")
+        changed: dict[str, Any] = {"audit": audit, "etag": stamp, "modified_at": parse_modstamp(stamp)}
+        if "Name" in body:
+            changed["name"] = name
+        return current.model_copy(update=changed)
+
+    # -- write helpers --------------------------------------------------------------------------------------------
+    def _upsert(self, referral_id: str, body: dict[str, Any]) -> tuple[str, bool]:
+        """(record id, created) of an upsert by the referral id; 300 means duplicates and writes nothing."""
+        field_name = self.mapping.referral_id
+        response = self.api.request(
+            "PATCH",
+            f"sobjects/Opportunity/{field_name}/{quote(referral_id, safe='')}",
+            json=body,
+            ok_statuses=(300,),
+        )
+        if response.status_code == 300:
+            listed = self.api.json(response)
+            urls = [item if isinstance(item, str) else str(item.get("url") or item.get("Id")) for item in listed]
+            raise DuplicateReferralId(field_name, referral_id, [url.rstrip("/").rsplit("/", 1)[-1] for url in urls])
+        created = response.status_code == 201
+        answer = self.api.json(response) if response.content else {}
+        record_id = answer.get("id") if isinstance(answer, dict) else None
+        if not record_id:
+            # 204 (older API versions) carries no body: look the record up by its key.
+            existing = self.find_by_referral_id(referral_id)
+            if existing is None or existing.crm_id is None:
+                raise NotFound(SERVICE, f"opportunity for referral {referral_id} vanished after the upsert", 404)
+            record_id = existing.crm_id
+        return str(record_id), created
+
+    def _patch(self, crm_id: str, body: dict[str, Any], modified_at: datetime | None) -> None:
+        # Opportunity rows have no ETag; If-Unmodified-Since is the condition Salesforce offers (412 on a
+        # later change). It has whole-second precision, so a change within the same second goes unnoticed.
+        headers = {"If-Unmodified-Since": http_date(modified_at)} if modified_at else None
+        self.api.request("PATCH", f"sobjects/Opportunity/{crm_id}", json=body, headers=headers)
+
+    def _reread(self, crm_id: str) -> Opportunity:
+        result = self.get_opportunity(crm_id)
+        if result is None:
+            raise NotFound(SERVICE, f"opportunity {crm_id} disappeared while it was being written", 404)
+        return result
+
+    def _default_close_date(self) -> str:
+        return (self._today() + timedelta(days=DEFAULT_CLOSE_DAYS)).isoformat()
+
+    def _fields_for(self, opportunity: Opportunity, fields: Iterable[str]) -> dict[str, Any]:
+        return opportunity_record(self.mapping, opportunity, fields, self._currencies.check, self.audit_max_chars)
+
+    @staticmethod
+    def _crm_id(crm_id: str | None) -> str:
+        if not is_record_id(crm_id, OPPORTUNITY_PREFIX):
+            raise ValidationFailed([f"'{crm_id}' is not a Salesforce opportunity id"])
+        return str(crm_id)

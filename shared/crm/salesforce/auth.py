@@ -1,0 +1,254 @@
+"""Salesforce access tokens: a static token (emulators, tests), OAuth 2.0 client credentials or JWT bearer.
+
+Salesforce returns no ``expires_in``, so a token is kept until the API refuses it with 401
+``INVALID_SESSION_ID``; the REST layer then calls :meth:`SalesforceAuth.invalidate` with the token that
+failed and asks again. Only the token that failed is dropped, so concurrent workers that all hit the
+expiry cause one token request, not one each.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
+
+from ...domain.errors import AuthenticationError, TransientError
+from ...settings import Settings
+
+SERVICE = "Salesforce"
+TOKEN_PATH = "/services/oauth2/token"  # noqa: S105 - a URL path, not a secret
+JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# Salesforce wants the assertion to expire within a few minutes; simple-salesforce also uses 3.
+JWT_LIFETIME_SECONDS = 180
+# Client credentials only work against a My Domain host; these hosts refuse the grant.
+GENERIC_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
+
+
+class SalesforceAuth(ABC):
+    """A cached access token and the instance URL it belongs to."""
+
+    renewable = False
+
+    def __init__(self) -> None:
+        self.token_requests = 0  # token requests sent (tests and diagnostics read it)
+
+    @abstractmethod
+    def token(self) -> str: ...
+
+    @abstractmethod
+    def instance_url(self) -> str: ...
+
+    @abstractmethod
+    def invalidate(self, token: str) -> None:
+        """Forget ``token`` (the API refused it) so that the next call fetches a new one."""
+
+
+class StaticToken(SalesforceAuth):
+    """``SALESFORCE_ACCESS_TOKEN`` + ``SALESFORCE_INSTANCE_URL``: cannot be renewed, so a 401 is final."""
+
+    def __init__(self, access_token: str, instance_url: str) -> None:
+        super().__init__()
+        self._token, self._instance_url = access_token, instance_url.rstrip("/")
+
+    def token(self) -> str:
+        return self._token
+
+    def instance_url(self) -> str:
+        return self._instance_url
+
+    def invalidate(self, token: str) -> None:
+        return None  # nothing to renew: the 401 reaches the caller as an AuthenticationError
+
+
+class OAuthToken(SalesforceAuth):
+    """Posts a grant to the token endpoint on first use and after :meth:`invalidate`."""
+
+    renewable = True
+    flow = "oauth"
+
+    def __init__(self, token_url: str, session: requests.Session | None = None, timeout: float = 30.0) -> None:
+        super().__init__()
+        self.token_url = token_url
+        self._session = session or requests.Session()
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._token: str | None = None
+        self._instance_url: str | None = None
+
+    def token(self) -> str:
+        with self._lock:
+            if self._token is None:
+                self._fetch()
+            assert self._token is not None
+            return self._token
+
+    def instance_url(self) -> str:
+        with self._lock:
+            if self._instance_url is None:
+                self._fetch()
+            assert self._instance_url is not None
+            return self._instance_url
+
+    def invalidate(self, token: str) -> None:
+        with self._lock:
+            if self._token == token:
+                self._token = None
+
+    @abstractmethod
+    def _form(self) -> dict[str, str]:
+        """The grant's form fields (client credentials or JWT bearer)."""
+
+    def _fetch(self) -> None:
+        self.token_requests += 1
+        try:
+            response = self._session.post(
+                self.token_url, data=self._form(), headers={"Accept": "application/json"}, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise TransientError(SERVICE, "token endpoint unavailable", response.status_code)
+        body = _json(response)
+        if response.status_code != 200:
+            # error / error_description never echo the credentials that were sent.
+            error = str(body.get("error") or "error")
+            description = str(body.get("error_description") or response.reason or "")
+            raise AuthenticationError(
+                SERVICE, f"{self.flow} token request refused: {description}", response.status_code, error
+            )
+        token, instance = body.get("access_token"), body.get("instance_url")
+        if not isinstance(token, str) or not token or not isinstance(instance, str) or not instance:
+            raise AuthenticationError(SERVICE, f"{self.flow} token response lacks access_token or instance_url")
+        self._token, self._instance_url = token, instance.rstrip("/")
+
+
+class ClientCredentials(OAuthToken):
+    flow = "client credentials"
+
+    def __init__(
+        self,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__(token_url, session, timeout)
+        if urlsplit(token_url).hostname in GENERIC_LOGIN_HOSTS:
+            raise ValueError(
+                "The client credentials flow needs your My Domain URL (https://<domain>.my.salesforce.com) "
+                "in SALESFORCE_LOGIN_URL or SALESFORCE_TOKEN_URL; login/test.salesforce.com refuse it"
+            )
+        self._client_id, self._client_secret = client_id, client_secret
+
+    def _form(self) -> dict[str, str]:
+        return {"grant_type": "client_credentials", "client_id": self._client_id, "client_secret": self._client_secret}
+
+
+class JwtBearer(OAuthToken):
+    flow = "JWT bearer"
+
+    def __init__(
+        self,
+        token_url: str,
+        audience: str,
+        client_id: str,
+        username: str,
+        private_key_pem: str,
+        session: requests.Session | None = None,
+        timeout: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(token_url, session, timeout)
+        self.audience = audience
+        self._client_id, self._username = client_id, username
+        self._key = load_private_key(private_key_pem)
+        self._clock = clock
+
+    def _form(self) -> dict[str, str]:
+        return {"grant_type": JWT_BEARER_GRANT, "assertion": self.assertion()}
+
+    def assertion(self) -> str:
+        claims = {
+            "iss": self._client_id,
+            "sub": self._username,
+            "aud": self.audience,
+            "exp": int(self._clock()) + JWT_LIFETIME_SECONDS,
+        }
+        return jwt.encode(claims, self._key, algorithm="RS256")
+
+
+def load_private_key(pem: str) -> RSAPrivateKey:
+    """The RSA key of ``SALESFORCE_PRIVATE_KEY``; app settings often hold it with ``\\n`` for newlines."""
+    text = pem.strip()
+    if "\n" not in text and "\\n" in text:
+        text = text.replace("\\n", "\n")
+    try:
+        key: Any = serialization.load_pem_private_key(text.encode("utf-8"), password=None)
+    except (ValueError, TypeError):
+        # Never include the value: it is a secret.
+        raise ValueError("SALESFORCE_PRIVATE_KEY is not an unencrypted PEM private key") from None
+    if not isinstance(key, RSAPrivateKey):
+        raise ValueError("SALESFORCE_PRIVATE_KEY must be an RSA key (the JWT bearer flow signs with RS256)")
+    return key
+
+
+def origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def token_url(settings: Settings) -> str:
+    if settings.salesforce_token_url:
+        return settings.salesforce_token_url
+    if not settings.salesforce_login_url:
+        raise ValueError("SALESFORCE_LOGIN_URL or SALESFORCE_TOKEN_URL is required for the Salesforce adapter")
+    return f"{settings.salesforce_login_url.rstrip('/')}{TOKEN_PATH}"
+
+
+def auth_from_settings(settings: Settings, session: requests.Session | None = None) -> SalesforceAuth:
+    """The static token when one is configured, else the configured OAuth flow."""
+    timeout = settings.http_timeout_seconds
+    if settings.salesforce_access_token is not None:
+        if not settings.salesforce_instance_url:
+            raise ValueError("SALESFORCE_INSTANCE_URL is required with SALESFORCE_ACCESS_TOKEN")
+        return StaticToken(settings.salesforce_access_token.get_secret_value(), settings.salesforce_instance_url)
+    url = token_url(settings)
+    if not settings.salesforce_client_id:
+        raise ValueError("SALESFORCE_CLIENT_ID is required for the Salesforce adapter")
+    if settings.salesforce_auth_flow == "jwt_bearer":
+        if not settings.salesforce_username or settings.salesforce_private_key is None:
+            raise ValueError("SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY are required for the JWT bearer flow")
+        # The audience is the login host (login/test.salesforce.com or the My Domain), even when the token
+        # endpoint is elsewhere (SALESFORCE_TOKEN_URL), as for GovCloud.
+        audience = origin(settings.salesforce_login_url or url)
+        return JwtBearer(
+            url,
+            audience,
+            settings.salesforce_client_id,
+            settings.salesforce_username,
+            settings.salesforce_private_key.get_secret_value(),
+            session,
+            timeout,
+        )
+    if settings.salesforce_client_secret is None:
+        raise ValueError("SALESFORCE_CLIENT_SECRET is required for the client credentials flow")
+    return ClientCredentials(
+        url, settings.salesforce_client_id, settings.salesforce_client_secret.get_secret_value(), session, timeout
+    )
+
+
+def _json(response: requests.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}

@@ -1,0 +1,216 @@
+"""The Salesforce records around an opportunity: the customer's account, contacts, contact roles, currency.
+
+Accounts and contacts are found before one is created, so a retried job finds what the first attempt
+made instead of adding a duplicate; a create whose answer was lost is resolved by the same matching rule
+before anything is sent again. Contact roles are what ties contacts to an opportunity; they are
+rewritten only from the first one that differs. Active currencies are cached per adapter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from ...domain.errors import OutcomeUnknown, TransientError, ValidationFailed
+from ...domain.opportunity import Contact, Opportunity
+from ...httpclient import create_once
+from .api import SalesforceApi, record_error
+from .auth import SERVICE
+from .mapping import (
+    ACCOUNT_FIELDS,
+    CONTACT_FIELDS,
+    IN_LIST_SIZE,
+    MISSING_LAST_NAME,
+    chunks,
+    soql,
+    soql_string,
+    street,
+    unique_contacts,
+)
+
+log = logging.getLogger(__name__)
+
+SYNC_ATTEMPTS = 3
+
+
+class Currencies:
+    """ISO codes of the org's active currencies, reloaded when a code is not known yet."""
+
+    def __init__(self, api: SalesforceApi) -> None:
+        self._api = api
+        self._active: set[str] = set()
+
+    def check(self, code: str) -> str:
+        iso = code.strip().upper()
+        if iso not in self._active:
+            self._load()  # a currency may have been activated since the cache was filled
+        if iso not in self._active:
+            raise ValidationFailed(
+                [
+                    f"Currency '{iso}' is not active in Salesforce; activate it under Setup > Company Settings > "
+                    "Manage Currencies"
+                ]
+            )
+        return iso
+
+    def _load(self) -> None:
+        rows = self._api.query(soql("CurrencyType", ["IsoCode"], "IsActive = true"))
+        self._active = {str(row["IsoCode"]).upper() for row in rows}
+
+
+class Customers:
+    """Find-or-create of the customer's account and contacts."""
+
+    def __init__(self, api: SalesforceApi) -> None:
+        self._api = api
+
+    def ensure_account(self, opportunity: Opportunity) -> str | None:
+        """Find the customer's account by name and postal code, else create it; fill in missing address parts."""
+        if not opportunity.customer_name:
+            return None
+        address = opportunity.customer_address
+        wanted = {name: getattr(address, attr) for attr, name in ACCOUNT_FIELDS}
+        wanted["BillingStreet"] = street(address)
+        statement = soql(
+            "Account",
+            ["Id", "BillingStreet", *(name for _, name in ACCOUNT_FIELDS)],
+            f"Name = {soql_string(opportunity.customer_name)} "
+            f"AND BillingPostalCode = {soql_string(address.postal_code)}",
+            "CreatedDate, Id",
+            limit=1,
+        )
+        row = self._first(statement)
+        if row is None:
+            body = {"Name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
+            return self._create("Account", body, statement)
+        account_id = str(row["Id"])
+        # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
+        changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+        if changes:
+            self._api.request("PATCH", f"sobjects/Account/{account_id}", json=changes)
+        return account_id
+
+    def ensure_contacts(self, contacts: Iterable[Contact], account_id: str | None) -> list[str]:
+        ids: list[str] = []
+        for contact in unique_contacts(contacts, bool(account_id)):
+            contact_id = self._ensure_contact(contact, account_id)
+            if contact_id not in ids:
+                ids.append(contact_id)
+        return ids
+
+    def _ensure_contact(self, contact: Contact, account_id: str | None) -> str:
+        if contact.email:
+            where = f"Email = {soql_string(contact.email)}"
+        else:
+            where = (
+                f"FirstName = {soql_string(contact.first_name)} AND LastName = {soql_string(contact.last_name)} "
+                f"AND AccountId = {soql_string(account_id)}"
+            )
+        fields = ["Id", "AccountId", *(name for _, name in CONTACT_FIELDS)]
+        wanted = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
+        statement = soql("Contact", fields, where, "CreatedDate, Id", limit=1)
+        row = self._first(statement)
+        if row is None:
+            body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
+            body.setdefault("LastName", MISSING_LAST_NAME)
+            if account_id:
+                body["AccountId"] = account_id
+            return self._create("Contact", body, statement)
+        contact_id = str(row["Id"])
+        changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+        if account_id and not row.get("AccountId"):
+            changes["AccountId"] = account_id
+        if changes:
+            self._api.request("PATCH", f"sobjects/Contact/{contact_id}", json=changes)
+        return contact_id
+
+    def _first(self, statement: str) -> dict[str, Any] | None:
+        return next(iter(self._api.query(statement)), None)
+
+    def _create(self, sobject: str, body: dict[str, Any], matching: str) -> str:
+        """Create a record; Salesforce takes no client-chosen id, so a create whose answer was lost is
+        resolved by the matching rule (``matching``, the query that found nothing before the create)."""
+
+        def send() -> str:
+            return str(self._api.json(self._api.request("POST", f"sobjects/{sobject}", json=body))["id"])
+
+        def find() -> str | None:
+            row = self._first(matching)
+            return str(row["Id"]) if row is not None else None
+
+        return create_once(send, find, f"a {sobject}")
+
+
+class ContactRoles:
+    """The contacts of an opportunity, as ``OpportunityContactRole`` records (the first one primary)."""
+
+    def __init__(self, api: SalesforceApi) -> None:
+        self._api = api
+
+    def read(self, opportunity_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Contact roles per opportunity: the primary first, then in the order they were added."""
+        fields = ["Id", "OpportunityId", "ContactId", "IsPrimary", *(f"Contact.{name}" for _, name in CONTACT_FIELDS)]
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for chunk in chunks(opportunity_ids, IN_LIST_SIZE):
+            ids = ", ".join(soql_string(i) for i in chunk)
+            order = "OpportunityId, IsPrimary DESC, CreatedDate, Id"
+            for row in self._api.query(soql("OpportunityContactRole", fields, f"OpportunityId IN ({ids})", order)):
+                grouped.setdefault(str(row["OpportunityId"]), []).append(row)
+        return grouped
+
+    def sync(self, crm_id: str, contact_ids: list[str]) -> None:
+        """Make the contact roles read back as ``contact_ids`` (the first one primary).
+
+        Roles read back primary first, then in the order they were added, so the roles from the first
+        difference on are replaced. No contacts at all leaves the roles alone: a blank list from Partner
+        Center must not erase the roles sellers added. When the answer to creating roles is lost, the
+        roles are read again and only what is still missing is created."""
+        if not contact_ids:
+            return
+        for _ in range(SYNC_ATTEMPTS):
+            try:
+                self._sync(crm_id, contact_ids)
+                return
+            except OutcomeUnknown as exc:
+                log.info(
+                    "the answer to creating contact roles was lost (%s); reading them again", exc.status or "network"
+                )
+        raise TransientError(SERVICE, f"could not learn whether the contact roles of {crm_id} were created")
+
+    def _sync(self, crm_id: str, contact_ids: list[str]) -> None:
+        existing = self.read([crm_id]).get(crm_id, [])
+        keep = 0
+        for index, role in enumerate(existing[: len(contact_ids)]):
+            if str(role["ContactId"]) != contact_ids[index] or bool(role.get("IsPrimary")) != (index == 0):
+                break
+            keep = index + 1
+        stale = [str(role["Id"]) for role in existing[keep:]]
+        if stale:
+            # A delete sent again after its answer was lost finds the role already gone: that is done too.
+            _check([r for r in self._api.delete_many(stale) if not _already_deleted(r)])
+        new = [
+            {
+                "attributes": {"type": "OpportunityContactRole"},
+                "OpportunityId": crm_id,
+                "ContactId": contact_id,
+                "IsPrimary": index == 0,
+            }
+            for index, contact_id in enumerate(contact_ids)
+            if index >= keep
+        ]
+        for start in range(0, len(new), 200):
+            _check(self._api.collection("POST", "composite/sobjects", new[start : start + 200]))
+
+
+def _already_deleted(result: dict[str, Any]) -> bool:
+    errors = result.get("errors") or []
+    return (
+        not result.get("success") and bool(errors) and all(e.get("statusCode") == "ENTITY_IS_DELETED" for e in errors)
+    )
+
+
+def _check(results: list[dict[str, Any]]) -> None:
+    for result in results:
+        if not result.get("success"):
+            raise record_error((result.get("errors") or [{}])[0])
