@@ -22,7 +22,7 @@ from shared.domain.audit_text import audit_line, prepend
 from shared.domain.bounded import AGREED_MAX_UNITS, encode_agreed, utf16_units
 from shared.domain.checkmark import CHECK, CROSS, mark, strip_marks
 from shared.domain.mapping import fingerprint, mapped_values, referral_to_opportunity
-from shared.domain.merge import STATUS_FIELDS, Plan, agreed_on_create, plan_merge
+from shared.domain.merge import PC_ONLY_FIELDS, STATUS_FIELDS, Plan, agreed_on_create, plan_merge
 from shared.domain.opportunity import MAPPED_FIELDS, Contact, CustomerAddress, Opportunity
 from shared.domain.policies import (
     DEFAULT_FIELD_OWNERS,
@@ -501,6 +501,8 @@ def test_a_change_on_one_side_goes_to_the_other_side_and_never_back(scenario: tu
             assert name not in plan.changed, name
         elif name in pc_changed - crm_changed:
             assert name in plan.to_crm and name not in plan.to_pc, name
+        elif name in crm_changed - pc_changed and name in PC_ONLY_FIELDS and pc_values[name] is not None:
+            assert name in plan.to_crm and name not in plan.to_pc, name  # only Partner Center sets its id and link
         elif name in crm_changed - pc_changed:
             assert name not in plan.to_crm, name
             assert (name in plan.to_pc) != _explained(plan, name), name

@@ -22,6 +22,7 @@ from .policies import Side, is_closed, transition_allowed, winner
 from .referral_builder import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
+PC_ONLY_FIELDS = ("referral_id", "referral_link")
 CRM_DEFAULTS = "crm_defaults"  # key in ``agreed``: {field: value the CRM filled in where Partner Center has none}
 
 
@@ -78,6 +79,9 @@ def plan_merge(
     kept: dict[str, object] = {}
     for name in MAPPED_FIELDS:
         if pc_vals[name] == crm_vals[name]:
+            continue
+        if name in PC_ONLY_FIELDS and pc_vals[name] is not None:
+            plan.to_crm.append(name)  # Partner Center's own id and link: only it can set them
             continue
         crm_base = defaults[name] if name in defaults else (base or {}).get(name)
         # A value too large to store whole is kept as a digest marker: same_value compares by digest.

@@ -35,7 +35,7 @@ from ..domain.merge import agreed_on_create, plan_merge
 from ..domain.opportunity import Opportunity
 from ..domain.policies import DEFAULT_FIELD_OWNERS, Side
 from ..domain.referral import Referral
-from ..domain.referral_builder import is_microsoft_copy, patch_operations
+from ..domain.referral_builder import is_microsoft_copy, partner_referral_body, patch_operations
 from ..domain.validation import problems_for_crm, problems_for_partner_center
 from ..ports import AuditEntry, Clock, Crm, Job, Link, PartnerCenter, SyncStore, WriteFence
 from .clock import SystemClock
@@ -250,12 +250,17 @@ class SyncEngine:
         assert pair.referral is not None and pair.referral.id
         referral_id = pair.referral.id
         desired = self._mapped(pair.referral)
+        # Written ahead: if the worker dies between creating the opportunity and recording it, the next job
+        # finds the opportunity with these values as the base, so later edits on either side are told apart
+        # (without a base, every difference would look changed on both sides and the owner would overwrite
+        # the other side's edit).
+        link = self._save_pending(pair.link, referral_id, pair.referral, mapped_values(self.crm.stored_form(desired)))
         line = audit_line(self.clock.now(), True, "Created from Partner Center referral")
         created = self.crm.create_opportunity(
             desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
         )
         agreed = agreed_on_create(self.crm.stored_form(desired), created)
-        self._save_link(pair.link, referral_id, pair.referral, created, agreed)
+        self._save_link(link, referral_id, pair.referral, created, agreed)
         return self._audit(
             Outcome(
                 "created",
@@ -283,6 +288,11 @@ class SyncEngine:
         if plan.to_pc:
             operations = patch_operations(record, plan.to_pc, referral)
             referral = self.pc.patch_referral(referral.id, operations, etag=referral.e_tag)
+            if plan.to_crm:
+                # Partner Center now holds these values: record them before the CRM write, so a failure or a
+                # conflict (412) in between does not take our own write for a Partner Center edit.
+                sent = {name: plan.agreed[name] for name in plan.to_pc}
+                link = self._save_pending(link, referral.id, referral, {**(base or {}), **sent})
         if upgrade:
             self.creator.ensure_microsoft_referral(referral, record)
         changed = plan.changed
@@ -329,16 +339,28 @@ class SyncEngine:
                 "audit": audit,
             }
         )
-        written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
-        agreed = mapped_values(self.crm.stored_form(self._mapped(referral)))
+        agreed, pc_fingerprint = self._agreed_on_referral_create(record, referral)
         try:
-            self._save_link(None, referral.id, referral, written, agreed, self._written_fingerprint(target))
+            # The pair is recorded before the write-back: if that fails (a seller's edit in between, a crash),
+            # the next job merges the pair instead of creating anything again.
+            # A reused referral may already have its row (an earlier attempt died before the write-back).
+            existing = self.store.get_link(referral.id) if created.reused else None
+            link = self._save_pending(existing, referral.id, referral, agreed, record, pc_fingerprint)
         except StorageRejected as exc:
             # The referral exists now: keep the pair linked by a small row without the refused values, so
             # the failure is recorded once, not again on every poll.
             link = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
             link.pc_fingerprint, link.pc_etag = fingerprint(self._mapped(referral)), referral.e_tag
-            return self._fail_crm_side(written, link, [str(exc)])
+            return self._fail_crm_side(record, link, [str(exc)])
+        try:
+            written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
+        except PreconditionFailed:
+            log.info("opportunity %s changed during the write-back; merging from fresh reads", record.crm_id)
+            fresh = self._safe_get(record.crm_id)
+            if fresh is None:
+                raise
+            return self._reconcile(Pair(referral, fresh, link), CRM_TO_PC)
+        self._save_link(link, referral.id, referral, written, agreed, self._written_fingerprint(target), pc_fingerprint)
         if failed:
             self.store.set_state(failure_state_key(record.crm_id), {"CrmFingerprint": "", "Reason": ""})
         return self._audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
@@ -435,10 +457,38 @@ class SyncEngine:
         record: Opportunity,
         agreed: dict[str, object],
         crm_fingerprint: str | None = None,
+        pc_fingerprint: str | None = None,
     ) -> None:
         updated = link or Link(referral_id=referral_id)
         updated.last_values = encode_agreed(agreed)
-        self._record_link(updated, referral, record, status="ok", error=None, crm_fingerprint=crm_fingerprint)
+        self._record_link(updated, referral, record, "ok", None, crm_fingerprint, pc_fingerprint)
+
+    def _agreed_on_referral_create(self, record: Opportunity, referral: Referral) -> tuple[dict[str, object], str]:
+        """What both sides held when the referral was made: the values we sent, read as Partner Center reads
+        them, plus what only Partner Center sets (its id, link and status). Not the referral as found now:
+        when the create's answer was lost, the lookup may find it already edited in Partner Center, and that
+        edit must still reach the CRM instead of being taken as agreed."""
+        sent = self._mapped(Referral.model_validate(partner_referral_body(record)))
+        actual = self._mapped(referral)
+        own = {name: getattr(actual, name) for name in ("status", "substatus", "referral_id", "referral_link")}
+        created = sent.model_copy(update=own)
+        return mapped_values(self.crm.stored_form(created)), fingerprint(created)
+
+    def _save_pending(
+        self,
+        link: Link | None,
+        referral_id: str,
+        referral: Referral,
+        agreed: dict[str, object],
+        record: Opportunity | None = None,
+        pc_fingerprint: str | None = None,
+    ) -> Link:
+        """Record the values both sides hold (or are about to hold) before a write that the job may not live to
+        record; ``pending`` keeps the row from counting as synchronised until the job finishes."""
+        updated = link or Link(referral_id=referral_id)
+        updated.last_values = encode_agreed(agreed)
+        self._record_link(updated, referral, record, "pending", None, None, pc_fingerprint)
+        return updated
 
     def _record_link(
         self,
@@ -448,13 +498,14 @@ class SyncEngine:
         status: str,
         error: str | None,
         crm_fingerprint: str | None = None,
+        pc_fingerprint: str | None = None,
     ) -> None:
         link.crm_provider = self.crm.provider
         if record is not None:
             link.crm_id = record.crm_id
             link.crm_etag = record.etag
             link.crm_fingerprint = crm_fingerprint or fingerprint(record)
-        link.pc_fingerprint = fingerprint(self._mapped(referral))
+        link.pc_fingerprint = pc_fingerprint or fingerprint(self._mapped(referral))
         link.pc_etag = referral.e_tag
         link.last_status = status
         link.last_error = error

@@ -144,6 +144,13 @@ def version_columns(versions: dict[str, datetime], newest: datetime | None) -> d
     return {name: packed[i * size : (i + 1) * size] for i, name in enumerate(VERSION_PROPERTIES)}
 
 
+def _whole_seconds(moment: datetime) -> datetime:
+    """Feeds filter to whole seconds (``modifiedon``, ``SystemModstamp`` and ``updatedDateTime`` filters are
+    sent that way), so the window starts on one: a version between that second and the exact floor would
+    otherwise be read again, forgotten and enqueued on every run."""
+    return moment.replace(microsecond=0)
+
+
 class ChangeFeed:
     def __init__(
         self,
@@ -167,7 +174,7 @@ class ChangeFeed:
         saved = self.state.get_state(self.state_key) or {}
         watermark = saved.get("Watermark") if isinstance(saved.get("Watermark"), datetime) else None
         run = _Run(watermark, load_versions(saved, watermark))
-        since = watermark - self.overlap if watermark else self.first_since(self.clock.now())
+        since = _whole_seconds(watermark - self.overlap) if watermark else self.first_since(self.clock.now())
         try:
             for change in self.fetch(since):
                 self._take(change, run)
@@ -224,7 +231,8 @@ class ChangeFeed:
         """Only versions inside the overlap window can come back; older ones are forgotten."""
         if newest is None:
             return {}
-        floor = newest - self.overlap
+        # The same floor the next run asks from: whatever that run can see again is remembered.
+        floor = _whole_seconds(newest - self.overlap)
         return {k: v for k, v in remembered.items() if v >= floor}
 
 

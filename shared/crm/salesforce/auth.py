@@ -20,10 +20,14 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from ...domain.errors import AuthenticationError, TransientError
+from ...domain.errors import AuthenticationError, Throttled, TransientError
+from ...httpclient import parse_retry_after
 from ...settings import Settings
 
 SERVICE = "Salesforce"
+TOKEN_ATTEMPTS = 3
+TOKEN_BACKOFF_SECONDS = 0.5
+TOKEN_MAX_INLINE_WAIT = 5.0
 TOKEN_PATH = "/services/oauth2/token"  # noqa: S105 - a URL path, not a secret
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 # Salesforce wants the assertion to expire within a few minutes; simple-salesforce also uses 3.
@@ -107,15 +111,7 @@ class OAuthToken(SalesforceAuth):
         """The grant's form fields (client credentials or JWT bearer)."""
 
     def _fetch(self) -> None:
-        self.token_requests += 1
-        try:
-            response = self._session.post(
-                self.token_url, data=self._form(), headers={"Accept": "application/json"}, timeout=self._timeout
-            )
-        except requests.RequestException as exc:
-            raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise TransientError(SERVICE, "token endpoint unavailable", response.status_code)
+        response = self._post_with_retries()
         body = _json(response)
         if response.status_code != 200:
             # error / error_description never echo the credentials that were sent.
@@ -128,6 +124,29 @@ class OAuthToken(SalesforceAuth):
         if not isinstance(token, str) or not token or not isinstance(instance, str) or not instance:
             raise AuthenticationError(SERVICE, f"{self.flow} token response lacks access_token or instance_url")
         self._token, self._instance_url = token, instance.rstrip("/")
+
+    def _post_with_retries(self) -> requests.Response:
+        """Asking for a token changes nothing, so a reset or a short throttle is retried here; a longer
+        throttle is raised with its ``Retry-After`` so the job is deferred by that much, not by a guess."""
+        for attempt in range(1, TOKEN_ATTEMPTS + 1):
+            self.token_requests += 1
+            try:
+                response = self._session.post(
+                    self.token_url, data=self._form(), headers={"Accept": "application/json"}, timeout=self._timeout
+                )
+            except requests.RequestException as exc:
+                if attempt == TOKEN_ATTEMPTS:
+                    raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
+                time.sleep(TOKEN_BACKOFF_SECONDS * attempt)
+                continue
+            if response.status_code < 500 and response.status_code != 429:
+                return response
+            wait = parse_retry_after(response.headers.get("Retry-After"))
+            if attempt == TOKEN_ATTEMPTS or (wait is not None and wait > TOKEN_MAX_INLINE_WAIT):
+                error = Throttled if response.status_code == 429 else TransientError
+                raise error(SERVICE, "token endpoint unavailable", response.status_code, retry_after=wait)
+            time.sleep(wait if wait is not None else TOKEN_BACKOFF_SECONDS * attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
 
 
 class ClientCredentials(OAuthToken):

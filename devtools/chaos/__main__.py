@@ -1,0 +1,5 @@
+import sys
+
+from devtools.chaos.run import main
+
+sys.exit(main())

@@ -1,0 +1,230 @@
+"""A job that dies part way (a crash, a refused write, a conflict) must not make the next job take one side's
+old values for an edit. Found by ``make chaos``: the base values of a pair were recorded only at the end of
+a job, so after a failure in between every difference looked changed on both sides and the field's owner
+overwrote the other side's newer edit. Also: change feeds that read whole seconds must go quiet."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueServiceClient
+
+from shared import wiring
+from shared.domain.errors import PreconditionFailed
+from shared.ports import Job
+from shared.store.queue import StorageJobQueue
+from shared.store.tables import TableSyncStore
+from shared.sync.engine import KIND_CRM, KIND_REFERRAL
+from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
+from tests.e2e_stack import CRMS
+
+
+@pytest.fixture(params=CRMS)
+def crm(request) -> str:
+    return request.param
+
+
+def _ours(stack, crm_id: str) -> dict:
+    own = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]
+    assert len(own) == 1, own
+    return own[0]
+
+
+def _settle(stack) -> None:
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    stack.poll()
+    stack.host.drain()
+
+
+def test_a_job_that_dies_after_creating_the_opportunity_does_not_revert_a_later_partner_center_edit(stack, monkeypatch):
+    referral = stack.pc.seed_referral(kind="cosell", raise_event=False)
+    store = wiring.container().store
+    original = store.save_link
+    died = {"n": 0}
+
+    def die_once_after_the_create(link):
+        if link.last_status == "ok" and not died["n"]:
+            died["n"] += 1
+            raise ConnectionError("the worker died before it recorded the pair")
+        return original(link)
+
+    monkeypatch.setattr(store, "save_link", die_once_after_the_create)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    assert stack.host.drain(max_rounds=1).failed == 1
+    assert len(stack.opportunities()) == 1  # the opportunity exists; its link was never recorded as synced
+
+    stack.pc.portal_update(referral["id"], {"name": "Renamed in Partner Center"}, raise_event=False)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    stack.host.drain()
+    assert stack.pc.referral(referral["id"])["name"] == "Renamed in Partner Center"
+    [row] = stack.opportunities()
+    assert row["name"].startswith("Renamed in Partner Center")
+
+
+def test_a_job_that_dies_before_the_write_back_keeps_a_partner_center_edit_and_writes_the_id_later(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    engine = wiring.container().engine
+    original = engine.crm.update_opportunity
+    state = {"crashed": False}
+
+    def crash_once(*args, **kwargs):
+        if not state["crashed"]:
+            state["crashed"] = True
+            raise ConnectionError("the worker died after creating the referral")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.crm, "update_opportunity", crash_once)
+    stack.poll()
+    assert stack.host.drain(max_rounds=1).failed == 1
+    referral = _ours(stack, crm_id)
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Microsoft's seller added a note"}}, raise_event=False)
+
+    stack.host.queue.enqueue(Job(KIND_CRM, crm_id, reason="test"))
+    stack.host.drain()
+    _settle(stack)
+    assert _ours(stack, crm_id)["details"]["notes"] == "Microsoft's seller added a note"
+    opportunity = stack.opportunity(crm_id)
+    assert opportunity["notes"] == "Microsoft's seller added a note"
+    assert opportunity["referral_id"] == referral["id"]
+
+
+def test_a_seller_edit_during_the_write_back_is_merged_in_the_same_job(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    engine = wiring.container().engine
+    original = engine.crm.update_opportunity
+    state = {"raced": False}
+
+    def seller_edits_first(current, desired, fields):
+        if not state["raced"]:
+            state["raced"] = True  # the seller saves between our read and our write-back: 412
+            stack.seller().edit(crm_id, deal_value=777000.0)
+        return original(current, desired, fields)
+
+    monkeypatch.setattr(engine.crm, "update_opportunity", seller_edits_first)
+    stack.poll()
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 0, run.errors
+    _settle(stack)
+    assert _ours(stack, crm_id)["details"]["dealValue"] == 777000.0
+    assert stack.opportunity(crm_id)["referral_id"] == _ours(stack, crm_id)["id"]
+
+
+def test_a_job_that_dies_between_the_two_sides_does_not_revert_a_later_partner_center_edit(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    stack.poll()
+    stack.host.drain()
+    _settle(stack)
+    referral = _ours(stack, crm_id)
+    # Both sides edit at once: the job sends the deal value to Partner Center and the notes to the CRM.
+    stack.seller().edit(crm_id, deal_value=251000.0)
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Portal note"}}, raise_event=False)
+    engine = wiring.container().engine
+    original = engine.crm.update_opportunity
+    state = {"crashed": False}
+
+    def crash_once(*args, **kwargs):
+        if not state["crashed"]:
+            state["crashed"] = True
+            raise ConnectionError("the worker died after patching Partner Center")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(engine.crm, "update_opportunity", crash_once)
+    stack.host.queue.enqueue(Job(KIND_CRM, crm_id, reason="test"))
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 1
+    assert _ours(stack, crm_id)["details"]["dealValue"] == 251000.0
+    # Microsoft's seller then corrects the deal value in Partner Center, before the job is retried.
+    stack.pc.portal_update(referral["id"], {"details": {"dealValue": 262000.0}}, raise_event=False)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    stack.host.drain()
+    _settle(stack)
+    assert _ours(stack, crm_id)["details"]["dealValue"] == 262000.0
+    opportunity = stack.opportunity(crm_id)
+    assert float(opportunity["deal_value"]) == 262000.0
+    assert opportunity["notes"] == "Portal note"
+
+
+def test_a_write_back_conflict_that_persists_is_reported_not_looped(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    engine = wiring.container().engine
+
+    def always_conflicts(*args, **kwargs):
+        raise PreconditionFailed("Dynamics 365", "changed since it was read", 412)
+
+    monkeypatch.setattr(engine.crm, "update_opportunity", always_conflicts)
+    stack.poll()
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 1  # retried later by the queue, never a second referral
+    assert len([r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]) == 1
+
+
+# -- change feeds --------------------------------------------------------------------------------------------------
+class _Clock:
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now
+
+
+@pytest.fixture
+def feed_parts(azurite, storage_names) -> Iterator[tuple[TableSyncStore, StorageJobQueue]]:
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    store = TableSyncStore(
+        tables, storage_names["SYNC_LINKS_TABLE"], storage_names["SYNC_STATE_TABLE"], storage_names["SYNC_AUDIT_TABLE"]
+    )
+    queues = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = StorageJobQueue(queues, name=f"quiet-{uuid.uuid4().hex[:10]}")
+    yield store, queue
+    queue.client.delete_queue()
+    queue.poison.delete_queue()
+
+
+def test_a_feed_that_filters_on_whole_seconds_goes_quiet(feed_parts):
+    store, queue = feed_parts
+    start = datetime(2031, 5, 6, 7, 0, 0, 500_000, tzinfo=UTC)
+    changes = [
+        Change("early", 'W/"1"', start),
+        Change("late", 'W/"2"', start + timedelta(seconds=100, microseconds=100)),
+    ]
+
+    def changed_since(since: datetime | None) -> Iterator[Change]:
+        # As Dataverse, Salesforce and Partner Center filters are sent: to the whole second.
+        floor = since.replace(microsecond=0) if since else None
+        return iter([c for c in changes if floor is None or (c.changed_at and c.changed_at >= floor)])
+
+    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, changed_since, store, queue, _Clock(start), overlap_seconds=100)
+    assert feed.poll().enqueued == 2
+    # "early" is 100.0001 s before the watermark: outside the exact window, inside the whole-second one.
+    assert feed.poll().enqueued == 0
+    assert feed.poll().enqueued == 0
+    assert queue.depth() == 2
+
+
+def test_a_referral_edited_before_its_lost_create_answer_is_found_keeps_the_edit(stack, monkeypatch):
+    crm_id = stack.seller().create_flagged(help_code=None)
+    stack.pc.network_faults.add("lose_answer", method="POST", path=r"/engagements/referrals$", mode="drop")
+    creator = wiring.container().engine.creator
+    original = creator.partner_referral
+    calls = {"n": 0}
+
+    def edited_before_found(crm: str):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the lookup after the lost answer: Microsoft's seller renamed it meanwhile
+            [made] = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm]
+            stack.pc.portal_update(made["id"], {"name": "Renamed by Microsoft"})  # its webhook follows
+        return original(crm)
+
+    monkeypatch.setattr(creator, "partner_referral", edited_before_found)
+    stack.poll()
+    run = stack.host.drain()
+    assert run.failed == 0, run.errors
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    stack.host.drain()
+    _settle(stack)
+    assert _ours(stack, crm_id)["name"] == "Renamed by Microsoft"
+    assert stack.opportunity(crm_id)["name"].startswith("Renamed by Microsoft")
