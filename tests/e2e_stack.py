@@ -156,9 +156,11 @@ def _reset_crm(
         dv: DataverseEmulator = request.getfixturevalue("dv")
         dv.reset()
         dv.clear_faults()
+        dv.network_faults.clear()
         return DataverseView(dv), dv, None
     sf: SalesforceEmulator = request.getfixturevalue("sf")
     sf.reset()  # records, sessions, quota, faults, counters
+    sf.network_faults.clear()
     sf.configure(upsert_update_status=200, query_batch_size=MAX_BATCH_SIZE, min_batch_size=200)
     return SalesforceView(sf), None, sf
 
@@ -173,6 +175,7 @@ def make_stack(request, monkeypatch, azurite, storage_names, pc, tmp_path, crm):
         pc.reset()
         pc.dispatch_mode, pc.delivery_attempts = "async", 10
         pc.clear_faults()
+        pc.network_faults.clear()
         view, dv, sf = _reset_crm(crm, request)
         configure(monkeypatch, azurite, storage_names, pc, tmp_path, crm_settings(crm, dv, sf), **overrides)
         host = InProcessHost()

@@ -254,7 +254,14 @@ class SyncEngine:
         # finds the opportunity with these values as the base, so later edits on either side are told apart
         # (without a base, every difference would look changed on both sides and the owner would overwrite
         # the other side's edit).
-        link = self._save_pending(pair.link, referral_id, pair.referral, mapped_values(self.crm.stored_form(desired)))
+        try:
+            link = self._save_pending(
+                pair.link, referral_id, pair.referral, mapped_values(self.crm.stored_form(desired))
+            )
+        except StorageRejected:
+            # Our bookkeeping does not fit: create anyway, so the refusal is reported on the opportunity itself
+            # (cross mark and reason) when the link is refused again after the create.
+            link = pair.link
         line = audit_line(self.clock.now(), True, "Created from Partner Center referral")
         created = self.crm.create_opportunity(
             desired.model_copy(update={"name": self._marked(desired.name, True), "audit": line})
@@ -347,11 +354,12 @@ class SyncEngine:
             existing = self.store.get_link(referral.id) if created.reused else None
             link = self._save_pending(existing, referral.id, referral, agreed, record, pc_fingerprint)
         except StorageRejected as exc:
-            # The referral exists now: keep the pair linked by a small row without the refused values, so
-            # the failure is recorded once, not again on every poll.
+            # The referral exists now: the CRM must learn its id, and the pair stays linked by a small row
+            # without the refused values, so the failure is recorded once, not again on every poll.
+            written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
             link = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
             link.pc_fingerprint, link.pc_etag = fingerprint(self._mapped(referral)), referral.e_tag
-            return self._fail_crm_side(record, link, [str(exc)])
+            return self._fail_crm_side(written, link, [str(exc)])
         try:
             written = self.crm.update_opportunity(record, target, ["referral_id", "referral_link", "name", "audit"])
         except PreconditionFailed:
