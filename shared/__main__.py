@@ -6,10 +6,14 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from . import wiring
 from .domain.errors import ExternalServiceError
-from .settings import SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from .crm.mapping import CrmMapping, Loaded
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -72,6 +76,32 @@ def _poison_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dry_run(args: argparse.Namespace) -> int:
+    from .partner_center.bodies import microsoft_referral_body, partner_referral_body
+
+    dry_run = wiring.container().dry_run
+    preview = dry_run.opportunity(args.crm_id) if args.crm_id else dry_run.referral(args.referral_id)
+    shown: dict[str, object] = {
+        "dryRun": "nothing was written",
+        "direction": preview.direction,
+        "action": preview.action,
+        "message": preview.message,
+        "referralId": preview.referral_id,
+        "crmId": preview.crm_id,
+    }
+    if preview.action == "merge" or preview.to_crm or preview.notes:
+        shown.update(toCrm=preview.to_crm, toPartnerCenter=preview.to_pc, notes=preview.notes)
+    if preview.new_opportunity is not None:
+        shown["opportunity"] = preview.new_opportunity.model_dump(mode="json", exclude_none=True)
+    if preview.referral_source is not None:
+        body = partner_referral_body(preview.referral_source)
+        shown["referralBody"] = body
+        if preview.referral_source.help_code:
+            shown["microsoftReferralBody"] = microsoft_referral_body(body, "<the new referral's engagement>")
+    print(json.dumps(shown, indent=2, ensure_ascii=False))
+    return 0
+
+
 def _register_webhook(args: argparse.Namespace) -> int:
     from .partner_center.auth import WEBHOOKS_SCOPE, partner_center_token_provider
     from .partner_center.registration import WebhookRegistrationClient
@@ -79,7 +109,7 @@ def _register_webhook(args: argparse.Namespace) -> int:
     s = load_settings(partner_center_only=True)
     client = WebhookRegistrationClient(
         s.partner_center_webhook_api_url,
-        partner_center_token_provider(s, WEBHOOKS_SCOPE),
+        partner_center_token_provider(wiring.partner_center_credentials(s), WEBHOOKS_SCOPE),
         timeout=s.http_timeout_seconds,
     )
     if args.show:
@@ -129,6 +159,46 @@ def _login(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mapping_settings() -> tuple[Settings, Loaded[CrmMapping]]:
+    settings = load_settings(crm_only=True)
+    return settings, wiring.load_crm_mapping(settings)
+
+
+def _mapping_show(args: argparse.Namespace) -> int:
+    from .crm.mapping import to_toml
+
+    _, loaded = _mapping_settings()
+    print(to_toml(loaded), end="")
+    return 0
+
+
+def _crm_configured(s: Settings) -> str | None:
+    """None when the CRM can be reached with the settings there are, else what is missing."""
+    if s.crm_provider == "salesforce":
+        if s.salesforce_access_token or (s.salesforce_client_id and (s.salesforce_login_url or s.salesforce_token_url)):
+            return None
+        return "SALESFORCE_LOGIN_URL and SALESFORCE_CLIENT_ID (or SALESFORCE_ACCESS_TOKEN) are not set"
+    return None if s.dataverse_url else "DATAVERSE_URL is not set"
+
+
+def _mapping_check(args: argparse.Namespace) -> int:
+    settings, loaded = _mapping_settings()
+    source = f"{settings.crm_mapping_file} over the defaults" if settings.crm_mapping_file else "the shipped defaults"
+    print(f"mapping for {settings.crm_provider}: valid ({source})")
+    missing = _crm_configured(settings)
+    if missing:
+        print(f"the CRM was not checked: {missing}")
+        return 0
+    problems = wiring.build_crm(settings, loaded.mapping).check_mapping()  # type: ignore[attr-defined]
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{len(problems)} problem(s) with the CRM's metadata", file=sys.stderr)
+        return 1
+    print("every mapped column exists in the CRM with a fitting type and values")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared", description="Co-sell connector operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     poison_replay = poison_commands.add_parser("replay", help="the same as replay-poison")
     poison_replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
     poison_replay.set_defaults(run=_replay_poison)
+    dry_run = commands.add_parser(
+        "dry-run", help="what syncing one record would send to each side, without writing anything anywhere"
+    )
+    record = dry_run.add_mutually_exclusive_group(required=True)
+    record.add_argument("--crm-id", help="a CRM opportunity id")
+    record.add_argument("--referral-id", help="a Partner Center referral id")
+    dry_run.set_defaults(run=_dry_run)
     register = commands.add_parser("register-webhook", help="register this app's webhook URL with Partner Center")
     register.add_argument("--url", help="https://<app>.azurewebsites.net/api/webhooks/partner-center")
     register.add_argument("--show", action="store_true", help="print the current registration and exit")
@@ -160,6 +237,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="ask Partner Center to send the signature in x-ms-signature instead of Authorization",
     )
     register.set_defaults(run=_register_webhook)
+    mapping = commands.add_parser("mapping", help="the CRM field mapping: show it, or check it against the CRM")
+    mapping_commands = mapping.add_subparsers(dest="mapping_command", required=True)
+    show = mapping_commands.add_parser(
+        "show", help="print the effective mapping (defaults, CRM_MAPPING_FILE, settings) as TOML, overrides marked"
+    )
+    show.set_defaults(run=_mapping_show)
+    check = mapping_commands.add_parser(
+        "check", help="validate the mapping, and check every mapped column against the CRM's metadata when reachable"
+    )
+    check.set_defaults(run=_mapping_check)
     login = commands.add_parser("login", help="sign in to Partner Center as a Referrals admin (device code)")
     login.add_argument("--tenant", help="Partner Center tenant id (default: PARTNER_CENTER_TENANT_ID)")
     login.add_argument("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)")

@@ -10,9 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .ports import AuditEntry, Link
+from .ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Link
 from .store.queue import PoisonedJob
-from .sync.engine import KIND_CRM, KIND_REFERRAL
 
 TABLE_ERROR_CHARS = 100
 AUDIT_LOOKBACK = 50

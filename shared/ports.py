@@ -1,8 +1,9 @@
-"""The interfaces the services depend on. Adapters implement them; tests can run any mix."""
+"""The interfaces the services depend on, and the records they exchange with them. Adapters implement them;
+tests can run any mix."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -11,21 +12,45 @@ from typing import Any, Protocol
 from .domain.opportunity import Opportunity
 from .domain.referral import Referral
 
+# What a job names (its kind) and which way a change travels (audit entries and outcomes say it).
+KIND_REFERRAL = "pc-referral"
+KIND_CRM = "crm-opportunity"
+PC_TO_CRM = "pc->crm"
+CRM_TO_PC = "crm->pc"
+
+Finder = Callable[[], Referral | None]
+
 
 class PartnerCenter(Protocol):
-    def get_referral(self, referral_id: str) -> Referral: ...
+    """Co-sell referrals in the domain's terms; queries, request bodies and eTags stay in the adapter."""
 
-    def create_referral(self, referral: dict[str, Any], find: Callable[[], Referral | None] | None = None) -> Referral:
-        """Create; when the answer is lost, ``find`` looks for what the attempt made before any second create."""
+    def get(self, referral_id: str) -> Referral: ...
+
+    def changed_since(self, moment: datetime | None) -> Iterator[Referral]:
+        """Referrals updated at or after ``moment`` (to the whole second; every referral when None), oldest
+        first and page by page, so that a reader stopped part way keeps what it has read."""
         ...
 
-    def patch_referral(
-        self, referral_id: str, operations: list[dict[str, Any]], etag: str | None = None
-    ) -> Referral: ...
+    def by_external_reference(self, crm_id: str) -> Iterator[Referral]:
+        """Referrals carrying ``crm_id`` as their external reference (Microsoft's copies included)."""
+        ...
 
-    def list_referrals(
-        self, odata_filter: str | None = None, orderby: str | None = None, top: int | None = None
-    ) -> Iterator[Referral]: ...
+    def by_engagement(self, engagement_id: str) -> Iterator[Referral]: ...
+
+    def create(self, opportunity: Opportunity, find: Finder) -> Referral:
+        """The partner's Shared referral for ``opportunity``, keyed by its CRM id. When the answer is lost,
+        ``find`` looks for what the attempt made before any second create."""
+        ...
+
+    def create_for_microsoft(self, opportunity: Opportunity, engagement_id: str, find: Finder) -> Referral:
+        """Microsoft's referral on the engagement of the partner's referral for ``opportunity``; ``find`` as in
+        :meth:`create`."""
+        ...
+
+    def update(self, referral: Referral, opportunity: Opportunity, fields: list[str]) -> Referral:
+        """Write ``fields`` of ``opportunity`` to ``referral`` conditioned on its eTag; PreconditionFailed when
+        it changed since it was read."""
+        ...
 
 
 class Crm(Protocol):
@@ -80,13 +105,63 @@ class Link:
 class AuditEntry:
     record_key: str
     action: str  # e.g. "created", "updated", "unchanged", "skipped", "failed"
-    direction: str  # "pc->crm" | "crm->pc"
+    direction: str  # PC_TO_CRM | CRM_TO_PC
     message: str
     crm_id: str | None = None
     referral_id: str | None = None
     fields: list[str] = field(default_factory=list)
     at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# A remembered version of a change is this many bytes of a hash of it, written as hex.
+VERSION_DIGEST_BYTES = 5
+
+
+@dataclass(frozen=True)
+class FeedWatermark:
+    """Where a change feed stands: the newest change it enqueued, the versions it enqueued inside the overlap
+    window it reads again (digest -> when that version changed), and what its last run did."""
+
+    watermark: datetime | None = None
+    versions: Mapping[str, datetime] = field(default_factory=dict)
+    last_run_at: datetime | None = None
+    last_seen: int = 0
+    last_enqueued: int = 0
+    last_interruption: str = ""  # why the last run stopped early; "" when it read everything
+
+
+@dataclass(frozen=True)
+class Pause:
+    """All CRM work waits until ``until`` (the CRM's API quota is used up)."""
+
+    until: datetime
+    reason: str
+    since: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CredentialFailure:
+    """The last credential a service refused, kept until a job succeeds again."""
+
+    service: str
+    message: str
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Health:
+    pause: Pause | None = None  # the last pause, over or not
+    credential_failure: CredentialFailure | None = None
+
+
+@dataclass(frozen=True)
+class CreateFailure:
+    """An opportunity Partner Center could not take as it was: the fingerprint of that version and why, so it is
+    not sent again until it changes."""
+
+    crm_fingerprint: str
+    reason: str
 
 
 class SyncStore(Protocol):
@@ -110,16 +185,34 @@ class SyncStore(Protocol):
 
     def release_lease(self, key: str, owner: str) -> None: ...
 
-    def get_state(self, key: str) -> dict[str, Any] | None: ...
+    def get_watermark(self, feed: str) -> FeedWatermark | None: ...
 
-    def set_state(self, key: str, values: dict[str, Any]) -> None: ...
+    def save_watermark(self, feed: str, mark: FeedWatermark) -> None: ...
+
+    def get_health(self) -> Health: ...
+
+    def save_pause(self, pause: Pause) -> None:
+        """Record the pause; the credential failure, if any, stays."""
+        ...
+
+    def save_credential_failure(self, failure: CredentialFailure) -> None:
+        """Record the refused credential; the pause, if any, stays."""
+        ...
+
+    def clear_credential_failure(self, recovered_at: datetime) -> None: ...
+
+    def get_create_failure(self, crm_id: str) -> CreateFailure | None: ...
+
+    def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None: ...
+
+    def clear_create_failure(self, crm_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
 class Job:
     """A queue message: names a record, never carries its data (events are hints)."""
 
-    kind: str  # "pc-referral" | "crm-opportunity"
+    kind: str  # KIND_REFERRAL | KIND_CRM
     record_id: str
     reason: str = ""
     enqueued_at: str = ""

@@ -22,24 +22,6 @@ MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/c
 # Hosts a plain-http certificate prefix may name (local emulators), as urlsplit reports them.
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
-DEFAULT_DATAVERSE_HELP_OPTIONS = {
-    "WorkloadSpecificValueProposition": 100000000,
-    "CustomerTechnicalArchitecture": 100000001,
-    "ProofOfConceptOrDemo": 100000002,
-    "QuotesOrLicensing": 100000003,
-    "PostSalesCustomerSuccess": 100000004,
-    "GeneralOrOther": 100000005,
-}
-
-DEFAULT_SALESFORCE_HELP_PICKLIST = {
-    "WorkloadSpecificValueProposition": "Workload specific value proposition",
-    "CustomerTechnicalArchitecture": "Customer technical architecture",
-    "ProofOfConceptOrDemo": "Proof of concept or demo",
-    "QuotesOrLicensing": "Quotes or licensing",
-    "PostSalesCustomerSuccess": "Post sales customer success",
-    "GeneralOrOther": "General or other",
-}
-
 # How far apart two workers' clocks may be: a lease row's expiry is written by one worker's clock and read by
 # another's. Azure hosts keep NTP time well within this.
 LEASE_CLOCK_SKEW_SECONDS = 5.0
@@ -70,6 +52,8 @@ class Settings(BaseSettings):
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
     conflict_rules: str = Field("", validation_alias=_env("CONFLICT_RULES"))
+    # An override file merged over the CRM's shipped field mapping (shared/crm/<crm>/mapping.toml).
+    crm_mapping_file: Path | None = Field(None, validation_alias=_env("CRM_MAPPING_FILE"))
     crm_poll_overlap_seconds: int = Field(300, ge=0, validation_alias=_env("CRM_POLL_OVERLAP_SECONDS"))
     reconcile_first_lookback_hours: int = Field(24, ge=1, validation_alias=_env("RECONCILE_FIRST_LOOKBACK_HOURS"))
     busy_retry_seconds: int = Field(5, ge=0, validation_alias=_env("BUSY_RETRY_SECONDS"))
@@ -126,22 +110,16 @@ class Settings(BaseSettings):
     dataverse_client_id: str | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_ID"))
     dataverse_client_secret: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_SECRET"))
     dataverse_tenant_id: str | None = Field(None, validation_alias=_env("DATAVERSE_TENANT_ID"))
-    dataverse_field_sync: str = Field("new_syncwithpartnercenter", validation_alias=_env("DATAVERSE_FIELD_SYNC"))
-    dataverse_field_referral_id: str = Field(
-        "new_referralidentifier", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID")
-    )
-    dataverse_field_referral_link: str = Field(
-        "new_referrallink", validation_alias=_env("DATAVERSE_FIELD_REFERRAL_LINK")
-    )
-    dataverse_field_help: str = Field("new_howcanmicrosofthelp", validation_alias=_env("DATAVERSE_FIELD_HELP"))
-    dataverse_field_products: str = Field("new_products", validation_alias=_env("DATAVERSE_FIELD_PRODUCTS"))
-    dataverse_field_audit: str = Field("new_audit", validation_alias=_env("DATAVERSE_FIELD_AUDIT"))
-    dataverse_account_country_field: str = Field(
-        "address1_country", validation_alias=_env("DATAVERSE_ACCOUNT_COUNTRY_FIELD")
-    )
-    dataverse_help_option_values: Annotated[dict[str, int], NoDecode] = Field(
-        default_factory=lambda: dict(DEFAULT_DATAVERSE_HELP_OPTIONS),
-        validation_alias=_env("DATAVERSE_HELP_OPTION_VALUES"),
+    # Field-name settings override single entries of the CRM mapping (unset: the mapping's value).
+    dataverse_field_sync: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_SYNC"))
+    dataverse_field_referral_id: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_REFERRAL_ID"))
+    dataverse_field_referral_link: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_REFERRAL_LINK"))
+    dataverse_field_help: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_HELP"))
+    dataverse_field_products: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_PRODUCTS"))
+    dataverse_field_audit: str | None = Field(None, validation_alias=_env("DATAVERSE_FIELD_AUDIT"))
+    dataverse_account_country_field: str | None = Field(None, validation_alias=_env("DATAVERSE_ACCOUNT_COUNTRY_FIELD"))
+    dataverse_help_option_values: Annotated[dict[str, int] | None, NoDecode] = Field(
+        None, validation_alias=_env("DATAVERSE_HELP_OPTION_VALUES")
     )
 
     # -- Salesforce ------------------------------------------------------------------------------
@@ -157,24 +135,19 @@ class Settings(BaseSettings):
     salesforce_api_version: str = Field("v62.0", validation_alias=_env("SALESFORCE_API_VERSION"))
     salesforce_access_token: SecretStr | None = Field(None, validation_alias=_env("SALESFORCE_ACCESS_TOKEN"))
     salesforce_instance_url: str | None = Field(None, validation_alias=_env("SALESFORCE_INSTANCE_URL"))
-    salesforce_field_sync: str = Field("Sync_with_Partner_Center__c", validation_alias=_env("SALESFORCE_FIELD_SYNC"))
-    salesforce_field_referral_id: str = Field(
-        "Referral_Identfier__c", validation_alias=_env("SALESFORCE_FIELD_REFERRAL_ID")
-    )
-    salesforce_field_referral_link: str = Field(
-        "Referral_Link__c", validation_alias=_env("SALESFORCE_FIELD_REFERRAL_LINK")
-    )
-    salesforce_field_help: str = Field("How_can_Microsoft_help__c", validation_alias=_env("SALESFORCE_FIELD_HELP"))
-    salesforce_field_products: str = Field("Products__c", validation_alias=_env("SALESFORCE_FIELD_PRODUCTS"))
-    salesforce_field_audit: str = Field("Audit__c", validation_alias=_env("SALESFORCE_FIELD_AUDIT"))
-    salesforce_currency_field: str = Field("CurrencyIsoCode", validation_alias=_env("SALESFORCE_CURRENCY_FIELD"))
-    salesforce_on_hold_stage: str = Field("Prospecting", validation_alias=_env("SALESFORCE_ON_HOLD_STAGE"))
-    salesforce_active_stage: str = Field("Qualification", validation_alias=_env("SALESFORCE_ACTIVE_STAGE"))
-    salesforce_won_stage: str = Field("Closed Won", validation_alias=_env("SALESFORCE_WON_STAGE"))
-    salesforce_lost_stage: str = Field("Closed Lost", validation_alias=_env("SALESFORCE_LOST_STAGE"))
-    salesforce_help_picklist_values: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: dict(DEFAULT_SALESFORCE_HELP_PICKLIST),
-        validation_alias=_env("SALESFORCE_HELP_PICKLIST_VALUES"),
+    salesforce_field_sync: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_SYNC"))
+    salesforce_field_referral_id: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_REFERRAL_ID"))
+    salesforce_field_referral_link: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_REFERRAL_LINK"))
+    salesforce_field_help: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_HELP"))
+    salesforce_field_products: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_PRODUCTS"))
+    salesforce_field_audit: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_AUDIT"))
+    salesforce_currency_field: str | None = Field(None, validation_alias=_env("SALESFORCE_CURRENCY_FIELD"))
+    salesforce_on_hold_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_ON_HOLD_STAGE"))
+    salesforce_active_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_ACTIVE_STAGE"))
+    salesforce_won_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_WON_STAGE"))
+    salesforce_lost_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_LOST_STAGE"))
+    salesforce_help_picklist_values: Annotated[dict[str, str] | None, NoDecode] = Field(
+        None, validation_alias=_env("SALESFORCE_HELP_PICKLIST_VALUES")
     )
 
     # -- storage -----------------------------------------------------------------------------------
@@ -274,6 +247,7 @@ class Settings(BaseSettings):
 
     @property
     def conflict_owners(self) -> dict[str, Side]:
+        """The owners ``CONFLICT_RULES`` sets; they override the CRM mapping's."""
         return parse_field_owners(self.conflict_rules)
 
     @property
@@ -398,10 +372,19 @@ class PartnerCenterSettings(Settings):
         return self
 
 
-def load_settings(*, partner_center_only: bool = False, **overrides: object) -> Settings:
+class CrmSettings(Settings):
+    """The same settings, requiring none: ``python -m shared mapping show|check`` works from the CRM settings
+    there are (the mapping alone when the CRM is not configured)."""
+
+    @model_validator(mode="after")
+    def _requirements(self) -> Settings:
+        return self
+
+
+def load_settings(*, partner_center_only: bool = False, crm_only: bool = False, **overrides: object) -> Settings:
     """Read settings from the environment (and ``overrides``) or raise one readable SettingsError."""
     try:
-        kind = PartnerCenterSettings if partner_center_only else Settings
+        kind = PartnerCenterSettings if partner_center_only else CrmSettings if crm_only else Settings
         return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []

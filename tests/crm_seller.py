@@ -17,7 +17,12 @@ from typing import Any, ClassVar, Protocol
 
 import requests
 
-from shared.settings import DEFAULT_DATAVERSE_HELP_OPTIONS, DEFAULT_SALESFORCE_HELP_PICKLIST
+from shared.crm.dynamics.mapping import default_mapping as dataverse_mapping
+from shared.crm.salesforce.mapping import default_mapping as salesforce_mapping
+
+# The org is set up with the shipped mapping's choice / picklist values.
+DEFAULT_DATAVERSE_HELP_OPTIONS = dataverse_mapping().fields["help_code"].values
+DEFAULT_SALESFORCE_HELP_PICKLIST = salesforce_mapping().fields["help_code"].values
 
 DV_PATH = "/api/data/v9.2"
 SF_PATH = "/services/data/v62.0"

@@ -19,8 +19,8 @@ from typing import Any, Protocol
 
 from emulators.dataverse import DataverseEmulator
 from emulators.salesforce.emulator import DEFAULT_CLIENT_SECRET, SalesforceEmulator
-from shared.crm.dynamics import DataverseCrm
-from shared.crm.salesforce import SalesforceCrm
+from shared.crm.dynamics import DataverseConfig, DataverseCrm
+from shared.crm.salesforce import SalesforceConfig, SalesforceCrm
 from shared.crm.salesforce.auth import StaticToken
 from shared.ports import Crm
 from tests.crm_seller import DataverseSeller, SalesforceSeller, Seller
@@ -136,7 +136,8 @@ class DataverseView:
         return DataverseSeller(self.emulator.url, self.token)
 
     def reader(self) -> DataverseCrm:
-        return DataverseCrm.for_url(self.emulator.url, self.token)
+        token = self.token
+        return DataverseCrm(DataverseConfig(self.emulator.url), lambda: token)
 
     def secrets(self) -> list[str]:
         return [self.token]
@@ -211,7 +212,7 @@ class SalesforceView:
 
     def reader(self) -> SalesforceCrm:
         auth = StaticToken(self.emulator.issue_token(), self.emulator.url)
-        return SalesforceCrm.for_instance(auth=auth)
+        return SalesforceCrm(SalesforceConfig(), auth)
 
     def secrets(self) -> list[str]:
         with self.emulator.lock:

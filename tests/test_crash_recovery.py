@@ -15,10 +15,9 @@ from azure.storage.queue import QueueServiceClient
 
 from shared import wiring
 from shared.domain.errors import PreconditionFailed
-from shared.ports import Job
+from shared.ports import KIND_CRM, KIND_REFERRAL, Job
 from shared.store.queue import StorageJobQueue
 from shared.store.tables import TableSyncStore
-from shared.sync.engine import KIND_CRM, KIND_REFERRAL
 from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
 from tests.e2e_stack import CRMS
 

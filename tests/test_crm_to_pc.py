@@ -9,8 +9,7 @@ import pytest
 
 from shared import wiring
 from shared.domain.checkmark import CHECK, CROSS
-from shared.ports import Job
-from shared.sync.engine import KIND_CRM
+from shared.ports import KIND_CRM, Job
 from tests.e2e_stack import CRMS
 
 

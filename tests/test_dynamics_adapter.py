@@ -13,7 +13,8 @@ import pytest
 import requests
 
 from emulators.dataverse import DataverseEmulator
-from shared.crm.dynamics import DataverseCrm
+from shared import wiring
+from shared.crm.dynamics import DataverseConfig, DataverseCrm
 from shared.crm.dynamics.auth import AzureIdentityToken
 from shared.domain.errors import AuthenticationError, PreconditionFailed, ValidationFailed
 from shared.domain.mapping import mapped_values
@@ -48,7 +49,7 @@ def crm(emu: DataverseEmulator, sleeps: list[float]) -> DataverseCrm:
         sleeps.append(seconds)
         time.sleep(seconds)
 
-    return DataverseCrm.for_url(emu.url, TOKEN, sleep=sleep)
+    return DataverseCrm(DataverseConfig(emu.url), lambda: TOKEN, sleep=sleep)
 
 
 def _opportunity(referral_id: str = "0b5e3a6c-1111-4c1e-9d1a-000000000001", **changes: Any) -> Opportunity:
@@ -138,7 +139,7 @@ def test_create_is_idempotent(emu: DataverseEmulator, crm: DataverseCrm) -> None
         headers={"Authorization": "Bearer x"},
         timeout=5,
     )
-    retry = DataverseCrm.for_url(emu.url, TOKEN).create_opportunity(desired)  # a new worker, cold caches
+    retry = DataverseCrm(DataverseConfig(emu.url), lambda: TOKEN).create_opportunity(desired)  # a new worker
     assert retry.crm_id == first.crm_id
     assert retry.notes == "edited by a seller"  # the retry returned the record, it did not overwrite it
     assert emu.counters()["tables"]["opportunities"]["updates"] == 1
@@ -285,10 +286,10 @@ def test_throttled_request_waits_retry_after_then_succeeds(
 
 def test_missing_or_rejected_token_raises_authentication_error(emu: DataverseEmulator) -> None:
     with pytest.raises(AuthenticationError):
-        DataverseCrm.for_url(emu.url, None).get_opportunity(str(uuid.uuid4()))
+        DataverseCrm(DataverseConfig(emu.url), None).get_opportunity(str(uuid.uuid4()))
     emu.set_required_token("the-real-token")
     with pytest.raises(AuthenticationError) as caught:
-        DataverseCrm.for_url(emu.url, "a-leaked-secret").find_by_referral_id("ref-1")
+        DataverseCrm(DataverseConfig(emu.url), lambda: "a-leaked-secret").find_by_referral_id("ref-1")
     assert "a-leaked-secret" not in str(caught.value) and "the-real-token" not in str(caught.value)
 
 
@@ -332,7 +333,7 @@ def test_constructed_from_settings(emu: DataverseEmulator) -> None:
         azure_webjobs_storage="UseDevelopmentStorage=true",
         partner_center_access_token="pc",
     )
-    crm = DataverseCrm(settings)
+    crm = wiring.build_crm(settings, wiring.load_crm_mapping(settings).mapping)
     created = crm.create_opportunity(_opportunity(help_code=None, solution_ids=()))
     row = emu.record("opportunities", created.crm_id or "")
     assert row is not None and row["new_howcanmicrosofthelp"] is None and row["new_products"] is None
@@ -373,7 +374,6 @@ def test_azure_identity_failure_is_an_authentication_error() -> None:
 
 
 def test_app_registration_credentials_are_used_when_configured(monkeypatch):
-    from shared.crm.dynamics import auth
     from shared.settings import load_settings
 
     settings = load_settings(
@@ -395,7 +395,7 @@ def test_app_registration_credentials_are_used_when_configured(monkeypatch):
             return type("T", (), {"token": "tok", "expires_on": 9_999_999_999})()
 
     monkeypatch.setattr("azure.identity.ClientSecretCredential", FakeClientSecretCredential)
-    assert auth.token_provider(settings)() == "tok"
+    assert wiring.dataverse_token(settings)() == "tok"
     assert made == {
         "tenant": "tenant",
         "client_id": "app",

@@ -22,14 +22,17 @@ from emulators._server import Emulator
 from emulators.dataverse import DataverseEmulator
 from emulators.partner_center import PartnerCenterEmulator
 from emulators.salesforce import SalesforceEmulator
-from shared.crm.dynamics import DataverseCrm
-from shared.crm.salesforce import SalesforceCrm
+from shared.crm.dynamics import DataverseConfig, DataverseCrm
+from shared.crm.salesforce import SalesforceConfig, SalesforceCrm
+from shared.crm.salesforce.auth import StaticToken as SalesforceSession
+from shared.domain.classification import MICROSOFT_ORG_ID
 from shared.domain.errors import PreconditionFailed
 from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
 from shared.domain.referral import Referral
-from shared.domain.referral_builder import MICROSOFT_ORG_ID, is_microsoft_copy, partner_referral_body
+from shared.domain.referral_rules import is_microsoft_copy
 from shared.partner_center.auth import StaticToken
-from shared.partner_center.client import PartnerCenterClient
+from shared.partner_center.bodies import partner_referral_body
+from shared.partner_center.client import PartnerCenterClient, PartnerCenterConfig
 from shared.sync.referral_creation import ReferralCreator
 from tests.e2e_stack import CRMS
 
@@ -111,7 +114,9 @@ def pc_emu(pc_server: PartnerCenterEmulator) -> PartnerCenterEmulator:
 
 
 def _creator(emu: PartnerCenterEmulator) -> ReferralCreator:
-    return ReferralCreator(PartnerCenterClient(emu.url, StaticToken("t"), timeout=5, sleep=_no_sleep))
+    return ReferralCreator(
+        PartnerCenterClient(PartnerCenterConfig(emu.url, timeout=5), StaticToken("t"), sleep=_no_sleep)
+    )
 
 
 def _split(referrals: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -187,7 +192,7 @@ def dv_emu(dv_server: DataverseEmulator) -> DataverseEmulator:
 
 
 def _dataverse(emu: DataverseEmulator, session: requests.Session | None = None) -> DataverseCrm:
-    return DataverseCrm.for_url(emu.url, "dv-token", sleep=_no_sleep, session=session)
+    return DataverseCrm(DataverseConfig(emu.url), lambda: "dv-token", sleep=_no_sleep, session=session)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -325,7 +330,7 @@ def sf_emu(sf_server: SalesforceEmulator) -> SalesforceEmulator:
 
 
 def _salesforce(emu: SalesforceEmulator) -> SalesforceCrm:
-    return SalesforceCrm.for_instance(emu.url, emu.issue_token(), sleep=_no_sleep)
+    return SalesforceCrm(SalesforceConfig(), SalesforceSession(emu.issue_token(), emu.url), sleep=_no_sleep)
 
 
 def _roles(emu: SalesforceEmulator, crm_id: str) -> list[tuple[str, bool]]:

@@ -65,6 +65,22 @@ def test_adapters_do_not_reach_up(path):
     assert not any(i.startswith(("shared.sync", "shared.functions", "shared.wiring")) for i in imports), imports
 
 
+@pytest.mark.parametrize("path", [*_files("partner_center"), *_files("store")], ids=_id)
+def test_partner_center_and_storage_adapters_are_built_from_config_objects_not_settings(path):
+    # Wiring turns Settings into each adapter's small config object; an adapter that read Settings itself
+    # would depend on every setting of the app, and could only be built from all of them.
+    imports = _imports(path)
+    assert not any(i.startswith("shared.settings") for i in imports), imports
+
+
+@pytest.mark.parametrize("path", _files("crm"), ids=_id)
+def test_crm_adapters_are_built_from_config_objects_not_settings(path):
+    # Wiring turns Settings into DataverseConfig / SalesforceConfig and the effective field mapping; the field-name
+    # settings reach an adapter only as entries of that mapping.
+    imports = _imports(path)
+    assert not any(i.startswith("shared.settings") for i in imports), imports
+
+
 @pytest.mark.parametrize("path", _files("functions"), ids=_id)
 def test_triggers_stay_thin(path):
     imports = _imports(path)

@@ -18,13 +18,14 @@ from azure.data.tables import UpdateMode
 from emulators.partner_center.samples import outgoing_cosell_body
 from shared import wiring
 from shared.domain.errors import LeaseLost
-from shared.partner_center.client import PartnerCenterClient
-from shared.ports import Job
+from shared.partner_center.client import PartnerCenterClient, PartnerCenterConfig
+from shared.ports import KIND_CRM, KIND_REFERRAL, Job
 from shared.settings import load_settings
 from shared.store.connections import table_service
 from shared.store.tables import LEASE_PARTITION, TableSyncStore, safe_key
-from shared.sync.engine import KIND_CRM, KIND_REFERRAL, RecordBusy, SyncEngine
+from shared.sync.engine import RecordBusy, SyncEngine
 from shared.sync.lease import THREAD_NAME_PREFIX
+from shared.wiring import storage_config
 from shared.write_fence import fenced
 from tests.e2e_stack import PC_TOKEN, Stack
 
@@ -178,7 +179,9 @@ def store(azurite, storage_names) -> TableSyncStore:
         PARTNER_CENTER_ACCESS_TOKEN="t",
         **storage_names,
     )
-    return TableSyncStore(table_service(settings), settings.links_table, settings.state_table, settings.audit_table)
+    return TableSyncStore(
+        table_service(storage_config(settings)), settings.links_table, settings.state_table, settings.audit_table
+    )
 
 
 def _until(store: TableSyncStore, key: str) -> datetime:
@@ -213,7 +216,7 @@ def test_a_lease_that_runs_out_while_a_token_is_refreshed_stops_the_write(pc):
         lost.set()  # the refresh took so long that the lease ran out meanwhile
         return PC_TOKEN
 
-    client = PartnerCenterClient(pc.url, slow_refresh, timeout=5)
+    client = PartnerCenterClient(PartnerCenterConfig(pc.url, timeout=5), slow_refresh)
     writes, referrals = pc.writes, len(pc.referrals())
     with fenced(lease_check), pytest.raises(LeaseLost):
         client.create_referral(outgoing_cosell_body())

@@ -243,7 +243,7 @@ SF_ELSEWHERE = {
 def test_stack_starts_the_salesforce_emulator_and_the_app_signs_in_with_client_credentials(tmp_path: Path) -> None:
     from devtools.localhost.stack import Stack
     from emulators.salesforce.emulator import DEFAULT_CLIENT_SECRET, TOKEN_PATH
-    from shared.crm.salesforce import SalesforceCrm
+    from shared import wiring
     from shared.settings import load_settings
 
     settings = {
@@ -279,7 +279,7 @@ def test_stack_starts_the_salesforce_emulator_and_the_app_signs_in_with_client_c
         assert refused.status_code == 400
         # The app, configured from the written settings (the environment ignores blank values), signs in.
         app_settings = load_settings(**{k: v for k, v in written.items() if v})
-        crm = SalesforceCrm(app_settings)
+        crm = wiring.build_crm(app_settings, wiring.load_crm_mapping(app_settings).mapping)
         assert list(crm.query("SELECT Id, Sync_Audit__c FROM Opportunity")) == []
         assert emulator.counters()["tokenRequests"]["client_credentials"] == 1
         assert emulator.stages["Closed - Won"] == (True, True)

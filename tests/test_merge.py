@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import date
 from decimal import Decimal
 
+from shared.crm.dynamics.mapping import default_mapping
 from shared.domain.mapping import mapped_values
 from shared.domain.merge import CRM_DEFAULTS, agreed_on_create, plan_merge
 from shared.domain.opportunity import CustomerAddress, Opportunity
-from shared.domain.policies import DEFAULT_FIELD_OWNERS, parse_field_owners
+from shared.domain.policies import parse_field_owners
+
+DEFAULT_FIELD_OWNERS = default_mapping().owners()  # who wins a conflict, as the shipped mapping declares it
 
 BASE = Opportunity(
     name="Deal",
@@ -43,7 +46,7 @@ def test_conflict_goes_to_the_owner_and_is_explained():
     pc, crm = BASE.model_copy(update={"notes": "pc"}), BASE.model_copy(update={"notes": "crm"})
     assert plan(pc, crm).to_pc == ["notes"]
     assert "notes changed on both sides; the CRM wins" in plan(pc, crm).summary()
-    assert plan(pc, crm, owners=parse_field_owners("notes=pc")).to_crm == ["notes"]
+    assert plan(pc, crm, owners={**DEFAULT_FIELD_OWNERS, **parse_field_owners("notes=pc")}).to_crm == ["notes"]
 
 
 def test_location_cannot_be_sent_after_creation():
@@ -91,3 +94,46 @@ def test_a_value_the_crm_filled_in_stays_in_the_crm_until_a_side_changes_it():
     p = plan_merge(partner, placeholder, base, DEFAULT_FIELD_OWNERS, "Active", "Accepted")
     assert p.to_crm == ["close_date"] and p.agreed["close_date"] == "2030-03-31"
     assert CRM_DEFAULTS not in p.agreed
+
+
+def _one_way(pc: Opportunity, crm: Opportunity, direction: str, base: Opportunity | None = BASE):
+    directions = {"notes": direction}
+    return plan_merge(pc, crm, mapped_values(base) if base else None, DEFAULT_FIELD_OWNERS, "Active", None, directions)
+
+
+def test_a_field_sent_from_partner_center_only_keeps_crm_edits_in_the_crm():
+    seller = BASE.model_copy(update={"notes": "seller's own"})
+    p = _one_way(BASE, seller, "pc->crm")
+    assert (p.to_crm, p.to_pc) == ([], [])
+    assert p.notes == ["notes changed in the CRM; the mapping does not send it to Partner Center"]
+    assert p.agreed["notes"] == "n"  # still what both sides agreed: the seller's text is not taken as agreed
+    partner = BASE.model_copy(update={"notes": "from pc"})
+    assert _one_way(partner, BASE, "pc->crm").to_crm == ["notes"]
+    both = _one_way(partner, seller, "pc->crm")  # the CRM owns notes, but its value may not travel
+    assert (both.to_crm, both.to_pc) == (["notes"], [])
+
+
+def test_a_field_sent_to_partner_center_only_keeps_partner_center_edits_there():
+    partner = BASE.model_copy(update={"notes": "from pc"})
+    p = _one_way(partner, BASE, "crm->pc")
+    assert (p.to_crm, p.to_pc) == ([], [])
+    assert p.notes == ["notes changed in Partner Center; the mapping does not send it to the CRM"]
+    assert p.agreed["notes"] == "n"
+    # The next job, from what this one agreed, decides the same: nothing to write.
+    again = plan_merge(partner, BASE, p.agreed, DEFAULT_FIELD_OWNERS, "Active", None, {"notes": "crm->pc"})
+    assert again.changed == []
+    seller = BASE.model_copy(update={"notes": "seller's own"})
+    assert _one_way(BASE, seller, "crm->pc").to_pc == ["notes"]
+    first = _one_way(partner, seller, "crm->pc", base=None)  # no base yet: only the CRM's value may travel
+    assert (first.to_crm, first.to_pc) == ([], ["notes"])
+
+
+def test_a_new_record_gets_one_way_fields_empty():
+    from shared.domain.policies import only_what_travels
+
+    directions = {"notes": "crm->pc", "deal_value": "pc->crm"}
+    to_crm = only_what_travels(BASE, directions, "crm")
+    assert (to_crm.notes, to_crm.deal_value) == (None, BASE.deal_value)
+    to_pc = only_what_travels(BASE, directions, "pc")
+    assert (to_pc.notes, to_pc.deal_value) == (BASE.notes, None)
+    assert only_what_travels(BASE, {}, "crm") is BASE

@@ -19,7 +19,7 @@ from emulators.partner_center.samples import outgoing_cosell_body
 from shared.domain.errors import LeaseLost, OutcomeUnknown, Throttled, TransientError
 from shared.httpclient import ApiClient, create_once, parse_retry_after
 from shared.partner_center.auth import StaticToken
-from shared.partner_center.client import REFERRALS_PATH, PartnerCenterClient
+from shared.partner_center.client import REFERRALS_PATH, PartnerCenterClient, PartnerCenterConfig
 from shared.write_fence import fenced
 
 
@@ -41,7 +41,7 @@ def fresh(emu: PartnerCenterEmulator) -> Iterator[None]:
 
 def client(emu: PartnerCenterEmulator, waits: list[float] | None = None) -> PartnerCenterClient:
     sink = waits if waits is not None else []
-    return PartnerCenterClient(emu.url, StaticToken("t"), timeout=5, sleep=sink.append)
+    return PartnerCenterClient(PartnerCenterConfig(emu.url, timeout=5), StaticToken("t"), sleep=sink.append)
 
 
 def body(name: str = "Contoso") -> dict[str, object]:
@@ -87,7 +87,7 @@ def test_reads_are_retried_after_a_reset_and_a_lost_answer(emu: PartnerCenterEmu
     emu.network_faults.add("reset", method="GET")
     emu.network_faults.add("lose_answer", method="GET", mode="504")
     waits: list[float] = []
-    assert client(emu, waits).get_referral(created.id or "").id == created.id
+    assert client(emu, waits).get(created.id or "").id == created.id
     assert len(waits) == 2
 
 
@@ -120,7 +120,7 @@ def test_a_long_retry_after_as_an_http_date_is_raised_with_its_delay(emu: Partne
 def test_latency_longer_than_the_timeout_is_a_lost_answer_for_a_create(emu: PartnerCenterEmulator):
     emu.network_faults.add("lose_answer", method="POST", mode="drop", delay=0.0)
     emu.network_faults.add("latency", method="POST", delay=1.5)
-    pc = PartnerCenterClient(emu.url, StaticToken("t"), timeout=0.5, sleep=lambda s: None)
+    pc = PartnerCenterClient(PartnerCenterConfig(emu.url, timeout=0.5), StaticToken("t"), sleep=lambda s: None)
     with pytest.raises(OutcomeUnknown):
         pc.create_referral(body())
     with pytest.raises(OutcomeUnknown):
@@ -141,7 +141,7 @@ def test_a_fenced_job_cannot_write_but_can_read(emu: PartnerCenterEmulator):
 
     before = len(emu.request_log)
     with fenced(lost):
-        assert pc.get_referral(created.id or "").id == created.id
+        assert pc.get(created.id or "").id == created.id
         with pytest.raises(LeaseLost):
             pc.create_referral(body("Second"))
     assert len(emu.referrals()) == 1

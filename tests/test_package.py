@@ -98,6 +98,9 @@ def test_app_files_are_exactly_what_funcignore_leaves(built):
         p.relative_to(ROOT).as_posix() for p in (ROOT / "shared").rglob("*.py") if "__pycache__" not in p.parts
     )
     assert shared and set(shared) <= set(names), "every module of the shared package is deployed"
+    mappings = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "shared" / "crm").rglob("mapping.toml"))
+    assert mappings == ["shared/crm/dynamics/mapping.toml", "shared/crm/salesforce/mapping.toml"]
+    assert set(mappings) <= set(names), "each CRM's shipped field mapping is deployed: the app reads it at start-up"
 
 
 @pytest.mark.parametrize("path", NOT_DEPLOYED)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from types import SimpleNamespace
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs
 
 import pytest
@@ -21,14 +21,16 @@ from shared.domain.errors import (
     Throttled,
     TransientError,
 )
+from shared.domain.mapping import referral_to_opportunity
 from shared.domain.referral import Referral
 from shared.partner_center.auth import (
     WEBHOOKS_SCOPE,
+    PartnerCenterCredentials,
     RefreshTokenProvider,
     StaticToken,
     partner_center_token_provider,
 )
-from shared.partner_center.client import PartnerCenterClient, referral_id_from_resource_uri
+from shared.partner_center.client import PartnerCenterClient, PartnerCenterConfig, referral_id_from_resource_uri
 
 REFERRAL_ID = "8b0c7d52-3f0e-4f1a-9a55-2b8f1f6a2c11"
 
@@ -61,13 +63,13 @@ def sleeps() -> SleepRecorder:
 
 @pytest.fixture
 def client(emu: PartnerCenterEmulator, sleeps: SleepRecorder) -> PartnerCenterClient:
-    return PartnerCenterClient(emu.url, StaticToken("test-token"), max_inline_wait=5, sleep=sleeps)
+    return PartnerCenterClient(PartnerCenterConfig(emu.url, max_inline_wait=5), StaticToken("test-token"), sleep=sleeps)
 
 
 # -- reads ----------------------------------------------------------------------------------------------------
 def test_get_referral_returns_the_model_with_its_etag(emu, client):
     seeded = emu.seed_referral(raise_event=False)
-    referral = client.get_referral(seeded["id"])
+    referral = client.get(seeded["id"])
     assert isinstance(referral, Referral)
     assert referral.id == seeded["id"] and referral.e_tag == seeded["eTag"]
     assert referral.details.requirements.solutions[0].id == "SOL-34104-EBB"
@@ -76,13 +78,13 @@ def test_get_referral_returns_the_model_with_its_etag(emu, client):
 
 def test_get_unknown_referral_raises_not_found(client):
     with pytest.raises(NotFound):
-        client.get_referral(REFERRAL_ID)
+        client.get(REFERRAL_ID)
 
 
 @pytest.mark.parametrize("bad_id", ["", "../referrals", "a/b", "x" * 100])
 def test_get_refuses_ids_that_could_change_the_path(emu, client, bad_id):
     with pytest.raises(ValueError):
-        client.get_referral(bad_id)
+        client.get(bad_id)
     assert emu.reads == 0
 
 
@@ -121,6 +123,34 @@ def test_unsupported_filter_is_a_permanent_error(client):
 def test_next_links_are_always_sent_to_the_configured_base(client, emu):
     rebased = client._next_url("http://api.partner.microsoft.com/v1.0/referrals?$skiptoken=abc")
     assert rebased == f"{emu.url}/v1.0/referrals?$skiptoken=abc"
+
+
+# -- the port: referrals in the domain's terms ----------------------------------------------------------------
+def test_lookups_by_external_reference_and_by_engagement_quote_their_keys(emu, client):
+    mine = emu.seed_referral(externalReferenceId="O'Brien-1", raise_event=False)
+    emu.seed_referral(externalReferenceId="O'Brien-2", raise_event=False)
+    assert [r.id for r in client.by_external_reference("O'Brien-1")] == [mine["id"]]
+    assert [r.id for r in client.by_engagement(mine["engagementId"])] == [mine["id"]]
+
+
+def test_changed_since_reads_from_the_whole_second_oldest_first(emu, client):
+    first = emu.seed_referral(name="First", raise_event=False)
+    second = emu.seed_referral(name="Second", raise_event=False)
+    since = datetime.fromisoformat(first["updatedDateTime"].replace("Z", "+00:00"))
+    assert [r.id for r in client.changed_since(since.replace(microsecond=999_999))] == [first["id"], second["id"]]
+    assert [r.id for r in client.changed_since(None)] == [first["id"], second["id"]]
+    assert list(client.changed_since(since + timedelta(days=1))) == []
+
+
+def test_update_writes_only_the_fields_asked_for_and_only_over_the_version_read(emu, client):
+    referral = client.get(emu.seed_referral(raise_event=False)["id"])
+    edited = referral_to_opportunity(referral).model_copy(update={"notes": "New notes", "name": "Another name"})
+    updated = client.update(referral, edited, ["notes"])
+    assert updated.details is not None and updated.details.notes == "New notes"
+    assert updated.name == referral.name and updated.e_tag != referral.e_tag
+    with pytest.raises(PreconditionFailed):
+        client.update(referral, edited, ["name"])  # the eTag read first is stale now
+    assert client.get(referral.id or "").name == referral.name
 
 
 # -- writes ---------------------------------------------------------------------------------------------------
@@ -173,7 +203,7 @@ def test_patch_refuses_unsupported_operations_before_sending(emu, client):
 def test_short_retry_after_is_honoured_inline(emu, client, sleeps):
     seeded = emu.seed_referral(raise_event=False)
     emu.add_fault(status=429, count=1, retry_after=0.2)
-    assert client.get_referral(seeded["id"]).id == seeded["id"]
+    assert client.get(seeded["id"]).id == seeded["id"]
     assert sleeps.waits == [0.2]
     assert emu.counters()["throttled"] == 1 and emu.counters()["get"] == 1
 
@@ -189,14 +219,14 @@ def test_long_retry_after_raises_throttled_without_waiting(emu, client, sleeps):
 def test_unavailable_with_retry_after_is_retried(emu, client, sleeps):
     seeded = emu.seed_referral(raise_event=False)
     emu.add_fault(status=503, count=1, retry_after=1)
-    assert client.get_referral(seeded["id"]).id == seeded["id"]
+    assert client.get(seeded["id"]).id == seeded["id"]
     assert sleeps.waits == [1.0]
 
 
 def test_refused_token_raises_authentication_error(emu, client):
     emu.required_token = "another-token"
     with pytest.raises(AuthenticationError) as raised:
-        client.get_referral(REFERRAL_ID)
+        client.get(REFERRAL_ID)
     assert "test-token" not in str(raised.value)
 
 
@@ -322,36 +352,21 @@ def test_token_endpoint_outage_is_transient(endpoint):
         RefreshTokenProvider(endpoint.url, "tenant-1", "client-1", "refresh-0")()
 
 
-def _settings(**values: object) -> SimpleNamespace:
-    """Settings-shaped values (the factory reads only these attributes)."""
-    defaults: dict[str, object] = {
-        "partner_center_access_token": None,
-        "partner_center_tenant_id": None,
-        "partner_center_client_id": None,
-        "partner_center_client_secret": None,
-        "partner_center_refresh_token": None,
-        "partner_center_authority": "https://login.microsoftonline.com",
-        "http_timeout_seconds": 5.0,
-        "key_vault_uri": None,
-        "partner_center_refresh_token_secret": "partner-center-refresh-token",
-    }
-    return SimpleNamespace(**{**defaults, **values})
-
-
 def test_token_provider_factory_chooses_static_or_refresh(caplog):
     caplog.set_level(logging.INFO, logger="shared.partner_center.auth")
-    static = partner_center_token_provider(_settings(partner_center_access_token=SecretStr("emulator-token")))
+    static = partner_center_token_provider(PartnerCenterCredentials(access_token=SecretStr("emulator-token")))
     assert isinstance(static, StaticToken) and static() == "emulator-token"
     assert "emulator-token" not in caplog.text and "static" in caplog.text
     refreshing = partner_center_token_provider(
-        _settings(
-            partner_center_tenant_id="contoso.onmicrosoft.com",
-            partner_center_client_id="app",
-            partner_center_refresh_token=SecretStr("r"),
-            partner_center_client_secret=SecretStr("s"),
+        PartnerCenterCredentials(
+            tenant_id="contoso.onmicrosoft.com",
+            client_id="app",
+            refresh_token=SecretStr("r"),
+            client_secret=SecretStr("s"),
+            timeout=5.0,
         )
     )
     assert isinstance(refreshing, RefreshTokenProvider)
     assert refreshing.token_url == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     with pytest.raises(AuthenticationError):
-        partner_center_token_provider(_settings())
+        partner_center_token_provider(PartnerCenterCredentials())

@@ -12,10 +12,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, SalesforceEmulator
-from shared.crm.salesforce import SalesforceCrm
+from shared import wiring
+from shared.crm.mapping import Override
+from shared.crm.salesforce import SalesforceConfig, SalesforceCrm
 from shared.crm.salesforce.api import DuplicateReferralId, QuotaExhausted, SalesforceRecordError
 from shared.crm.salesforce.auth import JwtBearer, OAuthToken, StaticToken
-from shared.crm.salesforce.mapping import SalesforceMapping
+from shared.crm.salesforce.mapping import SalesforceMapping, load_mapping
 from shared.domain.errors import AuthenticationError, PreconditionFailed, TransientError, ValidationFailed
 from shared.domain.mapping import mapped_values
 from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
@@ -87,9 +89,27 @@ def _no_sleep(seconds: float) -> None:
     return None
 
 
+def from_settings(settings: Settings, **collaborators: Any) -> SalesforceCrm:
+    """The adapter as the app builds it from its settings."""
+    config = wiring.salesforce_config(settings, wiring.load_crm_mapping(settings).mapping)
+    return SalesforceCrm(config, wiring.salesforce_auth(settings), **collaborators)
+
+
+def static(emu: SalesforceEmulator, mapping: SalesforceMapping | None = None) -> SalesforceCrm:
+    """An adapter with a session issued by the emulator (no token request)."""
+    config = SalesforceConfig(mapping=mapping) if mapping else SalesforceConfig()
+    return SalesforceCrm(config, StaticToken(emu.issue_token(), emu.url), sleep=_no_sleep)
+
+
+def mapping_with(**changes: Any) -> SalesforceMapping:
+    """The shipped mapping with entries replaced, given as dotted paths with "__" for the dots."""
+    overrides = [Override(tuple(path.split("__")), value, "test") for path, value in changes.items()]
+    return load_mapping(None, overrides).mapping
+
+
 @pytest.fixture
 def crm(emu: SalesforceEmulator) -> SalesforceCrm:
-    return SalesforceCrm(settings(emu), sleep=_no_sleep, today=lambda: TODAY)
+    return from_settings(settings(emu), sleep=_no_sleep, today=lambda: TODAY)
 
 
 def _requests(emu: SalesforceEmulator, fragment: str = "/services/data/") -> int:
@@ -133,19 +153,19 @@ def full_opportunity(referral_id: str = "ref-0001", **changes: Any) -> Opportuni
 
 # -- authentication ---------------------------------------------------------------------------------------------------
 def test_client_credentials_flow_from_settings_and_bad_secret_refused(emu: SalesforceEmulator) -> None:
-    crm = SalesforceCrm(settings(emu), sleep=_no_sleep)
+    crm = from_settings(settings(emu), sleep=_no_sleep)
     assert isinstance(crm.auth, OAuthToken)
     assert crm.find_by_referral_id("nothing") is None
     assert crm.get_opportunity("0065g00000AAAAAAAA") is None
     assert emu.counters()["tokenRequests"]["client_credentials"] == 1  # cached between calls
 
-    wrong = SalesforceCrm(settings(emu, salesforce_client_secret="not-the-secret"), sleep=_no_sleep)
+    wrong = from_settings(settings(emu, salesforce_client_secret="not-the-secret"), sleep=_no_sleep)
     with pytest.raises(AuthenticationError) as refused:
         wrong.find_by_referral_id("x")
     assert "invalid client credentials" in str(refused.value)
     assert "not-the-secret" not in str(refused.value)
     with pytest.raises(ValueError, match="My Domain"):
-        SalesforceCrm(settings(emu, salesforce_login_url="https://login.salesforce.com"))
+        from_settings(settings(emu, salesforce_login_url="https://login.salesforce.com"))
 
 
 def test_jwt_bearer_flow_signs_with_the_private_key(emu: SalesforceEmulator) -> None:
@@ -158,7 +178,7 @@ def test_jwt_bearer_flow_signs_with_the_private_key(emu: SalesforceEmulator) -> 
         # App settings often hold the PEM on one line with literal \n.
         "salesforce_private_key": PRIVATE_PEM.replace("\n", "\\n"),
     }
-    crm = SalesforceCrm(settings(emu, **jwt_settings), sleep=_no_sleep)
+    crm = from_settings(settings(emu, **jwt_settings), sleep=_no_sleep)
     assert isinstance(crm.auth, JwtBearer) and crm.auth.audience == emu.url
     assert crm.find_by_referral_id("nothing") is None
     assert emu.counters()["tokenRequests"] == {"client_credentials": 0, "jwt_bearer": 1, "refused": 0}
@@ -167,11 +187,11 @@ def test_jwt_bearer_flow_signs_with_the_private_key(emu: SalesforceEmulator) -> 
     forged = other.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode("ascii")
-    bad = SalesforceCrm(settings(emu, **{**jwt_settings, "salesforce_private_key": forged}), sleep=_no_sleep)
+    bad = from_settings(settings(emu, **{**jwt_settings, "salesforce_private_key": forged}), sleep=_no_sleep)
     with pytest.raises(AuthenticationError, match="invalid assertion"):
         bad.find_by_referral_id("x")
     with pytest.raises(ValueError, match="PEM private key"):
-        SalesforceCrm(settings(emu, **{**jwt_settings, "salesforce_private_key": "not a key"}))
+        from_settings(settings(emu, **{**jwt_settings, "salesforce_private_key": "not a key"}))
 
 
 def test_session_expired_mid_run_reauthenticates_exactly_once(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
@@ -194,13 +214,13 @@ def test_second_401_is_an_authentication_error(emu: SalesforceEmulator, crm: Sal
     assert refused.value.code == "INVALID_SESSION_ID"
     assert emu.counters()["tokenRequests"]["client_credentials"] == 2  # one re-authentication, no more
 
-    static = SalesforceCrm.for_instance(emu.url, emu.issue_token(), sleep=_no_sleep)
-    assert isinstance(static.auth, StaticToken)
-    assert static.find_by_referral_id("x") is None
+    fixed = static(emu)
+    assert isinstance(fixed.auth, StaticToken)
+    assert fixed.find_by_referral_id("x") is None
     emu.expire_sessions()
     before = _requests(emu)
     with pytest.raises(AuthenticationError):
-        static.find_by_referral_id("x")
+        fixed.find_by_referral_id("x")
     assert _requests(emu) == before + 1  # a static token cannot be renewed: no second try
 
 
@@ -286,11 +306,11 @@ def test_status_maps_to_stage_and_reads_back_from_is_closed_is_won(
 
 def test_other_open_stages_read_as_active_and_configured_stage_names(emu: SalesforceEmulator) -> None:
     emu.seed("Opportunity", {"Name": "x", "StageName": "Needs Analysis", "CloseDate": "2025-01-01", REF: "r1"})
-    crm = SalesforceCrm.for_instance(emu.url, emu.issue_token(), sleep=_no_sleep)
+    crm = static(emu)
     found = crm.find_by_referral_id("r1")
     assert found is not None and (found.status, found.substatus) == ("Active", "Accepted")
-    custom = SalesforceMapping(on_hold_stage="Needs Analysis", active_stage="Value Proposition")
-    renamed = SalesforceCrm.for_instance(emu.url, emu.issue_token(), mapping=custom, sleep=_no_sleep)
+    custom = mapping_with(status__stages__New="Needs Analysis", status__stages__Active="Value Proposition")
+    renamed = static(emu, custom)
     again = renamed.find_by_referral_id("r1")
     assert again is not None and (again.status, again.substatus) == ("New", "Pending")
     created = renamed.create_opportunity(full_opportunity("r2", status="Active"))
@@ -393,8 +413,8 @@ def test_salesforce_errors_become_typed_errors(emu: SalesforceEmulator, crm: Sal
         crm.create_opportunity(full_opportunity(help_code="SomethingNew"))
     assert emu.writes() == []  # refused before anything was written
 
-    mislabelled = SalesforceMapping(help_values={"ProofOfConceptOrDemo": "POC please"})
-    other = SalesforceCrm.for_instance(emu.url, emu.issue_token(), mapping=mislabelled, sleep=_no_sleep)
+    mislabelled = mapping_with(fields__help_code__values={"ProofOfConceptOrDemo": "POC please"})
+    other = static(emu, mislabelled)
     with pytest.raises(SalesforceRecordError) as picklist:
         other.create_opportunity(full_opportunity())
     assert picklist.value.code == "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST"

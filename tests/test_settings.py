@@ -37,7 +37,11 @@ def test_defaults_follow_the_contract(env):
     assert s.partner_center_api_url == "https://api.partner.microsoft.com"
     assert s.partner_center_webhook_api_url == "https://api.partnercenter.microsoft.com"
     assert s.links_table == "SyncLinks" and s.state_table == "SyncState" and s.audit_table == "SyncAudit"
-    assert s.dataverse_field_referral_id == "new_referralidentifier"
+    # Field names are not settings defaults any more: the CRM's shipped mapping names them, settings override it.
+    from shared.wiring import load_crm_mapping
+
+    assert s.dataverse_field_referral_id is None
+    assert load_crm_mapping(s).mapping.column("referral_id") == "new_referralidentifier"
 
 
 def test_missing_required_settings_are_named(env):

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared import wiring
+from shared.crm.dynamics.mapping import default_mapping
 from shared.domain.bounded import (
     AGREED_MAX_UNITS,
     DIGEST_KEY,
@@ -37,11 +38,12 @@ from shared.domain.errors import PermanentError, StorageRejected
 from shared.domain.mapping import mapped_values
 from shared.domain.merge import CRM_DEFAULTS, plan_merge
 from shared.domain.opportunity import MAPPED_FIELDS, Opportunity
-from shared.domain.policies import DEFAULT_FIELD_OWNERS
 from shared.ports import AuditEntry, Link
 from shared.store import tables
 from shared.store.tables import LINK_PARTITION, TableSyncStore, limit_problems, safe_key
 from tests.e2e_stack import CRMS, Stack
+
+DEFAULT_FIELD_OWNERS = default_mapping().owners()  # who wins a conflict, as the shipped mapping declares it
 
 # ~7,500 Japanese characters: written as \uXXXX escapes they were 45,000 characters, over the property limit.
 JAPANESE = ("顧客はデータ基盤の移行を検討しており、来期の予算で承認される見込みです。" * 300)[:7500]

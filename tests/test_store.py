@@ -15,6 +15,7 @@ from shared.settings import load_settings
 from shared.store.connections import queue_service, table_service
 from shared.store.queue import StorageJobQueue, decode_job
 from shared.store.tables import TableSyncStore, safe_key
+from shared.wiring import storage_config
 
 
 @pytest.fixture
@@ -29,7 +30,9 @@ def settings(azurite, storage_names):
 
 @pytest.fixture
 def store(settings):
-    return TableSyncStore(table_service(settings), settings.links_table, settings.state_table, settings.audit_table)
+    return TableSyncStore(
+        table_service(storage_config(settings)), settings.links_table, settings.state_table, settings.audit_table
+    )
 
 
 def test_link_insert_then_conditional_replace(store):
@@ -85,7 +88,7 @@ def test_safe_key_escapes_forbidden_characters():
 
 
 def test_jobs_are_base64_json_as_the_functions_host_expects(settings):
-    queue = StorageJobQueue(queue_service(settings), name=f"jobs{settings.links_table[-8:]}")
+    queue = StorageJobQueue(queue_service(storage_config(settings)), name=f"jobs{settings.links_table[-8:]}")
     queue.enqueue(Job("pc-referral", "ref-9", reason="referral-updated"))
     raw_client = QueueServiceClient.from_connection_string(settings.azure_webjobs_storage.get_secret_value())
     raw = raw_client.get_queue_client(queue.client.queue_name).peek_messages()[0].content
@@ -103,4 +106,4 @@ def test_bad_job_messages_are_refused():
 
 
 def test_table_service_uses_connection_string(settings):
-    assert isinstance(table_service(settings), TableServiceClient)
+    assert isinstance(table_service(storage_config(settings)), TableServiceClient)

@@ -25,22 +25,20 @@ from azure.storage.queue import QueueServiceClient
 from shared import wiring
 from shared.__main__ import main
 from shared.domain.errors import LeaseLost
-from shared.ports import AuditEntry, Job, Link
+from shared.ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Job, Link
 from shared.store.queue import StorageJobQueue, encode_job
-from shared.store.tables import TableSyncStore
-from shared.sync.clock import SystemClock
-from shared.sync.engine import KIND_CRM, KIND_REFERRAL, EngineOptions, SyncEngine
-from shared.sync.job_runner import JobRunner
-from shared.sync.poller import (
-    POLL_STATE_KEY,
+from shared.store.state_rows import (
     VERSION_PROPERTY_BYTES,
     VERSIONS_BUDGET_BYTES,
-    Change,
-    ChangeFeed,
     load_versions,
     pack_versions,
     version_columns,
 )
+from shared.store.tables import TableSyncStore
+from shared.sync.clock import SystemClock
+from shared.sync.engine import EngineOptions, SyncEngine
+from shared.sync.job_runner import JobRunner
+from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
 from shared.write_fence import fenced
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,15 +157,15 @@ def test_a_crm_poll_throttled_part_way_keeps_what_it_enqueued_and_resumes(make_s
     salesforce.inject_fault(status=503, count=1, method="GET", path=r"/query/", retry_after=3600)
     stack.poll()  # the timer does not fail
     store = wiring.container().store
-    state = store.get_state(POLL_STATE_KEY) or {}
-    assert (state["LastSeen"], state["LastEnqueued"]) == (500, 500)
-    assert "503" in state["LastInterruption"]
+    mark = store.get_watermark(POLL_STATE_KEY)
+    assert mark is not None and (mark.last_seen, mark.last_enqueued) == (500, 500)
+    assert "503" in mark.last_interruption
     assert "throttled after 500 change(s)" in caplog.text
     assert stack.host.queue.depth() == 500
 
     stack.poll()
-    state = store.get_state(POLL_STATE_KEY) or {}
-    assert state["LastEnqueued"] == 100 and state["LastInterruption"] == ""
+    mark = store.get_watermark(POLL_STATE_KEY)
+    assert mark is not None and mark.last_enqueued == 100 and mark.last_interruption == ""
     assert stack.host.queue.depth() == 600  # each opportunity once
 
 

@@ -17,7 +17,7 @@ from cryptography.x509 import load_der_x509_certificate
 from emulators.partner_center import PartnerCenterEmulator
 from emulators.partner_center.receiver import WebhookReceiver
 from shared.domain.errors import WebhookRejected
-from shared.partner_center.signature import WebhookVerifier
+from shared.partner_center.signature import VerifierConfig, WebhookVerifier
 
 AUTH = {"Authorization": "Bearer test-token"}
 
@@ -66,7 +66,7 @@ def fetch() -> RecordingGet:
 
 @pytest.fixture
 def verifier(emu: PartnerCenterEmulator, ca_bundle: Path, fetch: RecordingGet) -> WebhookVerifier:
-    return WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=fetch)
+    return WebhookVerifier(VerifierConfig([f"{emu.url}/cert/"], ca_bundle), http_get=fetch)
 
 
 @pytest.fixture(autouse=True)
@@ -143,7 +143,9 @@ def test_a_duplicate_delivery_verifies_too(emu, receiver, verifier):
 
 def test_pem_certificates_are_accepted(emu, receiver, ca_bundle):
     headers, body = genuine(emu, receiver)
-    WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=RecordingGet(transform=True)).verify(headers, body)
+    WebhookVerifier(VerifierConfig([f"{emu.url}/cert/"], ca_bundle), http_get=RecordingGet(transform=True)).verify(
+        headers, body
+    )
 
 
 # -- forged or damaged callbacks ----------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ def test_rejects_a_chained_certificate_issued_to_another_name(emu, receiver, ver
 def test_rejects_an_issuer_outside_the_expected_organisation(emu, receiver, ca_bundle):
     headers, body = genuine(emu, receiver)
     strict = WebhookVerifier(
-        [f"{emu.url}/cert/"], ca_bundle, issuer_org="Contoso Root Authority", http_get=RecordingGet()
+        VerifierConfig([f"{emu.url}/cert/"], ca_bundle, issuer_org="Contoso Root Authority"), http_get=RecordingGet()
     )
     error = rejected(strict, headers, body)
     assert error.status == 401 and "Contoso Root Authority" in str(error)
@@ -206,7 +208,9 @@ def test_rejects_an_issuer_outside_the_expected_organisation(emu, receiver, ca_b
 
 def test_system_roots_do_not_trust_the_emulator_ca(emu, receiver):
     headers, body = genuine(emu, receiver)
-    error = rejected(WebhookVerifier([f"{emu.url}/cert/"], None, http_get=RecordingGet()), headers, body)
+    error = rejected(
+        WebhookVerifier(VerifierConfig([f"{emu.url}/cert/"], None), http_get=RecordingGet()), headers, body
+    )
     assert error.status == 401 and "chain" in str(error)
 
 
@@ -240,7 +244,7 @@ def test_certificate_url_outside_the_prefixes_is_never_fetched(emu, receiver, ve
 )
 def test_prefix_tricks_are_refused_without_a_request(ca_bundle, url):
     fetch = RecordingGet()
-    verifier = WebhookVerifier(["https://allowed.host/cert"], ca_bundle, http_get=fetch)
+    verifier = WebhookVerifier(VerifierConfig(["https://allowed.host/cert"], ca_bundle), http_get=fetch)
     assert not verifier.is_allowed_certificate_url(url)
     headers = {
         "Authorization": "Signature " + base64.b64encode(b"x" * 256).decode(),
@@ -252,7 +256,7 @@ def test_prefix_tricks_are_refused_without_a_request(ca_bundle, url):
 
 
 def test_allowed_prefix_matches_scheme_host_and_path():
-    verifier = WebhookVerifier(["https://Allowed.Host/cert/"], None)
+    verifier = WebhookVerifier(VerifierConfig(["https://Allowed.Host/cert/"], None))
     assert verifier.is_allowed_certificate_url("https://allowed.host/cert/pcnotifications-dispatch.microsoft.com.cer")
     assert verifier.is_allowed_certificate_url("HTTPS://ALLOWED.HOST:443/cert/x.cer")
     assert not verifier.is_allowed_certificate_url("https://allowed.host/other/x.cer")
@@ -280,9 +284,9 @@ def test_an_unsupported_algorithm_is_a_bad_request(emu, receiver, verifier, fetc
 
 def test_configuration_errors_are_reported_at_construction(tmp_path):
     with pytest.raises(ValueError):
-        WebhookVerifier([], None)
+        WebhookVerifier(VerifierConfig([], None))
     with pytest.raises(ValueError):
-        WebhookVerifier(["https://allowed.host/cert/"], tmp_path / "missing.pem")
+        WebhookVerifier(VerifierConfig(["https://allowed.host/cert/"], tmp_path / "missing.pem"))
 
 
 # -- certificate URL spelling, refusal cache, one download at a time ------------------------------------------------
@@ -299,7 +303,7 @@ def test_configuration_errors_are_reported_at_construction(tmp_path):
 )
 def test_queries_fragments_user_names_and_other_ports_are_refused_without_a_request(ca_bundle, url):
     fetch = RecordingGet()
-    verifier = WebhookVerifier(["https://allowed.host/cert/"], ca_bundle, http_get=fetch)
+    verifier = WebhookVerifier(VerifierConfig(["https://allowed.host/cert/"], ca_bundle), http_get=fetch)
     headers = {
         "Authorization": "Signature " + base64.b64encode(b"x" * 256).decode(),
         "X-MS-Signature-Algorithm": "rsa-sha256",
@@ -339,7 +343,7 @@ class Clock:
 
 def test_a_failed_certificate_is_not_downloaded_again_for_a_minute(emu, receiver, ca_bundle, fetch):
     clock = Clock()
-    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=fetch, clock=clock)
+    verifier = WebhookVerifier(VerifierConfig([f"{emu.url}/cert/"], ca_bundle), http_get=fetch, clock=clock)
     headers, body = genuine(emu, receiver)
     missing = {**headers, "x-ms-certificate-url": f"{emu.url}/cert/gone.cer"}
     for _ in range(5):
@@ -363,7 +367,9 @@ def test_a_certificate_that_fails_verification_is_refused_from_the_cache(emu, re
 
 
 def test_refused_urls_do_not_push_out_a_verified_certificate(emu, receiver, ca_bundle, fetch):
-    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=fetch, max_cached=2, max_failures_cached=4)
+    verifier = WebhookVerifier(
+        VerifierConfig([f"{emu.url}/cert/"], ca_bundle), http_get=fetch, max_cached=2, max_failures_cached=4
+    )
     headers, body = genuine(emu, receiver)
     verifier.verify(headers, body)
     for n in range(20):
@@ -388,7 +394,7 @@ class SlowGet(RecordingGet):
 @pytest.mark.parametrize("genuine_url", [True, False], ids=["genuine", "missing"])
 def test_concurrent_callbacks_wait_for_one_download(emu, receiver, ca_bundle, genuine_url):
     slow = SlowGet()
-    verifier = WebhookVerifier([f"{emu.url}/cert/"], ca_bundle, http_get=slow)
+    verifier = WebhookVerifier(VerifierConfig([f"{emu.url}/cert/"], ca_bundle), http_get=slow)
     headers, body = genuine(emu, receiver)
     if not genuine_url:
         headers = {**headers, "x-ms-certificate-url": f"{emu.url}/cert/gone.cer"}

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 import requests
 
-from devtools.demo.crm import setting
+from devtools.demo.crm import crm_mapping, setting
 from shared.domain.checkmark import strip_marks
 from shared.httpclient import parse_retry_after
 
@@ -217,18 +217,18 @@ class DataverseSeller:
     """A seller in Dynamics 365 using the Dataverse Web API, as the model-driven app does."""
 
     def __init__(self, url: str, settings: dict[str, str], rng: random.Random) -> None:
-        from shared.settings import DEFAULT_DATAVERSE_HELP_OPTIONS
-
         self.api = url + DATAVERSE_API
         self.control = url + "/_emulator"
         self.careful = Careful(rng)
         self.token = settings["DATAVERSE_ACCESS_TOKEN"]
-        self.sync_column = setting(settings, "DATAVERSE_FIELD_SYNC", "dataverse_field_sync")
-        self.help_column = setting(settings, "DATAVERSE_FIELD_HELP", "dataverse_field_help")
-        self.products_column = setting(settings, "DATAVERSE_FIELD_PRODUCTS", "dataverse_field_products")
-        self.referral_column = setting(settings, "DATAVERSE_FIELD_REFERRAL_ID", "dataverse_field_referral_id")
-        self.country_column = setting(settings, "DATAVERSE_ACCOUNT_COUNTRY_FIELD", "dataverse_account_country_field")
-        self.help_options = dict(DEFAULT_DATAVERSE_HELP_OPTIONS)
+        # The app's own mapping: the seller works in the columns the app synchronises, and reads statuses as it does.
+        self.mapping = crm_mapping(settings)
+        self.sync_column = self.mapping.column("sync_enabled")
+        self.help_column = self.mapping.column("help_code")
+        self.products_column = self.mapping.column("solution_ids")
+        self.referral_column = self.mapping.column("referral_id")
+        self.country_column = self.mapping.customer.account_country
+        self.help_options = dict(self.mapping.fields["help_code"].values)
         currencies = self._table("transactioncurrencies")
         self.usd = next(str(c["transactioncurrencyid"]) for c in currencies if c["isocurrencycode"] == "USD")
 
@@ -333,11 +333,9 @@ class DataverseSeller:
         self.careful.send("POST", f"{self.api}/{action}", ok=(200, 204), headers=self._headers, body=body, find=closed)
 
     def snapshot(self, customers: bool = True) -> CrmSnapshot:
-        from shared.crm.dynamics.mapping import status_read
-
         opportunities = []
         for row in self._table("opportunities"):
-            status, substatus = status_read(row.get("statecode"), row.get("statuscode"))
+            status, substatus = self.mapping.status.status_of(row.get("statecode"), row.get("statuscode"))
             values = {
                 "name": canonical("name", row.get("name")),
                 "deal_value": canonical("deal_value", row.get("estimatedvalue")),
@@ -357,15 +355,16 @@ class SalesforceSeller:
     """A seller in Salesforce using the REST API with a session of their own, as the Lightning UI does."""
 
     def __init__(self, url: str, settings: dict[str, str], rng: random.Random) -> None:
-        from shared.crm.salesforce.mapping import SalesforceMapping
-        from shared.settings import DEFAULT_SALESFORCE_HELP_PICKLIST, Settings
-
         self.url = url
         self.control = url + "/_emulator"
         self.careful = Careful(rng)
         self.version = setting(settings, "SALESFORCE_API_VERSION", "salesforce_api_version")
-        self.mapping = SalesforceMapping.from_settings(Settings.model_validate(settings))
-        self.help_values = dict(DEFAULT_SALESFORCE_HELP_PICKLIST)
+        # The app's own mapping: the seller works in the fields and stages the app synchronises.
+        self.mapping = crm_mapping(settings)
+        self.help_values = dict(self.mapping.fields["help_code"].values)
+        stages = self.mapping.status
+        self.active_stage = stages.stage_for("Active", None)
+        self.won_stage, self.lost_stage = stages.stage_for("Closed", "Won"), stages.stage_for("Closed", "Lost")
         self._secret = "chaos-seller-" + secrets.token_hex(16)
         body = {"clientId": SF_SELLER_CLIENT, "clientSecret": self._secret, "username": SF_SELLER_USER}
         requests.post(f"{self.control}/clients", json=body, timeout=TIMEOUT).raise_for_status()
@@ -441,17 +440,17 @@ class SalesforceSeller:
         )
         body: dict[str, Any] = {
             "Name": new.name,
-            "StageName": m.active_stage,
+            "StageName": self.active_stage,
             "CloseDate": new.close_date,
             "Amount": new.deal_value,
             "Description": new.notes,
             "AccountId": account_id,
-            m.sync: True,
-            m.help: self.help_values[new.help_code] if new.help_code else None,
-            m.products: new.products,
+            m.column("sync_enabled"): True,
+            m.column("help_code"): self.help_values[new.help_code] if new.help_code else None,
+            m.column("solution_ids"): new.products,
         }
-        if m.currency:
-            body[m.currency] = "USD"
+        if m.column("currency"):
+            body[m.column("currency")] = "USD"
         opportunity_id = self._create("Opportunity", body, lambda r: r.get("Name") == new.name)
         self._create(
             "OpportunityContactRole",
@@ -476,18 +475,18 @@ class SalesforceSeller:
         self._patch(crm_id, {name: float(value) if field == "deal_value" else value})
 
     def accept(self, crm_id: str) -> None:
-        self._patch(crm_id, {"StageName": self.mapping.active_stage})
+        self._patch(crm_id, {"StageName": self.active_stage})
 
     def close(self, crm_id: str, won: bool) -> None:
-        self._patch(crm_id, {"StageName": self.mapping.won_stage if won else self.mapping.lost_stage})
+        self._patch(crm_id, {"StageName": self.won_stage if won else self.lost_stage})
 
     def snapshot(self, customers: bool = True) -> CrmSnapshot:
         m = self.mapping
         opportunities = []
         for row in self._records("Opportunity"):
             stage = row.get("StageName")
-            closed = stage in (m.won_stage, m.lost_stage)
-            status, substatus = m.status_of(stage, closed, stage == m.won_stage)
+            closed, won = m.status.flags(stage)
+            status, substatus = m.status.status_of(stage, closed, won)
             values = {
                 "name": canonical("name", row.get("Name")),
                 "deal_value": canonical("deal_value", row.get("Amount")),
@@ -495,7 +494,7 @@ class SalesforceSeller:
                 "close_date": canonical("close_date", row.get("CloseDate")),
                 "status": f"{status}/{substatus}",
             }
-            opportunities.append(Opp(str(row["Id"]), row.get(m.referral_id) or None, values))
+            opportunities.append(Opp(str(row["Id"]), row.get(m.column("referral_id")) or None, values))
         if not customers:
             return CrmSnapshot(opportunities, [], [])
         accounts = [str(r.get("Name")) for r in self._records("Account")]

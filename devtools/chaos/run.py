@@ -321,7 +321,7 @@ def learn_ids(
 ) -> tuple[list[dict[str, Any]], CrmSnapshot]:
     """Fill in each record's counterpart id from the emulators' state; returns what was read."""
     from shared.domain.referral import Referral
-    from shared.domain.referral_builder import is_microsoft_copy
+    from shared.domain.referral_rules import is_microsoft_copy
 
     referrals = portal.referrals()
     snapshot = seller.snapshot(customers)

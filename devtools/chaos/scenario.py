@@ -4,7 +4,7 @@ Every value an edit sets is new (a counter runs through them), so the final valu
 edit won. A field ends correctly when both sides hold the same value and that value is
 
 * the last edit made to it on either side (the initial value counts as an edit made at creation), or
-* the last edit its owner side made since creation (``shared.domain.policies``: when both sides changed a
+* the last edit its owner side made since creation (the CRM mapping's ``owner``: when both sides changed a
   field before the connector saw either change, the owner wins, and the other side's edit is rightly gone).
 
 An edit takes effect somewhere between the moment it was sent and the moment it was answered, so "last"
@@ -19,7 +19,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
-from shared.domain.policies import DEFAULT_FIELD_OWNERS
+from shared.crm.dynamics.mapping import default_mapping as dataverse_mapping
+from shared.crm.salesforce.mapping import default_mapping as salesforce_mapping
 
 from .actors import NewOpportunity, canonical
 
@@ -30,9 +31,14 @@ SOLUTION = "SOL-34104-EBB"
 BASE_DATE = date(2027, 1, 1)
 
 
+# A chaos run uses the shipped mapping, whose owners are the same for both CRMs.
+OWNERS = dataverse_mapping().owners()
+assert OWNERS == salesforce_mapping().owners(), "the shipped mappings disagree on who owns a field"
+
+
 def owner(name: str) -> str:
     """The side whose edit wins when both sides changed the field before the connector saw either change."""
-    return DEFAULT_FIELD_OWNERS.get(name, "pc")
+    return OWNERS.get(name, "pc")
 
 
 @dataclass(frozen=True)

@@ -26,9 +26,8 @@ from typing import Any
 
 from shared.domain.mapping import mapped_values, referral_to_opportunity
 from shared.domain.referral import Referral
-from shared.domain.referral_builder import is_microsoft_copy
+from shared.domain.referral_rules import is_microsoft_copy
 from shared.store.queue import decode_job
-from shared.sync.engine import failure_state_key
 
 from .actors import CrmSnapshot
 from .scenario import CRM, PC, Plan, Record
@@ -195,10 +194,10 @@ class Verifier:
             return
         if record.origin == CRM:
             referral = self._referral_for(record)
-            state = self.c.store.get_state(failure_state_key(record.crm_id or ""))
+            refused = self.c.store.get_create_failure(record.crm_id or "")
             if referral is not None:
                 self._stuck(record, f"invalid, yet referral {referral.id} was created")
-            elif not state or not state.get("CrmFingerprint"):
+            elif refused is None:
                 self._stuck(record, "invalid, yet not recorded as refused")
             else:
                 self.findings.refused_as_expected += 1

@@ -63,9 +63,9 @@ def apply_break(name: str) -> None:
 
         ReferralCreator.partner_referral = never_found  # type: ignore[assignment,method-assign]
     elif name == "drop-pc-changes":
-        from shared.sync import engine
+        from shared.sync import merging
 
-        original = engine.plan_merge
+        original = merging.plan_merge
 
         def without_deal_value(*args: Any, **kwargs: Any) -> Any:
             plan = original(*args, **kwargs)
@@ -73,7 +73,7 @@ def apply_break(name: str) -> None:
                 plan.to_crm.remove("deal_value")
             return plan
 
-        engine.plan_merge = without_deal_value  # type: ignore[assignment]
+        merging.plan_merge = without_deal_value  # type: ignore[assignment]
     else:
         raise SystemExit(f"{BREAK_SETTING}={name!r} is not one of {', '.join(BREAKS)}")
     logging.getLogger("devtools.chaos").warning("deliberately broken: %s", BREAKS[name])

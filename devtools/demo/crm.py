@@ -63,6 +63,16 @@ def setting(settings: Mapping[str, str], name: str, field: str) -> str:
     return settings.get(name) or str(Settings.model_fields[field].default)
 
 
+def crm_mapping(settings: Mapping[str, str]) -> Any:
+    """The app's effective field mapping for these app settings: the CRM's columns, choice values and stages
+    (the shipped mapping, CRM_MAPPING_FILE and the field-name settings), as the app itself builds it."""
+    from shared.settings import load_settings
+    from shared.wiring import load_crm_mapping
+
+    values = {name: value for name, value in settings.items() if value}
+    return load_crm_mapping(load_settings(crm_only=True, **values)).mapping
+
+
 def control_json(response: requests.Response) -> Any:
     """The body of an emulator control API answer; an error answer is raised."""
     response.raise_for_status()

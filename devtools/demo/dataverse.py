@@ -6,7 +6,7 @@ from typing import Any
 
 import requests
 
-from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, number, setting
+from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, crm_mapping, number
 
 DATAVERSE_API = "/api/data/v9.2"
 
@@ -23,10 +23,11 @@ class DataverseSide:
         self.url = emulator.url
         self.control = emulator.url + "/_emulator"
         self.settings = settings
-        self.referral_column = setting(settings, "DATAVERSE_FIELD_REFERRAL_ID", "dataverse_field_referral_id")
-        self.link_column = setting(settings, "DATAVERSE_FIELD_REFERRAL_LINK", "dataverse_field_referral_link")
-        self.audit_column = setting(settings, "DATAVERSE_FIELD_AUDIT", "dataverse_field_audit")
-        self.sync_column = setting(settings, "DATAVERSE_FIELD_SYNC", "dataverse_field_sync")
+        mapping = crm_mapping(settings)
+        self.referral_column = mapping.column("referral_id")
+        self.link_column = mapping.column("referral_link")
+        self.audit_column = mapping.column("audit")
+        self.sync_column = mapping.column("sync_enabled")
 
     def _record(self, row: dict[str, Any]) -> CrmRecord:
         return CrmRecord(
@@ -77,8 +78,6 @@ class DataverseSeller:
     bearer token, as the model-driven app does, never through the connector's own adapter."""
 
     def __init__(self, url: str, settings: dict[str, str]) -> None:
-        from shared.settings import DEFAULT_DATAVERSE_HELP_OPTIONS
-
         self.api = url + DATAVERSE_API
         self.headers = {
             "Authorization": f"Bearer {settings['DATAVERSE_ACCESS_TOKEN']}",
@@ -86,12 +85,13 @@ class DataverseSeller:
             "Content-Type": "application/json",
             "Prefer": "return=representation",
         }
-        self.sync_column = setting(settings, "DATAVERSE_FIELD_SYNC", "dataverse_field_sync")
-        self.help_column = setting(settings, "DATAVERSE_FIELD_HELP", "dataverse_field_help")
-        self.products_column = setting(settings, "DATAVERSE_FIELD_PRODUCTS", "dataverse_field_products")
-        self.country_column = setting(settings, "DATAVERSE_ACCOUNT_COUNTRY_FIELD", "dataverse_account_country_field")
-        # The demo is hermetic, so the org has the default choice values for "How can Microsoft help?".
-        self.help_options = dict(DEFAULT_DATAVERSE_HELP_OPTIONS)
+        mapping = crm_mapping(settings)
+        self.sync_column = mapping.column("sync_enabled")
+        self.help_column = mapping.column("help_code")
+        self.products_column = mapping.column("solution_ids")
+        self.country_column = mapping.customer.account_country
+        # The org has the choice values the mapping names for "How can Microsoft help?".
+        self.help_options = dict(mapping.fields["help_code"].values)
         self.writes = 0
 
     def _post(self, entity_set: str, body: dict[str, Any]) -> dict[str, Any]:

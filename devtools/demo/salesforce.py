@@ -13,7 +13,7 @@ from typing import Any
 
 import requests
 
-from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, number, setting
+from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, crm_mapping, number, setting
 
 TOKEN_PATH = "/services/oauth2/token"
 SELLER_CLIENT_ID = "cosell-demo-seller-ui"
@@ -33,11 +33,12 @@ class SalesforceSide:
         self.url = emulator.url
         self.control = emulator.url + "/_emulator"
         self.settings = settings
-        self.referral_field = setting(settings, "SALESFORCE_FIELD_REFERRAL_ID", "salesforce_field_referral_id")
-        self.link_field = setting(settings, "SALESFORCE_FIELD_REFERRAL_LINK", "salesforce_field_referral_link")
-        self.audit_field = setting(settings, "SALESFORCE_FIELD_AUDIT", "salesforce_field_audit")
-        self.sync_field = setting(settings, "SALESFORCE_FIELD_SYNC", "salesforce_field_sync")
-        self.currency_field = setting(settings, "SALESFORCE_CURRENCY_FIELD", "salesforce_currency_field")
+        mapping = crm_mapping(settings)
+        self.referral_field = mapping.column("referral_id")
+        self.link_field = mapping.column("referral_link")
+        self.audit_field = mapping.column("audit")
+        self.sync_field = mapping.column("sync_enabled")
+        self.currency_field = mapping.column("currency")
 
     def _record(self, row: dict[str, Any]) -> CrmRecord:
         return CrmRecord(
@@ -100,17 +101,16 @@ class SalesforceSeller:
     Lightning UI does for a signed-in user, never through the connector's adapter."""
 
     def __init__(self, url: str, settings: dict[str, str]) -> None:
-        from shared.settings import DEFAULT_SALESFORCE_HELP_PICKLIST
-
+        mapping = crm_mapping(settings)
         self.url = url
         self.version = setting(settings, "SALESFORCE_API_VERSION", "salesforce_api_version")
-        self.sync_field = setting(settings, "SALESFORCE_FIELD_SYNC", "salesforce_field_sync")
-        self.help_field = setting(settings, "SALESFORCE_FIELD_HELP", "salesforce_field_help")
-        self.products_field = setting(settings, "SALESFORCE_FIELD_PRODUCTS", "salesforce_field_products")
-        self.currency_field = setting(settings, "SALESFORCE_CURRENCY_FIELD", "salesforce_currency_field")
-        self.open_stage = setting(settings, "SALESFORCE_ACTIVE_STAGE", "salesforce_active_stage")
-        # The demo is hermetic, so the org has the default picklist values for "How can Microsoft help?".
-        self.help_values = dict(DEFAULT_SALESFORCE_HELP_PICKLIST)
+        self.sync_field = mapping.column("sync_enabled")
+        self.help_field = mapping.column("help_code")
+        self.products_field = mapping.column("solution_ids")
+        self.currency_field = mapping.column("currency")
+        self.open_stage = mapping.status.stage_for("Active", None)
+        # The org has the picklist values the mapping names for "How can Microsoft help?".
+        self.help_values = dict(mapping.fields["help_code"].values)
         self.writes = 0
         self._secret = "seller-" + secrets.token_hex(16)
         body = {"clientId": SELLER_CLIENT_ID, "clientSecret": self._secret, "username": SELLER_USERNAME}

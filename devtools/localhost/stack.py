@@ -7,10 +7,11 @@
   both API URLs, a static ``PARTNER_CENTER_ACCESS_TOKEN``, the emulator's certificate URL prefix and a
   CA bundle file with its test root.
 * Dataverse: ``CRM_PROVIDER`` dynamics and ``DATAVERSE_URL`` unset -> the Dataverse emulator
-  (in-process), with ``DATAVERSE_URL`` and a static ``DATAVERSE_ACCESS_TOKEN``.
+  (in-process), with ``DATAVERSE_URL`` and a static ``DATAVERSE_ACCESS_TOKEN``, and the columns and choice
+  values the app's effective field mapping names (``CRM_MAPPING_FILE`` and the field-name settings included).
 * Salesforce: ``CRM_PROVIDER`` salesforce and ``SALESFORCE_LOGIN_URL``, ``SALESFORCE_TOKEN_URL`` and
-  ``SALESFORCE_INSTANCE_URL`` unset -> the Salesforce emulator (in-process) with the custom fields,
-  stages and help picklist values the settings name. The app signs in as it would to a real org, by the
+  ``SALESFORCE_INSTANCE_URL`` unset -> the Salesforce emulator (in-process) with the fields, stages and
+  help picklist values the effective field mapping names. The app signs in as it would to a real org, by the
   client credentials flow at the emulator's ``/services/oauth2/token``: ``SALESFORCE_LOGIN_URL``,
   ``SALESFORCE_CLIENT_ID`` and a fresh ``SALESFORCE_CLIENT_SECRET`` registered with the emulator (its
   published default secret is refused), ``SALESFORCE_AUTH_FLOW=client_credentials``; a static
@@ -44,28 +45,33 @@ from .guard import spawn_guarded
 Progress = Callable[[str], None]
 REGISTRATION_PATH = "/webhooks/v1/registration"
 SECRET_MARKERS = ("TOKEN", "SECRET", "KEY", "PASSWORD", "AZUREWEBJOBSSTORAGE")
-DATAVERSE_COLUMN_SETTINGS = {
-    "DATAVERSE_FIELD_SYNC": "sync",
-    "DATAVERSE_FIELD_REFERRAL_ID": "referral_id",
-    "DATAVERSE_FIELD_REFERRAL_LINK": "referral_link",
-    "DATAVERSE_FIELD_HELP": "help",
-    "DATAVERSE_FIELD_PRODUCTS": "products",
-    "DATAVERSE_FIELD_AUDIT": "audit",
+# The emulator's custom columns, by the neutral field the mapping puts in each.
+CUSTOM_COLUMNS = {
+    "sync": "sync_enabled",
+    "referral_id": "referral_id",
+    "referral_link": "referral_link",
+    "help": "help_code",
+    "products": "solution_ids",
+    "audit": "audit",
 }
-SALESFORCE_FIELD_SETTINGS = {
-    "SALESFORCE_FIELD_SYNC": "sync",
-    "SALESFORCE_FIELD_REFERRAL_ID": "referral_id",
-    "SALESFORCE_FIELD_REFERRAL_LINK": "referral_link",
-    "SALESFORCE_FIELD_HELP": "help",
-    "SALESFORCE_FIELD_PRODUCTS": "products",
-    "SALESFORCE_FIELD_AUDIT": "audit",
+# The column type an emulated org gives a mapped column it does not have yet (lookups need a table: not added).
+DATAVERSE_KINDS = {
+    "text": "string",
+    "memo": "memo",
+    "list": "string",
+    "money": "money",
+    "date": "date",
+    "choice": "choice",
+    "boolean": "bool",
 }
-# Stage settings and whether the stage is (closed, won); a configured name the standard org lacks is added.
-SALESFORCE_STAGE_SETTINGS = {
-    "SALESFORCE_ON_HOLD_STAGE": (False, False),
-    "SALESFORCE_ACTIVE_STAGE": (False, False),
-    "SALESFORCE_WON_STAGE": (True, True),
-    "SALESFORCE_LOST_STAGE": (True, False),
+SALESFORCE_KINDS = {
+    "text": ("string", 255),
+    "memo": ("textarea", 32000),
+    "list": ("string", 255),
+    "money": ("currency", None),
+    "date": ("date", None),
+    "choice": ("picklist", 255),
+    "boolean": ("boolean", None),
 }
 SALESFORCE_ENDPOINT_SETTINGS = ("SALESFORCE_LOGIN_URL", "SALESFORCE_TOKEN_URL", "SALESFORCE_INSTANCE_URL")
 
@@ -100,9 +106,24 @@ def schedule_defaults() -> dict[str, str]:
     return defaults
 
 
-def picklist_values(pairs: str) -> list[str]:
-    """The values of a ``Code=Value,...`` setting such as ``SALESFORCE_HELP_PICKLIST_VALUES``."""
-    return [item.split("=", 1)[1].strip() for item in pairs.split(",") if "=" in item]
+def field_mapping(settings: Mapping[str, str]) -> Any:
+    """The app's effective field mapping for these settings (blank ones unset), as the app builds it."""
+    from shared.settings import load_settings
+    from shared.wiring import load_crm_mapping
+
+    return load_crm_mapping(load_settings(crm_only=True, **{k: v for k, v in settings.items() if v.strip()})).mapping
+
+
+def missing_columns(mapping: Any, has: Callable[[str], bool]) -> list[tuple[str, str, tuple[Any, ...]]]:
+    """(column, mapping type, choice values) of each mapped or extra column the org does not have yet."""
+    found = []
+    for _, entry in mapping.mapped():
+        if not has(entry.column) and entry.type != "lookup":
+            found.append((entry.column, entry.type, tuple(entry.values.values())))
+    for extra in mapping.extra:
+        if not has(extra.column) and extra.type != "lookup":
+            found.append((extra.column, extra.type, tuple(mapping.fields[extra.source].values.values())))
+    return found
 
 
 def start_azurite_guarded(log_path: Path, timeout: float = 30.0) -> Azurite:
@@ -218,17 +239,19 @@ class Stack:
         from emulators.dataverse import DataverseEmulator
         from emulators.dataverse.schema import CustomColumns
 
-        # The emulated org has the custom columns the settings name, as a real org would have to.
-        columns = CustomColumns(
-            **{
-                attribute: self.settings[name]
-                for name, attribute in DATAVERSE_COLUMN_SETTINGS.items()
-                if not _unset(self.settings, name)
-            }
-        )
-        country = self.settings.get("DATAVERSE_ACCOUNT_COUNTRY_FIELD", "").strip() or "address1_country"
+        # The emulated org has the columns and choice values the app's mapping names, as a real org would have to.
+        mapping = field_mapping(self.settings)
+        columns = CustomColumns(**{attribute: mapping.column(field) for attribute, field in CUSTOM_COLUMNS.items()})
         token = "dataverse-emulator-" + secrets.token_hex(8)
-        self.dataverse = DataverseEmulator(columns=columns, account_country_column=country, required_token=token)
+        self.dataverse = DataverseEmulator(
+            columns=columns,
+            account_country_column=mapping.customer.account_country,
+            help_options=mapping.fields["help_code"].values.values(),
+            required_token=token,
+        )
+        table = self.dataverse.tables["opportunities"]
+        for column, kind, values in missing_columns(mapping, lambda name: name in table.columns):
+            self.dataverse.add_column("opportunities", column, DATAVERSE_KINDS[kind], values)
         self.dataverse.start()
         self._own("DATAVERSE_ACCESS_TOKEN", token)
         self._own("DATAVERSE_URL", self.dataverse.url)
@@ -236,29 +259,27 @@ class Stack:
 
     def _start_salesforce(self) -> None:
         from emulators.salesforce.emulator import DEFAULT_CLIENT_ID, SalesforceEmulator
-        from emulators.salesforce.schema import DEFAULT_HELP_VALUES, DEFAULT_STAGES, CustomFields
+        from emulators.salesforce.schema import DEFAULT_STAGES, CustomFields
 
-        # The emulated org has the custom fields, stages and picklist values the settings name, as a real org
-        # would have to.
-        fields = CustomFields(
-            **{
-                attribute: self.settings[name]
-                for name, attribute in SALESFORCE_FIELD_SETTINGS.items()
-                if not _unset(self.settings, name)
-            }
-        )
+        # The emulated org has the fields, stages and picklist values the app's mapping names, as a real org would
+        # have to; a stage the standard org lacks is added.
+        mapping = field_mapping(self.settings)
+        fields = CustomFields(**{attribute: mapping.column(field) for attribute, field in CUSTOM_COLUMNS.items()})
         stages = {name: (closed, won) for name, closed, won in DEFAULT_STAGES}
-        for name, flags in SALESFORCE_STAGE_SETTINGS.items():
-            if not _unset(self.settings, name):
-                stages.setdefault(self.settings[name], flags)
+        for stage in mapping.status.stages.values():
+            stages.setdefault(stage, mapping.status.flags(stage))
         # "How can Microsoft help?" is a restricted picklist: the org lists the values the app will write.
-        help_values = picklist_values(self.settings.get("SALESFORCE_HELP_PICKLIST_VALUES", "")) or DEFAULT_HELP_VALUES
+        help_values = tuple(mapping.fields["help_code"].values.values())
         client_id = self.settings.get("SALESFORCE_CLIENT_ID", "").strip() or DEFAULT_CLIENT_ID
         # A fresh secret per run for the connected app: the emulator refuses any other, as Salesforce would.
         secret = "sf-emulator-" + secrets.token_hex(16)
         self.salesforce = SalesforceEmulator(
             fields=fields, stages=stages, help_values=help_values, clients={client_id: secret}
         )
+        opportunity = self.salesforce.objects["Opportunity"]
+        for column, kind, values in missing_columns(mapping, lambda name: opportunity.field(name) is not None):
+            field_type, length = SALESFORCE_KINDS[kind]
+            self.salesforce.add_field("Opportunity", column, field_type, length, values)
         self.salesforce.start()
         self._own("SALESFORCE_AUTH_FLOW", "client_credentials")
         self._own("SALESFORCE_LOGIN_URL", self.salesforce.url)

@@ -54,6 +54,14 @@ def register_control_routes(emu: DataverseEmulator) -> None:
         except ODataError as exc:
             return exc.response()
 
+    def column(request: Request) -> Response:
+        body = request.json() or {}
+        try:
+            emu.add_column(request.params["set"], str(body["name"]), str(body["type"]), body.get("options") or ())
+        except ODataError as exc:
+            return exc.response()
+        return Response(204)
+
     def token(request: Request) -> Response:
         emu.set_required_token((request.json() or {}).get("token"))
         return Response(204)
@@ -66,6 +74,7 @@ def register_control_routes(emu: DataverseEmulator) -> None:
         ("POST", "/faults", fault),
         ("DELETE", "/faults", clear_faults),
         ("GET", r"/tables/(?P<set>\w+)", table),
+        ("POST", r"/columns/(?P<set>\w+)", column),
         ("GET", "/writes", lambda r: Response(200, {"value": emu.writes()})),
         ("POST", "/token", token),
     ]

@@ -7,7 +7,7 @@ the real service is strict (types in ``$filter``, unknown columns, lookups writt
 
 Tests drive it through the ``/_emulator/...`` routes or the same operations as Python methods:
 :meth:`DataverseEmulator.reset`, :meth:`seed`, :meth:`counters`, :meth:`inject_fault`, :meth:`table`,
-:meth:`writes`.
+:meth:`writes`, :meth:`add_column` (a custom column, as an admin adds one in the maker portal).
 
 This module is the emulator itself: configuration, the Python control API, authentication and injected
 faults. The parts live next to it: the tables and value rules (:mod:`emulators.dataverse.schema`), the
@@ -29,8 +29,10 @@ from urllib.parse import unquote
 from .._server import Emulator, Request, Response
 from .control import register_control_routes
 from .schema import (
+    CHOICE,
     CODE_THROTTLED,
     DEFAULT_HELP_OPTIONS,
+    EDM,
     CustomColumns,
     ODataError,
     bad_request,
@@ -143,6 +145,19 @@ class DataverseEmulator(Emulator):
         table = self.store.table(entity_set)
         with self.lock:
             return [self.store.render(table, row) for row in self.store.rows[entity_set].values()]
+
+    def add_column(self, entity_set: str, name: str, kind: str, options: Iterable[int] = ()) -> None:
+        """Add a custom column of ``kind`` (``string``, ``memo``, ``money``, ``choice`` with its ``options``, ...)
+        to a table. Like a column an admin adds, it outlives :meth:`reset`, which empties rows only."""
+        table = self.store.table(entity_set)
+        if kind not in EDM:
+            raise bad_request(f"'{kind}' is not a column type of the emulator ({', '.join(EDM)})")
+        if name in table.columns:
+            raise bad_request(f"A column named '{name}' already exists on '{table.logical_name}'.")
+        with self.lock:
+            table.columns[name] = kind
+            if kind == CHOICE and options:
+                table.choices[name] = frozenset(options)
 
     def record(self, entity_set: str, record_id: str) -> dict[str, Any] | None:
         table = self.store.table(entity_set)

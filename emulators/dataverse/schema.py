@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 from .._server import Response
+from ..package_mapping import choice_values, column
 
 CODE_NOT_FOUND = "0x80040217"
 CODE_THROTTLED = "0x80072322"
@@ -24,7 +25,7 @@ CODE_CONCURRENCY = "0x80060882"
 CODE_DUPLICATE = "0x80040237"
 CODE_ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed
 CODE_QUERY = "0x80060888"
-DEFAULT_HELP_OPTIONS = tuple(range(100000000, 100000006))
+DEFAULT_HELP_OPTIONS = choice_values("dynamics", "help_code")
 CURRENCIES = (  # iso code, name, symbol, exchange rate against the USD base currency
     ("USD", "US Dollar", "$", "1.0"),
     ("EUR", "Euro", "€", "0.92"),
@@ -130,14 +131,14 @@ class Table:
 
 @dataclass(frozen=True)
 class CustomColumns:
-    """Logical names of the connector's custom opportunity columns (ARCHITECTURE defaults)."""
+    """Logical names of the connector's custom opportunity columns (defaults: the connector's shipped mapping)."""
 
-    sync: str = "new_syncwithpartnercenter"
-    referral_id: str = "new_referralidentifier"
-    referral_link: str = "new_referrallink"
-    help: str = "new_howcanmicrosofthelp"
-    products: str = "new_products"
-    audit: str = "new_audit"
+    sync: str = column("dynamics", "sync_enabled")
+    referral_id: str = column("dynamics", "referral_id")
+    referral_link: str = column("dynamics", "referral_link")
+    help: str = column("dynamics", "help_code")
+    products: str = column("dynamics", "solution_ids")
+    audit: str = column("dynamics", "audit")
 
 
 def _table(entity_set: str, logical: str, columns: dict[str, str], **extra: Any) -> Table:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .._server import Handler, Request, Response
+from .metadata import attributes, table_named
 from .odata import (
     encode_skiptoken,
     json_body,
@@ -111,6 +112,12 @@ class WebApi:
             ("GET", rf"{API}/?", self._service_document),
             ("GET", rf"{API}/WhoAmI(?:\(\))?", self._who_am_i),
             (
+                "GET",
+                rf"{API}/EntityDefinitions\(LogicalName='(?P<logical>\w+)'\)/Attributes"
+                rf"(?:/Microsoft\.Dynamics\.CRM\.(?P<cast>\w+AttributeMetadata))?",
+                self._attributes,
+            ),
+            (
                 "POST",
                 rf"{API}/(?:Microsoft\.Dynamics\.CRM\.)?(?P<action>WinOpportunity|LoseOpportunity)",
                 self._close_opportunity,
@@ -187,6 +194,15 @@ class WebApi:
         return Response(
             200, {"@odata.context": f"{self._base(request)}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", **ids}
         )
+
+    def _attributes(self, request: Request) -> Response:
+        table = table_named(self.store.tables, request.params["logical"])
+        cast = request.params.get("cast")
+        with self.lock:
+            value = attributes(table, cast, dict(request.query))
+        kind = f"/Microsoft.Dynamics.CRM.{cast}" if cast else ""
+        context = f"{self._base(request)}/$metadata#EntityDefinitions('{table.logical_name}')/Attributes{kind}"
+        return Response(200, {"@odata.context": context, "value": value})
 
     def _get_collection(self, request: Request) -> Response:
         table = self.store.table(request.params["set"])

@@ -79,6 +79,18 @@ def register_control_routes(emu: SalesforceEmulator) -> None:
         )
         return Response(204)
 
+    def field(request: Request) -> Response:
+        body = _body(request)
+        emu.add_field(
+            request.params["type"],
+            str(body["name"]),
+            str(body["type"]),
+            body.get("length"),
+            body.get("picklist") or (),
+            str(body.get("label") or ""),
+        )
+        return Response(204)
+
     def config(request: Request) -> Response:
         body = _body(request)
         emu.configure(
@@ -106,6 +118,7 @@ def register_control_routes(emu: SalesforceEmulator) -> None:
         ("POST", "/faults", fault),
         ("DELETE", "/faults", lambda r: _done(emu.clear_faults())),
         ("POST", "/config", config),
+        ("POST", f"/fields/{OBJECT}", field),
     ]
     for method, path, handler in routes:
         emu.route(method, CONTROL + path, handler)

@@ -11,7 +11,7 @@ quota turns into 403 ``REQUEST_LIMIT_EXCEEDED``; sessions can be expired on dema
 Tests drive it with Python methods (:meth:`SalesforceEmulator.reset`, :meth:`seed`, :meth:`update_record`,
 :meth:`records`, :meth:`counters`, :meth:`writes`, :meth:`set_quota`, :meth:`restore_quota`,
 :meth:`expire_sessions`, :meth:`issue_token`, :meth:`register_client`, :meth:`register_jwt_key`,
-:meth:`inject_fault`, :meth:`configure`) or the same operations under ``/_emulator/...``
+:meth:`inject_fault`, :meth:`configure`, :meth:`add_field`) or the same operations under ``/_emulator/...``
 (:mod:`emulators.salesforce.control`). The default client credentials are :data:`DEFAULT_CLIENT_ID` /
 :data:`DEFAULT_CLIENT_SECRET`; JWT bearer clients are registered with their certificate.
 
@@ -37,7 +37,10 @@ from .schema import (
     DEFAULT_CURRENCIES,
     DEFAULT_HELP_VALUES,
     DEFAULT_STAGES,
+    FIELD_TYPES,
+    PICKLIST,
     CustomFields,
+    FieldDef,
     SalesforceError,
     build_objects,
     stage_table,
@@ -174,6 +177,24 @@ class SalesforceEmulator(Emulator):
             name = self.org.sobject(object_name).name
             row = self.org.get(name, record_id)
             return self.org.render(name, row, self._latest) if row else None
+
+    def add_field(
+        self,
+        object_name: str,
+        name: str,
+        kind: str,
+        length: int | None = None,
+        picklist: Iterable[str] = (),
+        label: str = "",
+    ) -> None:
+        """Add a custom field (``string``, ``textarea``, ``currency``, ``picklist`` with its values, ...). Like a
+        field an admin adds in Setup, it outlives :meth:`reset`, which empties the records only."""
+        if kind not in FIELD_TYPES:
+            raise ValueError(f"'{kind}' is not a field type of the emulator ({', '.join(sorted(FIELD_TYPES))})")
+        values = tuple(picklist)
+        definition = FieldDef(name, kind, length, picklist=values, restricted=kind == PICKLIST, label=label)
+        with self.lock:
+            self.org.sobject(object_name).add(definition)
 
     def set_quota(self, maximum: int | None = None, used: int | None = None) -> None:
         """Change the daily allocation and/or what is used of it; ``used >= maximum`` blocks the API."""

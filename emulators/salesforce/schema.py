@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from ..package_mapping import choice_values, column
+
 # Field types (a subset of Schema.DisplayType).
 ID, STRING, TEXTAREA, BOOLEAN, CURRENCY, DOUBLE, PERCENT, DATE, DATETIME, PICKLIST, REFERENCE, URL, EMAIL, PHONE = (
     "id",
@@ -31,6 +33,7 @@ ID, STRING, TEXTAREA, BOOLEAN, CURRENCY, DOUBLE, PERCENT, DATE, DATETIME, PICKLI
 )
 TEXT_TYPES = frozenset({ID, STRING, TEXTAREA, PICKLIST, REFERENCE, URL, EMAIL, PHONE})
 NUMBER_TYPES = frozenset({CURRENCY, DOUBLE, PERCENT})
+FIELD_TYPES = TEXT_TYPES | NUMBER_TYPES | {BOOLEAN, DATE, DATETIME}
 
 DEFAULT_STAGES: tuple[tuple[str, bool, bool], ...] = (  # name, closed, won (a standard org's stage list)
     ("Prospecting", False, False),
@@ -44,14 +47,7 @@ DEFAULT_STAGES: tuple[tuple[str, bool, bool], ...] = (  # name, closed, won (a s
     ("Closed Won", True, True),
     ("Closed Lost", True, False),
 )
-DEFAULT_HELP_VALUES = (
-    "Workload specific value proposition",
-    "Customer technical architecture",
-    "Proof of concept or demo",
-    "Quotes or licensing",
-    "Post sales customer success",
-    "General or other",
-)
+DEFAULT_HELP_VALUES: tuple[str, ...] = choice_values("salesforce", "help_code")
 DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "AUD", "CAD")
 CURRENCY_RATES = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 151.0, "AUD": 1.52, "CAD": 1.36}
 ORG_ID = "00D5g000000EmuLATR"
@@ -166,6 +162,15 @@ class SObjectType:
     def field(self, name: str) -> FieldDef | None:
         return self._by_lower.get(name.lower())
 
+    def add(self, definition: FieldDef) -> None:
+        """A custom field added to the object, as an admin adds one in Setup."""
+        if definition.name.lower() in self._by_lower:
+            raise bad_request("DUPLICATE_DEVELOPER_NAME", f"{self.name} already has a field {definition.name}")
+        self.fields[definition.name] = definition
+        self._by_lower[definition.name.lower()] = definition
+        if definition.relationship:
+            self._relationships[definition.relationship.lower()] = definition
+
     def relationship(self, name: str) -> FieldDef | None:
         return self._relationships.get(name.lower())
 
@@ -176,14 +181,14 @@ class SObjectType:
 
 @dataclass(frozen=True)
 class CustomFields:
-    """API names of the connector's custom Opportunity fields (the seed's names, ``__c`` suffix, typo kept)."""
+    """API names of the connector's custom Opportunity fields (defaults: the connector's shipped mapping)."""
 
-    sync: str = "Sync_with_Partner_Center__c"
-    referral_id: str = "Referral_Identfier__c"
-    referral_link: str = "Referral_Link__c"
-    help: str = "How_can_Microsoft_help__c"
-    products: str = "Products__c"
-    audit: str = "Audit__c"
+    sync: str = column("salesforce", "sync_enabled")
+    referral_id: str = column("salesforce", "referral_id")
+    referral_link: str = column("salesforce", "referral_link")
+    help: str = column("salesforce", "help_code")
+    products: str = column("salesforce", "solution_ids")
+    audit: str = column("salesforce", "audit")
 
 
 def _system_fields() -> list[FieldDef]:

@@ -1,9 +1,11 @@
 """Two-way merge of one referral <-> opportunity pair against the values both agreed on last time.
 
 A field that changed on one side only goes to the other side; a field both changed goes the way its
-owner says (:mod:`.policies`). Fields Partner Center cannot take (the customer's location after
-creation), status moves it does not allow, and anything for a closed referral stay where they are and
-are explained in ``notes``. ``agreed`` is what both sides hold once the plan has been carried out.
+owner says (:mod:`.policies`). A field the mapping sends one way only (``pc->crm`` or ``crm->pc``) never
+goes the other way: a change on the side it does not come from stays there and is noted. Fields Partner
+Center cannot take (the customer's location after creation), status moves it does not allow, and anything
+for a closed referral stay where they are and are explained in ``notes``. ``agreed`` is what both sides
+hold once the plan has been carried out.
 
 A value the CRM filled in by itself where the referral has none (Salesforce requires ``CloseDate``, so
 the adapter sets one; a CRM may default the currency) is not the partner's data: it is kept under
@@ -18,8 +20,8 @@ from dataclasses import dataclass, field
 from .bounded import same_value
 from .mapping import mapped_values
 from .opportunity import MAPPED_FIELDS, Opportunity
-from .policies import Side, is_closed, transition_allowed, winner
-from .referral_builder import PATCHABLE_FIELDS
+from .policies import Direction, Side, is_closed, transition_allowed, travels_to, winner
+from .referral_rules import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
 PC_ONLY_FIELDS = ("referral_id", "referral_link")
@@ -70,8 +72,11 @@ def plan_merge(
     owners: Mapping[str, Side],
     pc_status: str | None,
     pc_substatus: str | None,
+    directions: Mapping[str, Direction] | None = None,
 ) -> Plan:
-    """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync."""
+    """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync;
+    ``directions`` says which fields travel one way only (the rest travel both ways)."""
+    one_way = directions or {}
     pc_vals, crm_vals = mapped_values(pc), mapped_values(crm)
     stored_defaults = base.get(CRM_DEFAULTS) if base is not None else None
     defaults: Mapping[str, object] = stored_defaults if isinstance(stored_defaults, dict) else {}
@@ -96,6 +101,14 @@ def plan_merge(
                 plan.notes.append(f"{name} changed on both sides; {_side_name(side)} wins")
         else:
             side = "pc" if pc_changed else "crm"
+        if not travels_to(name, "crm" if side == "pc" else "pc", one_way):
+            if crm_changed if side == "pc" else pc_changed:
+                side = "crm" if side == "pc" else "pc"  # both changed: only the other side's value may travel
+            else:
+                where, towards = ("Partner Center", "the CRM") if side == "pc" else ("the CRM", "Partner Center")
+                plan.notes.append(f"{name} changed in {where}; the mapping does not send it to {towards}")
+                plan.agreed[name] = crm_vals[name] if side == "pc" else pc_vals[name]
+                continue
         if side == "pc":
             plan.to_crm.append(name)
         elif name not in PATCHABLE_FIELDS:

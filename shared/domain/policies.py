@@ -1,37 +1,24 @@
-"""Decisions that need no I/O: who wins a conflict, which status moves Partner Center allows."""
+"""Decisions that need no I/O: who wins a conflict, which way a field travels, which status moves Partner
+Center allows.
+
+Who owns each field and which way it travels are declared by the CRM's field mapping (``shared/crm/*/mapping.toml``);
+``CONFLICT_RULES`` overrides owners. These functions only apply what they are given.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
-from .opportunity import MAPPED_FIELDS
+from .opportunity import MAPPED_FIELDS, Opportunity
 
 Side = Literal["pc", "crm"]
-
-# When both sides changed a field since the last sync: Partner Center owns its workflow fields and what
-# Microsoft decides; the seller's CRM owns the commercial facts the seller maintains.
-DEFAULT_FIELD_OWNERS: dict[str, Side] = {
-    "status": "pc",
-    "substatus": "pc",
-    "help_code": "pc",
-    "referral_id": "pc",
-    "referral_link": "pc",
-    "name": "crm",
-    "deal_value": "crm",
-    "currency": "crm",
-    "close_date": "crm",
-    "notes": "crm",
-    "customer_name": "crm",
-    "customer_address": "crm",
-    "customer_contacts": "crm",
-    "solution_ids": "crm",
-}
+Direction = Literal["both", "pc->crm", "crm->pc"]
 
 
 def parse_field_owners(text: str) -> dict[str, Side]:
-    """``"notes=pc,deal_value=crm"`` -> overrides of :data:`DEFAULT_FIELD_OWNERS`."""
-    owners = dict(DEFAULT_FIELD_OWNERS)
+    """``"notes=pc,deal_value=crm"`` -> the owners it names (overrides of the mapping's)."""
+    owners: dict[str, Side] = {}
     for part in (p.strip() for p in text.split(",") if p.strip()):
         field, _, side = part.partition("=")
         field, side = field.strip(), side.strip().lower()
@@ -45,6 +32,21 @@ def parse_field_owners(text: str) -> dict[str, Side]:
 
 def winner(field: str, owners: Mapping[str, Side]) -> Side:
     return owners.get(field, "pc")
+
+
+def travels_to(field: str, side: Side, directions: Mapping[str, Direction]) -> bool:
+    """Whether changes of ``field`` are sent to ``side`` (a field not named travels both ways)."""
+    return directions.get(field, "both") in ("both", "crm->pc" if side == "pc" else "pc->crm")
+
+
+def only_what_travels(opportunity: Opportunity, directions: Mapping[str, Direction], side: Side) -> Opportunity:
+    """``opportunity`` with the fields that never travel to ``side`` left empty: what a new record there gets."""
+    empty: dict[str, Any] = {
+        name: Opportunity.model_fields[name].get_default(call_default_factory=True)
+        for name in MAPPED_FIELDS
+        if not travels_to(name, side, directions)
+    }
+    return opportunity.model_copy(update=empty) if empty else opportunity
 
 
 # Partner Center's status table: the statuses each status may move to, and the substatuses each allows.

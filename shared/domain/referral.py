@@ -6,6 +6,7 @@ drops data the service added after these models were written.
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
@@ -151,3 +152,12 @@ class Referral(PcModel):
     invite_context: InviteContext | None = None
     target: list[Target] = Field(default_factory=list)
     e_tag: str | None = Field(default=None, alias="eTag")
+
+    def updated_at(self) -> datetime | None:
+        """``updatedDateTime`` as a moment; None when it is missing or unreadable."""
+        if not self.updated_date_time:
+            return None
+        try:
+            return datetime.fromisoformat(self.updated_date_time.replace("Z", "+00:00"))
+        except ValueError:
+            return None

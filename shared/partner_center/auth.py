@@ -13,15 +13,13 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import requests
 from pydantic import SecretStr
 
 from ..domain.errors import AuthenticationError, TransientError
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -182,37 +180,58 @@ def _failure_message(payload: dict[str, Any]) -> str:
     return f"token refresh was refused ({code}{', ' + sts.group(0) if sts else ''}).{hint}"
 
 
-def partner_center_token_provider(settings: Settings, scope: str = REFERRALS_SCOPE) -> Callable[[], str]:
-    """A static token when ``PARTNER_CENTER_ACCESS_TOKEN`` is set, else the refresh-token exchange."""
-    if settings.partner_center_access_token is not None and settings.partner_center_access_token.get_secret_value():
+@dataclass(frozen=True)
+class TokenVault:
+    """Where a rotated refresh token is kept: a Key Vault and the name of the secret in it."""
+
+    uri: str
+    secret_name: str
+
+
+@dataclass(frozen=True)
+class PartnerCenterCredentials:
+    """How the app signs in to Partner Center: a static token (emulators and tests), or a refresh token
+    exchanged for access tokens, each rotated one stored in ``vault`` when there is one."""
+
+    access_token: SecretStr | None = None
+    authority: str = "https://login.microsoftonline.com"
+    tenant_id: str | None = None
+    client_id: str | None = None
+    refresh_token: SecretStr | None = None
+    client_secret: SecretStr | None = None
+    vault: TokenVault | None = None
+    timeout: float = 30.0
+
+
+def partner_center_token_provider(
+    credentials: PartnerCenterCredentials, scope: str = REFERRALS_SCOPE
+) -> Callable[[], str]:
+    """A static token when one is configured, else the refresh-token exchange."""
+    if credentials.access_token is not None and credentials.access_token.get_secret_value():
         # Info, not warning: the app already warns once at start-up about every static token in use.
         log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
-        return StaticToken(settings.partner_center_access_token)
-    if not (
-        settings.partner_center_tenant_id
-        and settings.partner_center_client_id
-        and settings.partner_center_refresh_token
-    ):
+        return StaticToken(credentials.access_token)
+    if not (credentials.tenant_id and credentials.client_id and credentials.refresh_token):
         raise AuthenticationError(
             SERVICE,
             "no credentials configured: set PARTNER_CENTER_TENANT_ID, "
             "PARTNER_CENTER_CLIENT_ID and PARTNER_CENTER_REFRESH_TOKEN",
         )
     return RefreshTokenProvider(
-        settings.partner_center_authority,
-        settings.partner_center_tenant_id,
-        settings.partner_center_client_id,
-        settings.partner_center_refresh_token,
-        settings.partner_center_client_secret,
+        credentials.authority,
+        credentials.tenant_id,
+        credentials.client_id,
+        credentials.refresh_token,
+        credentials.client_secret,
         scope,
-        timeout=settings.http_timeout_seconds,
-        on_rotate=_rotation_hook(settings),
+        timeout=credentials.timeout,
+        on_rotate=_rotation_hook(credentials.vault),
     )
 
 
-def _rotation_hook(settings: Settings) -> Callable[[str], None] | None:
-    if not settings.key_vault_uri:
+def _rotation_hook(vault: TokenVault | None) -> Callable[[str], None] | None:
+    if vault is None:
         return None
     from .keyvault import KeyVaultSecrets, persist_rotated_token
 
-    return persist_rotated_token(KeyVaultSecrets(settings.key_vault_uri), settings.partner_center_refresh_token_secret)
+    return persist_rotated_token(KeyVaultSecrets(vault.uri), vault.secret_name)

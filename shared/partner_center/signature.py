@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import certifi
@@ -37,10 +37,7 @@ from cryptography.x509.verification import Criticality, ExtensionPolicy, PolicyB
 
 from ..domain.errors import WebhookRejected
 
-if TYPE_CHECKING:
-    from ..settings import Settings
-
-__all__ = ["HttpGet", "WebhookRejected", "WebhookVerifier"]
+__all__ = ["HttpGet", "VerifierConfig", "WebhookRejected", "WebhookVerifier"]
 
 log = logging.getLogger(__name__)
 
@@ -169,26 +166,34 @@ class _SingleFlight:
                     self._locks[key] = (lock, users - 1)
 
 
+@dataclass(frozen=True)
+class VerifierConfig:
+    """Which signing certificates are trusted: where they may be downloaded from, the roots their chain must
+    reach (None: the system's), the host name they are issued to and the organisation that issued them."""
+
+    allowed_cert_url_prefixes: Sequence[str]
+    ca_bundle_path: str | Path | None = None
+    expected_subject: str = DEFAULT_SUBJECT
+    issuer_org: str = DEFAULT_ISSUER_ORG
+
+
 class WebhookVerifier:
     def __init__(
         self,
-        allowed_cert_url_prefixes: Sequence[str],
-        ca_bundle_path: str | Path | None = None,
-        expected_subject: str = DEFAULT_SUBJECT,
-        issuer_org: str = DEFAULT_ISSUER_ORG,
+        config: VerifierConfig,
+        *,
         http_get: HttpGet | None = None,
         cache_seconds: float = 3600.0,
-        *,
         max_cached: int = 16,
         failure_cache_seconds: float = FAILURE_CACHE_SECONDS,
         max_failures_cached: int = 256,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._prefixes = [_parse_prefix(p) for p in allowed_cert_url_prefixes if p.strip()]
+        self._prefixes = [_parse_prefix(p) for p in config.allowed_cert_url_prefixes if p.strip()]
         if not self._prefixes:
             raise ValueError("at least one allowed certificate URL prefix is required")
-        self.expected_subject, self.issuer_org = expected_subject.lower(), issuer_org
+        self.expected_subject, self.issuer_org = config.expected_subject.lower(), config.issuer_org
         self._http_get = http_get or _default_http_get
         self._cache_seconds = cache_seconds
         self._now = now
@@ -197,21 +202,11 @@ class WebhookVerifier:
         self._intermediates: _BoundedCache[list[x509.Certificate]] = _BoundedCache(max_cached, clock)
         self._failures: _BoundedCache[tuple[int, str]] = _BoundedCache(max_failures_cached, clock)
         self._downloads = _SingleFlight()
-        self._store = Store(_trusted_roots(ca_bundle_path))
+        self._store = Store(_trusted_roots(config.ca_bundle_path))
         # The signing certificate is not a TLS server certificate by purpose, so its extended key
         # usage is not required to name serverAuth; every other web PKI rule still applies.
         self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
             x509.ExtendedKeyUsage, Criticality.AGNOSTIC, None
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings, http_get: HttpGet | None = None) -> WebhookVerifier:
-        return cls(
-            settings.partner_center_webhook_cert_url_prefixes,
-            settings.partner_center_webhook_ca_bundle,
-            settings.partner_center_webhook_cert_subject,
-            settings.partner_center_webhook_cert_issuer_org,
-            http_get=http_get,
         )
 
     def verify(self, headers: Mapping[str, str], raw_body: bytes) -> None:

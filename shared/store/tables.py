@@ -23,8 +23,10 @@ from azure.data.tables import EntityProperty, TableClient, TableServiceClient, U
 
 from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
 from ..domain.errors import PreconditionFailed, StorageRejected
-from ..ports import AuditEntry, Link
+from ..ports import AuditEntry, CreateFailure, CredentialFailure, FeedWatermark, Health, Link, Pause
 from ..write_fence import check_write_allowed
+from . import state_rows
+from .state_rows import LeaseRow
 
 _FORBIDDEN = {"/": "%2F", "\\": "%5C", "#": "%23", "?": "%3F", "%": "%25"}
 LINK_PARTITION = "referral"
@@ -63,6 +65,8 @@ class TableSyncStore:
         self._ready = False
 
     def ensure(self) -> None:
+        """Create the tables before the first write. Reads of one row do without: a missing table reads as a
+        missing row, so looking (a dry run) never creates anything."""
         if self._ready:
             return
         for table in (self.links, self.state, self.audit):
@@ -74,7 +78,6 @@ class TableSyncStore:
 
     # -- links ---------------------------------------------------------------------------------
     def get_link(self, referral_id: str) -> Link | None:
-        self.ensure()
         try:
             row = self.links.get_entity(LINK_PARTITION, safe_key(referral_id))
         except ResourceNotFoundError:
@@ -82,7 +85,6 @@ class TableSyncStore:
         return _link_from_row(row)
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None:
-        self.ensure()
         try:
             row = self.links.get_entity(CRM_INDEX_PARTITION, safe_key(crm_id))
         except ResourceNotFoundError:
@@ -178,12 +180,7 @@ class TableSyncStore:
     def acquire_lease(self, key: str, owner: str, seconds: int) -> bool:
         self.ensure()
         now = _now()
-        row = {
-            "PartitionKey": LEASE_PARTITION,
-            "RowKey": safe_key(key),
-            "Owner": owner,
-            "Until": now + timedelta(seconds=seconds),
-        }
+        row = _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds)))
         try:
             self.state.create_entity(row)
             return True
@@ -193,8 +190,7 @@ class TableSyncStore:
             current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
         except ResourceNotFoundError:
             return self.acquire_lease(key, owner, seconds)
-        until = current.get("Until")
-        if isinstance(until, datetime) and until > now and current.get("Owner") != owner:
+        if LeaseRow.from_row(current).held_by_another_at(now, owner):
             return False
         try:
             self.state.update_entity(
@@ -217,17 +213,11 @@ class TableSyncStore:
         except ResourceNotFoundError:
             return False
         now = _now()
-        until = current.get("Until")
-        if current.get("Owner") != owner or not isinstance(until, datetime) or until <= now:
+        if not LeaseRow.from_row(current).held_by_at(now, owner):
             return False
         try:
             self.state.update_entity(
-                {
-                    "PartitionKey": LEASE_PARTITION,
-                    "RowKey": safe_key(key),
-                    "Owner": owner,
-                    "Until": now + timedelta(seconds=seconds),
-                },
+                _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds))),
                 mode=UpdateMode.REPLACE,
                 etag=current.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
@@ -241,7 +231,7 @@ class TableSyncStore:
             current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
         except ResourceNotFoundError:
             return
-        if current.get("Owner") != owner:
+        if LeaseRow.from_row(current).owner != owner:
             return
         try:
             self.state.delete_entity(
@@ -253,9 +243,37 @@ class TableSyncStore:
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
 
-    # -- state (watermarks, registration facts) ------------------------------------------------
+    # -- state records ---------------------------------------------------------------------------
+    def get_watermark(self, feed: str) -> FeedWatermark | None:
+        row = self.get_state(feed)
+        return state_rows.watermark_from_row(row) if row is not None else None
+
+    def save_watermark(self, feed: str, mark: FeedWatermark) -> None:
+        self.set_state(feed, state_rows.watermark_columns(mark))
+
+    def get_health(self) -> Health:
+        return state_rows.health_from_row(self.get_state(state_rows.HEALTH_KEY) or {})
+
+    def save_pause(self, pause: Pause) -> None:
+        self.set_state(state_rows.HEALTH_KEY, state_rows.pause_columns(pause))
+
+    def save_credential_failure(self, failure: CredentialFailure) -> None:
+        self.set_state(state_rows.HEALTH_KEY, state_rows.credential_failure_columns(failure))
+
+    def clear_credential_failure(self, recovered_at: datetime) -> None:
+        self.set_state(state_rows.HEALTH_KEY, state_rows.credential_recovery_columns(recovered_at))
+
+    def get_create_failure(self, crm_id: str) -> CreateFailure | None:
+        return state_rows.create_failure_from_row(self.get_state(state_rows.create_failure_key(crm_id)) or {})
+
+    def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None:
+        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_failure_columns(failure))
+
+    def clear_create_failure(self, crm_id: str) -> None:
+        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_failure_columns(None))
+
+    # -- state rows as stored (each merged into the row, so records sharing a row keep each other's columns) ------
     def get_state(self, key: str) -> dict[str, Any] | None:
-        self.ensure()
         try:
             row = self.state.get_entity(STATE_PARTITION, safe_key(key))
         except ResourceNotFoundError:
@@ -273,6 +291,10 @@ class TableSyncStore:
         except HttpResponseError as exc:
             _raise_if_rejected(exc, what, row)
             raise
+
+
+def _lease_row(key: str, lease: LeaseRow) -> dict[str, Any]:
+    return {"PartitionKey": LEASE_PARTITION, "RowKey": safe_key(key), **lease.columns()}
 
 
 def _odata_quote(value: str) -> str:

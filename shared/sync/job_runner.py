@@ -19,26 +19,31 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from ..domain.errors import AuthenticationError, LeaseLost, QuotaExceeded, TransientError
-from ..ports import AuditEntry, Clock, Job, JobQueue, SyncStore
+from ..ports import (
+    CRM_TO_PC,
+    KIND_CRM,
+    PC_TO_CRM,
+    AuditEntry,
+    Clock,
+    CredentialFailure,
+    Health,
+    Job,
+    JobQueue,
+    Pause,
+    SyncStore,
+)
 from .deferral import throttle_delay
-from .engine import CRM_TO_PC, KIND_CRM, PC_TO_CRM, RecordBusy, SyncEngine
+from .engine import RecordBusy, SyncEngine
 from .poller import ChangeFeed, PollResult
 
 log = logging.getLogger(__name__)
-HEALTH_KEY = "health"
 # A Storage queue message can stay invisible for at most 7 days; a longer wait is taken in 7-day steps.
 MAX_DEFER_SECONDS = 7 * 24 * 3600
-
-
-@dataclass(frozen=True)
-class Pause:
-    until: datetime
-    reason: str
+STORED_TEXT_MAX_CHARS = 1000
 
 
 class JobRunner:
@@ -57,15 +62,12 @@ class JobRunner:
         self.busy_retry_seconds = busy_retry_seconds
         self.throttle_retry_seconds = throttle_retry_seconds  # a 429 that names no delay
 
-    def health(self) -> dict[str, Any]:
-        return self.store.get_state(HEALTH_KEY) or {}
+    def health(self) -> Health:
+        return self.store.get_health()
 
-    def current_pause(self, health: dict[str, Any] | None = None) -> Pause | None:
-        state = self.health() if health is None else health
-        until = state.get("Until")
-        if isinstance(until, datetime) and until > self.clock.now():
-            return Pause(until, str(state.get("Reason", "")))
-        return None
+    def current_pause(self, health: Health | None = None) -> Pause | None:
+        pause = (self.health() if health is None else health).pause
+        return pause if pause is not None and pause.until > self.clock.now() else None
 
     def run(self, job: Job, final_attempt: bool = False) -> str:
         health = self.health()
@@ -77,10 +79,8 @@ class JobRunner:
             action = self.engine.handle(job, final_attempt=final_attempt).action
         except AuthenticationError as exc:
             log.error("credentials refused by %s: %s", exc.service, exc)
-            self.store.set_state(
-                HEALTH_KEY,
-                {"AuthService": exc.service, "AuthMessage": str(exc)[:1000], "AuthFailedAt": self.clock.now()},
-            )
+            failure = CredentialFailure(exc.service, str(exc)[:STORED_TEXT_MAX_CHARS], self.clock.now())
+            self.store.save_credential_failure(failure)
             raise
         except RecordBusy:
             # Usually the webhook for a referral we are creating right now: try again shortly, without
@@ -105,10 +105,8 @@ class JobRunner:
             log.warning("%s %s throttled (%s); retrying in %ss", job.kind, job.record_id, exc, seconds)
             self._defer(job, seconds)
             return "deferred"
-        if health.get("AuthService"):
-            self.store.set_state(
-                HEALTH_KEY, {"AuthService": "", "AuthMessage": "", "AuthRecoveredAt": self.clock.now()}
-            )
+        if health.credential_failure is not None:
+            self.store.clear_credential_failure(self.clock.now())
         return action
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
@@ -129,8 +127,8 @@ class JobRunner:
     def _pause(self, exc: QuotaExceeded, job: Job | None) -> Pause:
         now = self.clock.now()
         seconds = exc.retry_after if exc.retry_after is not None else self.pause_seconds
-        pause = Pause(now + timedelta(seconds=seconds), str(exc))
-        self.store.set_state(HEALTH_KEY, {"Until": pause.until, "Reason": pause.reason[:1000], "Since": now})
+        pause = Pause(now + timedelta(seconds=seconds), str(exc)[:STORED_TEXT_MAX_CHARS], now)
+        self.store.save_pause(pause)
         message = f"CRM API quota used up; all CRM work paused until {pause.until.isoformat()}: {exc}"
         log.warning(message)
         self.store.append_audit(
@@ -159,12 +157,12 @@ def health_status(runner: JobRunner) -> dict[str, Any]:
     health = runner.health()
     pause = runner.current_pause(health)
     failure = None
-    if health.get("AuthService"):
-        at = health.get("AuthFailedAt")
+    if health.credential_failure is not None:
+        refused = health.credential_failure
         failure = {
-            "service": health["AuthService"],
-            "message": health.get("AuthMessage", ""),
-            "at": at.isoformat() if isinstance(at, datetime) else None,
+            "service": refused.service,
+            "message": refused.message,
+            "at": refused.at.isoformat() if refused.at is not None else None,
         }
     return {
         "paused": {"until": pause.until.isoformat(), "reason": pause.reason} if pause else None,

@@ -1,21 +1,35 @@
-"""Creating a co-sell referral from a CRM opportunity, exactly once.
+"""CRM -> Partner Center, first sync: the co-sell referral made from a flagged opportunity, exactly once, and
+the referral's id and link written back to the opportunity.
 
 Partner Center's documented co-sell pattern is two referrals on one engagement: the partner's Shared
 referral targeted at its solution and, when Microsoft's help is requested, a referral for Microsoft.
 Each is looked up by a key chosen for that purpose before it is created, and looked up again by the
 same key when the answer to its create is lost (the create may have taken effect): the partner's
-referral by ``externalReferenceId`` (the CRM id, Microsoft's copies excluded) and Microsoft's by the
-engagement id and Microsoft's target. A create is sent a second time only when nothing is found.
+referral by its external reference (the CRM id, Microsoft's copies excluded) and Microsoft's by the
+engagement and Microsoft's target. A create is sent a second time only when nothing is found.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..domain.audit_text import audit_line, prepend
+from ..domain.errors import PreconditionFailed, StorageRejected
+from ..domain.mapping import fingerprint, mapped_values
 from ..domain.opportunity import Opportunity
+from ..domain.policies import only_what_travels
 from ..domain.referral import Referral
-from ..domain.referral_builder import is_microsoft_copy, microsoft_referral_body, partner_referral_body
-from ..ports import PartnerCenter
+from ..domain.referral_rules import is_microsoft_copy, referral_created_from
+from ..ports import CRM_TO_PC, Clock, Crm, Link, PartnerCenter, SyncStore
+from .options import EngineOptions
+from .pairing import NewReferral, Pair, Pairing
+from .recording import Outcome, Recorder
+
+log = logging.getLogger(__name__)
+
+WRITE_BACK = ["referral_id", "referral_link", "name", "audit"]
 
 
 @dataclass(frozen=True)
@@ -23,10 +37,6 @@ class CreatedReferral:
     referral: Referral
     microsoft_referral_id: str | None
     reused: bool
-
-
-def _quoted(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class ReferralCreator:
@@ -37,33 +47,17 @@ class ReferralCreator:
         crm_id = record.crm_id
         assert crm_id is not None
         existing = self.partner_referral(crm_id)
-        referral = existing or self.pc.create_referral(
-            partner_referral_body(record), find=lambda: self.partner_referral(crm_id)
-        )
+        referral = existing or self.pc.create(record, find=lambda: self.partner_referral(crm_id))
         microsoft_id = self.ensure_microsoft_referral(referral, record) if record.help_code else None
         return CreatedReferral(referral, microsoft_id, existing is not None)
 
     def partner_referral(self, crm_id: str) -> Referral | None:
         """The partner's own referral for a CRM opportunity; a Microsoft copy with the same reference is not it."""
-        return next(
-            (
-                r
-                for r in self.pc.list_referrals(f"externalReferenceId eq {_quoted(crm_id)}")
-                if not is_microsoft_copy(r.target)
-            ),
-            None,
-        )
+        return next((r for r in self.pc.by_external_reference(crm_id) if not is_microsoft_copy(r.target)), None)
 
     def microsoft_referral(self, engagement_id: str) -> Referral | None:
         """The referral for Microsoft on an engagement."""
-        return next(
-            (
-                r
-                for r in self.pc.list_referrals(f"engagementId eq {_quoted(engagement_id)}")
-                if is_microsoft_copy(r.target)
-            ),
-            None,
-        )
+        return next((r for r in self.pc.by_engagement(engagement_id) if is_microsoft_copy(r.target)), None)
 
     def ensure_microsoft_referral(self, referral: Referral, record: Opportunity) -> str | None:
         """Microsoft's referral on the partner referral's engagement, created unless it exists already."""
@@ -73,5 +67,87 @@ class ReferralCreator:
         existing = self.microsoft_referral(engagement_id)
         if existing is not None:
             return existing.id
-        body = microsoft_referral_body(partner_referral_body(record), engagement_id)
-        return self.pc.create_referral(body, find=lambda: self.microsoft_referral(engagement_id)).id
+        made = self.pc.create_for_microsoft(record, engagement_id, find=lambda: self.microsoft_referral(engagement_id))
+        return made.id
+
+
+class ReferralCreation:
+    """``reconcile`` merges a pair from fresh reads: what a seller's edit during the write-back calls for."""
+
+    def __init__(
+        self,
+        crm: Crm,
+        store: SyncStore,
+        pairing: Pairing,
+        recorder: Recorder,
+        creator: ReferralCreator,
+        options: EngineOptions,
+        clock: Clock,
+        reconcile: Callable[[Pair, str], Outcome],
+    ) -> None:
+        self.crm, self.store, self.pairing, self.recorder, self.creator = crm, store, pairing, recorder, creator
+        self.options, self.clock, self.reconcile = options, clock, reconcile
+
+    def outgoing(self, record: Opportunity) -> Opportunity:
+        """What the referral is made from: fields the mapping never sends to Partner Center go out empty."""
+        return only_what_travels(record, self.options.field_directions, "pc")
+
+    def carry_out(self, new: NewReferral) -> Outcome:
+        record = new.record
+        assert record.crm_id is not None
+        outgoing = self.outgoing(record)
+        created = self.creator.ensure(outgoing)
+        pair = self.pairing.pair(created.referral)
+        referral = pair.referral
+        assert referral.id is not None
+        text = "Co-sell referral created in Partner Center" + (
+            " with a request for Microsoft's help" if created.microsoft_referral_id else ""
+        )
+        audit = prepend(record.audit, audit_line(self.clock.now(), True, text), self.options.audit_max_chars)
+        target = record.model_copy(
+            update={
+                "referral_id": referral.id,
+                "referral_link": pair.mapped.referral_link,
+                "name": self.recorder.marked(record.name, True),
+                "audit": audit,
+            }
+        )
+        agreed, pc_fingerprint = self._agreed_on_create(outgoing, pair)
+        try:
+            # The pair is recorded before the write-back: if that fails (a seller's edit in between, a crash),
+            # the next job merges the pair instead of creating anything again.
+            # A reused referral may already have its row (an earlier attempt died before the write-back).
+            existing = self.store.get_link(referral.id) if created.reused else None
+            link = self.recorder.save_pending(existing, referral, pc_fingerprint, agreed, record)
+        except StorageRejected as exc:
+            # The referral exists now: the CRM must learn its id, and the pair stays linked by a small row
+            # without the refused values, so the failure is recorded once, not again on every poll.
+            written = self.crm.update_opportunity(record, target, WRITE_BACK)
+            link = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
+            link.pc_fingerprint, link.pc_etag = pair.pc_fingerprint, referral.e_tag
+            return self.recorder.fail_crm_side(written, link, [str(exc)])
+        try:
+            written = self.crm.update_opportunity(record, target, WRITE_BACK)
+        except PreconditionFailed:
+            log.info("opportunity %s changed during the write-back; merging from fresh reads", record.crm_id)
+            fresh = self.pairing.safe_get(record.crm_id)
+            if fresh is None:
+                raise
+            return self.reconcile(pair.with_record(fresh, link), CRM_TO_PC)
+        crm_fingerprint = self.recorder.written_fingerprint(target)
+        self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint)
+        if new.earlier_failure is not None:
+            self.store.clear_create_failure(record.crm_id)
+        return self.recorder.audit(
+            Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text)
+        )
+
+    def _agreed_on_create(self, record: Opportunity, pair: Pair) -> tuple[dict[str, object], str]:
+        """What both sides held when the referral was made: the values we sent, read as Partner Center reads
+        them, plus what only Partner Center sets (its id, link and status). Not the referral as found now:
+        when the create's answer was lost, the lookup may find it already edited in Partner Center, and that
+        edit must still reach the CRM instead of being taken as agreed."""
+        sent = self.pairing.map(referral_created_from(record))
+        own = {name: getattr(pair.mapped, name) for name in ("status", "substatus", "referral_id", "referral_link")}
+        created = sent.model_copy(update=own)
+        return mapped_values(self.crm.stored_form(created)), fingerprint(created)

@@ -9,13 +9,14 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..ports import Link
+from ..ports import FeedWatermark, Link
+from .poller import POLL_STATE_KEY, RECONCILE_STATE_KEY
 
 
 class StatusStore(Protocol):
     def iter_links(self) -> list[Link]: ...
 
-    def get_state(self, key: str) -> dict[str, Any] | None: ...
+    def get_watermark(self, feed: str) -> FeedWatermark | None: ...
 
 
 class StatusQueue(Protocol):
@@ -34,13 +35,13 @@ def build_status(
     links = store.iter_links()
     by_status = Counter(link.last_status or "unknown" for link in links)
     last_sync = max((link.last_synced_at for link in links if link.last_synced_at), default=None)
-    poll = store.get_state("crm-poll") or {}
-    reconcile = store.get_state("reconcile") or {}
+    poll = store.get_watermark(POLL_STATE_KEY) or FeedWatermark()
+    reconcile = store.get_watermark(RECONCILE_STATE_KEY) or FeedWatermark()
     return {
         "links": {"total": len(links), **dict(sorted(by_status.items()))},
         "lastSyncAt": _iso(last_sync),
-        "lastPollAt": _iso(poll.get("LastRunAt")),
-        "lastReconcileAt": _iso(reconcile.get("LastRunAt")),
+        "lastPollAt": _iso(poll.last_run_at),
+        "lastReconcileAt": _iso(reconcile.last_run_at),
         "queue": {"depth": queue.depth(), "poison": queue.poison_depth()},
         "credentials": {**credentials, "lastFailure": (health or {}).get("credentialFailure")},
         "paused": (health or {}).get("paused"),

@@ -14,8 +14,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..domain.errors import WebhookRejected
-from ..ports import Job, JobQueue
-from .engine import KIND_REFERRAL
+from ..ports import KIND_REFERRAL, Job, JobQueue
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -25,29 +26,40 @@ import requests
 from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
 from ...httpclient import ApiClient, TokenProvider, create_once
-from ...settings import Settings
-from ..common import CUSTOMER_FIELDS, STATUS_FIELDS, to_decimal
-from .auth import SERVICE, token_provider
-from .customers import Currencies, Customers
+from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal
+from .auth import SERVICE
+from .customers import Currencies, Customers, Lookups
 from .mapping import (
     OPEN,
+    OPPORTUNITY_COLUMNS,
     WON,
-    DataverseColumns,
+    DataverseMapping,
     account_select,
     check_referral_id,
     contact_select,
+    default_mapping,
     odata_datetime,
-    opportunity_columns,
-    opportunity_select,
     row_to_opportunity,
-    status_target,
 )
+from .metadata import mapping_problems
 from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows
 
 log = logging.getLogger(__name__)
 
 CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
 ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
+
+
+@dataclass(frozen=True)
+class DataverseConfig:
+    """Where the organisation is and how the adapter talks to it; wiring builds it from the settings."""
+
+    org_url: str
+    api_version: str = "v9.2"
+    mapping: DataverseMapping = field(default_factory=default_mapping)
+    timeout: float = 30.0
+    max_inline_wait: float = 20.0
+    audit_max_chars: int = 20000
 
 
 class DataverseCrm:
@@ -57,87 +69,37 @@ class DataverseCrm:
 
     def __init__(
         self,
-        settings: Settings,
-        session: requests.Session | None = None,
-        *,
-        token: TokenProvider | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not settings.dataverse_url:
-            raise ValueError("DATAVERSE_URL is required for the Dynamics 365 adapter")
-        self._configure(
-            settings.dataverse_url,
-            settings.dataverse_api_version,
-            DataverseColumns.from_settings(settings),
-            token or token_provider(settings),
-            session,
-            sleep,
-            settings.http_timeout_seconds,
-            settings.max_inline_retry_after_seconds,
-            settings.audit_max_chars,
-        )
-
-    @classmethod
-    def for_url(
-        cls,
-        org_url: str,
-        token: str | TokenProvider | None,
-        *,
-        columns: DataverseColumns | None = None,
-        session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        max_inline_wait: float = 20.0,
-        timeout: float = 30.0,
-        audit_max_chars: int = 20000,
-        api_version: str = "v9.2",
-    ) -> DataverseCrm:
-        """An adapter for an explicit organisation URL (tests, tools); ``token=None`` sends no credentials."""
-        provider: TokenProvider | None = (lambda: token) if isinstance(token, str) else token
-        crm = cls.__new__(cls)
-        crm._configure(
-            org_url,
-            api_version,
-            columns or DataverseColumns(),
-            provider,
-            session,
-            sleep,
-            timeout,
-            max_inline_wait,
-            audit_max_chars,
-        )
-        return crm
-
-    def _configure(
-        self,
-        org_url: str,
-        api_version: str,
-        columns: DataverseColumns,
+        config: DataverseConfig,
         token: TokenProvider | None,
-        session: requests.Session | None,
-        sleep: Callable[[float], None],
-        timeout: float,
-        max_inline_wait: float,
-        audit_max_chars: int,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.columns = columns
-        self.audit_max_chars = audit_max_chars
+        """``token`` None sends no credentials (emulators that check none)."""
+        self.config = config
+        self.mapping = config.mapping.bounded("audit", config.audit_max_chars)
         self.api = ApiClient(
             SERVICE,
-            f"{org_url.rstrip('/')}/api/data/{api_version}",
+            f"{config.org_url.rstrip('/')}/api/data/{config.api_version}",
             token,
-            timeout=timeout,
-            max_inline_wait=max_inline_wait,
+            timeout=config.timeout,
+            max_inline_wait=config.max_inline_wait,
             default_headers=ODATA_HEADERS,
             session=session,
             sleep=sleep,
         )
         self._web = DataverseRows(self.api)
-        self._customers = Customers(self._web, columns)
+        self._customers = Customers(self._web, self.mapping)
         self._currencies = Currencies(self._web)
-        self._help_codes = {value: code for code, value in columns.help_options.items()}
-        self._opportunity_select = opportunity_select(columns)
-        self._account_select = account_select(columns)
+        self._converters = Converters(self.mapping, Lookups(self._currencies))
+        self._opportunity_select = ",".join(dict.fromkeys([*OPPORTUNITY_COLUMNS, *self._converters.select()]))
+        self._account_select = account_select(self.mapping)
         self._contact_select = contact_select()
+
+    def check_mapping(self) -> list[str]:
+        """What the organisation's metadata says is wrong with the mapping (missing columns, wrong types,
+        choice and status values that do not exist); empty when every mapped column fits."""
+        return mapping_problems(self._web, self.mapping)
 
     # -- reading --------------------------------------------------------------------------------------------------
     def get_opportunity(self, crm_id: str) -> Opportunity | None:
@@ -159,12 +121,14 @@ class DataverseCrm:
         return self._to_opportunity(row) if row is not None else None
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
-        """Only the primary contact is kept on the opportunity (``parentcontactid``)."""
-        return opportunity.model_copy(update={"customer_contacts": opportunity.customer_contacts[:1]})
+        """Only the primary contact is kept on the opportunity (``parentcontactid``), and only what the mapping
+        stores."""
+        stored = self.mapping.stored(opportunity)
+        return stored.model_copy(update={"customer_contacts": stored.customer_contacts[:1]})
 
     def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
         """Opportunities with the sync flag set and modified at or after ``since``, oldest change first."""
-        odata_filter = f"{self.columns.sync} eq true"
+        odata_filter = f"{self.mapping.column('sync_enabled')} eq true"
         if since is not None:
             odata_filter += f" and modifiedon ge {odata_datetime(since)}"
         params = {
@@ -176,7 +140,6 @@ class DataverseCrm:
             yield self._to_opportunity(row)
 
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
-        c = self.columns
         customer_id = row.get("_customerid_value")
         customer_kind = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account")
         account = None
@@ -188,16 +151,8 @@ class DataverseCrm:
             if contact_id
             else None
         )
-        help_value = row.get(c.help)
-        if help_value is not None and help_value not in self._help_codes:
-            log.warning(
-                "opportunity %s: choice value %s of %s has no AssistanceRequestCode mapping",
-                row.get("opportunityid"),
-                help_value,
-                c.help,
-            )
-        currency = self._currencies.code_of(row.get("_transactioncurrencyid_value"))
-        return row_to_opportunity(row, account, contact, currency, c, self._help_codes)
+        values = self._converters.values(row, row.get("opportunityid"))
+        return row_to_opportunity(row, values, account, contact, self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
@@ -211,7 +166,7 @@ class DataverseCrm:
         if contact_ids:
             body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
         body = {k: v for k, v in body.items() if v is not None}
-        target = status_target(opportunity.status, opportunity.substatus)
+        target = self.mapping.status.target(opportunity.status, opportunity.substatus)
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]
         try:
@@ -261,18 +216,18 @@ class DataverseCrm:
             contact_ids = self._customers.ensure_contacts(desired.customer_contacts, account_id)
             if contact_ids and contact_ids[0] != row.get("_parentcontactid_value"):
                 body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
-        target = status_target(desired.status, desired.substatus) if wanted & STATUS_FIELDS else None
+        target = self.mapping.status.target(desired.status, desired.substatus) if wanted & STATUS_FIELDS else None
         self._write(crm_id, current.etag, row, body, target, desired.deal_value)
         return self._reread(crm_id)
 
     def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
         crm_id = self._guid(current.crm_id)
-        audit = audit[: self.audit_max_chars]  # the engine puts the newest entry first
+        audit = audit[: self.config.audit_max_chars]  # the engine puts the newest entry first
         body: dict[str, Any] = {}
         if name is not None and name != current.name:
-            body["name"] = name
+            body[self.mapping.column("name")] = name
         if audit != current.audit:
-            body[self.columns.audit] = audit
+            body[self.mapping.column("audit")] = audit
         if not body:
             return current
         if current.status == "Closed":
@@ -364,11 +319,15 @@ class DataverseCrm:
 
     # -- columns and keys -------------------------------------------------------------------------------------------
     def _columns_for(self, opportunity: Opportunity, fields: Iterable[str]) -> dict[str, Any]:
-        return opportunity_columns(self.columns, opportunity, fields, self._currencies.id_of, self.audit_max_chars)
+        wanted = set(fields)
+        if "referral_id" in wanted:
+            check_referral_id(opportunity.referral_id)  # the alternate key: refused before anything is written
+        return self._converters.columns(opportunity, wanted)
 
     def _key_path(self, referral_id: str | None) -> str:
         value = check_referral_id(referral_id)
-        return f"opportunities({self.columns.referral_id}='{quote(value.replace(chr(39), chr(39) * 2), safe='')}')"
+        column = self.mapping.column("referral_id")
+        return f"opportunities({column}='{quote(value.replace(chr(39), chr(39) * 2), safe='')}')"
 
     @staticmethod
     def _guid(crm_id: str | None) -> str:

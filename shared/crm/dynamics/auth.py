@@ -1,4 +1,4 @@
-"""Dataverse access tokens: a static token (emulators, tests), managed identity or an app registration.
+"""Dataverse access tokens from managed identity or an app registration (wiring picks one, or a static token).
 
 Tokens come from azure-identity and are cached until shortly before they expire, so a burst of jobs asks
 the identity endpoint once. Failures are reported by exception type only, because credential errors can
@@ -13,8 +13,6 @@ from collections.abc import Callable
 from typing import Any
 
 from ...domain.errors import AuthenticationError, TransientError
-from ...httpclient import TokenProvider
-from ...settings import Settings
 
 SERVICE = "Dataverse"
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
@@ -64,20 +62,12 @@ def _default_credential() -> Any:
     return DefaultAzureCredential()
 
 
-def token_provider(settings: Settings) -> TokenProvider:
-    """``DATAVERSE_ACCESS_TOKEN`` when set (emulators, tests), else managed identity / DefaultAzureCredential."""
-    secret = settings.dataverse_access_token
-    if secret is not None:
-        return secret.get_secret_value
-    scope = f"{settings.dataverse_url}/.default"
-    client_id, client_secret = settings.dataverse_client_id, settings.dataverse_client_secret
-    tenant = settings.dataverse_tenant_id or settings.partner_center_tenant_id
-    if client_id and client_secret and tenant:
-        # An app registration of its own, for Dataverse environments in another tenant than the app.
-        def app_credential() -> Any:
-            from azure.identity import ClientSecretCredential
+def app_registration(tenant: str, client_id: str, client_secret: str) -> Callable[[], Any]:
+    """A credential factory for an app registration of its own (a Dataverse environment in another tenant)."""
 
-            return ClientSecretCredential(tenant, client_id, client_secret.get_secret_value())
+    def credential() -> Any:
+        from azure.identity import ClientSecretCredential
 
-        return AzureIdentityToken(scope, app_credential)
-    return AzureIdentityToken(scope)
+        return ClientSecretCredential(tenant, client_id, client_secret)
+
+    return credential

@@ -3,21 +3,23 @@
 Accounts and contacts are found before one is created, so a retried job finds what the first attempt
 made instead of adding a duplicate; each create is keyed by an id chosen here
 (:meth:`~shared.crm.dynamics.webapi.DataverseRows.create`), so a create whose answer was lost is not
-made twice either. Currencies are looked up by ISO code and cached per adapter.
+made twice either. Currencies are looked up by ISO code and cached per adapter; :class:`Lookups` is how the
+mapping's ``lookup`` entries reach them.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import Contact, Opportunity
+from ..mapping import Entry
 from .mapping import (
     ACCOUNT_ADDRESS,
     CONTACT_COLUMNS,
-    DataverseColumns,
+    DataverseMapping,
     account_select,
     contact_select,
     odata_string,
@@ -64,13 +66,30 @@ class Currencies:
                 self._codes[currency_id] = iso
 
 
+class Lookups:
+    """The mapping's ``lookup`` entries: a code (the ISO currency code) kept in another table, written through
+    the column's navigation property and read from its ``_<column>_value``."""
+
+    def __init__(self, currencies: Currencies) -> None:
+        self._tables = {"transactioncurrencies": currencies}
+
+    def select(self, entry: Entry) -> str:
+        return f"_{entry.column}_value"
+
+    def write(self, entry: Entry, code: str) -> dict[str, Any]:
+        return {f"{entry.column}@odata.bind": f"/{entry.target}({self._tables[entry.target].id_of(code)})"}
+
+    def read(self, entry: Entry, row: Mapping[str, Any]) -> str | None:
+        return self._tables[entry.target].code_of(row.get(f"_{entry.column}_value"))
+
+
 class Customers:
     """Find-or-create of the customer's account and contacts."""
 
-    def __init__(self, web: DataverseRows, columns: DataverseColumns) -> None:
+    def __init__(self, web: DataverseRows, mapping: DataverseMapping) -> None:
         self._web = web
-        self._columns = columns
-        self._account_select = account_select(columns)
+        self._country_column = mapping.customer.account_country
+        self._account_select = account_select(mapping)
         self._contact_select = contact_select()
 
     def ensure_account(self, opportunity: Opportunity) -> str | None:
@@ -79,7 +98,7 @@ class Customers:
             return None
         address = opportunity.customer_address
         wanted = {col: getattr(address, attr) for attr, col in ACCOUNT_ADDRESS}
-        wanted[self._columns.account_country] = address.country
+        wanted[self._country_column] = address.country
         odata_filter = (
             f"name eq {odata_string(opportunity.customer_name)} and "
             f"address1_postalcode eq {odata_string(address.postal_code)}"

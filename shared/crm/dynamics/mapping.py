@@ -1,21 +1,24 @@
 """How an :class:`~shared.domain.opportunity.Opportunity` maps onto Dataverse rows, without any I/O.
 
-The configured column names, the referral status <-> (statecode, statuscode) mapping, OData literals,
-the column sets each read selects, the referral-id key check, and the conversions between rows and
-opportunities. Kept apart from the adapter so the mapping can be read (and changed) without the HTTP.
+The mapping itself is data (``mapping.toml`` next to this module, read through :mod:`shared.crm.mapping`);
+this module adds what is particular to Dataverse: the status table (referral status <-> statecode/statuscode,
+both ways), the account column holding the country, the column sets each read selects, OData literals, the
+referral-id key check, and the assembly of an opportunity from a row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import Contact, CustomerAddress, Opportunity
-from ...settings import DEFAULT_DATAVERSE_HELP_OPTIONS, Settings
-from ..common import custom_field_values, split_products, to_date, to_decimal
+from ..mapping import CrmMapping, Loaded, Override, Path_, Strict, load, parse_status_key
+
+DEFAULT_FILE = Path(__file__).with_name("mapping.toml")
 
 # Characters that break GET/PATCH by alternate key, per the Dataverse documentation.
 KEY_BREAKING_CHARACTERS = frozenset("/<>*%&:\\?+")
@@ -35,63 +38,135 @@ CONTACT_COLUMNS = (
     ("title", "jobtitle"),
 )
 OPEN, WON, LOST = 0, 1, 2
+STATECODES = (OPEN, WON, LOST)
+ANY_STATE = "*"
 
 
-@dataclass(frozen=True)
-class DataverseColumns:
-    """Logical names of the connector's custom columns (settings ``DATAVERSE_FIELD_*``)."""
+def _codes(text: str) -> tuple[int, int | None]:
+    state, _, status = text.partition("/")
+    try:
+        return int(state), int(status) if status else None
+    except ValueError:
+        raise ValueError(f"'{text}' is not statecode/statuscode numbers") from None
 
-    sync: str = "new_syncwithpartnercenter"
-    referral_id: str = "new_referralidentifier"
-    referral_link: str = "new_referrallink"
-    help: str = "new_howcanmicrosofthelp"
-    products: str = "new_products"
-    audit: str = "new_audit"
-    account_country: str = "address1_country"
-    help_options: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_DATAVERSE_HELP_OPTIONS))
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> DataverseColumns:
-        return cls(
-            settings.dataverse_field_sync,
-            settings.dataverse_field_referral_id,
-            settings.dataverse_field_referral_link,
-            settings.dataverse_field_help,
-            settings.dataverse_field_products,
-            settings.dataverse_field_audit,
-            settings.dataverse_account_country_field,
-            dict(settings.dataverse_help_option_values),
-        )
+class DataverseStatus(Strict):
+    """Referral status <-> (statecode, statuscode): the write table and the read table."""
+
+    write: dict[str, str]  # "Status" or "Status/Substatus" -> "statecode/statuscode"
+    read: dict[str, str]  # "statecode/statuscode", "statecode" or "*" -> "Status/Substatus"
+
+    @cached_property
+    def _targets(self) -> dict[tuple[str, str | None], tuple[int, int]]:
+        parsed = {}
+        for key, value in self.write.items():
+            state, status = _codes(value)
+            assert status is not None  # problems() refuses a row without one
+            parsed[parse_status_key(key)] = (state, status)
+        return parsed
+
+    @cached_property
+    def _reads(self) -> dict[str, tuple[str, str]]:
+        parsed = {}
+        for key, value in self.read.items():
+            status, substatus = parse_status_key(value)
+            assert substatus is not None  # problems() refuses a row without one
+            parsed[key] = (status, substatus)
+        return parsed
+
+    def target(self, status: str | None, substatus: str | None) -> tuple[int, int] | None:
+        """(statecode, statuscode) for a referral status, or None when the status says nothing."""
+        if status is None:
+            return None
+        return self._targets.get((status, substatus)) or self._targets.get((status, None))
+
+    def status_of(self, statecode: int | None, statuscode: int | None) -> tuple[str, str]:
+        reads = self._reads
+        return reads.get(f"{statecode}/{statuscode}") or reads.get(str(statecode)) or reads[ANY_STATE]
+
+    def problems(self) -> list[tuple[Path_, str]]:
+        found: list[tuple[Path_, str]] = []
+        for key, value in self.write.items():
+            at = ("status", "write", key)
+            try:
+                parse_status_key(key)
+                state, status = _codes(value)
+            except ValueError as exc:
+                found.append((at, str(exc)))
+                continue
+            if state not in STATECODES or status is None:
+                found.append((at, f"'{value}' must be statecode/statuscode, statecode 0 (open), 1 (won) or 2 (lost)"))
+        for status in ("New", "Active", "Closed"):
+            if status not in self.write:
+                found.append((("status", "write"), f"needs a row for {status}"))
+        for key, value in self.read.items():
+            at = ("status", "read", key)
+            try:
+                if key != ANY_STATE:
+                    _codes(key)
+                if "/" not in value:
+                    raise ValueError(f"'{value}' must be status/substatus")
+                parse_status_key(value)
+            except ValueError as exc:
+                found.append((at, str(exc)))
+        if ANY_STATE not in self.read:
+            found.append((("status", "read"), f"needs a '{ANY_STATE}' row for any other state"))
+        return found
+
+
+class DataverseCustomer(Strict):
+    account_country: str  # the account column holding the customer's 2-letter country code
+
+
+class DataverseMapping(CrmMapping):
+    customer: DataverseCustomer
+    status: DataverseStatus
+
+    product: ClassVar[str] = "Dynamics 365"
+    choice_word: ClassVar[str] = "choice"
+    choice_value_type: ClassVar[type] = int
+    lookup_targets: ClassVar[tuple[str, ...]] = ("transactioncurrencies",)
+    settings: ClassVar[Mapping[str, Path_]] = {
+        "DATAVERSE_FIELD_SYNC": ("fields", "sync_enabled", "column"),
+        "DATAVERSE_FIELD_REFERRAL_ID": ("fields", "referral_id", "column"),
+        "DATAVERSE_FIELD_REFERRAL_LINK": ("fields", "referral_link", "column"),
+        "DATAVERSE_FIELD_HELP": ("fields", "help_code", "column"),
+        "DATAVERSE_FIELD_PRODUCTS": ("fields", "solution_ids", "column"),
+        "DATAVERSE_FIELD_AUDIT": ("fields", "audit", "column"),
+        "DATAVERSE_HELP_OPTION_VALUES": ("fields", "help_code", "values"),
+        "DATAVERSE_ACCOUNT_COUNTRY_FIELD": ("customer", "account_country"),
+    }
+
+    def problems(self) -> list[tuple[Path_, str]]:
+        found = [*super().problems(), *self.status.problems()]
+        if not self.customer.account_country:
+            found.append((("customer", "account_country"), "is required"))
+        return found
+
+
+def load_mapping(file: Path | None = None, overrides: Sequence[Override] = ()) -> Loaded[DataverseMapping]:
+    return load(DataverseMapping, DEFAULT_FILE, file, overrides)
+
+
+@cache
+def default_mapping() -> DataverseMapping:
+    """The shipped mapping, unchanged."""
+    return load_mapping().mapping
 
 
 # -- column sets --------------------------------------------------------------------------------------------------
-def opportunity_select(columns: DataverseColumns) -> str:
-    c = columns
-    return ",".join(
-        [
-            "opportunityid",
-            "name",
-            "estimatedvalue",
-            "estimatedclosedate",
-            "description",
-            "statecode",
-            "statuscode",
-            "_customerid_value",
-            "_parentcontactid_value",
-            "_transactioncurrencyid_value",
-            "modifiedon",
-            c.sync,
-            c.referral_id,
-            c.referral_link,
-            c.help,
-            c.products,
-            c.audit,
-        ]
-    )
+OPPORTUNITY_COLUMNS = (
+    "opportunityid",
+    "statecode",
+    "statuscode",
+    "_customerid_value",
+    "_parentcontactid_value",
+    "modifiedon",
+)
 
 
-def account_select(columns: DataverseColumns) -> str:
-    return ",".join(["accountid", "name", *(col for _, col in ACCOUNT_ADDRESS), columns.account_country])
+def account_select(mapping: DataverseMapping) -> str:
+    return ",".join(["accountid", "name", *(col for _, col in ACCOUNT_ADDRESS), mapping.customer.account_country])
 
 
 def contact_select() -> str:
@@ -116,32 +191,6 @@ def parse_datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-# -- status ---------------------------------------------------------------------------------------------------------
-def status_target(status: str | None, substatus: str | None) -> tuple[int, int] | None:
-    """(statecode, statuscode) for a referral status, or None when the status says nothing."""
-    if status == "New":
-        return (OPEN, 2)  # On Hold: the referral is not accepted yet
-    if status == "Active":
-        return (OPEN, 1)
-    if status == "Closed":
-        if substatus == "Won":
-            return (WON, 3)
-        if substatus == "Lost":
-            return (LOST, 5)
-        return (LOST, 4)  # declined, expired or closed without a reason: Canceled
-    return None
-
-
-def status_read(statecode: int | None, statuscode: int | None) -> tuple[str, str]:
-    if statecode == WON:
-        return ("Closed", "Won")
-    if statecode == LOST:
-        return ("Closed", "Declined" if statuscode == 4 else "Lost")
-    if statuscode == 2:
-        return ("New", "Pending")
-    return ("Active", "Accepted")
-
-
 # -- validation -----------------------------------------------------------------------------------------------------
 def check_referral_id(referral_id: str | None) -> str:
     if not referral_id:
@@ -154,80 +203,31 @@ def check_referral_id(referral_id: str | None) -> str:
     return referral_id
 
 
-def help_value(columns: DataverseColumns, code: str | None) -> int | None:
-    if code is None:
-        return None
-    value = columns.help_options.get(code)
-    if value is None:
-        raise ValidationFailed(
-            [
-                f"'How can Microsoft help?' value '{code}' has no Dynamics 365 choice value; "
-                "add it to DATAVERSE_HELP_OPTION_VALUES"
-            ]
-        )
-    return value
-
-
-# -- rows <-> opportunities -----------------------------------------------------------------------------------------
-def opportunity_columns(
-    columns: DataverseColumns,
-    opportunity: Opportunity,
-    fields: Iterable[str],
-    currency_id: Callable[[str], str],
-    audit_max_chars: int,
-) -> dict[str, Any]:
-    """Columns behind the given plain fields (customer, contacts and status are handled by the caller)."""
-    c, o, wanted = columns, opportunity, set(fields)
-    body: dict[str, Any] = {}
-    if "name" in wanted:
-        body["name"] = o.name
-    if "deal_value" in wanted:
-        body["estimatedvalue"] = float(o.deal_value) if o.deal_value is not None else None
-    if "currency" in wanted and o.currency:
-        body["transactioncurrencyid@odata.bind"] = f"/transactioncurrencies({currency_id(o.currency)})"
-    if "close_date" in wanted:
-        body["estimatedclosedate"] = o.close_date.isoformat() if o.close_date else None
-    if "notes" in wanted:
-        body["description"] = o.notes
-    body.update(custom_field_values(c, o, wanted, lambda code: help_value(c, code), check_referral_id, audit_max_chars))
-    return body
-
-
+# -- rows -> opportunities ------------------------------------------------------------------------------------------
 def row_to_opportunity(
     row: dict[str, Any],
+    values: dict[str, Any],
     account: dict[str, Any] | None,
     contact: dict[str, Any] | None,
-    currency: str | None,
-    columns: DataverseColumns,
-    help_codes: Mapping[int, str],
+    mapping: DataverseMapping,
 ) -> Opportunity:
-    """The opportunity a row reads as, with its customer account, primary contact and currency code."""
-    c = columns
-    status, substatus = status_read(row.get("statecode"), row.get("statuscode"))
-    help_choice = row.get(c.help)
-    return Opportunity(
-        crm_id=row.get("opportunityid"),
-        name=row.get("name"),
-        deal_value=to_decimal(row.get("estimatedvalue")),
-        currency=currency,
-        close_date=to_date(row.get("estimatedclosedate")),
-        notes=row.get("description"),
-        customer_name=account.get("name") if account else None,
-        customer_address=CustomerAddress(
+    """The opportunity a row reads as: ``values`` are its mapped columns (from the mapping's converters), with
+    its customer account, primary contact and status."""
+    status, substatus = mapping.status.status_of(row.get("statecode"), row.get("statuscode"))
+    address = CustomerAddress()
+    if account:
+        address = CustomerAddress(
             **{attr: account.get(col) for attr, col in ACCOUNT_ADDRESS},
-            country=account.get(c.account_country),
+            country=account.get(mapping.customer.account_country),
         )
-        if account
-        else CustomerAddress(),
+    return Opportunity(
+        **values,
+        crm_id=row.get("opportunityid"),
+        customer_name=account.get("name") if account else None,
+        customer_address=address,
         customer_contacts=(Contact(**{attr: contact.get(col) for attr, col in CONTACT_COLUMNS}),) if contact else (),
-        help_code=help_codes.get(help_choice) if help_choice is not None else None,
-        solution_ids=split_products(row.get(c.products)),
         status=status,
         substatus=substatus,
-        referral_id=row.get(c.referral_id),
-        referral_link=row.get(c.referral_link),
-        sync_enabled=bool(row.get(c.sync)),
-        audit=row.get(c.audit),
         etag=row.get("@odata.etag"),
         modified_at=parse_datetime(row.get("modifiedon")),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -25,24 +26,23 @@ import requests
 
 from ...domain.errors import NotFound, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
-from ...settings import Settings
-from ..common import CUSTOMER_FIELDS, STATUS_FIELDS
+from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters
 from .api import (
     QUOTA_RETRY_AFTER_SECONDS,
     DuplicateReferralId,
     SalesforceApi,
 )
-from .auth import SERVICE, SalesforceAuth, StaticToken, auth_from_settings
-from .customers import ContactRoles, Currencies, Customers
+from .auth import SERVICE, SalesforceAuth
+from .customers import ContactRoles, Currencies, Customers, Lookups
 from .mapping import (
+    OPPORTUNITY_FIELDS,
     OPPORTUNITY_PREFIX,
     PLAIN_FIELDS,
     SalesforceMapping,
     check_referral_id,
+    default_mapping,
     http_date,
     is_record_id,
-    opportunity_fields,
-    opportunity_record,
     parse_modstamp,
     record_to_opportunity,
     soql,
@@ -50,11 +50,25 @@ from .mapping import (
     soql_string,
     stored_form,
 )
+from .metadata import mapping_problems
 
 log = logging.getLogger(__name__)
 
 # A referral without a closing date still needs one: Salesforce requires CloseDate on every opportunity.
 DEFAULT_CLOSE_DAYS = 30
+
+
+@dataclass(frozen=True)
+class SalesforceConfig:
+    """How the adapter talks to the org (the instance comes with the session); wiring builds it from the
+    settings."""
+
+    api_version: str = "v62.0"
+    mapping: SalesforceMapping = field(default_factory=default_mapping)
+    timeout: float = 30.0
+    max_inline_wait: float = 20.0
+    audit_max_chars: int = 20000
+    quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS  # how long a used-up daily quota pauses CRM work
 
 
 class SalesforceCrm:
@@ -64,94 +78,35 @@ class SalesforceCrm:
 
     def __init__(
         self,
-        settings: Settings,
-        session: requests.Session | None = None,
-        *,
-        auth: SalesforceAuth | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        today: Callable[[], date] | None = None,
-        quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS,
-    ) -> None:
-        self._configure(
-            auth or auth_from_settings(settings, session),
-            settings.salesforce_api_version,
-            SalesforceMapping.from_settings(settings),
-            session,
-            sleep,
-            settings.http_timeout_seconds,
-            settings.max_inline_retry_after_seconds,
-            settings.audit_max_chars,
-            today,
-            quota_retry_after,
-        )
-
-    @classmethod
-    def for_instance(
-        cls,
-        instance_url: str | None = None,
-        access_token: str | None = None,
-        *,
-        auth: SalesforceAuth | None = None,
-        mapping: SalesforceMapping | None = None,
-        session: requests.Session | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-        api_version: str = "v62.0",
-        timeout: float = 30.0,
-        max_inline_wait: float = 20.0,
-        audit_max_chars: int = 20000,
-        today: Callable[[], date] | None = None,
-        quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS,
-    ) -> SalesforceCrm:
-        """An adapter for an explicit instance and token, or any :class:`SalesforceAuth` (tests, tools)."""
-        if auth is None:
-            if not instance_url or not access_token:
-                raise ValueError("give instance_url and access_token, or auth")
-            auth = StaticToken(access_token, instance_url)
-        crm = cls.__new__(cls)
-        crm._configure(
-            auth,
-            api_version,
-            mapping or SalesforceMapping(),
-            session,
-            sleep,
-            timeout,
-            max_inline_wait,
-            audit_max_chars,
-            today,
-            quota_retry_after,
-        )
-        return crm
-
-    def _configure(
-        self,
+        config: SalesforceConfig,
         auth: SalesforceAuth,
-        api_version: str,
-        mapping: SalesforceMapping,
-        session: requests.Session | None,
-        sleep: Callable[[float], None],
-        timeout: float,
-        max_inline_wait: float,
-        audit_max_chars: int,
-        today: Callable[[], date] | None,
-        quota_retry_after: float,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        today: Callable[[], date] | None = None,
     ) -> None:
-        self.mapping = mapping
-        self.audit_max_chars = audit_max_chars
+        self.config = config
+        self.mapping = config.mapping.bounded("audit", config.audit_max_chars)
         self.api = SalesforceApi(
             auth,
-            api_version,
+            config.api_version,
             session,
-            timeout=timeout,
-            max_inline_wait=max_inline_wait,
+            timeout=config.timeout,
+            max_inline_wait=config.max_inline_wait,
             sleep=sleep,
-            quota_retry_after=quota_retry_after,
+            quota_retry_after=config.quota_retry_after,
         )
         self._today = today or (lambda: datetime.now(UTC).date())
-        self._help_codes = {value: code for code, value in mapping.help_values.items()}
         self._customers = Customers(self.api)
         self._roles = ContactRoles(self.api)
         self._currencies = Currencies(self.api)
-        self._opportunity_fields = opportunity_fields(mapping)
+        self._converters = Converters(self.mapping, Lookups(self._currencies))
+        self._opportunity_fields = tuple(dict.fromkeys([*OPPORTUNITY_FIELDS, *self._converters.select()]))
+
+    def check_mapping(self) -> list[str]:
+        """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
+        picklist values and stages that do not exist); empty when every mapped field fits."""
+        return mapping_problems(self.api, self.mapping)
 
     # -- public extras ------------------------------------------------------------------------------------------
     @property
@@ -177,7 +132,7 @@ class SalesforceCrm:
     def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
         if not referral_id:
             return None
-        field_name = self.mapping.referral_id
+        field_name = self.mapping.column("referral_id")
         rows = list(self.api.query(self._select(f"{field_name} = {soql_string(referral_id)}", "CreatedDate, Id")))
         if len(rows) > 1:
             # Text external ids match case-insensitively, so an upsert would be refused with 300 as well.
@@ -187,7 +142,7 @@ class SalesforceCrm:
     def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
         """Flagged opportunities with ``SystemModstamp`` at or after ``since`` (whole seconds), oldest first,
         ties broken by Id so that paging is stable."""
-        where = f"{self.mapping.sync} = true"
+        where = f"{self.mapping.column('sync_enabled')} = true"
         if since is not None:
             where += f" AND SystemModstamp >= {soql_datetime(since)}"
         for page in self.api.query_pages(self._select(where, "SystemModstamp ASC, Id ASC"), page_size):
@@ -207,16 +162,7 @@ class SalesforceCrm:
         return [self._to_opportunity(row, roles.get(str(row["Id"]), [])) for row in rows]
 
     def _to_opportunity(self, row: dict[str, Any], roles: list[dict[str, Any]]) -> Opportunity:
-        m = self.mapping
-        help_value = row.get(m.help)
-        if help_value is not None and help_value not in self._help_codes:
-            log.warning(
-                "opportunity %s: picklist value '%s' of %s has no AssistanceRequestCode mapping",
-                row.get("Id"),
-                help_value,
-                m.help,
-            )
-        return record_to_opportunity(row, roles, m, self._help_codes)
+        return record_to_opportunity(row, self._converters.values(row, row.get("Id")), roles, self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
@@ -227,10 +173,11 @@ class SalesforceCrm:
         account_id = self._customers.ensure_account(opportunity)
         contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
         body = {k: v for k, v in body.items() if v is not None}
-        body["StageName"] = self.mapping.stage_for(opportunity.status, opportunity.substatus) or (
-            self.mapping.active_stage
+        stages = self.mapping.status
+        body["StageName"] = stages.stage_for(opportunity.status, opportunity.substatus) or stages.stage_for(
+            "Active", None
         )
-        body.setdefault("CloseDate", self._default_close_date())
+        body.setdefault(self.mapping.column("close_date"), self._default_close_date())
         if account_id:
             body["AccountId"] = account_id
         crm_id, created = self._upsert(referral_id, body)
@@ -247,7 +194,7 @@ class SalesforceCrm:
             raise ValueError(f"fields not written by the Salesforce adapter: {', '.join(sorted(unknown))}")
         body = self._fields_for(desired, wanted & PLAIN_FIELDS)
         if wanted & STATUS_FIELDS:
-            stage = self.mapping.stage_for(desired.status, desired.substatus)
+            stage = self.mapping.status.stage_for(desired.status, desired.substatus)
             if stage is not None:
                 body["StageName"] = stage
         account_id: str | None = None
@@ -268,12 +215,13 @@ class SalesforceCrm:
 
     def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
         crm_id = self._crm_id(current.crm_id)
-        audit = audit[: self.audit_max_chars]  # the engine puts the newest entry first
+        audit = audit[: self.config.audit_max_chars]  # the engine puts the newest entry first
+        name_field = self.mapping.column("name")
         body: dict[str, Any] = {}
         if name is not None and name != current.name:
-            body["Name"] = name
+            body[name_field] = name
         if audit != current.audit:
-            body[self.mapping.audit] = audit
+            body[self.mapping.column("audit")] = audit
         if not body:
             return current
         self._patch(crm_id, body, current.modified_at)
@@ -281,14 +229,14 @@ class SalesforceCrm:
             self.api.request("GET", f"sobjects/Opportunity/{crm_id}", params={"fields": "SystemModstamp"})
         ).get("SystemModstamp")
         changed: dict[str, Any] = {"audit": audit, "etag": stamp, "modified_at": parse_modstamp(stamp)}
-        if "Name" in body:
+        if name_field in body:
             changed["name"] = name
         return current.model_copy(update=changed)
 
     # -- write helpers --------------------------------------------------------------------------------------------
     def _upsert(self, referral_id: str, body: dict[str, Any]) -> tuple[str, bool]:
         """(record id, created) of an upsert by the referral id; 300 means duplicates and writes nothing."""
-        field_name = self.mapping.referral_id
+        field_name = self.mapping.column("referral_id")
         response = self.api.request(
             "PATCH",
             f"sobjects/Opportunity/{field_name}/{quote(referral_id, safe='')}",
@@ -326,7 +274,10 @@ class SalesforceCrm:
         return (self._today() + timedelta(days=DEFAULT_CLOSE_DAYS)).isoformat()
 
     def _fields_for(self, opportunity: Opportunity, fields: Iterable[str]) -> dict[str, Any]:
-        return opportunity_record(self.mapping, opportunity, fields, self._currencies.check, self.audit_max_chars)
+        wanted = set(fields)
+        if "referral_id" in wanted:
+            check_referral_id(opportunity.referral_id)  # the external id: refused before anything is written
+        return self._converters.columns(opportunity, wanted)
 
     @staticmethod
     def _crm_id(crm_id: str | None) -> str:

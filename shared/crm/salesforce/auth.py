@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
 from ...domain.errors import AuthenticationError, Throttled, TransientError
 from ...httpclient import parse_retry_after
-from ...settings import Settings
 
 SERVICE = "Salesforce"
 TOKEN_ATTEMPTS = 3
@@ -223,46 +222,6 @@ def load_private_key(pem: str) -> RSAPrivateKey:
 def origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"
-
-
-def token_url(settings: Settings) -> str:
-    if settings.salesforce_token_url:
-        return settings.salesforce_token_url
-    if not settings.salesforce_login_url:
-        raise ValueError("SALESFORCE_LOGIN_URL or SALESFORCE_TOKEN_URL is required for the Salesforce adapter")
-    return f"{settings.salesforce_login_url.rstrip('/')}{TOKEN_PATH}"
-
-
-def auth_from_settings(settings: Settings, session: requests.Session | None = None) -> SalesforceAuth:
-    """The static token when one is configured, else the configured OAuth flow."""
-    timeout = settings.http_timeout_seconds
-    if settings.salesforce_access_token is not None:
-        if not settings.salesforce_instance_url:
-            raise ValueError("SALESFORCE_INSTANCE_URL is required with SALESFORCE_ACCESS_TOKEN")
-        return StaticToken(settings.salesforce_access_token.get_secret_value(), settings.salesforce_instance_url)
-    url = token_url(settings)
-    if not settings.salesforce_client_id:
-        raise ValueError("SALESFORCE_CLIENT_ID is required for the Salesforce adapter")
-    if settings.salesforce_auth_flow == "jwt_bearer":
-        if not settings.salesforce_username or settings.salesforce_private_key is None:
-            raise ValueError("SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY are required for the JWT bearer flow")
-        # The audience is the login host (login/test.salesforce.com or the My Domain), even when the token
-        # endpoint is elsewhere (SALESFORCE_TOKEN_URL), as for GovCloud.
-        audience = origin(settings.salesforce_login_url or url)
-        return JwtBearer(
-            url,
-            audience,
-            settings.salesforce_client_id,
-            settings.salesforce_username,
-            settings.salesforce_private_key.get_secret_value(),
-            session,
-            timeout,
-        )
-    if settings.salesforce_client_secret is None:
-        raise ValueError("SALESFORCE_CLIENT_SECRET is required for the client credentials flow")
-    return ClientCredentials(
-        url, settings.salesforce_client_id, settings.salesforce_client_secret.get_secret_value(), session, timeout
-    )
 
 
 def _json(response: requests.Response) -> dict[str, Any]:

@@ -3,18 +3,20 @@
 Accounts and contacts are found before one is created, so a retried job finds what the first attempt
 made instead of adding a duplicate; a create whose answer was lost is resolved by the same matching rule
 before anything is sent again. Contact roles are what ties contacts to an opportunity; they are
-rewritten only from the first one that differs. Active currencies are cached per adapter.
+rewritten only from the first one that differs. Active currencies are cached per adapter; :class:`Lookups`
+is how the mapping's ``lookup`` entries reach them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ...domain.errors import OutcomeUnknown, TransientError, ValidationFailed
 from ...domain.opportunity import Contact, Opportunity
 from ...httpclient import create_once
+from ..mapping import Entry
 from .api import SalesforceApi, record_error
 from .auth import SERVICE
 from .mapping import (
@@ -57,6 +59,24 @@ class Currencies:
     def _load(self) -> None:
         rows = self._api.query(soql("CurrencyType", ["IsoCode"], "IsActive = true"))
         self._active = {str(row["IsoCode"]).upper() for row in rows}
+
+
+class Lookups:
+    """The mapping's ``lookup`` entries: the field holds the code itself (``CurrencyIsoCode``), which must be
+    one of the org's active ``CurrencyType`` codes."""
+
+    def __init__(self, currencies: Currencies) -> None:
+        self._tables = {"CurrencyType": currencies}
+
+    def select(self, entry: Entry) -> str:
+        return entry.column
+
+    def write(self, entry: Entry, code: str) -> dict[str, Any]:
+        return {entry.column: self._tables[entry.target].check(code)}
+
+    def read(self, entry: Entry, row: Mapping[str, Any]) -> str | None:
+        code = row.get(entry.column)
+        return str(code).upper() if code else None
 
 
 class Customers:

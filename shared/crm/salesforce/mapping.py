@@ -1,24 +1,38 @@
 """How an :class:`~shared.domain.opportunity.Opportunity` maps onto Salesforce records, without any I/O.
 
-The configured field API names, stages and picklist values (:class:`SalesforceMapping`), SOQL and HTTP
-date literals, record id and referral-id checks, the one multi-line street, which contacts can be found
-again, and the conversions between records and opportunities. Kept apart from the adapter so the mapping
-can be read (and changed) without the HTTP.
+The mapping itself is data (``mapping.toml`` next to this module, read through :mod:`shared.crm.mapping`);
+this module adds what is particular to Salesforce: the stage table (referral status <-> StageName, with the
+org's IsClosed / IsWon), SOQL and HTTP date literals, record id and referral-id checks, the one multi-line
+street, which contacts can be found again, and the assembly of an opportunity from a record.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, ClassVar
 
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Contact, CustomerAddress, Opportunity
-from ...settings import DEFAULT_SALESFORCE_HELP_PICKLIST, Settings
-from ..common import CUSTOMER_FIELDS, STATUS_FIELDS, custom_field_values, split_products, to_date, to_decimal
+from ..mapping import (
+    CUSTOMER_FIELDS,
+    OPEN_SUBSTATUS,
+    STATUS_FIELDS,
+    CrmMapping,
+    Loaded,
+    Override,
+    Path_,
+    Strict,
+    load,
+    parse_status_key,
+    split_list,
+)
+
+DEFAULT_FILE = Path(__file__).with_name("mapping.toml")
 
 # Salesforce requires Contact.LastName; web-to-lead uses the same placeholder when a form has none.
 MISSING_LAST_NAME = "[not provided]"
@@ -44,84 +58,100 @@ CONTACT_FIELDS = (
 PLAIN_FIELDS = WRITABLE_FIELDS - CUSTOMER_FIELDS - STATUS_FIELDS - {"customer_contacts"}
 
 
-@dataclass(frozen=True)
-class SalesforceMapping:
-    """Field API names, stage names and picklist values (settings ``SALESFORCE_*``)."""
+class SalesforceStatus(Strict):
+    """Referral status <-> StageName: one table, read back the other way with the org's IsClosed / IsWon."""
 
-    sync: str = "Sync_with_Partner_Center__c"
-    referral_id: str = "Referral_Identfier__c"
-    referral_link: str = "Referral_Link__c"
-    help: str = "How_can_Microsoft_help__c"
-    products: str = "Products__c"
-    audit: str = "Audit__c"
-    currency: str = "CurrencyIsoCode"  # empty in a single-currency org: currency is then not synchronised
-    on_hold_stage: str = "Prospecting"
-    active_stage: str = "Qualification"
-    won_stage: str = "Closed Won"
-    lost_stage: str = "Closed Lost"
-    help_values: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_SALESFORCE_HELP_PICKLIST))
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SalesforceMapping:
-        return cls(
-            settings.salesforce_field_sync,
-            settings.salesforce_field_referral_id,
-            settings.salesforce_field_referral_link,
-            settings.salesforce_field_help,
-            settings.salesforce_field_products,
-            settings.salesforce_field_audit,
-            settings.salesforce_currency_field.strip(),
-            settings.salesforce_on_hold_stage,
-            settings.salesforce_active_stage,
-            settings.salesforce_won_stage,
-            settings.salesforce_lost_stage,
-            dict(settings.salesforce_help_picklist_values),
-        )
+    stages: dict[str, str]  # "Status" or "Status/Substatus" -> StageName
 
     def stage_for(self, status: str | None, substatus: str | None) -> str | None:
         """The stage a referral status maps to, or None when the status says nothing."""
-        if status == "New":
-            return self.on_hold_stage  # not accepted yet
-        if status == "Active":
-            return self.active_stage
-        if status == "Closed":
-            return self.won_stage if substatus == "Won" else self.lost_stage  # lost, declined, expired
-        return None
+        if status is None:
+            return None
+        return self.stages.get(f"{status}/{substatus}") or self.stages.get(status)
+
+    def flags(self, stage: str) -> tuple[bool, bool]:
+        """(closed, won) of a stage the table writes, as the org's stage settings make it read back."""
+        closed = any(parse_status_key(key)[0] == "Closed" for key, name in self.stages.items() if name == stage)
+        return closed, closed and self.stages.get("Closed/Won") == stage
 
     def status_of(self, stage: str | None, is_closed: bool, is_won: bool) -> tuple[str, str]:
         """(status, substatus) read from an opportunity; IsClosed / IsWon come from the org's stage settings."""
         if is_closed:
             return ("Closed", "Won") if is_won else ("Closed", "Lost")
-        if stage == self.on_hold_stage:
-            return ("New", "Pending")
+        for key, name in self.stages.items():
+            status, substatus = parse_status_key(key)
+            if name == stage and status in OPEN_SUBSTATUS:
+                return status, substatus or OPEN_SUBSTATUS[status]
         return ("Active", "Accepted")
 
+    def problems(self) -> list[tuple[Path_, str]]:
+        found: list[tuple[Path_, str]] = []
+        open_stages, closed_stages = set(), set()
+        for key, stage in self.stages.items():
+            try:
+                status, _ = parse_status_key(key)
+            except ValueError as exc:
+                found.append((("status", "stages", key), str(exc)))
+                continue
+            if not stage:
+                found.append((("status", "stages", key), "needs a stage name"))
+            (closed_stages if status == "Closed" else open_stages).add(stage)
+        for stage in sorted(open_stages & closed_stages):
+            found.append((("status", "stages"), f"'{stage}' cannot be written both for an open and a closed status"))
+        for status in ("New", "Active", "Closed"):
+            if status not in self.stages:
+                found.append((("status", "stages"), f"needs a stage for {status}"))
+        return found
 
-def opportunity_fields(mapping: SalesforceMapping) -> tuple[str, ...]:
-    """The fields every opportunity read selects (with the account's name and address)."""
-    m = mapping
-    return (
-        "Id",
-        "Name",
-        "Amount",
-        *([m.currency] if m.currency else []),
-        "CloseDate",
-        "Description",
-        "StageName",
-        "IsClosed",
-        "IsWon",
-        "AccountId",
-        "Account.Name",
-        "Account.BillingStreet",
-        *(f"Account.{name}" for _, name in ACCOUNT_FIELDS),
-        "SystemModstamp",
-        m.sync,
-        m.referral_id,
-        m.referral_link,
-        m.help,
-        m.products,
-        m.audit,
-    )
+
+class SalesforceMapping(CrmMapping):
+    status: SalesforceStatus
+
+    product: ClassVar[str] = "Salesforce"
+    choice_word: ClassVar[str] = "picklist"
+    choice_value_type: ClassVar[type] = str
+    lookup_targets: ClassVar[tuple[str, ...]] = ("CurrencyType",)
+    settings: ClassVar[Mapping[str, Path_]] = {
+        "SALESFORCE_FIELD_SYNC": ("fields", "sync_enabled", "column"),
+        "SALESFORCE_FIELD_REFERRAL_ID": ("fields", "referral_id", "column"),
+        "SALESFORCE_FIELD_REFERRAL_LINK": ("fields", "referral_link", "column"),
+        "SALESFORCE_FIELD_HELP": ("fields", "help_code", "column"),
+        "SALESFORCE_FIELD_PRODUCTS": ("fields", "solution_ids", "column"),
+        "SALESFORCE_FIELD_AUDIT": ("fields", "audit", "column"),
+        "SALESFORCE_CURRENCY_FIELD": ("fields", "currency", "column"),
+        "SALESFORCE_HELP_PICKLIST_VALUES": ("fields", "help_code", "values"),
+        "SALESFORCE_ON_HOLD_STAGE": ("status", "stages", "New"),
+        "SALESFORCE_ACTIVE_STAGE": ("status", "stages", "Active"),
+        "SALESFORCE_WON_STAGE": ("status", "stages", "Closed/Won"),
+        "SALESFORCE_LOST_STAGE": ("status", "stages", "Closed"),
+    }
+
+    def problems(self) -> list[tuple[Path_, str]]:
+        return [*super().problems(), *self.status.problems()]
+
+
+def load_mapping(file: Path | None = None, overrides: Sequence[Override] = ()) -> Loaded[SalesforceMapping]:
+    return load(SalesforceMapping, DEFAULT_FILE, file, overrides)
+
+
+@cache
+def default_mapping() -> SalesforceMapping:
+    """The shipped mapping, unchanged."""
+    return load_mapping().mapping
+
+
+# The fields every opportunity read selects besides the mapped ones: status, the account's name and address.
+OPPORTUNITY_FIELDS = (
+    "Id",
+    "StageName",
+    "IsClosed",
+    "IsWon",
+    "AccountId",
+    "Account.Name",
+    "Account.BillingStreet",
+    *(f"Account.{name}" for _, name in ACCOUNT_FIELDS),
+    "SystemModstamp",
+)
 
 
 # -- SOQL and HTTP literals -----------------------------------------------------------------------------------------
@@ -222,87 +252,38 @@ def check_referral_id(referral_id: str | None) -> str:
     return referral_id
 
 
-def help_value(mapping: SalesforceMapping, code: str | None) -> str | None:
-    if code is None:
-        return None
-    value = mapping.help_values.get(code)
-    if value is None:
-        raise ValidationFailed(
-            [
-                f"'How can Microsoft help?' value '{code}' has no Salesforce picklist value; "
-                "add it to SALESFORCE_HELP_PICKLIST_VALUES"
-            ]
-        )
-    return value
-
-
 # -- records <-> opportunities --------------------------------------------------------------------------------------
-def opportunity_record(
-    mapping: SalesforceMapping,
-    opportunity: Opportunity,
-    fields: Iterable[str],
-    currency: Callable[[str], str],
-    audit_max_chars: int,
-) -> dict[str, Any]:
-    """Opportunity fields behind plain neutral fields (customer, contacts and status are handled apart)."""
-    m, o, wanted = mapping, opportunity, set(fields)
-    body: dict[str, Any] = {}
-    if "name" in wanted:
-        body["Name"] = o.name
-    if "deal_value" in wanted:
-        body["Amount"] = float(o.deal_value) if o.deal_value is not None else None
-    if "currency" in wanted and o.currency and m.currency:
-        body[m.currency] = currency(o.currency)
-    # CloseDate is required: an empty date keeps the one the opportunity has.
-    if "close_date" in wanted and o.close_date is not None:
-        body["CloseDate"] = o.close_date.isoformat()
-    if "notes" in wanted:
-        body["Description"] = o.notes
-    body.update(custom_field_values(m, o, wanted, lambda code: help_value(m, code), check_referral_id, audit_max_chars))
-    return body
-
-
 def record_to_opportunity(
-    row: dict[str, Any], roles: list[dict[str, Any]], mapping: SalesforceMapping, help_codes: Mapping[str, str]
+    row: dict[str, Any], values: dict[str, Any], roles: list[dict[str, Any]], mapping: SalesforceMapping
 ) -> Opportunity:
-    """The opportunity a record reads as, with the contacts of its contact roles in the order given."""
-    m = mapping
+    """The opportunity a record reads as: ``values`` are its mapped fields (from the mapping's converters), with
+    its account and the contacts of its contact roles in the order given."""
     account = row.get("Account") or None
-    status, substatus = m.status_of(row.get("StageName"), bool(row.get("IsClosed")), bool(row.get("IsWon")))
-    help_picklist = row.get(m.help)
+    status, substatus = mapping.status.status_of(
+        row.get("StageName"), bool(row.get("IsClosed")), bool(row.get("IsWon"))
+    )
     contacts = []
     for role in roles:
         person = role.get("Contact") or {}
-        values = {attr: person.get(name) for attr, name in CONTACT_FIELDS}
-        if values["last_name"] == MISSING_LAST_NAME:
-            values["last_name"] = None
-        contacts.append(Contact(**values))
+        contact = {attr: person.get(name) for attr, name in CONTACT_FIELDS}
+        if contact["last_name"] == MISSING_LAST_NAME:
+            contact["last_name"] = None
+        contacts.append(Contact(**contact))
     address = CustomerAddress()
     if account:
         line1, line2 = split_street(account.get("BillingStreet"))
         address = CustomerAddress(
             line1=line1, line2=line2, **{attr: account.get(name) for attr, name in ACCOUNT_FIELDS}
         )
-    currency = row.get(m.currency) if m.currency else None
     modstamp = row.get("SystemModstamp")
     return Opportunity(
+        **values,
         crm_id=row.get("Id"),
-        name=row.get("Name"),
-        deal_value=to_decimal(row.get("Amount")),
-        currency=str(currency).upper() if currency else None,
-        close_date=to_date(row.get("CloseDate")),
-        notes=row.get("Description"),
         customer_name=account.get("Name") if account else None,
         customer_address=address,
         customer_contacts=tuple(contacts),
-        help_code=help_codes.get(help_picklist) if help_picklist is not None else None,
-        solution_ids=split_products(row.get(m.products)),
         status=status,
         substatus=substatus,
-        referral_id=row.get(m.referral_id),
-        referral_link=row.get(m.referral_link),
-        sync_enabled=bool(row.get(m.sync)),
-        audit=row.get(m.audit),
         etag=str(modstamp) if modstamp else None,
         modified_at=parse_modstamp(modstamp),
     )
@@ -312,15 +293,15 @@ def stored_form(mapping: SalesforceMapping, opportunity: Opportunity) -> Opportu
     """What reading the opportunity back returns: the status as its stage reads back, one multi-line
     street, products re-split, only contacts that can be stored (once each), no address without an
     account, and no currency in a single-currency org."""
-    o, m = opportunity, mapping
+    o = mapping.stored(opportunity)
     update: dict[str, Any] = {
-        "solution_ids": split_products(", ".join(o.solution_ids)),
-        "currency": o.currency.strip().upper() if o.currency and m.currency else None,
+        "solution_ids": split_list(", ".join(o.solution_ids)),
+        "currency": o.currency.strip().upper() if o.currency else None,
     }
-    stage = m.stage_for(o.status, o.substatus)
+    stage = mapping.status.stage_for(o.status, o.substatus)
     if stage is not None:
-        closed = stage in (m.won_stage, m.lost_stage)
-        update["status"], update["substatus"] = m.status_of(stage, closed, stage == m.won_stage)
+        closed, won = mapping.status.flags(stage)
+        update["status"], update["substatus"] = mapping.status.status_of(stage, closed, won)
     has_account = bool(o.customer_name)
     if has_account:
         line1, line2 = split_street(street(o.customer_address))

@@ -1,36 +1,14 @@
-"""CRM opportunity -> Partner Center: the create bodies of a co-sell referral and JSON Patch updates."""
+"""CRM opportunity -> Partner Center wire format: the create bodies of a co-sell referral and JSON Patch updates."""
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
-from .checkmark import strip_marks
-from .classification import MICROSOFT_ORG_ID
-from .opportunity import Contact, Opportunity
-from .referral import Referral
-
-# Fields Partner Center lets a partner change on an existing referral. The customer's location cannot be
-# edited after creation. Asking for Microsoft's help later is an upgrade to co-sell: the request and the
-# consent are patched and Microsoft's referral is added to the engagement; it cannot be withdrawn.
-PATCHABLE_FIELDS = frozenset(
-    {
-        "help_code",
-        "name",
-        "deal_value",
-        "currency",
-        "close_date",
-        "notes",
-        "customer_contacts",
-        "solution_ids",
-        "status",
-        "substatus",
-    }
-)
-
-
-def _closing(value: date | None) -> str | None:
-    return f"{value.isoformat()}T00:00:00Z" if value else None
+from ..domain.checkmark import strip_marks
+from ..domain.classification import MICROSOFT_ORG_ID
+from ..domain.opportunity import Contact, Opportunity
+from ..domain.referral import Referral
+from ..domain.referral_rules import closing_date_time
 
 
 def _member(contact: Contact) -> dict[str, Any]:
@@ -46,14 +24,6 @@ def _member(contact: Contact) -> dict[str, Any]:
 
 def _solutions(opportunity: Opportunity) -> list[dict[str, str]]:
     return [{"id": sid} for sid in opportunity.solution_ids]
-
-
-def is_microsoft_copy(targets: list[Any]) -> bool:
-    """The referral a partner creates *for Microsoft* in a co-sell engagement targets Microsoft's profile."""
-    return any(
-        getattr(t, "type", None) == "BusinessProfileLocation" and getattr(t, "id", None) == MICROSOFT_ORG_ID
-        for t in targets
-    )
 
 
 def partner_referral_body(opportunity: Opportunity) -> dict[str, Any]:
@@ -93,7 +63,7 @@ def partner_referral_body(opportunity: Opportunity) -> dict[str, Any]:
             "notes": opportunity.notes,
             "dealValue": float(opportunity.deal_value) if opportunity.deal_value is not None else None,
             "currency": opportunity.currency,
-            "closingDateTime": _closing(opportunity.close_date),
+            "closingDateTime": closing_date_time(opportunity.close_date),
             "requirements": {"solutions": _solutions(opportunity)},
         },
     }
@@ -133,7 +103,7 @@ def patch_operations(opportunity: Opportunity, fields: list[str], referral: Refe
         "name": ("/name", strip_marks(o.name or "")),
         "deal_value": ("/details/dealValue", float(o.deal_value) if o.deal_value is not None else None),
         "currency": ("/details/currency", o.currency),
-        "close_date": ("/details/closingDateTime", _closing(o.close_date)),
+        "close_date": ("/details/closingDateTime", closing_date_time(o.close_date)),
         "notes": ("/details/notes", o.notes),
         "customer_contacts": ("/customerProfile/team", [_member(c) for c in o.customer_contacts]),
         "status": ("/status", o.status),

@@ -1,0 +1,32 @@
+"""The connector's shipped field mappings, read as data: the emulated orgs have the columns they name.
+
+The default column names live once, in ``shared/crm/<crm>/mapping.toml``. An emulator reads that file (never the
+connector's code, so it cannot share the connector's mistakes) to give its organisation the custom columns and
+choice values a real org would have been set up with.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@cache
+def shipped_mapping(crm: str) -> dict[str, Any]:
+    """The parsed ``mapping.toml`` of ``crm`` (``dynamics`` or ``salesforce``)."""
+    with (ROOT / "shared" / "crm" / crm / "mapping.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def column(crm: str, field: str) -> str:
+    """The column the shipped mapping names for a neutral field."""
+    return str(shipped_mapping(crm)["fields"][field]["column"])
+
+
+def choice_values(crm: str, field: str) -> tuple[Any, ...]:
+    """The CRM values of a choice field's table, in the file's order."""
+    return tuple(shipped_mapping(crm)["fields"][field]["values"].values())

@@ -1,0 +1,117 @@
+"""Merging a linked pair: plan from the values both sides agreed on last time, then send each side the other's
+changes (Partner Center first, then the CRM) and record the new agreement.
+
+Planning reads nothing and writes nothing, so the dry run shows the plan the engine would carry out.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..domain.audit_text import audit_line, prepend
+from ..domain.mapping import fingerprint
+from ..domain.merge import Plan, plan_merge
+from ..domain.opportunity import Opportunity
+from ..domain.validation import problems_for_partner_center
+from ..ports import Clock, Crm, PartnerCenter
+from .options import EngineOptions
+from .pairing import Pair, Pairing
+from .recording import Outcome, Recorder
+from .referral_creation import ReferralCreator
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """``pc_side`` is the referral in the CRM's stored form, ``base`` what both sides agreed on last time (None before
+    the first sync); ``problems`` say why the opportunity cannot go to Partner Center, when the plan asks
+    Microsoft for help (which sends the whole opportunity to Microsoft's referral)."""
+
+    pair: Pair
+    record: Opportunity
+    pc_side: Opportunity
+    base: dict[str, object] | None
+    plan: Plan
+    problems: list[str]
+
+    @property
+    def upgrade(self) -> bool:
+        return "help_code" in self.plan.to_pc
+
+
+@dataclass(frozen=True)
+class CrmUpdate:
+    """What the CRM record receives: ``fields`` of ``target``."""
+
+    target: Opportunity
+    fields: list[str]
+
+
+class Merging:
+    def __init__(
+        self,
+        pc: PartnerCenter,
+        crm: Crm,
+        pairing: Pairing,
+        recorder: Recorder,
+        creator: ReferralCreator,
+        options: EngineOptions,
+        clock: Clock,
+    ) -> None:
+        self.pc, self.crm, self.pairing, self.recorder, self.creator = pc, crm, pairing, recorder, creator
+        self.options, self.clock = options, clock
+
+    def plan(self, pair: Pair) -> MergePlan:
+        record, link, referral = pair.record, pair.link, pair.referral
+        assert record is not None
+        pc_side = self.crm.stored_form(pair.mapped)
+        base = json.loads(link.last_values) if link and link.last_values else None
+        options = self.options
+        plan = plan_merge(
+            pc_side, record, base, options.field_owners, referral.status, referral.substatus, options.field_directions
+        )
+        problems = problems_for_partner_center(record) if "help_code" in plan.to_pc else []
+        return MergePlan(pair, record, pc_side, base, plan, problems)
+
+    def crm_update(self, merge: MergePlan, now: datetime) -> CrmUpdate | None:
+        """The values from Partner Center, the success mark and the audit line; None when the record already
+        holds everything (no change, no note, the mark in place)."""
+        plan, record = merge.plan, merge.record
+        name = self.recorder.marked(merge.pc_side.name if "name" in plan.to_crm else record.name, True)
+        # Notes (a value Partner Center would not take) reach the seller through the Audit column too.
+        if not (plan.changed or plan.notes or name != record.name):
+            return None
+        audit = prepend(record.audit, audit_line(now, True, plan.summary()), self.options.audit_max_chars)
+        target = record.model_copy(update={f: getattr(merge.pc_side, f) for f in plan.to_crm})
+        target = target.model_copy(update={"name": name, "audit": audit})
+        return CrmUpdate(target, [*plan.to_crm, *(["name"] if "name" not in plan.to_crm else []), "audit"])
+
+    def carry_out(self, merge: MergePlan, direction: str) -> Outcome:
+        plan, record, link = merge.plan, merge.record, merge.pair.link
+        referral, pc_fingerprint = merge.pair.referral, merge.pair.pc_fingerprint
+        now = self.clock.now()
+        if merge.problems:
+            return self.recorder.fail_crm_side(record, link, merge.problems)
+        if plan.to_pc:
+            referral = self.pc.update(referral, record, plan.to_pc)
+            pc_fingerprint = fingerprint(self.pairing.map(referral))
+            if plan.to_crm:
+                # Partner Center now holds these values: record them before the CRM write, so a failure or a
+                # conflict (412) in between does not take our own write for a Partner Center edit.
+                sent = {name: plan.agreed[name] for name in plan.to_pc}
+                link = self.recorder.save_pending(link, referral, pc_fingerprint, {**(merge.base or {}), **sent})
+        if merge.upgrade:
+            self.creator.ensure_microsoft_referral(referral, record)
+        update = self.crm_update(merge, now)
+        if update is not None:
+            text = plan.summary()
+            record = self.crm.update_opportunity(record, update.target, update.fields)
+            written: str | None = self.recorder.written_fingerprint(update.target)
+            action = "updated" if plan.changed else "unchanged"
+        else:
+            text, action, written = "both sides already match", "unchanged", None
+        self.recorder.save_link(link, referral, pc_fingerprint, record, plan.agreed, written)
+        assert referral.id
+        outcome = Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(plan.changed), text)
+        return self.recorder.audit(outcome)

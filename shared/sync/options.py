@@ -1,0 +1,25 @@
+"""How the engine behaves, from settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
+from ..domain.policies import Direction, Side
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    checkmark_enabled: bool = True
+    sync_cosell_only: bool = True
+    referral_link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
+    audit_max_chars: int = 20000
+    lease_seconds: int = 120
+    # Writes stop this long before the lease row expires: one HTTP timeout plus allowed clock skew between
+    # workers (shared.sync.lease explains why; settings derive it from HTTP_TIMEOUT_SECONDS).
+    lease_margin_seconds: float = 35.0
+    # From the CRM's field mapping (CONFLICT_RULES over it): who wins a field both sides changed (Partner Center
+    # when unnamed), and the fields that travel one way only (the rest travel both ways).
+    field_owners: Mapping[str, Side] = field(default_factory=dict)
+    field_directions: Mapping[str, Direction] = field(default_factory=dict)

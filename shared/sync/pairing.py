@@ -1,0 +1,187 @@
+"""Finding both sides of a pair and deciding what a job has to do with them, by reading only.
+
+A job names one record. Pairing reads it fresh, finds its link row and its counterpart, and decides: nothing
+to do (skipped, or already synchronised), a refusal (the record cannot go to the other side as it is), a new
+referral, or a pair to reconcile (create the opportunity, or merge both sides). Nothing here writes, so the
+dry run reaches the same decisions as the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+from ..domain.classification import classify, should_sync_to_crm
+from ..domain.errors import ExternalServiceError, NotFound, PermanentError
+from ..domain.mapping import fingerprint, referral_to_opportunity
+from ..domain.opportunity import Opportunity
+from ..domain.referral import Referral
+from ..domain.referral_rules import is_microsoft_copy
+from ..domain.validation import problems_for_crm, problems_for_partner_center
+from ..ports import CRM_TO_PC, PC_TO_CRM, CreateFailure, Crm, Link, PartnerCenter, SyncStore
+from .options import EngineOptions
+
+ALREADY_SYNCED = "mapped fields already synchronised"
+REFERRAL_NOT_FOUND = "referral not found in Partner Center"
+MICROSOFT_COPY = "Microsoft's copy of a co-sell engagement; the partner's referral carries the sync"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """A referral as read, the same referral mapped to the CRM's terms (once per read), and what was found with
+    it: the CRM record (None when there is none yet) and the link row."""
+
+    referral: Referral
+    mapped: Opportunity
+    record: Opportunity | None = None
+    link: Link | None = None
+
+    @cached_property
+    def pc_fingerprint(self) -> str:
+        return fingerprint(self.mapped)
+
+    def with_record(self, record: Opportunity | None, link: Link | None) -> Pair:
+        return replace(self, record=record, link=link)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """Nothing to write: the job is skipped, or finds the pair synchronised already (the audit says which)."""
+
+    action: str  # "skipped" | "unchanged"
+    direction: str
+    message: str
+    crm_id: str | None = None
+    referral_id: str | None = None
+
+
+@dataclass(frozen=True)
+class RefusedReferral:
+    """A referral the CRM cannot take as it is (``pair.record`` is not looked for yet)."""
+
+    pair: Pair
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class RefusedOpportunity:
+    """An opportunity Partner Center cannot take as it is."""
+
+    record: Opportunity
+    link: Link | None
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class NewReferral:
+    """A flagged opportunity without a referral; ``earlier_failure`` is the refusal of an earlier version of it."""
+
+    record: Opportunity
+    earlier_failure: CreateFailure | None
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Create the opportunity (``pair.record`` is None) or merge both sides."""
+
+    pair: Pair
+    direction: str
+
+
+Decision = Settled | RefusedReferral | RefusedOpportunity | NewReferral | Reconcile
+
+
+class Pairing:
+    def __init__(self, pc: PartnerCenter, crm: Crm, store: SyncStore, options: EngineOptions) -> None:
+        self.pc, self.crm, self.store, self.options = pc, crm, store, options
+
+    def map(self, referral: Referral) -> Opportunity:
+        return referral_to_opportunity(referral, self.options.referral_link_template)
+
+    def pair(self, referral: Referral, record: Opportunity | None = None, link: Link | None = None) -> Pair:
+        return Pair(referral, self.map(referral), record, link)
+
+    # -- a referral changed ----------------------------------------------------------------------------
+    def read_referral(self, referral_id: str) -> Referral | None:
+        try:
+            return self.pc.get(referral_id)
+        except NotFound:
+            return None
+
+    def for_referral(self, referral_id: str, referral: Referral) -> Decision:
+        if is_microsoft_copy(referral.target):
+            return Settled("skipped", PC_TO_CRM, MICROSOFT_COPY, referral_id=referral_id)
+        link = self.store.get_link(referral_id)  # fresh: one read before the job's lease may be stale
+        if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
+            message = f"{classify(referral).value} not synchronised because SYNC_COSELL_ONLY is on"
+            return Settled("skipped", PC_TO_CRM, message, referral_id=referral_id)
+        pair = self.pair(referral, None, link)
+        if link is not None and link.pc_fingerprint == pair.pc_fingerprint and link.last_status in ("ok", "failed"):
+            return Settled("unchanged", PC_TO_CRM, ALREADY_SYNCED, link.crm_id, referral_id)
+        problems = problems_for_crm(pair.mapped)
+        if problems:
+            return RefusedReferral(pair, problems)
+        return Reconcile(pair.with_record(self.find_record(link, referral), link), PC_TO_CRM)
+
+    # -- a CRM opportunity changed -----------------------------------------------------------------------
+    def for_opportunity(self, crm_id: str) -> Decision:
+        record = self.safe_get(crm_id)
+        if record is None:
+            return Settled("skipped", CRM_TO_PC, "opportunity not found in the CRM", crm_id)
+        link = self.store.find_link_by_crm_id(crm_id)
+        if link is None and record.referral_id:
+            link = self.store.get_link(record.referral_id)
+        crm_fingerprint = fingerprint(record)
+        if link is not None and link.crm_fingerprint == crm_fingerprint and link.last_status in ("ok", "failed"):
+            return Settled("unchanged", CRM_TO_PC, ALREADY_SYNCED, crm_id, link.referral_id)
+        if link is None and not record.referral_id:
+            if not record.sync_enabled:
+                return Settled("skipped", CRM_TO_PC, "'Sync with Partner Center' is not set", crm_id)
+            return self._new_referral(record, crm_fingerprint)
+        referral_id = link.referral_id if link else record.referral_id
+        try:
+            referral = self.pc.get(referral_id or "")
+        except NotFound:
+            return RefusedOpportunity(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
+        return Reconcile(self.pair(referral, record, link), CRM_TO_PC)
+
+    def _new_referral(self, record: Opportunity, crm_fingerprint: str) -> Decision:
+        assert record.crm_id is not None
+        failure = self.store.get_create_failure(record.crm_id)
+        if failure is not None and failure.crm_fingerprint == crm_fingerprint:
+            message = "still invalid; waiting for the opportunity to change"
+            return Settled("unchanged", CRM_TO_PC, message, record.crm_id)
+        problems = problems_for_partner_center(record)
+        if problems:
+            return RefusedOpportunity(record, None, problems)
+        return NewReferral(record, failure)
+
+    # -- reads ---------------------------------------------------------------------------------------------
+    def reread(self, pair: Pair) -> Pair:
+        """Both sides and the link again, after a write found one of them changed."""
+        assert pair.referral.id
+        referral = self.pc.get(pair.referral.id)
+        link = self.store.get_link(pair.referral.id)
+        record = self.find_record(link, referral) if pair.record is None else self.safe_get(pair.record.crm_id or "")
+        return self.pair(referral, record, link)
+
+    def find_record(self, link: Link | None, referral: Referral) -> Opportunity | None:
+        for crm_id in (link.crm_id if link else None, referral.external_reference_id):
+            if crm_id:
+                found = self.safe_get(crm_id)
+                if found is not None:
+                    return found
+        return self.crm.find_by_referral_id(referral.id or "")
+
+    def safe_find(self, link: Link | None, referral: Referral) -> Opportunity | None:
+        """The record, or None when the CRM cannot be read (a failure is being reported on it)."""
+        try:
+            return self.find_record(link, referral)
+        except ExternalServiceError:
+            return None
+
+    def safe_get(self, crm_id: str) -> Opportunity | None:
+        try:
+            return self.crm.get_opportunity(crm_id)
+        except (NotFound, PermanentError):
+            return None  # an id from another system that this CRM does not recognise
