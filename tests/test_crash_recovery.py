@@ -227,3 +227,31 @@ def test_a_referral_edited_before_its_lost_create_answer_is_found_keeps_the_edit
     _settle(stack)
     assert _ours(stack, crm_id)["name"] == "Renamed by Microsoft"
     assert stack.opportunity(crm_id)["name"].startswith("Renamed by Microsoft")
+
+
+def test_a_job_that_dies_after_its_crm_write_lands_does_not_revert_a_newer_partner_center_edit(stack, monkeypatch):
+    referral = stack.pc.seed_referral(kind="cosell")
+    stack.deliver_and_drain(1)
+    store = wiring.container().store
+    original = store.save_link
+    died = {"n": 0}
+
+    def die_once_after_the_crm_write(link):
+        if link.last_status == "ok" and not died["n"]:
+            died["n"] += 1
+            raise ConnectionError("the worker died after writing the CRM")
+        return original(link)
+
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Notes v5"}}, raise_event=False)
+    monkeypatch.setattr(store, "save_link", die_once_after_the_crm_write)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    assert stack.host.drain(max_rounds=1).failed == 1
+    [row] = stack.opportunities()
+    assert row["notes"] == "Notes v5"  # the CRM write landed; its result was never recorded
+
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Notes v47"}}, raise_event=False)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    stack.host.drain()
+    _settle(stack)
+    assert stack.pc.referral(referral["id"])["details"]["notes"] == "Notes v47"
+    assert stack.opportunities()[0]["notes"] == "Notes v47"

@@ -137,3 +137,29 @@ def test_a_new_record_gets_one_way_fields_empty():
     to_pc = only_what_travels(BASE, directions, "pc")
     assert (to_pc.notes, to_pc.deal_value) == (BASE.notes, None)
     assert only_what_travels(BASE, {}, "crm") is BASE
+
+
+def test_a_recorded_write_that_landed_becomes_the_base():
+    from shared.domain.merge import resolve_pending, with_pending
+
+    base = {"notes": "old", "name": "Deal"}
+    stored = with_pending(base, {"crm": {"notes": ("old", "v5")}, "pc": {}})
+    assert resolve_pending(stored, {"notes": "v47", "name": "Deal"}, {"notes": "v5", "name": "Deal"}) == {
+        "notes": "v5",
+        "name": "Deal",
+    }
+
+
+def test_a_recorded_write_that_did_not_land_leaves_the_base():
+    from shared.domain.merge import resolve_pending, with_pending
+
+    stored = with_pending({"notes": "old"}, {"crm": {"notes": ("old", "v5")}})
+    assert resolve_pending(stored, {"notes": "v5"}, {"notes": "old"}) == {"notes": "old"}
+
+
+def test_a_field_edited_after_the_job_read_it_keeps_that_edit_as_a_change():
+    from shared.domain.merge import resolve_pending, with_pending
+
+    stored = with_pending({"deal_value": "250000"}, {"pc": {"deal_value": ("250000", "251000")}})
+    # Partner Center now holds a third value: newer than what the job carried, so it must count as PC's change.
+    assert resolve_pending(stored, {"deal_value": "262000"}, {"deal_value": "251000"}) == {"deal_value": "251000"}

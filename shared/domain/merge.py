@@ -25,6 +25,7 @@ from .referral_rules import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
 PC_ONLY_FIELDS = ("referral_id", "referral_link")
+PENDING = "pending"  # key in stored base values: {"pc"|"crm": {field: value}} a job was about to write
 CRM_DEFAULTS = "crm_defaults"  # key in ``agreed``: {field: value the CRM filled in where Partner Center has none}
 
 
@@ -63,6 +64,44 @@ def agreed_on_create(desired: Opportunity, created: Opportunity) -> dict[str, ob
     if defaults:
         agreed[CRM_DEFAULTS] = defaults
     return agreed
+
+
+def with_pending(
+    base: Mapping[str, object] | None, intents: Mapping[str, Mapping[str, tuple[object, object]]]
+) -> dict[str, object]:
+    """``base`` plus, per side, each field a job is about to write with its value before and after the write,
+    recorded before the job writes anything."""
+    pending = {side: {name: list(pair) for name, pair in fields.items()} for side, fields in intents.items() if fields}
+    return {**(base or {}), PENDING: pending}
+
+
+def resolve_pending(
+    base: Mapping[str, object] | None, pc_vals: Mapping[str, object], crm_vals: Mapping[str, object]
+) -> dict[str, object] | None:
+    """The base after a job that recorded what it was about to write and did not live to record the result.
+
+    For each field it meant to write: if that side still holds the value from before, the write did not land
+    and the old base stands. Otherwise the write landed, or someone edited the field on that side after the job
+    read it, which is newer than the value the job was carrying: either way the carried value becomes the base,
+    so that side's current value counts as its own change. Without this, our own landed write would look like
+    an edit of that side and could overwrite a newer edit of the other side."""
+    if base is None or PENDING not in base:
+        return dict(base) if base is not None else None
+    resolved = {name: value for name, value in base.items() if name != PENDING}
+    intents = base[PENDING]
+    if not isinstance(intents, Mapping):
+        return resolved  # too large to keep: the old base stands
+    for side, current in (("pc", pc_vals), ("crm", crm_vals)):
+        fields = intents.get(side)
+        if not isinstance(fields, Mapping):
+            continue
+        for name, pair in fields.items():
+            if name not in current or not isinstance(pair, list) or len(pair) != 2:
+                continue
+            before, after = pair
+            if not same_value(current[name], before):
+                resolved[name] = after
+    return resolved
 
 
 def plan_merge(

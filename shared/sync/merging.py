@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..domain.audit_text import audit_line, prepend
-from ..domain.mapping import fingerprint
-from ..domain.merge import Plan, plan_merge
+from ..domain.errors import StorageRejected
+from ..domain.mapping import fingerprint, mapped_values
+from ..domain.merge import Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
@@ -66,7 +67,8 @@ class Merging:
         record, link, referral = pair.record, pair.link, pair.referral
         assert record is not None
         pc_side = self.crm.stored_form(pair.mapped)
-        base = json.loads(link.last_values) if link and link.last_values else None
+        stored = json.loads(link.last_values) if link and link.last_values else None
+        base = resolve_pending(stored, mapped_values(pc_side), mapped_values(record))
         options = self.options
         plan = plan_merge(
             pc_side, record, base, options.field_owners, referral.status, referral.substatus, options.field_directions
@@ -93,14 +95,22 @@ class Merging:
         now = self.clock.now()
         if merge.problems:
             return self.recorder.fail_crm_side(record, link, merge.problems)
+        if plan.changed:
+            # What each side is about to receive, with the value it holds now, recorded before either write: if
+            # the job dies or meets a conflict (412) before it records the result, the next job tells our landed
+            # writes from edits (see resolve_pending).
+            pc_vals, crm_vals = mapped_values(merge.pc_side), mapped_values(record)
+            intents = {
+                "pc": {f: (pc_vals[f], plan.agreed[f]) for f in plan.to_pc},
+                "crm": {f: (crm_vals[f], plan.agreed[f]) for f in plan.to_crm},
+            }
+            try:
+                link = self.recorder.save_pending(link, referral, pc_fingerprint, with_pending(merge.base, intents))
+            except StorageRejected:
+                pass  # our bookkeeping does not fit: write anyway; recording the result reports the refusal
         if plan.to_pc:
             referral = self.pc.update(referral, record, plan.to_pc)
             pc_fingerprint = fingerprint(self.pairing.map(referral))
-            if plan.to_crm:
-                # Partner Center now holds these values: record them before the CRM write, so a failure or a
-                # conflict (412) in between does not take our own write for a Partner Center edit.
-                sent = {name: plan.agreed[name] for name in plan.to_pc}
-                link = self.recorder.save_pending(link, referral, pc_fingerprint, {**(merge.base or {}), **sent})
         if merge.upgrade:
             self.creator.ensure_microsoft_referral(referral, record)
         update = self.crm_update(merge, now)
