@@ -450,6 +450,15 @@ def _is_table_list(value: Any) -> bool:
 
 
 # -- converting -------------------------------------------------------------------------------------------------------
+def writable(fields: Sequence[str], adapter: str) -> set[str]:
+    """The fields a caller asks an adapter to write, refused as a programming error when one is not writable."""
+    wanted = set(fields)
+    unknown = wanted - WRITABLE_FIELDS
+    if unknown:
+        raise ValueError(f"fields not written by the {adapter} adapter: {', '.join(sorted(unknown))}")
+    return wanted
+
+
 def to_decimal(value: Any) -> Decimal | None:
     return None if value is None else Decimal(str(value))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -117,11 +118,7 @@ class TableSyncStore:
                 "ReferralId": link.referral_id,
             }
             what = f"the CRM index row for referral {link.referral_id}"
-            try:
-                self.links.upsert_entity(check_limits(what, index), mode=UpdateMode.REPLACE)
-            except HttpResponseError as exc:
-                _raise_if_rejected(exc, what, index)
-                raise
+            _guarded(what, index, lambda row: self.links.upsert_entity(row, mode=UpdateMode.REPLACE))
         link.etag = meta.get("etag")
         return link
 
@@ -145,12 +142,7 @@ class TableSyncStore:
             "Fields": cap_utf16(",".join(entry.fields), AUDIT_FIELDS_MAX_UNITS),
             "Extra": _extra_json(entry.extra) if entry.extra else "",
         }
-        what = f"the audit row for {entry.record_key}"
-        try:
-            self.audit.create_entity(check_limits(what, row))
-        except HttpResponseError as exc:
-            _raise_if_rejected(exc, what, row)
-            raise
+        _guarded(f"the audit row for {entry.record_key}", row, self.audit.create_entity)
 
     def audit_trail(self, record_key: str, limit: int = 50) -> list[AuditEntry]:
         self.ensure()
@@ -284,13 +276,8 @@ class TableSyncStore:
         check_write_allowed()
         self.ensure()
         row = {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values}
-        what = f"the state row {key}"
-        try:
-            # A merge can only be checked for what it sends; Table Storage refuses a merged row that outgrows it.
-            self.state.upsert_entity(check_limits(what, row), mode=UpdateMode.MERGE)
-        except HttpResponseError as exc:
-            _raise_if_rejected(exc, what, row)
-            raise
+        # A merge can only be checked for what it sends; Table Storage refuses a merged row that outgrows it.
+        _guarded(f"the state row {key}", row, lambda row: self.state.upsert_entity(row, mode=UpdateMode.MERGE))
 
 
 def _lease_row(key: str, lease: LeaseRow) -> dict[str, Any]:
@@ -361,6 +348,15 @@ def limit_problems(row: dict[str, Any]) -> list[tuple[str, str]]:
             ("EntityTooLarge", f"the row is {size:,} bytes (limit {MAX_ENTITY_BYTES:,}; largest: {_largest(row)})")
         )
     return problems
+
+
+def _guarded(what: str, row: dict[str, Any], write: Callable[[dict[str, Any]], Any]) -> Any:
+    """``write(row)`` after checking the row against Table Storage's limits; a refusal becomes StorageRejected."""
+    try:
+        return write(check_limits(what, row))
+    except HttpResponseError as exc:
+        _raise_if_rejected(exc, what, row)
+        raise
 
 
 def check_limits(what: str, row: dict[str, Any]) -> dict[str, Any]:

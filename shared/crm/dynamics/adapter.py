@@ -26,7 +26,7 @@ import requests
 from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
 from ...httpclient import ApiClient, TokenProvider, create_once
-from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal
+from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
 from .auth import SERVICE
 from .customers import Currencies, Customers, Lookups
 from .mapping import (
@@ -199,10 +199,7 @@ class DataverseCrm:
 
     def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
         crm_id = self._guid(current.crm_id)
-        wanted = set(fields)
-        unknown = wanted - WRITABLE_FIELDS
-        if unknown:
-            raise ValueError(f"fields not written by the Dynamics 365 adapter: {', '.join(sorted(unknown))}")
+        wanted = writable(fields, "Dynamics 365")
         body = self._columns_for(desired, wanted - STATUS_FIELDS)
         row = self._state_row(crm_id, current.etag)
         is_account = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account") == "account"

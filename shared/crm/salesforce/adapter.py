@@ -25,8 +25,8 @@ from urllib.parse import quote
 import requests
 
 from ...domain.errors import NotFound, ValidationFailed
-from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
-from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters
+from ...domain.opportunity import Opportunity
+from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, writable
 from .api import (
     QUOTA_RETRY_AFTER_SECONDS,
     DuplicateReferralId,
@@ -188,10 +188,7 @@ class SalesforceCrm:
 
     def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
         crm_id = self._crm_id(current.crm_id)
-        wanted = set(fields)
-        unknown = wanted - WRITABLE_FIELDS
-        if unknown:
-            raise ValueError(f"fields not written by the Salesforce adapter: {', '.join(sorted(unknown))}")
+        wanted = writable(fields, "Salesforce")
         body = self._fields_for(desired, wanted & PLAIN_FIELDS)
         if wanted & STATUS_FIELDS:
             stage = self.mapping.status.stage_for(desired.status, desired.substatus)

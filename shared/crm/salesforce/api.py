@@ -149,29 +149,13 @@ class SalesforceApi:
             return f"{self.auth.instance_url()}{path}"
         return f"{self.auth.instance_url()}/services/data/{self.version}/{path.lstrip('/')}"
 
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        json: Any = None,
-        headers: Mapping[str, str] | None = None,
-        ok_statuses: tuple[int, ...] = (),
-        idempotent: bool | None = None,
-    ) -> requests.Response:
+    def request(self, method: str, path: str, **options: Any) -> requests.Response:
+        """:meth:`ApiClient.request` on the instance's REST API (same options), signing in again once when the
+        session has expired."""
         for attempt in (1, 2):
             used = self.auth.token()
             try:
-                return self.client.request(
-                    method,
-                    self.url(path),
-                    params=params,
-                    json=json,
-                    headers=headers,
-                    ok_statuses=ok_statuses,
-                    idempotent=idempotent,
-                )
+                return self.client.request(method, self.url(path), **options)
             except AuthenticationError as exc:
                 if exc.code != "INVALID_SESSION_ID" or not self.auth.renewable or attempt == 2:
                     raise
