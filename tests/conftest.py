@@ -6,8 +6,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from azure.data.tables import TableServiceClient
+from azure.storage.queue import QueueServiceClient
 
 from devtools.localhost.azurite import Azurite, start_azurite
+from shared.store.queue import StorageJobQueue
+from shared.store.tables import TableSyncStore
 
 
 @pytest.fixture(scope="session")
@@ -29,3 +33,17 @@ def storage_names() -> dict[str, str]:
 
 
 from tests.e2e_stack import crm, dv, make_stack, pc, sf, stack  # noqa: E402,F401  (shared end-to-end fixtures)
+
+
+@pytest.fixture
+def feed_parts(azurite, storage_names) -> Iterator[tuple[TableSyncStore, StorageJobQueue]]:
+    """A table store and a queue of their own on Azurite, for change-feed tests."""
+    tables = TableServiceClient.from_connection_string(azurite.connection_string)
+    store = TableSyncStore(
+        tables, storage_names["SYNC_LINKS_TABLE"], storage_names["SYNC_STATE_TABLE"], storage_names["SYNC_AUDIT_TABLE"]
+    )
+    queues = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = StorageJobQueue(queues, name=f"feed-{uuid.uuid4().hex[:10]}")
+    yield store, queue
+    queue.client.delete_queue()
+    queue.poison.delete_queue()

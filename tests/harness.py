@@ -9,6 +9,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import azure.functions as func
@@ -97,3 +98,13 @@ class WebhookEndpoint(Emulator):
     @property
     def webhook_url(self) -> str:
         return f"{self.url}/api/webhooks/partner-center"
+
+
+class FixedClock:
+    """A clock that says what the test sets (``_now``)."""
+
+    def __init__(self, now: datetime) -> None:
+        self._now = now
+
+    def now(self) -> datetime:
+        return self._now

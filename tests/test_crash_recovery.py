@@ -5,38 +5,23 @@ overwrote the other side's newer edit. Also: change feeds that read whole second
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from azure.data.tables import TableServiceClient
-from azure.storage.queue import QueueServiceClient
 
 from shared import wiring
 from shared.domain.errors import PreconditionFailed
 from shared.ports import KIND_CRM, KIND_REFERRAL, Job
-from shared.store.queue import StorageJobQueue
-from shared.store.tables import TableSyncStore
 from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
 from tests.e2e_stack import CRMS
+from tests.harness import FixedClock
+from tests.test_crm_to_pc import _ours, _settle
 
 
 @pytest.fixture(params=CRMS)
 def crm(request) -> str:
     return request.param
-
-
-def _ours(stack, crm_id: str) -> dict:
-    own = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]
-    assert len(own) == 1, own
-    return own[0]
-
-
-def _settle(stack) -> None:
-    stack.pc.dispatcher.wait_idle(timeout=10)
-    stack.poll()
-    stack.host.drain()
 
 
 def test_a_job_that_dies_after_creating_the_opportunity_does_not_revert_a_later_partner_center_edit(stack, monkeypatch):
@@ -162,27 +147,6 @@ def test_a_write_back_conflict_that_persists_is_reported_not_looped(stack, monke
 
 
 # -- change feeds --------------------------------------------------------------------------------------------------
-class _Clock:
-    def __init__(self, now: datetime) -> None:
-        self._now = now
-
-    def now(self) -> datetime:
-        return self._now
-
-
-@pytest.fixture
-def feed_parts(azurite, storage_names) -> Iterator[tuple[TableSyncStore, StorageJobQueue]]:
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    store = TableSyncStore(
-        tables, storage_names["SYNC_LINKS_TABLE"], storage_names["SYNC_STATE_TABLE"], storage_names["SYNC_AUDIT_TABLE"]
-    )
-    queues = QueueServiceClient.from_connection_string(azurite.connection_string)
-    queue = StorageJobQueue(queues, name=f"quiet-{uuid.uuid4().hex[:10]}")
-    yield store, queue
-    queue.client.delete_queue()
-    queue.poison.delete_queue()
-
-
 def test_a_feed_that_filters_on_whole_seconds_goes_quiet(feed_parts):
     store, queue = feed_parts
     start = datetime(2031, 5, 6, 7, 0, 0, 500_000, tzinfo=UTC)
@@ -196,7 +160,7 @@ def test_a_feed_that_filters_on_whole_seconds_goes_quiet(feed_parts):
         floor = since.replace(microsecond=0) if since else None
         return iter([c for c in changes if floor is None or (c.changed_at and c.changed_at >= floor)])
 
-    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, changed_since, store, queue, _Clock(start), overlap_seconds=100)
+    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, changed_since, store, queue, FixedClock(start), overlap_seconds=100)
     assert feed.poll().enqueued == 2
     # "early" is 100.0001 s before the watermark: outside the exact window, inside the whole-second one.
     assert feed.poll().enqueued == 0

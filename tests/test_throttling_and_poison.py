@@ -11,22 +11,19 @@ import json
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from azure.data.tables import TableServiceClient
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import QueueServiceClient
 
 from shared import wiring
 from shared.__main__ import main
 from shared.domain.errors import LeaseLost
 from shared.ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Job, Link
-from shared.store.queue import StorageJobQueue, encode_job
+from shared.store.queue import encode_job
 from shared.store.state_rows import (
     VERSION_PROPERTY_BYTES,
     VERSIONS_BUDGET_BYTES,
@@ -40,6 +37,7 @@ from shared.sync.engine import EngineOptions, SyncEngine
 from shared.sync.job_runner import JobRunner
 from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
 from shared.write_fence import fenced
+from tests.harness import FixedClock
 
 ROOT = Path(__file__).resolve().parent.parent
 SEVEN_DAYS = 7 * 24 * 3600
@@ -196,14 +194,6 @@ def test_a_reconcile_throttled_part_way_keeps_what_it_enqueued_and_resumes(stack
 
 
 # -- poll state fits in Table Storage ------------------------------------------------------------------------
-class _FixedClock:
-    def __init__(self, now: datetime) -> None:
-        self._now = now
-
-    def now(self) -> datetime:
-        return self._now
-
-
 def _units(value: Any) -> int:
     return len(value.encode("utf-16-le")) // 2 if isinstance(value, str) else len(value)
 
@@ -223,19 +213,6 @@ def _entity_bytes(row: dict[str, Any]) -> int:
     return size
 
 
-@pytest.fixture
-def feed_parts(azurite, storage_names) -> Iterator[tuple[TableSyncStore, StorageJobQueue]]:
-    tables = TableServiceClient.from_connection_string(azurite.connection_string)
-    store = TableSyncStore(
-        tables, storage_names["SYNC_LINKS_TABLE"], storage_names["SYNC_STATE_TABLE"], storage_names["SYNC_AUDIT_TABLE"]
-    )
-    queues = QueueServiceClient.from_connection_string(azurite.connection_string)
-    queue = StorageJobQueue(queues, name=f"burst-{uuid.uuid4().hex[:10]}")
-    yield store, queue
-    queue.client.delete_queue()
-    queue.poison.delete_queue()
-
-
 def _row_fits(store: TableSyncStore) -> bool:
     row = dict(store.state.get_entity("state", POLL_STATE_KEY))
     fits = all(_units(v) <= 32_000 for v in row.values() if isinstance(v, str | bytes))
@@ -247,7 +224,7 @@ def test_a_burst_of_5000_changes_inside_the_overlap_window_saves_and_is_not_enqu
     start = datetime(2031, 3, 4, 9, 0, tzinfo=UTC)
     # A bulk edit: 5,000 opportunities changed within 250 s; two minutes later a seller edits one more.
     changes = [Change(f"opp-{i:05d}", f'W/"{i}"', start + timedelta(milliseconds=50 * i)) for i in range(5000)]
-    clock = _FixedClock(start + timedelta(minutes=5))
+    clock = FixedClock(start + timedelta(minutes=5))
 
     def changed_since(since: datetime | None) -> Iterator[Change]:
         return iter([c for c in changes if since is None or (c.changed_at and c.changed_at >= since)])
@@ -283,7 +260,7 @@ def test_a_state_saved_by_the_previous_version_is_still_understood(feed_parts):
     store, queue = feed_parts
     watermark = datetime(2031, 3, 4, 9, 0, tzinfo=UTC)
     changes = [Change(f"opp-{i}", "1", watermark - timedelta(seconds=i)) for i in range(3)]
-    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, lambda since: iter(changes), store, queue, _FixedClock(watermark), 300)
+    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, lambda since: iter(changes), store, queue, FixedClock(watermark), 300)
     feed.poll()
     digests = sorted(load_versions(store.get_state(POLL_STATE_KEY) or {}, watermark))
     # The row as the previous version wrote it, versions in text: "digest:age,...".
