@@ -19,6 +19,24 @@ from tests.harness import FixedClock
 from tests.test_crm_to_pc import _ours, _settle
 
 
+def _die_once(monkeypatch, owner: object, name: str, message: str, when=lambda *args: True) -> None:
+    """The worker dies (a connection error) on the first call of ``owner.name`` for which ``when`` holds."""
+    original = getattr(owner, name)
+    state = {"died": False}
+
+    def dying(*args, **kwargs):
+        if not state["died"] and when(*args):
+            state["died"] = True
+            raise ConnectionError(message)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, dying)
+
+
+def _recorded_as_synced(link) -> bool:
+    return link.last_status == "ok"
+
+
 @pytest.fixture(params=CRMS)
 def crm(request) -> str:
     return request.param
@@ -27,16 +45,7 @@ def crm(request) -> str:
 def test_a_job_that_dies_after_creating_the_opportunity_does_not_revert_a_later_partner_center_edit(stack, monkeypatch):
     referral = stack.pc.seed_referral(kind="cosell", raise_event=False)
     store = wiring.container().store
-    original = store.save_link
-    died = {"n": 0}
-
-    def die_once_after_the_create(link):
-        if link.last_status == "ok" and not died["n"]:
-            died["n"] += 1
-            raise ConnectionError("the worker died before it recorded the pair")
-        return original(link)
-
-    monkeypatch.setattr(store, "save_link", die_once_after_the_create)
+    _die_once(monkeypatch, store, "save_link", "the worker died before it recorded the pair", when=_recorded_as_synced)
     stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
     assert stack.host.drain(max_rounds=1).failed == 1
     assert len(stack.opportunities()) == 1  # the opportunity exists; its link was never recorded as synced
@@ -52,16 +61,7 @@ def test_a_job_that_dies_after_creating_the_opportunity_does_not_revert_a_later_
 def test_a_job_that_dies_before_the_write_back_keeps_a_partner_center_edit_and_writes_the_id_later(stack, monkeypatch):
     crm_id = stack.seller().create_flagged(help_code=None)
     engine = wiring.container().engine
-    original = engine.crm.update_opportunity
-    state = {"crashed": False}
-
-    def crash_once(*args, **kwargs):
-        if not state["crashed"]:
-            state["crashed"] = True
-            raise ConnectionError("the worker died after creating the referral")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine.crm, "update_opportunity", crash_once)
+    _die_once(monkeypatch, engine.crm, "update_opportunity", "the worker died after creating the referral")
     stack.poll()
     assert stack.host.drain(max_rounds=1).failed == 1
     referral = _ours(stack, crm_id)
@@ -107,16 +107,7 @@ def test_a_job_that_dies_between_the_two_sides_does_not_revert_a_later_partner_c
     stack.seller().edit(crm_id, deal_value=251000.0)
     stack.pc.portal_update(referral["id"], {"details": {"notes": "Portal note"}}, raise_event=False)
     engine = wiring.container().engine
-    original = engine.crm.update_opportunity
-    state = {"crashed": False}
-
-    def crash_once(*args, **kwargs):
-        if not state["crashed"]:
-            state["crashed"] = True
-            raise ConnectionError("the worker died after patching Partner Center")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(engine.crm, "update_opportunity", crash_once)
+    _die_once(monkeypatch, engine.crm, "update_opportunity", "the worker died after patching Partner Center")
     stack.host.queue.enqueue(Job(KIND_CRM, crm_id, reason="test"))
     run = stack.host.drain(max_rounds=1)
     assert run.failed == 1
@@ -196,18 +187,9 @@ def test_a_referral_edited_before_its_lost_create_answer_is_found_keeps_the_edit
 def test_a_job_that_dies_after_its_crm_write_lands_does_not_revert_a_newer_partner_center_edit(stack, monkeypatch):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.deliver_and_drain(1)
-    store = wiring.container().store
-    original = store.save_link
-    died = {"n": 0}
-
-    def die_once_after_the_crm_write(link):
-        if link.last_status == "ok" and not died["n"]:
-            died["n"] += 1
-            raise ConnectionError("the worker died after writing the CRM")
-        return original(link)
-
     stack.pc.portal_update(referral["id"], {"details": {"notes": "Notes v5"}}, raise_event=False)
-    monkeypatch.setattr(store, "save_link", die_once_after_the_crm_write)
+    store = wiring.container().store
+    _die_once(monkeypatch, store, "save_link", "the worker died after writing the CRM", when=_recorded_as_synced)
     stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
     assert stack.host.drain(max_rounds=1).failed == 1
     [row] = stack.opportunities()
