@@ -35,6 +35,8 @@ class MergePlan:
     base: dict[str, object] | None
     plan: Plan
     problems: list[str]
+    pc_values: dict[str, object]  # mapped values of each side as read, for recording what is about to be written
+    crm_values: dict[str, object]
 
     @property
     def upgrade(self) -> bool:
@@ -68,13 +70,14 @@ class Merging:
         assert record is not None
         pc_side = self.crm.stored_form(pair.mapped)
         stored = json.loads(link.last_values) if link and link.last_values else None
-        base = resolve_pending(stored, mapped_values(pc_side), mapped_values(record))
+        pc_values, crm_values = mapped_values(pc_side), mapped_values(record)
+        base = resolve_pending(stored, pc_values, crm_values)
         options = self.options
         plan = plan_merge(
             pc_side, record, base, options.field_owners, referral.status, referral.substatus, options.field_directions
         )
         problems = problems_for_partner_center(record) if "help_code" in plan.to_pc else []
-        return MergePlan(pair, record, pc_side, base, plan, problems)
+        return MergePlan(pair, record, pc_side, base, plan, problems, pc_values, crm_values)
 
     def crm_update(self, merge: MergePlan, now: datetime) -> CrmUpdate | None:
         """The values from Partner Center, the success mark and the audit line; None when the record already
@@ -99,10 +102,9 @@ class Merging:
             # What each side is about to receive, with the value it holds now, recorded before either write: if
             # the job dies or meets a conflict (412) before it records the result, the next job tells our landed
             # writes from edits (see resolve_pending).
-            pc_vals, crm_vals = mapped_values(merge.pc_side), mapped_values(record)
             intents = {
-                "pc": {f: (pc_vals[f], plan.agreed[f]) for f in plan.to_pc},
-                "crm": {f: (crm_vals[f], plan.agreed[f]) for f in plan.to_crm},
+                "pc": {f: (merge.pc_values[f], plan.agreed[f]) for f in plan.to_pc},
+                "crm": {f: (merge.crm_values[f], plan.agreed[f]) for f in plan.to_crm},
             }
             try:
                 link = self.recorder.save_pending(link, referral, pc_fingerprint, with_pending(merge.base, intents))
