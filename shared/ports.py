@@ -57,6 +57,8 @@ class Crm(Protocol):
     """A CRM seen as a store of neutral opportunities keyed by the CRM id and the referral id."""
 
     provider: str
+    # A closed opportunity takes no writes until reopened (Dataverse); writing one reopens and closes it again.
+    closed_is_read_only: bool
 
     def get_opportunity(self, crm_id: str) -> Opportunity | None: ...
 

@@ -261,13 +261,16 @@ def test_set_sync_outcome_writes_only_name_and_audit(emu: DataverseEmulator, crm
     assert emu.writes()[before:] == []
 
 
-def test_set_sync_outcome_on_a_closed_opportunity_keeps_it_closed(emu: DataverseEmulator, crm: DataverseCrm) -> None:
+def test_set_sync_outcome_leaves_a_closed_opportunity_as_the_seller_closed_it(
+    emu: DataverseEmulator, crm: DataverseCrm
+) -> None:
     won = crm.create_opportunity(_opportunity(status="Closed", substatus="Won"))
-    closed_on = emu.record("opportunities", won.crm_id or "")["actualclosedate"]
-    result = crm.set_sync_outcome(won, "Done \u2714", "synced")
+    before = len(emu.writes())
+    assert crm.set_sync_outcome(won, "Done \u2714", "synced") == won
+    assert emu.writes()[before:] == []  # not reopened: no second close activity
     row = emu.record("opportunities", won.crm_id or "")
-    assert row is not None and (row["statecode"], row["statuscode"], row["name"]) == (1, 3, "Done \u2714")
-    assert row["actualclosedate"] == closed_on and result.etag == row["@odata.etag"]
+    assert row is not None and (row["statecode"], row["statuscode"]) == (1, 3)
+    assert emu.counters()["actions"]["WinOpportunity"] == 1
 
 
 def test_throttled_request_waits_retry_after_then_succeeds(

@@ -26,6 +26,7 @@ from .referral_rules import PATCHABLE_FIELDS
 STATUS_FIELDS = ("status", "substatus")
 PC_ONLY_FIELDS = ("referral_id", "referral_link")
 PENDING = "pending"  # key in stored base values: {"pc"|"crm": {field: value}} a job was about to write
+PASSING = "passing"  # key in PENDING: {"pc"|"crm": [field]} that the write takes through other values on its way
 CRM_DEFAULTS = "crm_defaults"  # key in ``agreed``: {field: value the CRM filled in where Partner Center has none}
 
 
@@ -67,11 +68,18 @@ def agreed_on_create(desired: Opportunity, created: Opportunity) -> dict[str, ob
 
 
 def with_pending(
-    base: Mapping[str, object] | None, intents: Mapping[str, Mapping[str, tuple[object, object]]]
+    base: Mapping[str, object] | None,
+    intents: Mapping[str, Mapping[str, tuple[object, object]]],
+    passing: Mapping[str, list[str]] | None = None,
 ) -> dict[str, object]:
     """``base`` plus, per side, each field a job is about to write with its value before and after the write,
-    recorded before the job writes anything."""
-    pending = {side: {name: list(pair) for name, pair in fields.items()} for side, fields in intents.items() if fields}
+    recorded before the job writes anything. ``passing`` names fields the write moves through other values
+    (Dataverse reopens a closed opportunity to write it, then closes it again)."""
+    pending: dict[str, object] = {
+        side: {name: list(pair) for name, pair in fields.items()} for side, fields in intents.items() if fields
+    }
+    if passing:
+        pending[PASSING] = {side: list(names) for side, names in passing.items() if names}
     return {**(base or {}), PENDING: pending}
 
 
@@ -101,7 +109,32 @@ def resolve_pending(
             before, after = pair
             if not same_value(current[name], before):
                 resolved[name] = after
+    _resolve_passing(resolved, base, intents, {"pc": pc_vals, "crm": crm_vals})
     return resolved
+
+
+def _resolve_passing(
+    resolved: dict[str, object],
+    base: Mapping[str, object],
+    intents: Mapping[str, object],
+    values: Mapping[str, Mapping[str, object]],
+) -> None:
+    """A field the job's write moved through another value (a reopened deal), now holding neither the value
+    before nor the value after, was left half way by the job: that value is ours, not an edit, so it becomes
+    the base and the other side's value goes back to it. Counted as an edit, a reopen Partner Center refuses
+    would keep the pair apart for good."""
+    passing = intents.get(PASSING)
+    if not isinstance(passing, Mapping):
+        return
+    for side, names in passing.items():
+        current, fields = values.get(side, {}), intents.get(side)
+        for name in names if isinstance(names, list) else []:
+            if name not in current:
+                continue
+            pair = fields.get(name) if isinstance(fields, Mapping) else None
+            known = pair if isinstance(pair, list) and len(pair) == 2 else [base.get(name)]
+            if not any(same_value(current[name], value) for value in known):
+                resolved[name] = current[name]
 
 
 def plan_merge(

@@ -13,8 +13,9 @@ from datetime import datetime
 from ..domain.audit_text import audit_line, prepend
 from ..domain.errors import StorageRejected
 from ..domain.mapping import fingerprint, mapped_values
-from ..domain.merge import Plan, plan_merge, resolve_pending, with_pending
+from ..domain.merge import STATUS_FIELDS, Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
+from ..domain.policies import is_closed
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
@@ -81,8 +82,12 @@ class Merging:
 
     def crm_update(self, merge: MergePlan, now: datetime) -> CrmUpdate | None:
         """The values from Partner Center, the success mark and the audit line; None when the record already
-        holds everything (no change, no note, the mark in place)."""
+        holds everything (no change, no note, the mark in place), or when the only news is ours and the record is
+        a closed, read-only one: reopening a closed deal for our own bookkeeping changes the seller's deal (a
+        second close activity) and leaves it open if the job dies half way. The audit trail has the line."""
         plan, record = merge.plan, merge.record
+        if not plan.to_crm and self._read_only(record):
+            return None
         name = self.recorder.marked(merge.pc_side.name if "name" in plan.to_crm else record.name, True)
         # Notes (a value Partner Center would not take) reach the seller through the Audit column too.
         if not (plan.changed or plan.notes or name != record.name):
@@ -98,6 +103,7 @@ class Merging:
         now = self.clock.now()
         if merge.problems:
             return self.recorder.fail_crm_side(record, link, merge.problems)
+        update = self.crm_update(merge, now)
         if plan.changed:
             # What each side is about to receive, with the value it holds now, recorded before either write: if
             # the job dies or meets a conflict (412) before it records the result, the next job tells our landed
@@ -106,8 +112,14 @@ class Merging:
                 "pc": {f: (merge.pc_values[f], plan.agreed[f]) for f in plan.to_pc},
                 "crm": {f: (merge.crm_values[f], plan.agreed[f]) for f in plan.to_crm},
             }
+            passing: dict[str, list[str]] = {}
+            if update is not None and self._read_only(record):
+                # The write reopens the deal and closes it again; a job dying in between leaves it open.
+                intents["crm"] |= {f: (merge.crm_values[f], plan.agreed[f]) for f in STATUS_FIELDS}
+                passing["crm"] = list(STATUS_FIELDS)
+            pending = with_pending(merge.base, intents, passing)
             try:
-                link = self.recorder.save_pending(link, referral, pc_fingerprint, with_pending(merge.base, intents))
+                link = self.recorder.save_pending(link, referral, pc_fingerprint, pending)
             except StorageRejected:
                 pass  # our bookkeeping does not fit: write anyway; recording the result reports the refusal
         if plan.to_pc:
@@ -115,15 +127,16 @@ class Merging:
             pc_fingerprint = fingerprint(self.pairing.map(referral))
         if merge.upgrade:
             self.creator.ensure_microsoft_referral(referral, record)
-        update = self.crm_update(merge, now)
+        written: str | None = None
         if update is not None:
-            text = plan.summary()
             record = self.crm.update_opportunity(record, update.target, update.fields)
-            written: str | None = self.recorder.written_fingerprint(update.target)
-            action = "updated" if plan.changed else "unchanged"
-        else:
-            text, action, written = "both sides already match", "unchanged", None
+            written = self.recorder.written_fingerprint(update.target)
+        text = plan.summary() if update is not None or plan.changed else "both sides already match"
+        action = "updated" if plan.changed else "unchanged"
         self.recorder.save_link(link, referral, pc_fingerprint, record, plan.agreed, written)
         assert referral.id
         outcome = Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(plan.changed), text)
         return self.recorder.audit(outcome)
+
+    def _read_only(self, record: Opportunity) -> bool:
+        return self.crm.closed_is_read_only and is_closed(record.status)

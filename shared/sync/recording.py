@@ -12,6 +12,7 @@ from ..domain.checkmark import mark, strip_marks
 from ..domain.errors import ExternalServiceError
 from ..domain.mapping import fingerprint
 from ..domain.opportunity import Opportunity
+from ..domain.policies import is_closed
 from ..domain.referral import Referral
 from ..ports import CRM_TO_PC, PC_TO_CRM, AuditEntry, Clock, CreateFailure, Crm, Link, SyncStore
 from .options import EngineOptions
@@ -133,8 +134,12 @@ class Recorder:
         )
 
     def mark_failure(self, record: Opportunity | None, message: str) -> Opportunity | None:
+        """The cross mark and the reason on the record; a closed read-only record (Dataverse) is left as the
+        seller closed it, not reopened, and the failure is in the audit trail and ``status``."""
         if record is None:
             return None
+        if self.crm.closed_is_read_only and is_closed(record.status):
+            return record
         audit = prepend(record.audit, audit_line(self.clock.now(), False, message), self.options.audit_max_chars)
         name = self.marked(record.name, False) if self.options.checkmark_enabled else None
         try:

@@ -66,6 +66,7 @@ class DataverseCrm:
     """Opportunities in Dynamics 365, read and written through the Dataverse Web API."""
 
     provider = "dynamics"
+    closed_is_read_only = True
 
     def __init__(
         self,
@@ -218,6 +219,7 @@ class DataverseCrm:
         return self._reread(crm_id)
 
     def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
+        """A closed opportunity is read-only: it is not reopened (a second close activity) for our bookkeeping."""
         crm_id = self._guid(current.crm_id)
         audit = audit[: self.config.audit_max_chars]  # the engine puts the newest entry first
         body: dict[str, Any] = {}
@@ -225,13 +227,9 @@ class DataverseCrm:
             body[self.mapping.column("name")] = name
         if audit != current.audit:
             body[self.mapping.column("audit")] = audit
-        if not body:
+        if not body or current.status == "Closed":
             return current
-        if current.status == "Closed":
-            row = self._state_row(crm_id, current.etag)
-        else:
-            row = {"statecode": OPEN}
-        etag = self._write(crm_id, current.etag, row, body, None, None)
+        etag = self._write(crm_id, current.etag, {"statecode": OPEN}, body, None, None)
         changed = {"etag": etag, "audit": audit, **({"name": name} if "name" in body else {})}
         return current.model_copy(update=changed)
 

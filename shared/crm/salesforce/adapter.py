@@ -75,6 +75,7 @@ class SalesforceCrm:
     """Opportunities in Salesforce, read with SOQL and written through sObject rows and collections."""
 
     provider = "salesforce"
+    closed_is_read_only = False
 
     def __init__(
         self,
