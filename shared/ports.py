@@ -53,6 +53,16 @@ class PartnerCenter(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Change:
+    """A record changed at ``changed_at``; ``version`` changes with every write (an etag), so two writes in one
+    timestamp tick differ."""
+
+    record_id: str
+    version: str
+    changed_at: datetime | None
+
+
 class Crm(Protocol):
     """A CRM seen as a store of neutral opportunities keyed by the CRM id and the referral id."""
 
@@ -80,8 +90,9 @@ class Crm(Protocol):
         """Write only the name mark and the audit text."""
         ...
 
-    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
-        """Opportunities flagged "Sync with Partner Center" changed at or after ``since``, oldest first."""
+    def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
+        """Opportunities flagged "Sync with Partner Center" changed at or after ``since``, oldest first: only
+        their id, version and change time, read without any per-row request."""
         ...
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from shared import wiring
 from shared.domain.errors import PreconditionFailed
-from shared.ports import KIND_CRM, KIND_REFERRAL, Job
-from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
+from shared.ports import KIND_CRM, KIND_REFERRAL, Change, Job
+from shared.sync.poller import POLL_STATE_KEY, ChangeFeed
 from tests.e2e_stack import CRMS
 from tests.harness import FixedClock
 from tests.test_crm_to_pc import _ours, _settle
@@ -201,3 +201,33 @@ def test_a_job_that_dies_after_its_crm_write_lands_does_not_revert_a_newer_partn
     _settle(stack)
     assert stack.pc.referral(referral["id"])["details"]["notes"] == "Notes v47"
     assert stack.opportunities()[0]["notes"] == "Notes v47"
+
+
+def test_a_seller_rename_saved_just_before_our_write_back_is_kept(stack, monkeypatch):
+    """Salesforce's only write condition (If-Unmodified-Since) has whole seconds: a rename saved in the second
+    of our read is not refused, so the write-back must not carry a name it does not change. Found by
+    ``make chaos``: the job rewrote the name it had read, with its ✔, over the seller's newer one."""
+    crm_id = stack.seller().create_flagged(help_code=None)
+    stack.poll()
+    stack.host.drain()
+    _settle(stack)
+    referral = _ours(stack, crm_id)
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Portal note"}}, raise_event=False)
+    engine = wiring.container().engine
+    original = engine.crm.update_opportunity
+    state = {"raced": False}
+
+    def seller_renames_first(current, desired, fields):
+        if not state["raced"]:
+            state["raced"] = True
+            stack.seller().edit(crm_id, name="Renamed by the seller")
+        return original(current, desired, fields)
+
+    monkeypatch.setattr(engine.crm, "update_opportunity", seller_renames_first)
+    stack.host.queue.enqueue(Job(KIND_REFERRAL, referral["id"], reason="test"))
+    assert stack.host.drain().failed == 0
+    _settle(stack)
+    opportunity = stack.opportunity(crm_id)
+    assert opportunity["name"].startswith("Renamed by the seller")
+    assert opportunity["notes"] == "Portal note"
+    assert _ours(stack, crm_id)["name"] == "Renamed by the seller"

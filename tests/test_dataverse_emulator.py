@@ -221,6 +221,33 @@ def test_get_by_id_and_by_alternate_key(emu: DataverseEmulator, api: Api) -> Non
     assert not_a_key.status_code == 400 and "key in the request URI is not valid" in _error(not_a_key)["message"]
 
 
+def test_expand_reads_the_account_and_contact_in_the_same_request(emu: DataverseEmulator, api: Api) -> None:
+    account = emu.seed("accounts", {"name": "Contoso", "address1_city": "Redmond"})[0]
+    contact = emu.seed("contacts", {"firstname": "Ada", "lastname": "Lovelace"})[0]
+    row = emu.seed(
+        "opportunities",
+        {"name": "Deal", "_customerid_value": account["accountid"], "_parentcontactid_value": contact["contactid"]},
+    )[0]
+    path = f"opportunities({row['opportunityid']})?$select=name"
+    expanded = api.call(
+        "GET", path + "&$expand=customerid_account($select=name,address1_city),parentcontactid($select=lastname)"
+    ).json()
+    assert {k: v for k, v in expanded["customerid_account"].items() if not k.startswith("@")} == {
+        "accountid": account["accountid"],
+        "name": "Contoso",
+        "address1_city": "Redmond",
+    }
+    assert expanded["parentcontactid"]["lastname"] == "Lovelace"
+    # A customer that is a contact is not an account: that navigation property expands to null.
+    by_contact = emu.seed("opportunities", {"name": "Deal 2", "_customerid_value": contact["contactid"]})[0]
+    other = api.call("GET", f"opportunities({by_contact['opportunityid']})?$expand=customerid_account($select=name)")
+    assert other.json()["customerid_account"] is None
+    unknown = api.call("GET", path + "&$expand=nosuchnav")
+    assert unknown.status_code == 400 and "nosuchnav" in _error(unknown)["message"]
+    nested = api.call("GET", path + "&$expand=customerid_account($filter=name eq 'x')")
+    assert nested.status_code == 400 and "$filter" in _error(nested)["message"]
+
+
 def test_if_match_etag_mismatch_gives_412_and_versions_increase(emu: DataverseEmulator, api: Api) -> None:
     first = api.call("POST", "accounts", json={"name": "A"}, prefer="return=representation").json()
     second = api.call("POST", "contacts", json={"lastname": "B"}, prefer="return=representation").json()

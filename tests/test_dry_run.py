@@ -150,7 +150,7 @@ def test_a_merge_shows_each_side_s_values_and_the_job_then_sends_exactly_those(s
     assert list(shown["toPartnerCenter"]) == ["deal_value"]
     assert float(shown["toPartnerCenter"]["deal_value"]) == 321000.0
     assert shown["toCrm"]["notes"] == "Portal note"
-    assert set(shown["toCrm"]) == {"notes", "name", "audit"}
+    assert set(shown["toCrm"]) == {"notes", "audit"}  # the name already carries its ✔: not sent again
     assert shown["message"] == "Updated from Partner Center: notes; to Partner Center: deal_value"
     assert (again["toCrm"]["notes"], again["toPartnerCenter"]) == ("Portal note", shown["toPartnerCenter"])
 

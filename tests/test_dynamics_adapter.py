@@ -243,6 +243,20 @@ def test_status_changes_use_the_close_actions(emu: DataverseEmulator, crm: Datav
     assert reopened.etag == emu.record("opportunities", lost.crm_id or "")["@odata.etag"]
 
 
+def test_a_job_reads_a_record_in_one_request_and_updates_it_in_one_more(
+    emu: DataverseEmulator, crm: DataverseCrm
+) -> None:
+    created = crm.create_opportunity(_opportunity())
+    before = len(emu.request_log)
+    current = crm.get_opportunity(created.crm_id or "")
+    assert current is not None and current.customer_name == "Contoso Ltd" and current.customer_contacts
+    updated = crm.update_opportunity(current, current.model_copy(update={"notes": "Changed"}), ["notes"])
+    assert [method for method, _ in emu.request_log[before:]] == ["GET", "PATCH"]  # no state GET, no re-read
+    row = emu.record("opportunities", created.crm_id or "")
+    assert updated.etag == row["@odata.etag"] and updated.notes == "Changed" == row["description"]
+    assert updated == crm.get_opportunity(created.crm_id or "")  # the write's answer is the record as it reads
+
+
 def test_set_sync_outcome_writes_only_name_and_audit(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     current = crm.create_opportunity(_opportunity())
     before = len(emu.writes())
@@ -308,7 +322,9 @@ def test_find_by_referral_id(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     assert crm.get_opportunity(str(uuid.uuid4())) is None
 
 
-def test_list_flagged_changed_since_pages_in_modified_order(emu: DataverseEmulator, crm: DataverseCrm) -> None:
+def test_changes_since_pages_in_modified_order_reading_only_ids_and_versions(
+    emu: DataverseEmulator, crm: DataverseCrm
+) -> None:
     emu.seed(
         "opportunities",
         [
@@ -321,12 +337,16 @@ def test_list_flagged_changed_since_pages_in_modified_order(emu: DataverseEmulat
             for i, (flagged, month) in enumerate([(True, 3), (True, 1), (False, 4), (True, 5), (True, 2), (True, 4)])
         ],
     )
+    by_name = {row["name"]: row for row in emu.table("opportunities")}
     since = datetime(2025, 2, 1, 0, 0, 0, 900000, tzinfo=UTC)
-    names = [o.name for o in crm.list_flagged_changed_since(since, page_size=2)]
-    assert names == ["opp 4", "opp 0", "opp 5", "opp 3"]
-    pages = [path for method, path in emu.request_log if method == "GET" and "opportunities?" in path]
-    assert len(pages) == 2 and "skiptoken" in pages[1]
-    assert len(list(crm.list_flagged_changed_since(None))) == 5
+    changes = list(crm.changes_since(since, page_size=2))
+    assert [c.record_id for c in changes] == [by_name[f"opp {i}"]["opportunityid"] for i in (4, 0, 5, 3)]
+    assert changes[0].version == emu.record("opportunities", changes[0].record_id)["@odata.etag"]
+    assert changes[0].changed_at == datetime(2025, 2, 1, tzinfo=UTC)
+    gets = [path for method, path in emu.request_log if method == "GET"]
+    assert len(gets) == 2 and "skiptoken" in gets[1]  # two pages and no read per row
+    assert "select=opportunityid%2Cmodifiedon" in gets[0].replace(",", "%2C")
+    assert len(list(crm.changes_since(None))) == 5
 
 
 def test_constructed_from_settings(emu: DataverseEmulator) -> None:

@@ -453,13 +453,13 @@ def test_upsert_update_answered_with_204_is_accepted(emu: SalesforceEmulator, cr
 
 
 # -- polling ----------------------------------------------------------------------------------------------------------
-def test_list_flagged_changed_since_watermark_semantics(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+def test_changes_since_watermark_semantics(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
     def seed(name: str, stamp: str, flagged: bool = True) -> str:
         record = {"Name": name, "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: flagged}
         return str(emu.seed("Opportunity", {**record, "SystemModstamp": stamp})[0]["Id"])
 
     # Inserted out of order, so only ORDER BY SystemModstamp, Id gives the expected sequence.
-    seed("latest", "2024-05-01T11:00:00.000+0000")
+    latest = seed("latest", "2024-05-01T11:00:00.000+0000")
     later = seed("later", "2024-05-01T10:00:00.700+0000")
     tie_a = seed("tie a", "2024-05-01T10:00:00.000+0000")
     seed("unflagged", "2024-05-01T10:00:01.000+0000", flagged=False)
@@ -467,32 +467,31 @@ def test_list_flagged_changed_since_watermark_semantics(emu: SalesforceEmulator,
     seed("before", "2024-05-01T09:59:59.999+0000")
 
     since = datetime(2024, 5, 1, 10, 0, 0, 400000, tzinfo=UTC)  # sub-second watermarks round down
-    changed = list(crm.list_flagged_changed_since(since))
-    assert [o.name for o in changed] == ["tie a", "tie b", "later", "latest"]
-    assert [o.crm_id for o in changed[:3]] == [*sorted([tie_a, tie_b]), later]
-    assert changed[0].modified_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
-    assert changed[2].etag == "2024-05-01T10:00:00.700+0000"
-    assert changed[2].modified_at == datetime(2024, 5, 1, 10, 0, 0, 700000, tzinfo=UTC)
-    assert [o.name for o in crm.list_flagged_changed_since(changed[-1].modified_at)] == ["latest"]
-    assert len(list(crm.list_flagged_changed_since(None))) == 5
+    changed = list(crm.changes_since(since))
+    assert [c.record_id for c in changed] == [*sorted([tie_a, tie_b]), later, latest]
+    assert changed[0].changed_at == datetime(2024, 5, 1, 10, tzinfo=UTC)
+    assert changed[2].version == "2024-05-01T10:00:00.700+0000"
+    assert changed[2].changed_at == datetime(2024, 5, 1, 10, 0, 0, 700000, tzinfo=UTC)
+    assert [c.record_id for c in crm.changes_since(changed[-1].changed_at)] == [latest]
+    assert len(list(crm.changes_since(None))) == 5
     query = next(path for _, path in emu.request_log if "/query?" in path)
     assert "SystemModstamp+%3E%3D+2024-05-01T10%3A00%3A00Z" in query  # unquoted, whole seconds
+    assert "SELECT+Id%2C+SystemModstamp+FROM" in query or "SELECT+Id,+SystemModstamp+FROM" in query
 
 
-def test_list_flagged_changed_since_pages_with_next_records_url(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
+def test_changes_since_pages_with_next_records_url_and_no_read_per_row(
+    emu: SalesforceEmulator, crm: SalesforceCrm
+) -> None:
     rows = [
         {"Name": f"Opp {i:03d}", "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: True} for i in range(450)
     ]
     emu.seed("Opportunity", rows)
-    for index, row in enumerate(emu.records("Opportunity")[:2]):
-        contact = emu.seed("Contact", {"LastName": f"Person {index}", "Email": f"p{index}@x.example"})[0]
-        emu.seed("OpportunityContactRole", {"OpportunityId": row["Id"], "ContactId": contact["Id"], "IsPrimary": True})
-    listed = list(crm.list_flagged_changed_since(None, page_size=200))
-    assert len(listed) == 450 and len({o.crm_id for o in listed}) == 450
-    stamps = [o.modified_at for o in listed]
+    listed = list(crm.changes_since(None, page_size=200))
+    assert len(listed) == 450 and len({c.record_id for c in listed}) == 450
+    stamps = [c.changed_at for c in listed]
     assert stamps == sorted(stamps)  # type: ignore[type-var]
     assert sum(1 for _, path in emu.request_log if "/query/01g" in path) == 2  # three pages
-    assert sum(1 for o in listed if o.customer_contacts) == 2
+    assert [m for m, path in emu.request_log if "/query" in path] == ["GET"] * 3  # the pages, nothing per row
 
 
 def test_query_iterator_and_foreign_ids(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:

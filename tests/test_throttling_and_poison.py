@@ -22,7 +22,7 @@ from azure.functions.queue import QueueMessage
 from shared import wiring
 from shared.__main__ import main
 from shared.domain.errors import LeaseLost
-from shared.ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Job, Link
+from shared.ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Change, Job, Link
 from shared.store.queue import encode_job
 from shared.store.state_rows import (
     VERSION_PROPERTY_BYTES,
@@ -35,7 +35,7 @@ from shared.store.tables import TableSyncStore
 from shared.sync.clock import SystemClock
 from shared.sync.engine import EngineOptions, SyncEngine
 from shared.sync.job_runner import JobRunner
-from shared.sync.poller import POLL_STATE_KEY, Change, ChangeFeed
+from shared.sync.poller import POLL_STATE_KEY, ChangeFeed
 from shared.write_fence import fenced
 from tests.harness import FixedClock
 

@@ -62,6 +62,11 @@ def register_control_routes(emu: DataverseEmulator) -> None:
             return exc.response()
         return Response(204)
 
+    def limit(request: Request) -> Response:
+        body = (request.json() or {}) if request.method == "POST" else {}
+        emu.set_request_limit(body.get("requests"), float(body.get("windowSeconds", 300)))
+        return Response(204)
+
     def token(request: Request) -> Response:
         emu.set_required_token((request.json() or {}).get("token"))
         return Response(204)
@@ -77,6 +82,8 @@ def register_control_routes(emu: DataverseEmulator) -> None:
         ("POST", r"/columns/(?P<set>\w+)", column),
         ("GET", "/writes", lambda r: Response(200, {"value": emu.writes()})),
         ("POST", "/token", token),
+        ("POST", "/limits", limit),
+        ("DELETE", "/limits", limit),
     ]
     for method, path, handler in routes:
         emu.route(method, CONTROL + path, handler)

@@ -7,7 +7,8 @@ the real service is strict (types in ``$filter``, unknown columns, lookups writt
 
 Tests drive it through the ``/_emulator/...`` routes or the same operations as Python methods:
 :meth:`DataverseEmulator.reset`, :meth:`seed`, :meth:`counters`, :meth:`inject_fault`, :meth:`table`,
-:meth:`writes`, :meth:`add_column` (a custom column, as an admin adds one in the maker portal).
+:meth:`writes`, :meth:`add_column` (a custom column, as an admin adds one in the maker portal),
+:meth:`set_request_limit` (the service protection limit on the number of requests, off unless set).
 
 This module is the emulator itself: configuration, the Python control API, authentication and injected
 faults. The parts live next to it: the tables and value rules (:mod:`emulators.dataverse.schema`), the
@@ -19,9 +20,12 @@ the Web API operations (:mod:`emulators.dataverse.webapi`) and the control route
 from __future__ import annotations
 
 import json
+import math
 import re
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote
@@ -55,6 +59,27 @@ class _Fault:
     path: re.Pattern[str] | None
 
 
+@dataclass
+class RequestLimit:
+    """Dataverse's service protection limit on the number of requests: at most ``requests`` in any sliding
+    ``window_seconds`` (the service counts per user and web server; the emulator is one server serving one
+    user). A request over the limit is refused with 429 and a ``Retry-After`` of when one would be admitted;
+    refused requests do not count towards the limit."""
+
+    requests: int
+    window_seconds: float
+    admitted: deque[float] = field(default_factory=deque)
+
+    def admit(self, now: float) -> float | None:
+        """None when the request may go ahead (it is counted), else the seconds until one would be admitted."""
+        while self.admitted and self.admitted[0] <= now - self.window_seconds:
+            self.admitted.popleft()
+        if len(self.admitted) >= self.requests:
+            return self.admitted[0] + self.window_seconds - now
+        self.admitted.append(now)
+        return None
+
+
 class DataverseEmulator(Emulator):
     name = "dataverse"
 
@@ -77,6 +102,8 @@ class DataverseEmulator(Emulator):
         self.ledger = Ledger(self.tables)
         self.web_api = WebApi(self.store, self.ledger, self.lock, lambda: self.port)
         self._faults: list[_Fault] = []
+        self.request_limit: RequestLimit | None = None
+        self._throttled = 0
         self._register_routes()
         self.reset()
 
@@ -103,10 +130,18 @@ class DataverseEmulator(Emulator):
     def reset_counters(self) -> None:
         with self.lock:
             self.ledger.reset_counters()
+            self._throttled = 0
 
     def counters(self) -> dict[str, Any]:
+        """The ledger's counters, and ``throttled``: requests refused by the request limit (also in ``requests``)."""
         with self.lock:
-            return json.loads(json.dumps(self.ledger.counters))
+            return {**json.loads(json.dumps(self.ledger.counters)), "throttled": self._throttled}
+
+    def set_request_limit(self, requests: int | None, window_seconds: float = 300.0) -> None:
+        """At most ``requests`` API requests in any ``window_seconds`` (the real service: 6000 in 300), None: off.
+        Survives :meth:`reset`, like the org's configuration."""
+        with self.lock:
+            self.request_limit = None if requests is None else RequestLimit(int(requests), float(window_seconds))
 
     def seed(self, entity_set: str, records: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert rows as given (system columns and ``_x_value`` lookups may be set); not counted as writes."""
@@ -181,6 +216,7 @@ class DataverseEmulator(Emulator):
         try:
             with self.lock:
                 self.ledger.counters["requests"] += 1
+                self._enforce_limit()
                 self._raise_fault(request)
             self._check_headers(request)
             response = super().dispatch(request)
@@ -190,6 +226,12 @@ class DataverseEmulator(Emulator):
         if isinstance(response.body, dict):
             response.headers.setdefault("Content-Type", "application/json; odata.metadata=minimal")
         return response
+
+    def _enforce_limit(self) -> None:
+        wait = self.request_limit.admit(time.monotonic()) if self.request_limit else None
+        if wait is not None:
+            self._throttled += 1
+            raise ODataError(429, THROTTLED_MESSAGE, CODE_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait)))})
 
     def _raise_fault(self, request: Request) -> None:
         for fault in self._faults:

@@ -284,6 +284,44 @@ def parse_select(table: Table, text: str) -> list[str]:
     return names
 
 
+def parse_expand(table: Table, text: str, tables: dict[str, Table]) -> dict[str, list[str] | None]:
+    """``nav($select=a,b),nav2`` for single-valued navigation properties, as Dataverse takes them on an entity
+    read; nested options other than ``$select`` are refused."""
+    expanded: dict[str, list[str] | None] = {}
+    for item in _top_level_items(text):
+        match = re.fullmatch(r"\s*([A-Za-z_]\w*)\s*(?:\((.*)\))?\s*", item, re.S)
+        if not match:
+            raise bad_request(f"The $expand item '{item}' is not valid.", CODE_QUERY)
+        name, options = match.group(1), match.group(2)
+        nav = table.navs.get(name)
+        if nav is None:
+            raise bad_request(f"Could not find a property named '{name}' on type '{table.type_name}'.", CODE_QUERY)
+        select: list[str] | None = None
+        for option in _top_level_items(options or "", separator=";"):
+            key, _, value = option.partition("=")
+            if key.strip() != "$select":
+                raise bad_request(
+                    f"The nested query option {key.strip()} is not supported by the Dataverse emulator.", CODE_QUERY
+                )
+            select = parse_select(tables[nav.target], value)
+        expanded[name] = select
+    return expanded
+
+
+def _top_level_items(text: str, separator: str = ",") -> list[str]:
+    items, depth, current = [], 0, ""
+    for char in text:
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if char == separator and depth == 0:
+            items.append(current)
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        items.append(current)
+    return [item for item in items if item.strip()]
+
+
 _KEY_PART = re.compile(r"\s*([A-Za-z_]\w*)\s*=\s*('(?:[^']|'')*'|[^,']+?)\s*(?:,|$)")
 
 

@@ -22,6 +22,7 @@ from .metadata import attributes, table_named
 from .odata import (
     encode_skiptoken,
     json_body,
+    parse_expand,
     parse_key,
     parse_prefer,
     parse_query,
@@ -264,12 +265,13 @@ class WebApi:
 
     def _get_entity(self, request: Request) -> Response:
         table, key = self._entity_key(request)
-        unsupported = [n for n in request.query if n.startswith("$") and n != "$select"]
+        unsupported = [n for n in request.query if n.startswith("$") and n not in ("$select", "$expand")]
         if unsupported:
             raise bad_request(
                 f"The query option {unsupported[0]} is not supported by the Dataverse emulator.", CODE_QUERY
             )
         select = parse_select(table, request.query["$select"]) if request.query.get("$select") else None
+        expand = parse_expand(table, request.query["$expand"], self.store.tables) if "$expand" in request.query else {}
         prefer = parse_prefer(request.header("prefer"))
         with self.lock:
             self.ledger.counters["tables"][table.entity_set]["reads"] += 1
@@ -283,6 +285,17 @@ class WebApi:
                 "@odata.context": f"{self._context(request, table, select)}/$entity",
                 **self.store.render(table, row, select, wants_annotations(prefer)),
             }
+            for name, nested in expand.items():
+                # One request reads the related row too; a lookup pointing at another table expands to null.
+                nav = table.navs[name]
+                related = row.values.get(nav.column)
+                target_row = None
+                if related is not None and row.targets.get(nav.column) == nav.target:
+                    target_row = self.store.find(self.store.table(nav.target), str(related))
+                if target_row is not None:
+                    self.ledger.counters["tables"][nav.target]["reads"] += 1
+                target_table = self.store.table(nav.target)
+                body[name] = None if target_row is None else self.store.render(target_table, target_row, nested)
         return Response(200, body, {"ETag": etag})
 
     # -- writes -----------------------------------------------------------------------------------------------

@@ -95,7 +95,10 @@ class Merging:
         audit = prepend(record.audit, audit_line(now, True, plan.summary()), self.options.audit_max_chars)
         target = record.model_copy(update={f: getattr(merge.pc_side, f) for f in plan.to_crm})
         target = target.model_copy(update={"name": name, "audit": audit})
-        return CrmUpdate(target, [*plan.to_crm, *(["name"] if "name" not in plan.to_crm else []), "audit"])
+        # Only fields that change: a name written back unchanged would overwrite a rename saved meanwhile that
+        # the write's condition cannot see (Salesforce's If-Unmodified-Since has whole seconds).
+        mark = ["name"] if "name" not in plan.to_crm and name != record.name else []
+        return CrmUpdate(target, [*plan.to_crm, *mark, "audit"])
 
     def carry_out(self, merge: MergePlan, direction: str) -> Outcome:
         plan, record, link = merge.plan, merge.record, merge.pair.link

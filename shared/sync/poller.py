@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from ..domain.opportunity import Opportunity
 from ..ports import (
     KIND_CRM,
     KIND_REFERRAL,
     VERSION_DIGEST_BYTES,
+    Change,
     Clock,
     Crm,
     FeedWatermark,
@@ -47,13 +47,6 @@ class FeedState(Protocol):
     def get_watermark(self, feed: str) -> FeedWatermark | None: ...
 
     def save_watermark(self, feed: str, mark: FeedWatermark) -> None: ...
-
-
-@dataclass(frozen=True)
-class Change:
-    record_id: str
-    version: str  # changes with every write (etag), so two writes in one timestamp tick differ
-    changed_at: datetime | None
 
 
 @dataclass(frozen=True)
@@ -176,22 +169,18 @@ class _Run:
     enqueued: int = 0
 
 
-def _opportunity_change(record: Opportunity) -> Change | None:
-    if record.crm_id is None:
-        return None
-    return Change(record.crm_id, record.etag or "", record.modified_at)
-
-
 def crm_poller(
     crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300, page_size: int = 500
 ) -> ChangeFeed:
-    def fetch(since: datetime | None) -> Iterable[Change]:
-        for record in crm.list_flagged_changed_since(since, page_size):
-            change = _opportunity_change(record)
-            if change is not None:
-                yield change
-
-    return ChangeFeed(POLL_STATE_KEY, KIND_CRM, fetch, state, queue, clock, overlap_seconds)
+    return ChangeFeed(
+        POLL_STATE_KEY,
+        KIND_CRM,
+        lambda since: crm.changes_since(since, page_size),
+        state,
+        queue,
+        clock,
+        overlap_seconds,
+    )
 
 
 def partner_center_reconciler(
@@ -224,12 +213,11 @@ def partner_center_reconciler(
 def backfill(crm: Crm, queue: JobQueue, progress: Any = None, page_size: int = 500) -> int:
     """Enqueue every flagged opportunity once (the initial sync)."""
     count = 0
-    for record in crm.list_flagged_changed_since(None, page_size):
-        if record.crm_id:
-            queue.enqueue(Job(KIND_CRM, record.crm_id, reason="backfill"))
-            count += 1
-            if progress is not None and count % 100 == 0:
-                progress(count)
+    for change in crm.changes_since(None, page_size):
+        queue.enqueue(Job(KIND_CRM, change.record_id, reason="backfill"))
+        count += 1
+        if progress is not None and count % 100 == 0:
+            progress(count)
     if progress is not None:
         progress(count)
     return count

@@ -26,6 +26,7 @@ import requests
 from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
 from ...httpclient import ApiClient, TokenProvider, create_once
+from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
 from .auth import SERVICE
 from .customers import Currencies, Customers, Lookups
@@ -39,12 +40,16 @@ from .mapping import (
     contact_select,
     default_mapping,
     odata_datetime,
+    parse_datetime,
     row_to_opportunity,
 )
 from .metadata import mapping_problems
+from .row_states import STATE_COLUMNS, RowStates
 from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows
 
 log = logging.getLogger(__name__)
+ANNOTATIONS = f'odata.include-annotations="{LOOKUP_ANNOTATION}"'
+ORDER = "modifiedon asc,opportunityid asc"
 
 CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
 ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
@@ -96,6 +101,13 @@ class DataverseCrm:
         self._opportunity_select = ",".join(dict.fromkeys([*OPPORTUNITY_COLUMNS, *self._converters.select()]))
         self._account_select = account_select(self.mapping)
         self._contact_select = contact_select()
+        # One request reads the opportunity with its account and primary contact.
+        self._read_params = {
+            "$select": self._opportunity_select,
+            "$expand": f"customerid_account($select={self._account_select}),"
+            f"parentcontactid($select={self._contact_select})",
+        }
+        self._states = RowStates()
 
     def check_mapping(self) -> list[str]:
         """What the organisation's metadata says is wrong with the mapping (missing columns, wrong types,
@@ -104,21 +116,13 @@ class DataverseCrm:
 
     # -- reading --------------------------------------------------------------------------------------------------
     def get_opportunity(self, crm_id: str) -> Opportunity | None:
-        row = self._web.get(
-            f"opportunities({self._guid(crm_id)})",
-            {"$select": self._opportunity_select},
-            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
-            missing_ok=True,
-        )
-        return self._to_opportunity(row) if row is not None else None
+        return self._read(f"opportunities({self._guid(crm_id)})")
 
     def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
-        row = self._web.get(
-            self._key_path(referral_id),
-            {"$select": self._opportunity_select},
-            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
-            missing_ok=True,
-        )
+        return self._read(self._key_path(referral_id))
+
+    def _read(self, path: str) -> Opportunity | None:
+        row = self._web.get(path, self._read_params, ANNOTATIONS, missing_ok=True)
         return self._to_opportunity(row) if row is not None else None
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
@@ -127,33 +131,23 @@ class DataverseCrm:
         stored = self.mapping.stored(opportunity)
         return stored.model_copy(update={"customer_contacts": stored.customer_contacts[:1]})
 
-    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
-        """Opportunities with the sync flag set and modified at or after ``since``, oldest change first."""
+    def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
+        """Flagged opportunities modified at or after ``since``, oldest change first: the id, the etag (the row
+        version) and ``modifiedon``, nothing else."""
         odata_filter = f"{self.mapping.column('sync_enabled')} eq true"
         if since is not None:
             odata_filter += f" and modifiedon ge {odata_datetime(since)}"
-        params = {
-            "$select": self._opportunity_select,
-            "$filter": odata_filter,
-            "$orderby": "modifiedon asc,opportunityid asc",
-        }
-        for row in self._web.rows("opportunities", params, page_size, annotations=True):
-            yield self._to_opportunity(row)
+        params = {"$select": "opportunityid,modifiedon", "$filter": odata_filter, "$orderby": ORDER}
+        for row in self._web.rows("opportunities", params, page_size):
+            yield Change(
+                str(row["opportunityid"]), str(row.get("@odata.etag") or ""), parse_datetime(row.get("modifiedon"))
+            )
 
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
-        customer_id = row.get("_customerid_value")
-        customer_kind = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account")
-        account = None
-        if customer_id and customer_kind == "account":
-            account = self._web.get(f"accounts({customer_id})", {"$select": self._account_select}, missing_ok=True)
-        contact_id = row.get("_parentcontactid_value")
-        contact = (
-            self._web.get(f"contacts({contact_id})", {"$select": self._contact_select}, missing_ok=True)
-            if contact_id
-            else None
-        )
+        """``row`` read with its account and primary contact expanded (null when the customer is a contact)."""
+        self._states.remember(row)
         values = self._converters.values(row, row.get("opportunityid"))
-        return row_to_opportunity(row, values, account, contact, self.mapping)
+        return row_to_opportunity(row, values, row.get("customerid_account"), row.get("parentcontactid"), self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
@@ -171,16 +165,7 @@ class DataverseCrm:
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]
         try:
-            response = self.api.request(
-                "PATCH",
-                path,
-                params={"$select": self._opportunity_select},
-                json=body,
-                headers={
-                    "If-None-Match": "*",
-                    "Prefer": f'return=representation,odata.include-annotations="{LOOKUP_ANNOTATION}"',
-                },
-            )
+            self.api.request("PATCH", path, json=body, headers={"If-None-Match": "*"})
         except PreconditionFailed:
             # Already there (a retried job, or a concurrent one): the existing row is the answer.
             existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
@@ -192,17 +177,21 @@ class DataverseCrm:
                 self._close(existing.crm_id, target, opportunity.deal_value, None)
                 return self._reread(existing.crm_id)
             return existing
-        row: dict[str, Any] = response.json(parse_float=Decimal)
+        # The upsert's answer cannot expand the account and contact: one read gives the whole record.
+        created = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
+        if created is None or created.crm_id is None:
+            raise NotFound(SERVICE, f"the opportunity for referral {opportunity.referral_id} disappeared", 404)
         if target is not None and target[0] != OPEN:
-            self._close(row["opportunityid"], target, opportunity.deal_value, None)
-            return self._reread(row["opportunityid"])
-        return self._to_opportunity(row)
+            self._close(created.crm_id, target, opportunity.deal_value, None)
+            return self._reread(created.crm_id)
+        return created
 
     def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
         crm_id = self._guid(current.crm_id)
         wanted = writable(fields, "Dynamics 365")
         body = self._columns_for(desired, wanted - STATUS_FIELDS)
-        row = self._state_row(crm_id, current.etag)
+        # The state the caller read (same etag) saves a read; the conditional write is the guard either way.
+        row = self._states.get(crm_id, current.etag) or self._state_row(crm_id, current.etag)
         is_account = row.get(f"_customerid_value@{LOOKUP_ANNOTATION}", "account") == "account"
         account_id = row.get("_customerid_value") if is_account else None
         if wanted & CUSTOMER_FIELDS:
@@ -215,8 +204,16 @@ class DataverseCrm:
             if contact_ids and contact_ids[0] != row.get("_parentcontactid_value"):
                 body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
         target = self.mapping.status.target(desired.status, desired.substatus) if wanted & STATUS_FIELDS else None
-        self._write(crm_id, current.etag, row, body, target, desired.deal_value)
-        return self._reread(crm_id)
+        written = self._write(crm_id, current.etag, row, body, target, desired.deal_value)
+        if written is None or wanted & CUSTOMER_FIELDS or "customer_contacts" in wanted:
+            return self._reread(crm_id)  # closed by an action, or the customer's rows changed
+        # The write's answer is the row as it is now; the account and contact are the ones read before.
+        self._states.remember(written)
+        values = self._converters.values(written, crm_id)
+        updated = row_to_opportunity(written, values, None, None, self.mapping)
+        return updated.model_copy(
+            update={f: getattr(current, f) for f in ("customer_name", "customer_address", "customer_contacts")}
+        )
 
     def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
         """A closed opportunity is read-only: it is not reopened (a second close activity) for our bookkeeping."""
@@ -229,8 +226,10 @@ class DataverseCrm:
             body[self.mapping.column("audit")] = audit
         if not body or current.status == "Closed":
             return current
-        etag = self._write(crm_id, current.etag, {"statecode": OPEN}, body, None, None)
-        changed = {"etag": etag, "audit": audit, **({"name": name} if "name" in body else {})}
+        written = self._write(crm_id, current.etag, {"statecode": OPEN}, body, None, None)
+        assert written is not None  # an open row written without a status change ends with the PATCH
+        self._states.remember(written)
+        changed = {"etag": written.get("@odata.etag"), "audit": audit, **({"name": name} if "name" in body else {})}
         return current.model_copy(update=changed)
 
     def _write(
@@ -241,33 +240,36 @@ class DataverseCrm:
         body: dict[str, Any],
         target: tuple[int, int] | None,
         deal_value: Decimal | None,
-    ) -> str:
-        """Write ``body`` and move to ``target``; a closed row is reopened around the write and closed again."""
+    ) -> dict[str, Any] | None:
+        """Write ``body`` and move to ``target``; a closed row is reopened around the write and closed again.
+        Returns the row as the last PATCH left it, or None when a close action came after it."""
         original = (row.get("statecode", OPEN), row.get("statuscode"))
         final = target or original
         status, reopened = original[1], False
         if original[0] != OPEN and (body or final != original):
             status = final[1] if final[0] == OPEN else 1
-            etag = self._web.patch("opportunities", crm_id, {"statecode": OPEN, "statuscode": status}, etag)
+            etag = self._web.patch("opportunities", crm_id, {"statecode": OPEN, "statuscode": status}, etag)[
+                "@odata.etag"
+            ]
             reopened = True
         if final[0] == OPEN and final[1] != status:
             body = {**body, "statuscode": final[1]}
+        written = None
         if body:
-            etag = self._web.patch("opportunities", crm_id, body, etag)
+            written = self._web.patch("opportunities", crm_id, body, etag, self._opportunity_select, ANNOTATIONS)
         if final[0] != OPEN and (reopened or original[0] == OPEN):
             # Closing again after a reopen keeps the original close date and revenue.
             same_close = final == original
             revenue = to_decimal(row.get("actualvalue")) if same_close else deal_value
             self._close(crm_id, final, revenue, row.get("actualclosedate") if same_close else None)
-            refreshed = self._web.get(f"opportunities({crm_id})", {"$select": "opportunityid"})
-            etag = str((refreshed or {}).get("@odata.etag") or etag)
-        return etag or ""
+            return None
+        return written
 
     def _state_row(self, crm_id: str, etag: str | None) -> dict[str, Any]:
         row = self._web.get(
             f"opportunities({crm_id})",
-            {"$select": "statecode,statuscode,_customerid_value,_parentcontactid_value,actualclosedate,actualvalue"},
-            f'odata.include-annotations="{LOOKUP_ANNOTATION}"',
+            {"$select": ",".join(STATE_COLUMNS)},
+            ANNOTATIONS,
             missing_ok=True,
         )
         if row is None:

@@ -161,6 +161,8 @@ OPPORTUNITY_COLUMNS = (
     "statuscode",
     "_customerid_value",
     "_parentcontactid_value",
+    "actualclosedate",
+    "actualvalue",
     "modifiedon",
 )
 

@@ -112,13 +112,27 @@ class DataverseRows:
         created: dict[str, Any] = response.json(parse_float=Decimal)
         return created
 
-    def patch(self, entity_set: str, record_id: str, body: dict[str, Any], etag: str | None) -> str:
-        """Conditional update; returns the new etag. ``If-Match: *`` at least forbids an accidental create."""
+    def patch(
+        self,
+        entity_set: str,
+        record_id: str,
+        body: dict[str, Any],
+        etag: str | None,
+        select: str | None = None,
+        prefer: str | None = None,
+    ) -> dict[str, Any]:
+        """Conditional update; returns the row as written (``select``, or only its key and etag), so nothing
+        needs reading again. ``If-Match: *`` at least forbids an accidental create."""
         response = self.api.request(
             "PATCH",
             f"{entity_set}({record_id})",
-            params={"$select": PRIMARY_KEYS[entity_set]},
+            params={"$select": select or PRIMARY_KEYS[entity_set]},
             json=body,
-            headers={"If-Match": etag or "*", "Prefer": "return=representation"},
+            headers={
+                "If-Match": etag or "*",
+                "Prefer": ",".join(["return=representation", *([prefer] if prefer else [])]),
+            },
         )
-        return str(response.json().get("@odata.etag") or response.headers.get("ETag") or "")
+        row: dict[str, Any] = response.json(parse_float=Decimal)
+        row.setdefault("@odata.etag", response.headers.get("ETag") or "")
+        return row

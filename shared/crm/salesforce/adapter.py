@@ -26,6 +26,7 @@ import requests
 
 from ...domain.errors import NotFound, ValidationFailed
 from ...domain.opportunity import Opportunity
+from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, writable
 from .api import (
     QUOTA_RETRY_AFTER_SECONDS,
@@ -140,14 +141,17 @@ class SalesforceCrm:
             raise DuplicateReferralId(field_name, referral_id, [str(row["Id"]) for row in rows])
         return self._with_contacts(rows)[0] if rows else None
 
-    def list_flagged_changed_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Opportunity]:
+    def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Flagged opportunities with ``SystemModstamp`` at or after ``since`` (whole seconds), oldest first,
-        ties broken by Id so that paging is stable."""
+        ties broken by Id so that paging is stable: the Id and the stamp (also the version), nothing else."""
         where = f"{self.mapping.column('sync_enabled')} = true"
         if since is not None:
             where += f" AND SystemModstamp >= {soql_datetime(since)}"
-        for page in self.api.query_pages(self._select(where, "SystemModstamp ASC, Id ASC"), page_size):
-            yield from self._with_contacts(page)
+        query = soql("Opportunity", ["Id", "SystemModstamp"], where, "SystemModstamp ASC, Id ASC")
+        for page in self.api.query_pages(query, page_size):
+            for row in page:
+                stamp = row.get("SystemModstamp")
+                yield Change(str(row["Id"]), str(stamp or ""), parse_modstamp(stamp) if stamp else None)
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
         """What reading the opportunity back returns: the status as its stage reads back, one multi-line
