@@ -159,6 +159,32 @@ def test_a_feed_that_filters_on_whole_seconds_goes_quiet(feed_parts):
     assert queue.depth() == 2
 
 
+def test_a_quiet_feed_stops_reading_the_overlap_again(feed_parts):
+    """After a burst, polls with nothing new read only from the watermark's second: the rows of the burst are
+    not returned (and counted) again on every poll until a newer change comes."""
+    store, queue = feed_parts
+    start = datetime(2031, 5, 6, 7, 0, 0, tzinfo=UTC)
+    burst = [Change(f"opp-{i}", f'W/"{i}"', start + timedelta(seconds=i)) for i in range(60)]
+    asked: list[datetime | None] = []
+
+    def changed_since(since: datetime | None) -> Iterator[Change]:
+        asked.append(since)
+        return iter([c for c in burst if since is None or (c.changed_at and c.changed_at >= since)])
+
+    clock = FixedClock(start + timedelta(seconds=61))
+    feed = ChangeFeed(POLL_STATE_KEY, KIND_CRM, changed_since, store, queue, clock, overlap_seconds=300)
+    assert feed.poll().enqueued == 60
+    clock._now += timedelta(seconds=30)
+    assert (feed.poll().seen, feed.poll().enqueued) == (60, 0)  # within the overlap of a run: read again
+    clock._now += timedelta(seconds=600)
+    assert feed.poll().seen == 60  # the run before started within the overlap of the burst
+    result = feed.poll()  # the run before started more than the overlap after the newest change
+    assert asked[-1] == burst[-1].changed_at
+    assert (result.seen, result.enqueued) == (1, 0)
+    assert feed.poll().seen == 1
+    assert queue.depth() == 60
+
+
 def test_a_referral_edited_before_its_lost_create_answer_is_found_keeps_the_edit(stack, monkeypatch):
     crm_id = stack.seller().create_flagged(help_code=None)
     stack.pc.network_faults.add("lose_answer", method="POST", path=r"/engagements/referrals$", mode="drop")

@@ -96,8 +96,8 @@ class ChangeFeed:
     def poll(self) -> PollResult:
         saved = self.state.get_watermark(self.state_key) or FeedWatermark()
         watermark = saved.watermark
-        run = _Run(watermark, dict(saved.versions))
-        since = _whole_seconds(watermark - self.overlap) if watermark else self.first_since(self.clock.now())
+        run = _Run(watermark, dict(saved.versions), started=self.clock.now())
+        since = self._since(saved) if watermark else self.first_since(run.started)
         try:
             for change in self.fetch(since):
                 self._take(change, run)
@@ -120,6 +120,17 @@ class ChangeFeed:
         self._save(run)
         return PollResult(run.seen, run.enqueued, run.newest)
 
+    def _since(self, saved: FeedWatermark) -> datetime:
+        """Where this run reads from. A change can show up late by at most the overlap (clock skew, a
+        transaction committing after its timestamp), so whatever the last run could not yet see changed after
+        its start minus the overlap, or after the watermark. Anchored only to the watermark, a quiet org would
+        have the same rows read again on every run until a newer change came."""
+        assert saved.watermark is not None
+        floor = saved.watermark - self.overlap
+        if saved.last_run_at is not None:
+            floor = max(floor, min(saved.watermark, saved.last_run_at - self.overlap))
+        return _whole_seconds(floor)
+
     def _take(self, change: Change, run: _Run) -> None:
         run.seen += 1
         digest = _digest(change)
@@ -136,8 +147,8 @@ class ChangeFeed:
     def _save(self, run: _Run, interruption: str = "", failing: bool = False) -> None:
         mark = FeedWatermark(
             watermark=run.newest,
-            versions=self._within_window(run.remembered, run.newest),
-            last_run_at=self.clock.now(),
+            versions=self._within_window(run.remembered, run.newest, run.started),
+            last_run_at=run.started,
             last_seen=run.seen,
             last_enqueued=run.enqueued,
             last_interruption=interruption[:INTERRUPTION_MAX_CHARS],
@@ -150,12 +161,13 @@ class ChangeFeed:
         except Exception:  # the error that stopped the run is the one to report
             log.exception("%s: could not save the progress of a failed run", self.state_key)
 
-    def _within_window(self, remembered: dict[str, datetime], newest: datetime | None) -> dict[str, datetime]:
-        """Only versions inside the overlap window can come back; older ones are forgotten."""
+    def _within_window(
+        self, remembered: dict[str, datetime], newest: datetime | None, started: datetime
+    ) -> dict[str, datetime]:
+        """Only versions the next run can read again are kept; older ones are forgotten."""
         if newest is None:
             return {}
-        # The same floor the next run asks from: whatever that run can see again is remembered.
-        floor = _whole_seconds(newest - self.overlap)
+        floor = self._since(FeedWatermark(watermark=newest, last_run_at=started))
         return {k: v for k, v in remembered.items() if v >= floor}
 
 
@@ -165,6 +177,7 @@ class _Run:
 
     newest: datetime | None
     remembered: dict[str, datetime]
+    started: datetime
     seen: int = 0
     enqueued: int = 0
 
