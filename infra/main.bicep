@@ -48,6 +48,11 @@ param maximumInstanceCount int = 40
 ])
 param instanceMemoryMB int = 2048
 
+@description('Always-ready instances kept running for each latency-critical function group: the HTTP functions (the Partner Center webhook) and the sync_worker queue function. 0 lets both scale to zero; each instance is billed around the clock, see docs/deploy.md.')
+@minValue(0)
+@maxValue(20)
+param alwaysReadyInstances int = 0
+
 @description('Days to keep logs in Log Analytics.')
 @minValue(30)
 @maxValue(730)
@@ -101,7 +106,7 @@ param checkmarkEnabled bool = true
 param syncCosellOnly bool = true
 
 @description('NCRONTAB schedule (six fields, UTC) of the CRM poll for flagged opportunities.')
-param crmPollSchedule string = '0 */2 * * * *'
+param crmPollSchedule string = '*/30 * * * * *'
 
 @description('NCRONTAB schedule (six fields, UTC) of the Partner Center reconciliation.')
 param reconcileSchedule string = '0 0 * * * *'
@@ -281,6 +286,23 @@ var salesforceClientSecretSettings = (crmProvider != 'salesforce' || empty(sales
 var connectorSettings = concat(behaviourSettings, partnerCenterClientIdSettings, partnerCenterClientSecretSettings, dataverseUrlSettings, dataverseClientIdSettings, dataverseClientSecretSettings, salesforceLoginSettings, salesforceClientIdSettings, salesforceClientSecretSettings)
 
 // ---------------------------------------------------------------------------------------------
+// Always-ready instances (Flex Consumption), per function group: 'http' holds every HTTP function,
+// the webhook among them; any other function scales on its own, named 'function:<function name>'
+// (sync_worker is the queue function in shared/functions/worker.py). None at all by default.
+// ---------------------------------------------------------------------------------------------
+
+var alwaysReady = (alwaysReadyInstances == 0) ? [] : [
+  {
+    name: 'http'
+    instanceCount: alwaysReadyInstances
+  }
+  {
+    name: 'function:sync_worker'
+    instanceCount: alwaysReadyInstances
+  }
+]
+
+// ---------------------------------------------------------------------------------------------
 // Resources
 // ---------------------------------------------------------------------------------------------
 
@@ -366,6 +388,7 @@ module functionApp 'modules/functionapp.bicep' = {
     appSettings: connectorSettings
     maximumInstanceCount: maximumInstanceCount
     instanceMemoryMB: instanceMemoryMB
+    alwaysReady: alwaysReady
     packageUri: effectivePackageUri
     deployPackage: deployPackage
   }

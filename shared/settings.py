@@ -47,7 +47,7 @@ class Settings(BaseSettings):
     crm_provider: Literal["dynamics", "salesforce"] = Field("dynamics", validation_alias=_env("CRM_PROVIDER"))
     checkmark_enabled: bool = Field(True, validation_alias=_env("CHECKMARK_ENABLED"))
     sync_cosell_only: bool = Field(True, validation_alias=_env("SYNC_COSELL_ONLY"))
-    crm_poll_schedule: str = Field("0 */2 * * * *", validation_alias=_env("CRM_POLL_SCHEDULE"))
+    crm_poll_schedule: str = Field("*/30 * * * * *", validation_alias=_env("CRM_POLL_SCHEDULE"))
     reconcile_schedule: str = Field("0 0 * * * *", validation_alias=_env("RECONCILE_SCHEDULE"))
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from devtools.localhost.hostconfig import parse_timespan
 from shared.functions.worker import MAX_DEQUEUE_COUNT
 from tests.harness import load_app
 
@@ -54,6 +55,15 @@ def test_host_json_queue_semantics_match_the_code():
     assert queues["messageEncoding"] == "base64"  # the app enqueues with TextBase64EncodePolicy
     assert queues["visibilityTimeout"] and queues["batchSize"] <= 32
     assert host["extensionBundle"]["version"].startswith("[4.")
+
+
+def test_an_idle_queue_is_polled_at_least_every_two_seconds():
+    """A running worker with nothing to do backs off between empty polls up to maxPollingInterval; that cap
+    bounds how long a webhook's job waits on the queue after sparse events (10 s made webhook -> CRM p95 ~11 s).
+    Every poll is a storage transaction, so not below 1 s either (docs/deploy.md has the count)."""
+    queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    interval = parse_timespan(queues["maxPollingInterval"], "maxPollingInterval")
+    assert 1 <= interval <= 2
 
 
 def test_missing_settings_stop_start_up_with_a_named_reason():

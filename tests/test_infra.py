@@ -581,7 +581,8 @@ def arm_nested(template: dict, deployment: str) -> dict:
 
 def setting_names(value: Any) -> set[str]:
     """Names of {name, value} app-setting objects anywhere inside a pycep value or an ARM template
-    (including createObject('name', 'X', ...) inside ARM expressions)."""
+    (including createObject('name', 'X', 'value', ...) inside ARM expressions; other {name, ...} objects,
+    such as the always-ready groups, are not app settings)."""
     names: set[str] = set()
     if isinstance(value, dict):
         if set(value) == {"name", "value"} and isinstance(value["name"], str):
@@ -592,7 +593,7 @@ def setting_names(value: Any) -> set[str]:
         for item in value:
             names |= setting_names(item)
     elif isinstance(value, str):
-        names |= set(re.findall(r"createObject\('name', '(\w+)'", value))
+        names |= set(re.findall(r"createObject\('name', '(\w+)', 'value', ", value))
     return names
 
 
@@ -893,6 +894,93 @@ def test_azd_files_agree_with_the_template(bicep):
     site = next(body for _, r, body in walk_bicep(bicep) if r["type"] == "Microsoft.Web/sites")
     service = re.search(r"^  (\w[\w-]*):\n", azure_yaml.split("services:", 1)[1], re.M).group(1)
     assert site["tags"]["function"]["parameters"]["arg_2"] == {"'azd-service-name'": service}
+
+
+# ==================================================================================================
+# Tests: latency settings (always-ready instances)
+# ==================================================================================================
+
+# Flex Consumption names the HTTP functions' group 'http' and any other function 'function:<name>'.
+ALWAYS_READY_GROUPS = {"http": "httpTrigger", "function:sync_worker": "queueTrigger"}
+ALWAYS_READY_PARAM = "alwaysReadyInstances"
+
+
+def test_always_ready_defaults_to_none_and_fits_within_the_instance_limit(bicep, arm):
+    params = bicep["main.bicep"]["parameters"]
+    declared = params[ALWAYS_READY_PARAM]
+    assert declared["type"] == "int"
+    assert declared["default"] == 0, "always-ready instances are billed around the clock: none unless asked for"
+    bounds = decorators(declared)
+    assert bounds["min_value"] == 0
+    # Every group at the maximum still fits the smallest maximumInstanceCount the template accepts.
+    assert bounds["max_value"] * len(ALWAYS_READY_GROUPS) <= decorators(params["maximumInstanceCount"])["min_value"]
+    arm_param = arm["parameters"][ALWAYS_READY_PARAM]
+    assert (arm_param["type"], arm_param["defaultValue"]) == ("int", 0)
+    assert (arm_param["minValue"], arm_param["maxValue"]) == (bounds["min_value"], bounds["max_value"])
+
+
+def test_always_ready_reaches_the_webhook_and_the_sync_worker_in_bicep(bicep):
+    main = bicep["main.bicep"]
+    # var alwaysReady = (alwaysReadyInstances == 0) ? [] : [{name: GROUP, instanceCount: alwaysReadyInstances}, ...]
+    ternary = main["variables"]["alwaysReady"]["value"]["operator"]
+    assert ternary["type"] == "conditional"
+    condition = ternary["operands"]["condition"]["operator"]
+    assert condition["type"] == "equals"
+    assert condition["operands"] == {"operand_1": ALWAYS_READY_PARAM, "operand_2": 0}
+    assert ternary["operands"]["true_value"] == [], "0 deploys an empty alwaysReady list"
+    assert ternary["operands"]["false_value"] == [
+        {"name": group, "instanceCount": ALWAYS_READY_PARAM} for group in ALWAYS_READY_GROUPS
+    ]
+    module = unwrap(main["modules"]["functionApp"])[0]
+    assert module["params"]["alwaysReady"] == "alwaysReady"
+    app = bicep["modules/functionapp.bicep"]
+    assert app["parameters"]["alwaysReady"]["type"] == "array"
+    site = next(body for _, r, body in walk_bicep(bicep) if r["type"] == "Microsoft.Web/sites")
+    assert site["properties"]["functionAppConfig"]["scaleAndConcurrency"]["alwaysReady"] == "alwaysReady"
+
+
+def test_always_ready_compiles_to_the_same_arm_and_azd_passes_it(bicep, arm):
+    groups = ", ".join(
+        f"createObject('name', '{group}', 'instanceCount', parameters('{ALWAYS_READY_PARAM}'))"
+        for group in ALWAYS_READY_GROUPS
+    )
+    assert arm["variables"]["alwaysReady"] == (
+        f"[if(equals(parameters('{ALWAYS_READY_PARAM}'), 0), createArray(), createArray({groups}))]"
+    )
+    deployment = next(r for r in arm["resources"] if r["name"] == "functionapp")["properties"]
+    assert deployment["parameters"]["alwaysReady"] == {"value": "[variables('alwaysReady')]"}
+    assert deployment["template"]["parameters"]["alwaysReady"]["type"] == "array"
+    arm_site = next(r for r in walk_arm(arm) if r["type"] == "Microsoft.Web/sites")
+    scale = arm_site["properties"]["functionAppConfig"]["scaleAndConcurrency"]
+    assert scale["alwaysReady"] == "[parameters('alwaysReady')]"
+    parameters = json.loads(PARAMETERS_FILE.read_text(encoding="utf-8"))["parameters"]
+    assert parameters[ALWAYS_READY_PARAM]["value"] == "${ALWAYS_READY_INSTANCES=0}"
+
+
+def test_always_ready_groups_name_the_apps_webhook_and_queue_functions():
+    import azure.functions as func
+
+    from shared.functions import http, worker
+
+    app = func.FunctionApp()
+    app.register_functions(http.bp)
+    app.register_functions(worker.bp)
+    triggers = {
+        f.get_function_name(): json.loads(f.get_function_json())["bindings"][0]["type"] for f in app.get_functions()
+    }
+    assert triggers["partner_center_webhook"] == ALWAYS_READY_GROUPS["http"]
+    for group, trigger in ALWAYS_READY_GROUPS.items():
+        if group.startswith("function:"):
+            assert triggers.get(group.removeprefix("function:")) == trigger, f"{group} is not a {trigger} function"
+
+
+def test_deploy_doc_lists_the_latency_parameters_with_their_defaults(bicep):
+    doc = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    params = bicep["main.bicep"]["parameters"]
+    row = next(line for line in doc.splitlines() if line.startswith("| `crmPollSchedule`"))
+    assert f"`{params['crmPollSchedule']['default']}`" in row
+    row = next(line for line in doc.splitlines() if line.startswith(f"| `{ALWAYS_READY_PARAM}`"))
+    assert f"`{params[ALWAYS_READY_PARAM]['default']}`" in row
 
 
 # ==================================================================================================

@@ -131,7 +131,7 @@ def test_host_json_is_read_and_app_settings_override_it() -> None:
     assert config.queues.visibility_timeout == 30
     assert config.queues.batch_size == 8
     assert config.queues.new_batch_threshold == 4
-    assert config.queues.max_polling_interval == 10
+    assert config.queues.max_polling_interval == 2
     assert config.queues.message_encoding == "base64"
     overridden = load_host_config(
         ROOT,

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
 from shared.partner_center.token_file import write_token_file
 from shared.settings import SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 BASE = {
     "DATAVERSE_URL": "https://org.crm.dynamics.com",
@@ -32,7 +39,7 @@ def test_defaults_follow_the_contract(env):
     s = load_settings()
     assert s.crm_provider == "dynamics"
     assert s.checkmark_enabled is True and s.sync_cosell_only is True
-    assert s.crm_poll_schedule == "0 */2 * * * *"
+    assert s.crm_poll_schedule == "*/30 * * * * *"
     assert s.reconcile_schedule == "0 0 * * * *"
     assert s.partner_center_api_url == "https://api.partner.microsoft.com"
     assert s.partner_center_webhook_api_url == "https://api.partnercenter.microsoft.com"
@@ -96,7 +103,23 @@ def test_empty_values_count_as_unset(env):
     env.setenv("CRM_POLL_SCHEDULE", "")
     s = load_settings()
     assert s.partner_center_webhook_ca_bundle is None
-    assert s.crm_poll_schedule == "0 */2 * * * *"
+    assert s.crm_poll_schedule == "*/30 * * * * *"
+
+
+def test_the_crm_is_polled_every_30_seconds_by_default(env):
+    """A CRM change waits at most one poll interval before it is enqueued; the sample settings and the
+    Bicep (tests/test_infra.py) carry the same default."""
+    from devtools.localhost import ncrontab
+
+    schedule = ncrontab.parse(load_settings().crm_poll_schedule)
+    moment = datetime(2026, 3, 1, 10, 0, 7, tzinfo=UTC)
+    fired = []
+    for _ in range(6):
+        moment = schedule.next_after(moment)
+        fired.append(moment)
+    assert {(b - a).total_seconds() for a, b in itertools.pairwise(fired)} == {30}
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))
+    assert sample["Values"]["CRM_POLL_SCHEDULE"] == load_settings().crm_poll_schedule
 
 
 def test_conflict_rules_are_validated(env):

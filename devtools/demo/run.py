@@ -54,7 +54,7 @@ from .steps_crm import is_microsofts_referral, run_crm_scenario
 
 T = TypeVar("T")
 WEBHOOK_FUNCTION = "partner_center_webhook"
-# Queue polling backs off to host.json's maxPollingInterval (10 s) while idle; the demo caps it at 0.5 s so
+# Queue polling backs off to host.json's maxPollingInterval (2 s) while idle; the demo caps it at 0.5 s so
 # its timings show the app's work, not the poll interval. A job that finds its pair leased by another job
 # (typically Partner Center's webhook for a referral the app is still creating) fails with RecordBusy and
 # is retried after visibilityTimeout, 30 s in host.json; the demo shortens that to 1 s, still long enough
@@ -264,9 +264,9 @@ def report(demo: Demo, crm: str, observer: Observer | None, seller: CrmSeller | 
     print(f"with {side.sign_in}.")
     print("Timings run from each step's action until the demo saw the result (it polls every 50 ms).")
     print("Queue polling is capped at 0.5 s for the demo (AzureFunctionsJobHost__extensions__queues__")
-    print("maxPollingInterval); host.json allows 10 s between polls of an idle queue. A job that finds its")
+    print("maxPollingInterval); host.json allows 2 s between polls of an idle queue. A job that finds its")
     print("record busy with another job is retried after 1 s here (visibilityTimeout; 30 s in host.json).")
-    print("The CRM poll runs on CRM_POLL_SCHEDULE (every 2 minutes by default); the demo fires it through")
+    print("The CRM poll runs on CRM_POLL_SCHEDULE (every 30 s by default); the demo fires it through")
     print("the host's admin endpoint (POST /admin/functions/poll_crm) instead of waiting.\n")
     for position, step in enumerate(demo.steps, start=1):
         print(f"{'PASS' if step.ok else 'FAIL'}  {position}. {step.title}")

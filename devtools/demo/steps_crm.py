@@ -2,7 +2,7 @@
 
 The seller acts only through the CRM's own API (a :class:`~devtools.demo.crm.CrmSeller`: the Dataverse Web
 API, or the Salesforce REST API with a session from the org's token endpoint). The CRM poll
-runs on ``CRM_POLL_SCHEDULE`` (every two minutes by default); instead of waiting, the demo fires the
+runs on ``CRM_POLL_SCHEDULE`` (every 30 s by default); instead of waiting, the demo fires the
 ``poll_crm`` timer through the host's admin endpoint, as ``python -m devtools.localhost.runner fire poll_crm`` does.
 Everything else is observed: the emulators' state and counters, Partner Center's webhook deliveries and
 the app's own ``GET /api/status`` (last poll time, queue depth, poison count).

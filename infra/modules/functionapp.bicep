@@ -55,6 +55,9 @@ param maximumInstanceCount int
 ])
 param instanceMemoryMB int
 
+@description('Always-ready instances per function group or function ({name, instanceCount}; name is http or function:NAME); empty for none.')
+param alwaysReady array
+
 @description('Public URL of the release zip to deploy; ignored when deployPackage is false.')
 param packageUri string
 
@@ -153,6 +156,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         maximumInstanceCount: maximumInstanceCount
         instanceMemoryMB: instanceMemoryMB
+        alwaysReady: alwaysReady
       }
       runtime: {
         name: 'python'
