@@ -107,6 +107,7 @@ class Link:
     crm_fingerprint: str | None = None
     pc_etag: str | None = None
     crm_etag: str | None = None
+    pc_updated_at: str | None = None  # the referral's updatedDateTime as we last wrote or read it
     last_status: str | None = None  # "ok" | "failed" | "skipped"
     last_error: str | None = None
     last_synced_at: datetime | None = None
@@ -229,16 +230,27 @@ class Job:
     record_id: str
     reason: str = ""
     enqueued_at: str = ""
+    # The version of the record the job was enqueued for, when the source knows it: the CRM row's version,
+    # the webhook's ResourceChangeUtcDate, the referral's eTag. A job for the version we wrote is an echo.
+    version: str = ""
 
     def to_dict(self) -> dict[str, str]:
-        return {"kind": self.kind, "recordId": self.record_id, "reason": self.reason, "enqueuedAt": self.enqueued_at}
+        data = {"kind": self.kind, "recordId": self.record_id, "reason": self.reason, "enqueuedAt": self.enqueued_at}
+        return data | ({"version": self.version} if self.version else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         kind, record_id = data.get("kind"), data.get("recordId")
         if not isinstance(kind, str) or not isinstance(record_id, str) or not record_id:
             raise ValueError("a job needs string 'kind' and 'recordId'")
-        return cls(kind, record_id, str(data.get("reason", "")), str(data.get("enqueuedAt", "")))
+        version = data.get("version")
+        return cls(
+            kind,
+            record_id,
+            str(data.get("reason", "")),
+            str(data.get("enqueuedAt", "")),
+            version if isinstance(version, str) else "",
+        )
 
 
 class JobQueue(Protocol):

@@ -35,6 +35,8 @@ from shared.domain.policies import (
 from shared.domain.referral import AssistanceRequestCode, Referral
 from shared.domain.referral_rules import PATCHABLE_FIELDS, referral_created_from
 from shared.partner_center.bodies import partner_referral_body, patch_operations
+from shared.ports import KIND_REFERRAL, Job, Link
+from shared.sync.echoes import is_echo
 
 DEFAULT_FIELD_OWNERS = default_mapping().owners()  # who wins a conflict, as the shipped mapping declares it
 
@@ -657,3 +659,17 @@ def test_marks_never_stack(name: str, outcomes: list[bool]) -> None:
     assert strip_marks(marked) == strip_marks(name)
     assert not marked[:-1].rstrip().endswith(MARKS), "exactly one mark at the end"
     assert marked == mark(name, outcomes[-1])
+
+
+# -- echoes ----------------------------------------------------------------------------------------------------------
+_moments = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC))
+
+
+@given(_moments, _moments)
+def test_a_webhook_names_the_version_we_wrote_exactly_when_the_moments_are_the_same(first, second):
+    """ResourceChangeUtcDate (seven fractional digits, +00:00) against the updatedDateTime we recorded (six, Z):
+    the same microsecond is an echo, any other moment is not (a real change must never be skipped)."""
+    webhook = first.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0+00:00"
+    recorded = second.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    link = Link(referral_id="r", last_status="ok", pc_updated_at=recorded)
+    assert is_echo(Job(KIND_REFERRAL, "r", version=webhook), link) == (first == second)

@@ -92,7 +92,12 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
         return Response(204)
 
     def deliveries(request: Request) -> Response:
-        return Response(200, {"value": [d.to_json() for d in emu.deliveries()]})
+        status, top = request.query.get("status"), int(request.query.get("top") or 0)
+        found = [d for d in emu.deliveries() if status in (None, d.status)]
+        return Response(200, {"value": [d.to_json() for d in (found[:top] if top else found)]})
+
+    def release(request: Request) -> Response:
+        return Response(200, {"released": emu.release_deliveries()})
 
     def send(request: Request) -> Response:
         body = _body(request)
@@ -136,4 +141,5 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
     emu.route("DELETE", CONTROL + "/faults", clear_faults)
     emu.route("GET", CONTROL + "/deliveries", deliveries)
     emu.route("POST", CONTROL + "/deliveries", send)
+    emu.route("POST", CONTROL + "/deliveries/release", release)
     emu.route("POST", CONTROL + "/config", config)

@@ -2,7 +2,9 @@
 
 Like the real service, delivery happens after the API call that caused it has returned (``async``), is
 retried up to ``max_attempts`` times when the receiver does not answer 2xx, and is recorded so tests
-can inspect status codes and attempts. ``sync`` delivers before returning, ``off`` records nothing.
+can inspect status codes and attempts. ``sync`` delivers before returning, ``off`` records nothing,
+``hold`` records each delivery and keeps it until :meth:`WebhookDispatcher.release` (delivery paused: what
+is raised after a release is held in turn, until the mode changes).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from .pki import Signer
 
-DispatchMode = Literal["async", "sync", "off"]
+DispatchMode = Literal["async", "sync", "off", "hold"]
 
 
 @dataclass
@@ -36,7 +38,7 @@ class Delivery:
     headers: dict[str, str]
     referral_id: str | None = None
     correlation_id: str | None = None
-    status: str = "pending"  # pending | delivered | failed
+    status: str = "pending"  # held | pending | delivered | failed
     attempts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -58,19 +60,23 @@ class Delivery:
         }
 
 
-def change_date() -> str:
-    # Same shape as the documented sample: seven fractional digits and an explicit +00:00 offset.
-    now = dt.datetime.now(dt.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0+00:00"
+def change_date(changed_at: str | None = None) -> str:
+    """When the resource changed: its ``updatedDateTime`` when given (the emulator's reading of the field;
+    Partner Center does not document how the two relate), else now. Same shape as the documented sample:
+    seven fractional digits and an explicit +00:00 offset."""
+    moment = dt.datetime.now(dt.UTC)
+    if changed_at:
+        moment = dt.datetime.fromisoformat(changed_at.replace("Z", "+00:00")).astimezone(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0+00:00"
 
 
-def event_body(event_name: str, resource_uri: str, resource_name: str) -> bytes:
+def event_body(event_name: str, resource_uri: str, resource_name: str, changed_at: str | None = None) -> bytes:
     payload = {
         "EventName": event_name,
         "ResourceUri": resource_uri,
         "ResourceName": resource_name,
         "AuditUri": None,
-        "ResourceChangeUtcDate": change_date(),
+        "ResourceChangeUtcDate": change_date(changed_at),
     }
     return json.dumps(payload).encode("utf-8")
 
@@ -111,6 +117,7 @@ class WebhookDispatcher:
         self.mode: DispatchMode = mode
         self.max_attempts, self.retry_delay, self.timeout = max_attempts, retry_delay, timeout
         self.deliveries: list[Delivery] = []
+        self._held: list[Delivery] = []
         self._queue: queue.Queue[Delivery | None] = queue.Queue()
         self._pending = 0
         self._idle = threading.Condition()
@@ -124,12 +131,29 @@ class WebhookDispatcher:
             self.deliveries.append(delivery)
             self._pending += 1
             self._idle.notify_all()
+            if self.mode == "hold" and not force:
+                delivery.status = "held"
+                self._held.append(delivery)
+                return delivery
+        self._send(delivery)
+        return delivery
+
+    def release(self) -> int:
+        """Send every held delivery, in the order raised; returns how many."""
+        with self._idle:
+            held, self._held = self._held, []
+            for delivery in held:
+                delivery.status = "pending"
+        for delivery in held:
+            self._send(delivery)
+        return len(held)
+
+    def _send(self, delivery: Delivery) -> None:
         if self.mode == "sync":
             self._deliver(delivery)
         else:
             self._ensure_worker()
             self._queue.put(delivery)
-        return delivery
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """True once every submitted delivery has succeeded or run out of attempts."""
@@ -143,6 +167,8 @@ class WebhookDispatcher:
 
     def clear(self) -> None:
         with self._idle:
+            self._pending -= len(self._held)
+            self._held.clear()
             self.deliveries.clear()
 
     def close(self) -> None:

@@ -13,9 +13,10 @@ Run it with ``python -m emulators.partner_center [--port N]`` (default 7101) or 
 ``GET|DELETE /_emulator/counters``        :meth:`counters` / :meth:`reset_counters`
 ``POST|DELETE /_emulator/faults``         :meth:`add_fault` ``{"status", "count", "retryAfter", "method",
                                           "path"}`` / :meth:`clear_faults`
-``GET|POST /_emulator/deliveries``        :meth:`deliveries` / :meth:`send_event` ``{"referralId",
-                                          "eventName", "redeliver", "corruptSignature", "certificateUrl",
-                                          "signer", "url"}``
+``GET|POST /_emulator/deliveries``        :meth:`deliveries` (``?status=held|pending|...&top=N``) / :meth:`send_event`
+                                          ``{"referralId", "eventName", "redeliver", "corruptSignature",
+                                          "certificateUrl", "signer", "url"}``
+``POST /_emulator/deliveries/release``    :meth:`release_deliveries` (``dispatchMode`` ``hold``)
 ``POST /_emulator/config``                ``{"pageSize", "dispatchMode", "deliveryAttempts", "retryDelay",
                                           "requiredToken"}``
 =======================================  ===============================================================
@@ -112,9 +113,11 @@ class PartnerCenterEmulator(Emulator):
 
     @dispatch_mode.setter
     def dispatch_mode(self, mode: DispatchMode) -> None:
-        if mode not in ("async", "sync", "off"):
-            raise ValueError("dispatch_mode must be async, sync or off")
+        if mode not in ("async", "sync", "off", "hold"):
+            raise ValueError("dispatch_mode must be async, sync, off or hold")
         self.dispatcher.mode = mode
+        if mode != "hold":
+            self.dispatcher.release()  # nothing stays held once delivery resumes
 
     @property
     def delivery_attempts(self) -> int:
@@ -254,6 +257,10 @@ class PartnerCenterEmulator(Emulator):
         with self.lock:
             return list(self.dispatcher.deliveries)
 
+    def release_deliveries(self) -> int:
+        """In ``hold`` mode: send what is held so far (later events are held in turn); how many were sent."""
+        return self.dispatcher.release()
+
     def wait_for_deliveries(self, count: int, timeout: float = 5.0) -> list[Delivery]:
         """Wait until at least ``count`` deliveries exist and none is still being retried."""
         if not self.dispatcher.wait_for(count, timeout):
@@ -384,7 +391,7 @@ class PartnerCenterEmulator(Emulator):
                 ]
         pending: list[Delivery] = []
         for event_name, referral_id in targets:
-            body = event_body(event_name, self._resource_uri(referral_id), "referral")
+            body = event_body(event_name, self._resource_uri(referral_id), "referral", referral.get("updatedDateTime"))
             with self.lock:
                 self._last_event[referral_id] = (event_name, body)
                 url, header_flag = self.webhooks.url_for(event_name), self.webhooks.ms_signature_header

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from azure.core.exceptions import ResourceExistsError
@@ -83,7 +83,7 @@ class StorageJobQueue:
         """Send the job; with ``delay_seconds`` it stays invisible that long (at most 7 days)."""
         self.ensure()
         if not job.enqueued_at:
-            job = Job(job.kind, job.record_id, job.reason, datetime.now(UTC).isoformat())
+            job = replace(job, enqueued_at=datetime.now(UTC).isoformat())
         delay = max(0, min(int(delay_seconds), MAX_VISIBILITY_SECONDS))
         # A message lives 7 days unless told otherwise: one deferred for days would expire before (or as)
         # it became visible, and the job would be gone without a trace. A deferred job never expires.

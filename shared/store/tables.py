@@ -424,6 +424,7 @@ _LINK_COLUMNS = {
     "crm_fingerprint": "CrmFingerprint",
     "pc_etag": "PcEtag",
     "crm_etag": "CrmEtag",
+    "pc_updated_at": "PcUpdatedAt",
     "last_status": "LastStatus",
     "last_error": "LastError",
     "last_synced_at": "LastSyncedAt",

@@ -27,9 +27,22 @@ from ..domain.errors import (
 )
 from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
-from ..ports import CRM_TO_PC, KIND_CRM, KIND_REFERRAL, PC_TO_CRM, Clock, Crm, Job, PartnerCenter, SyncStore, WriteFence
+from ..ports import (
+    CRM_TO_PC,
+    KIND_CRM,
+    KIND_REFERRAL,
+    PC_TO_CRM,
+    Clock,
+    Crm,
+    Job,
+    Link,
+    PartnerCenter,
+    SyncStore,
+    WriteFence,
+)
 from .clock import SystemClock
 from .deferral import is_deferred
+from .echoes import is_echo
 from .lease import LeaseKeeper
 from .merging import Merging
 from .opportunity_creation import OpportunityCreation
@@ -98,7 +111,13 @@ class SyncEngine:
         else:
             raise ValueError(f"unknown job kind '{job.kind}'")
         read = _Read()
-        key = self._pair_key(job, read)
+        link = self._link_for(job)
+        if is_echo(job, link):
+            # Counted, not audited: an audit row per echo would cost a Table write for nothing.
+            log.info("%s %s: echo of our own write (version %s); nothing to do", job.kind, job.record_id, job.version)
+            direction = CRM_TO_PC if job.kind == KIND_CRM else PC_TO_CRM
+            return Outcome("echo", job.record_id, direction, message="echo of our own write")
+        key = self._pair_key(job, read, link)
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)
         lease = LeaseKeeper(self.store, key, self.options.lease_seconds, self.options.lease_margin_seconds)
@@ -117,12 +136,18 @@ class SyncEngine:
                     self._record_final_failure(job, read, exc)
                 raise
 
-    def _pair_key(self, job: Job, read: _Read) -> str | None:
+    def _link_for(self, job: Job) -> Link | None:
+        """The pair's link when the job needs it before its lease: to tell an echo, or to name a referral's
+        lease. A CRM job without a version reads it later, under the lease."""
+        if job.kind == KIND_REFERRAL:
+            return self.store.get_link(job.record_id)
+        return self.store.find_link_by_crm_id(job.record_id) if job.version else None
+
+    def _pair_key(self, job: Job, read: _Read, link: Link | None) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
         job for the same pair never run at the same time. None when the referral does not exist."""
         if job.kind == KIND_CRM:
             return f"crm:{job.record_id}"
-        link = self.store.get_link(job.record_id)
         if link is not None and link.crm_id:
             return f"crm:{link.crm_id}"
         read.referral = self.pairing.read_referral(job.record_id)

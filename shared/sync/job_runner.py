@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -149,7 +150,7 @@ class JobRunner:
         # A new message: the host deletes the one being handled (this invocation succeeds), and the new one
         # starts with a fresh dequeue count. Should this send fail, the invocation fails and the host retries.
         delay = min(MAX_DEFER_SECONDS, delay_seconds)
-        self.queue.enqueue(Job(job.kind, job.record_id, job.reason or "deferred"), delay_seconds=delay)
+        self.queue.enqueue(replace(job, reason=job.reason or "deferred", enqueued_at=""), delay_seconds=delay)
 
 
 def health_status(runner: JobRunner) -> dict[str, Any]:

@@ -96,6 +96,7 @@ class Recorder:
             link.crm_fingerprint = crm_fingerprint or fingerprint(record)
         link.pc_fingerprint = pc_fingerprint
         link.pc_etag = referral.e_tag
+        link.pc_updated_at = referral.updated_date_time
         link.last_status = status
         link.last_error = error
         link.last_synced_at = self.clock.now()

@@ -83,5 +83,7 @@ class WebhookIntake:
             referral_id = self._referral_id(event.ResourceUri)
         except ValueError as exc:
             return _error(400, f"ResourceUri does not name a referral: {exc}")
-        self.queue.enqueue(Job(KIND_REFERRAL, referral_id, reason=event.EventName))
+        self.queue.enqueue(
+            Job(KIND_REFERRAL, referral_id, reason=event.EventName, version=event.ResourceChangeUtcDate or "")
+        )
         return IntakeResult(202, {"status": "queued", "referralId": referral_id, "event": event.EventName})
