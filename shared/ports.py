@@ -113,6 +113,9 @@ class Link:
     last_synced_at: datetime | None = None
     last_values: str | None = None  # JSON of the mapped values both sides agreed on at the last sync
     etag: str | None = None  # Table Storage etag of this row
+    # What the CRM-id index row holds for this link (crm id, crm etag, status), so that saving a link rewrites
+    # the index only when one of them changes.
+    indexed: tuple[str | None, str | None, str | None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -182,6 +185,11 @@ class SyncStore(Protocol):
     def get_link(self, referral_id: str) -> Link | None: ...
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None: ...
+
+    def crm_link_state(self, crm_id: str) -> Link | None:
+        """From the CRM-id index alone (one read): the link's referral id, CRM id, CRM etag and status, enough
+        to tell an echo; None when the opportunity has no link."""
+        ...
 
     def save_link(self, link: Link) -> Link:
         """Insert (no etag) or replace conditioned on ``link.etag``; PreconditionFailed on a race."""

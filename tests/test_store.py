@@ -107,3 +107,53 @@ def test_bad_job_messages_are_refused():
 
 def test_table_service_uses_connection_string(settings):
     assert isinstance(table_service(storage_config(settings)), TableServiceClient)
+
+
+class _Calls:
+    """Counts the Table Storage requests a client makes (the requests still go to Azurite)."""
+
+    def __init__(self, monkeypatch, client, *names: str) -> None:
+        self.made: list[str] = []
+        for name in names:
+            original = getattr(client, name)
+
+            def counted(*args, _name=name, _original=original, **kwargs):
+                self.made.append(_name)
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(client, name, counted)
+
+
+def test_releasing_a_lease_is_one_conditional_delete(store, monkeypatch):
+    assert store.acquire_lease("crm:one", "worker-a", 60)
+    assert store.renew_lease("crm:one", "worker-a", 60)
+    calls = _Calls(monkeypatch, store.state, "get_entity", "delete_entity", "update_entity")
+    store.release_lease("crm:one", "worker-a")
+    assert calls.made == ["delete_entity"]
+    assert store.acquire_lease("crm:one", "worker-b", 60)  # it is free again
+
+
+def test_a_lease_taken_over_is_not_released_by_its_old_owner(store):
+    assert store.acquire_lease("crm:two", "worker-a", -1)  # already expired
+    assert store.acquire_lease("crm:two", "worker-b", 60)
+    store.release_lease("crm:two", "worker-a")
+    assert not store.acquire_lease("crm:two", "worker-c", 60)  # worker-b still holds it
+
+
+def test_saving_a_link_rewrites_the_crm_index_only_when_it_changes(store, monkeypatch):
+    link = store.save_link(Link(referral_id="ref-9", crm_id="crm-9", crm_etag='W/"1"', last_status="ok"))
+    calls = _Calls(monkeypatch, store.links, "upsert_entity")
+    link.last_values = '{"name": "x"}'
+    link = store.save_link(link)
+    again = store.get_link("ref-9")
+    assert again is not None
+    again.pc_fingerprint = "changed"
+    store.save_link(again)
+    assert calls.made == []  # neither save changed the crm id, its version or the status
+    again.crm_etag = 'W/"2"'
+    store.save_link(again)
+    assert calls.made == ["upsert_entity"]
+    state = store.crm_link_state("crm-9")
+    assert state is not None and (state.referral_id, state.crm_etag, state.last_status) == ("ref-9", 'W/"2"', "ok")
+    found = store.find_link_by_crm_id("crm-9")
+    assert found is not None and found.pc_fingerprint == "changed"

@@ -106,7 +106,7 @@ def _audited(observer: Observer, record_key: str, action: str, seen: int) -> Cal
     return probe
 
 
-def _settled(app: App) -> Callable[[], dict[str, Any] | None]:
+def queue_empty(app: App) -> Callable[[], dict[str, Any] | None]:
     """The app's queue is empty. Azure Queue Storage counts a message being processed as well, so an
     empty queue means every job enqueued so far has finished."""
 
@@ -282,7 +282,7 @@ def _echoes_settle(
         raise StepFailed("webhooks not accepted: " + ", ".join(refused))
     events = Counter(str(d["event"]) for d in deliveries)
     demo.observed(step, f"{len(deliveries)} webhooks answered 202", took)
-    _, took = demo.wait_for("the webhooks' jobs to finish", _settled(app), started)
+    _, took = demo.wait_for("the webhooks' jobs to finish", queue_empty(app), started)
     demo.observed(step, "their jobs processed (queue empty)", took)
     last_poll = app.status().get("lastPollAt")
     _fire_poll(demo, app, started, step)
@@ -333,7 +333,7 @@ def _invalid_opportunity(demo: Demo, observer: Observer, seller: CrmSeller, app:
         f"the {CROSS} and the reason on the opportunity", _written_back(observer, crm_id, refused), started
     )
     demo.observed(step, f"{CROSS} and the reason written to the opportunity", took)
-    _, took = demo.wait_for("the job to finish", _settled(app), started)
+    _, took = demo.wait_for("the job to finish", queue_empty(app), started)
     demo.observed(step, "job processed (queue empty)", took)
     sent = [r["id"] for r in observer.referrals() if r.get("externalReferenceId") == crm_id]
     pc_writes = _tally(observer, seller).pc_since(before)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -64,6 +64,7 @@ class TableSyncStore:
         self.state: TableClient = service.get_table_client(state)
         self.audit: TableClient = service.get_table_client(audit)
         self._ready = False
+        self._lease_etags: dict[tuple[str, str], str] = {}  # (key, owner) -> etag of the lease row we wrote
 
     def ensure(self) -> None:
         """Create the tables before the first write. Reads of one row do without: a missing table reads as a
@@ -92,6 +93,18 @@ class TableSyncStore:
             return None
         return self.get_link(str(row["ReferralId"]))
 
+    def crm_link_state(self, crm_id: str) -> Link | None:
+        try:
+            row = self.links.get_entity(CRM_INDEX_PARTITION, safe_key(crm_id))
+        except ResourceNotFoundError:
+            return None
+        return Link(
+            referral_id=str(row["ReferralId"]),
+            crm_id=crm_id,
+            crm_etag=row.get("CrmEtag"),
+            last_status=row.get("LastStatus"),
+        )
+
     def save_link(self, link: Link) -> Link:
         check_write_allowed()
         self.ensure()
@@ -111,14 +124,18 @@ class TableSyncStore:
         except HttpResponseError as exc:
             _raise_if_rejected(exc, what, row)
             raise
-        if link.crm_id:
+        indexed = (link.crm_id, link.crm_etag, link.last_status)
+        if link.crm_id and indexed != link.indexed:
             index = {
                 "PartitionKey": CRM_INDEX_PARTITION,
                 "RowKey": safe_key(link.crm_id),
                 "ReferralId": link.referral_id,
+                **({"CrmEtag": link.crm_etag} if link.crm_etag else {}),
+                **({"LastStatus": link.last_status} if link.last_status else {}),
             }
             what = f"the CRM index row for referral {link.referral_id}"
             _guarded(what, index, lambda row: self.links.upsert_entity(row, mode=UpdateMode.REPLACE))
+            link.indexed = indexed
         link.etag = meta.get("etag")
         return link
 
@@ -174,7 +191,7 @@ class TableSyncStore:
         now = _now()
         row = _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds)))
         try:
-            self.state.create_entity(row)
+            self._held(key, owner, self.state.create_entity(row))
             return True
         except ResourceExistsError:
             pass
@@ -185,15 +202,21 @@ class TableSyncStore:
         if LeaseRow.from_row(current).held_by_another_at(now, owner):
             return False
         try:
-            self.state.update_entity(
+            written = self.state.update_entity(
                 row,
                 mode=UpdateMode.REPLACE,
                 etag=current.metadata["etag"],
                 match_condition=MatchConditions.IfNotModified,
             )
-            return True
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
+        self._held(key, owner, written)
+        return True
+
+    def _held(self, key: str, owner: str, written: Mapping[str, Any]) -> None:
+        etag = written.get("etag")
+        if etag:
+            self._lease_etags[(key, owner)] = str(etag)
 
     def renew_lease(self, key: str, owner: str, seconds: int) -> bool:
         """Extend a lease this owner still holds. False when another worker holds it, or it expired (someone
@@ -208,7 +231,7 @@ class TableSyncStore:
         if not LeaseRow.from_row(current).held_by_at(now, owner):
             return False
         try:
-            self.state.update_entity(
+            written = self.state.update_entity(
                 _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds))),
                 mode=UpdateMode.REPLACE,
                 etag=current.metadata["etag"],
@@ -216,21 +239,24 @@ class TableSyncStore:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
+        self._held(key, owner, written)
         return True
 
     def release_lease(self, key: str, owner: str) -> None:
-        try:
-            current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
-        except ResourceNotFoundError:
-            return
-        if LeaseRow.from_row(current).owner != owner:
-            return
+        """Delete the lease row if it is still the one this owner wrote: one conditional delete with the etag
+        of our last write (a row taken over since has another etag and stays)."""
+        etag = self._lease_etags.pop((key, owner), None)
+        if etag is None:
+            try:
+                current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
+            except ResourceNotFoundError:
+                return
+            if LeaseRow.from_row(current).owner != owner:
+                return
+            etag = current.metadata["etag"]
         try:
             self.state.delete_entity(
-                LEASE_PARTITION,
-                safe_key(key),
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+                LEASE_PARTITION, safe_key(key), etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
@@ -414,6 +440,9 @@ def _link_from_row(row: Any) -> Link:
         if column in row:
             setattr(link, attr, row[column])
     link.etag = row.metadata.get("etag")
+    # Every save that changed these wrote the index too; a save that died in between leaves an index that
+    # names an older version, which only makes an echo cost a full job.
+    link.indexed = (link.crm_id, link.crm_etag, link.last_status)
     return link
 
 

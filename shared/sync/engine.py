@@ -141,7 +141,7 @@ class SyncEngine:
         lease. A CRM job without a version reads it later, under the lease."""
         if job.kind == KIND_REFERRAL:
             return self.store.get_link(job.record_id)
-        return self.store.find_link_by_crm_id(job.record_id) if job.version else None
+        return self.store.crm_link_state(job.record_id) if job.version else None
 
     def _pair_key(self, job: Job, read: _Read, link: Link | None) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -57,11 +59,18 @@ class JobRunner:
         pause_seconds: int = 900,
         busy_retry_seconds: int = 5,
         throttle_retry_seconds: int = 60,
+        health_cache_seconds: float = 10.0,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.engine, self.store, self.queue, self.clock = engine, store, queue, clock
         self.pause_seconds = pause_seconds
         self.busy_retry_seconds = busy_retry_seconds
         self.throttle_retry_seconds = throttle_retry_seconds  # a 429 that names no delay
+        # Every job checks for a pause: read the shared row at most this often, not once per job. A pause
+        # another worker records is seen that much later; its jobs meet the quota error meanwhile and defer.
+        self.health_cache_seconds = health_cache_seconds
+        self._monotonic = monotonic
+        self._cached: tuple[float, Health] | None = None
 
     def health(self) -> Health:
         return self.store.get_health()
@@ -70,8 +79,16 @@ class JobRunner:
         pause = (self.health() if health is None else health).pause
         return pause if pause is not None and pause.until > self.clock.now() else None
 
+    def _job_health(self) -> Health:
+        now = self._monotonic()
+        cached = self._cached
+        if cached is None or now - cached[0] >= self.health_cache_seconds:
+            cached = (now, self.health())
+            self._cached = cached
+        return cached[1]
+
     def run(self, job: Job, final_attempt: bool = False) -> str:
-        health = self.health()
+        health = self._job_health()
         pause = self.current_pause(health)
         if pause is not None:
             self._defer(job, self._seconds_until(pause.until))
@@ -82,6 +99,7 @@ class JobRunner:
             log.error("credentials refused by %s: %s", exc.service, exc)
             failure = CredentialFailure(exc.service, str(exc)[:STORED_TEXT_MAX_CHARS], self.clock.now())
             self.store.save_credential_failure(failure)
+            self._cached = None
             raise
         except RecordBusy:
             # Usually the webhook for a referral we are creating right now: try again shortly, without
@@ -108,6 +126,7 @@ class JobRunner:
             return "deferred"
         if health.credential_failure is not None:
             self.store.clear_credential_failure(self.clock.now())
+            self._cached = None
         return action
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
@@ -130,6 +149,7 @@ class JobRunner:
         seconds = exc.retry_after if exc.retry_after is not None else self.pause_seconds
         pause = Pause(now + timedelta(seconds=seconds), str(exc)[:STORED_TEXT_MAX_CHARS], now)
         self.store.save_pause(pause)
+        self._cached = None
         message = f"CRM API quota used up; all CRM work paused until {pause.until.isoformat()}: {exc}"
         log.warning(message)
         self.store.append_audit(

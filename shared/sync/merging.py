@@ -138,6 +138,8 @@ class Merging:
         action = "updated" if plan.changed else "unchanged"
         self.recorder.save_link(link, referral, pc_fingerprint, record, plan.agreed, written)
         assert referral.id
+        if update is None and not plan.changed:
+            return self.recorder.note(action, direction, text, record.crm_id, referral.id)
         outcome = Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(plan.changed), text)
         return self.recorder.audit(outcome)
 

@@ -20,6 +20,7 @@ from .pairing import Pair
 
 log = logging.getLogger(__name__)
 
+UNCHANGED = "unchanged"
 REFUSED_BY_CRM = "Not synchronised: "
 REFUSED_BY_PARTNER_CENTER = "Not sent to Partner Center: "
 
@@ -92,8 +93,12 @@ class Recorder:
         link.crm_provider = self.crm.provider
         if record is not None:
             link.crm_id = record.crm_id
-            link.crm_etag = record.etag
             link.crm_fingerprint = crm_fingerprint or fingerprint(record)
+            # The version after our write names what we wrote only if the record then read as that: an edit
+            # saved around our write (Salesforce's condition has whole seconds) makes a version that is not an
+            # echo, and the job for it must run (see echoes.py).
+            exact = crm_fingerprint is None or fingerprint(record) == crm_fingerprint
+            link.crm_etag = record.etag if exact else None
         link.pc_fingerprint = pc_fingerprint
         link.pc_etag = referral.e_tag
         link.pc_updated_at = referral.updated_date_time
@@ -153,9 +158,15 @@ class Recorder:
     def note(
         self, action: str, direction: str, message: str, crm_id: str | None = None, referral_id: str | None = None
     ) -> Outcome:
-        """Audit an outcome that wrote nothing; the trail is keyed by the referral when there is one."""
+        """An outcome that wrote nothing; the trail is keyed by the referral when there is one. A job that found
+        both sides in step is logged, not audited: a row per echo or repeated event would cost a Table write
+        and bury the trail's real entries."""
         key = referral_id or crm_id or "unknown"
-        return self.audit(Outcome(action, key, direction, crm_id, referral_id, message=message))
+        outcome = Outcome(action, key, direction, crm_id, referral_id, message=message)
+        if action == UNCHANGED:
+            log.info("%s %s: %s %s", direction, key, action, message)
+            return outcome
+        return self.audit(outcome)
 
     def audit(self, outcome: Outcome) -> Outcome:
         self.store.append_audit(
