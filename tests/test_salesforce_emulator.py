@@ -605,3 +605,254 @@ def test_contact_roles_keep_one_primary_per_opportunity(emu: SalesforceEmulator,
     assert _error(dangling)["errorCode"] == "INVALID_CROSS_REFERENCE_KEY"
     api.call("DELETE", f"sobjects/Opportunity/{opportunity}")
     assert emu.records("OpportunityContactRole") == []  # roles go with their opportunity
+
+
+# -- parent-to-child subqueries ---------------------------------------------------------------------------------------
+ROLES_SUBQUERY = (
+    "(SELECT ContactId, IsPrimary, Contact.LastName FROM OpportunityContactRoles ORDER BY IsPrimary DESC, CreatedDate)"
+)
+
+
+def _with_roles(emu: SalesforceEmulator, name: str, last_names: list[str], primary: int = 0) -> str:
+    account = emu.seed("Account", {"Name": f"{name} Ltd", "BillingCountry": "US"})[0]["Id"]
+    opportunity = emu.seed("Opportunity", _opportunity(name, AccountId=account))[0]["Id"]
+    for index, last_name in enumerate(last_names):
+        contact = emu.seed("Contact", {"LastName": last_name, "AccountId": account})[0]["Id"]
+        role = {"OpportunityId": opportunity, "ContactId": contact, "IsPrimary": index == primary}
+        emu.seed("OpportunityContactRole", role)
+    return opportunity
+
+
+def test_subquery_returns_each_rows_children_with_parent_fields_in_one_request(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    with_roles = _with_roles(emu, "Deal", ["Ng", "Lee", "Bo"], primary=1)
+    emu.seed("Opportunity", _opportunity("Lonely"))
+    before = emu.counters()["apiRequests"]
+    response = api.query(
+        f"SELECT Name, Account.Name, Account.BillingCountry, {ROLES_SUBQUERY} FROM Opportunity ORDER BY Name"
+    )
+    assert response.status_code == 200, response.text
+    assert emu.counters()["apiRequests"] == before + 1
+    deal, lonely = response.json()["records"]
+    assert deal["attributes"]["url"].endswith(with_roles)
+    assert (deal["Account"]["Name"], deal["Account"]["BillingCountry"]) == ("Deal Ltd", "US")
+    roles = deal["OpportunityContactRoles"]
+    assert (roles["totalSize"], roles["done"]) == (3, True) and "nextRecordsUrl" not in roles
+    assert [(r["Contact"]["LastName"], r["IsPrimary"]) for r in roles["records"]] == [
+        ("Lee", True),  # the primary first, then in the order they were added
+        ("Ng", False),
+        ("Bo", False),
+    ]
+    assert roles["records"][0]["attributes"]["type"] == "OpportunityContactRole"
+    assert set(roles["records"][0]) == {"attributes", "ContactId", "IsPrimary", "Contact"}
+    assert lonely["OpportunityContactRoles"] is None and lonely["Account"] is None  # null, not an empty result
+
+    filtered = api.query(
+        "SELECT Name, (SELECT Contact.LastName FROM opportunitycontactroles WHERE IsPrimary = false "
+        "ORDER BY Contact.LastName DESC LIMIT 1) FROM Opportunity WHERE Name = 'Deal'"
+    ).json()["records"][0]["OpportunityContactRoles"]  # relationship names ignore case; the answer uses its own
+    assert [r["Contact"]["LastName"] for r in filtered["records"]] == ["Ng"]
+    contacts = api.query("SELECT Name, (SELECT LastName FROM Contacts ORDER BY LastName) FROM Account").json()
+    assert [c["LastName"] for c in contacts["records"][0]["Contacts"]["records"]] == ["Bo", "Lee", "Ng"]
+    describe = api.call("GET", "sobjects/Opportunity/describe").json()
+    assert {
+        "childSObject": "OpportunityContactRole",
+        "field": "OpportunityId",
+        "relationshipName": "OpportunityContactRoles",
+    } in describe["childRelationships"]
+
+
+def test_subquery_children_beyond_the_batch_size_come_with_their_own_next_records_url(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    emu.configure(subquery_batch_size=2)
+    try:
+        _with_roles(emu, "Deal", ["A", "B", "C", "D", "E"])
+        first = api.query(f"SELECT Name, {ROLES_SUBQUERY} FROM Opportunity").json()
+        roles = first["done"], first["records"][0]["OpportunityContactRoles"]
+        assert roles[0] is True  # the outer result is complete; the children are paged
+        page = roles[1]
+        names = [r["Contact"]["LastName"] for r in page["records"]]
+        assert (page["totalSize"], page["done"], len(names)) == (5, False, 2)
+        while not page["done"]:
+            assert page["nextRecordsUrl"].startswith(f"/services/data/{V}/query/01g")
+            page = api.call("GET", page["nextRecordsUrl"]).json()
+            names += [r["Contact"]["LastName"] for r in page["records"]]
+        assert names == ["A", "B", "C", "D", "E"]
+    finally:
+        emu.configure(subquery_batch_size=200)
+
+
+def test_subqueries_are_refused_where_salesforce_refuses_them(emu: SalesforceEmulator, api: Api) -> None:
+    errors = {
+        # The FROM of a subquery names the child relationship (plural), not the object.
+        "SELECT Name, (SELECT Id FROM OpportunityContactRole) FROM Opportunity": "INVALID_TYPE",
+        "SELECT Name, (SELECT Id FROM Contacts) FROM Opportunity": "INVALID_TYPE",  # Account's, not Opportunity's
+        "SELECT Name, (SELECT Nope FROM OpportunityContactRoles) FROM Opportunity": "INVALID_FIELD",
+        "SELECT Name, (SELECT Contact.Nope FROM OpportunityContactRoles) FROM Opportunity": "INVALID_FIELD",
+        "SELECT Name, (SELECT Id FROM OpportunityContactRoles WHERE Nope = 1) FROM Opportunity": "INVALID_FIELD",
+        "SELECT Name, (SELECT Id, (SELECT Id FROM Contacts) FROM OpportunityContactRoles) FROM Opportunity": (
+            "MALFORMED_QUERY"
+        ),
+        "SELECT Name, (SELECT Id FROM OpportunityContactRoles FROM Opportunity": "MALFORMED_QUERY",
+        "SELECT Name, (SELECT Id FROM OpportunityContactRoles) FROM Opportunity WHERE (": "MALFORMED_QUERY",
+    }
+    for soql, code in errors.items():
+        response = api.query(soql)
+        assert response.status_code == 400, soql
+        assert _error(response)["errorCode"] == code, soql
+
+
+# -- composite --------------------------------------------------------------------------------------------------------
+def _sub(method: str, path: str, ref: str, body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    item: dict[str, Any] = {"method": method, "url": f"/services/data/{V}/{path}", "referenceId": ref}
+    if body is not None:
+        item["body"] = body
+    if headers:
+        item["httpHeaders"] = headers
+    return item
+
+
+def _composite(api: Api, subrequests: list[dict[str, Any]], all_or_none: bool = True) -> requests.Response:
+    body = {"allOrNone": all_or_none, "collateSubrequests": False, "compositeRequest": subrequests}
+    return api.call("POST", "composite", json=body)
+
+
+def test_composite_runs_subrequests_in_order_with_references_as_one_api_request(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    before = emu.counters()
+    response = _composite(
+        api,
+        [
+            _sub("POST", "sobjects/Account", "account", {"Name": "Contoso"}),
+            _sub("POST", "sobjects/Contact", "contact", {"LastName": "Lee", "AccountId": "@{account.id}"}),
+            _sub("GET", "sobjects/Contact/@{contact.id}?fields=LastName,AccountId", "read"),
+            _sub("GET", "query?q=SELECT+Name,+(SELECT+LastName+FROM+Contacts)+FROM+Account", "accounts"),
+            _sub("PATCH", "sobjects/Account/@{account.id}", "rename", {"Name": "@{accounts.records[0].Name} Ltd"}),
+        ],
+    )
+    assert response.status_code == 200
+    assert response.headers["Sforce-Limit-Info"] == f"api-usage={before['apiRequests'] + 1}/15000"
+    after = emu.counters()
+    assert after["apiRequests"] == before["apiRequests"] + 1 and after["requests"] == before["requests"] + 1
+    assert emu.api_usage()[0] == before["apiRequests"] + 1  # the daily allocation counts the call once
+    results = response.json()["compositeResponse"]
+    assert [r["referenceId"] for r in results] == ["account", "contact", "read", "accounts", "rename"]
+    assert [r["httpStatusCode"] for r in results] == [201, 201, 200, 200, 204]
+    account_id = results[0]["body"]["id"]
+    assert results[1]["body"]["success"] is True and results[0]["body"]["errors"] == []
+    assert results[2]["body"]["AccountId"] == account_id and results[2]["body"]["LastName"] == "Lee"
+    assert results[2]["httpHeaders"]["Last-Modified"].endswith("GMT")
+    assert "Content-Type" not in results[2]["httpHeaders"]
+    assert results[3]["body"]["records"][0]["Contacts"]["records"][0]["LastName"] == "Lee"
+    assert results[4]["body"] is None
+    assert emu.record("Account", account_id)["Name"] == "Contoso Ltd"  # type: ignore[index]
+    assert [(w["operation"], w["object"]) for w in emu.writes()] == [
+        ("create", "Account"),
+        ("create", "Contact"),
+        ("update", "Account"),
+    ]
+
+
+def test_composite_all_or_none_rolls_back_everything_on_a_failed_condition(emu: SalesforceEmulator, api: Api) -> None:
+    record = emu.seed("Opportunity", _opportunity("Deal", SystemModstamp="2024-05-01T10:00:00.250+0000"))[0]
+    record_id = record["Id"]
+    stale = {"If-Unmodified-Since": "Wed, 01 May 2024 09:59:59 GMT"}
+    writes, counters = emu.writes(), emu.counters()["objects"]
+    response = _composite(
+        api,
+        [
+            _sub("POST", "sobjects/Account", "account", {"Name": "Contoso"}),
+            _sub("PATCH", f"sobjects/Opportunity/{record_id}", "patch", {"Amount": 5}, stale),
+            _sub("GET", f"sobjects/Opportunity/{record_id}?fields=SystemModstamp", "read"),
+        ],
+    )
+    assert response.status_code == 200
+    results = response.json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in results] == [400, 412, 400]
+    assert results[1]["body"][0]["errorCode"] == "PRECONDITION_FAILED"
+    assert [r["body"][0]["errorCode"] for r in (results[0], results[2])] == ["PROCESSING_HALTED"] * 2
+    assert emu.records("Account") == []  # the account created before the failure was rolled back
+    assert emu.record("Opportunity", record_id)["Amount"] is None  # type: ignore[index]
+    assert emu.writes() == writes and emu.counters()["objects"] == counters  # rolled-back writes are not counted
+
+    same_second = {"If-Unmodified-Since": "Wed, 01 May 2024 10:00:00 GMT"}
+    written = _composite(
+        api,
+        [
+            _sub("PATCH", f"sobjects/Opportunity/{record_id}", "patch", {"Amount": 5}, same_second),
+            _sub("GET", f"sobjects/Opportunity/{record_id}?fields=Amount,SystemModstamp", "read"),
+        ],
+    ).json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in written] == [204, 200]
+    assert written[1]["body"]["Amount"] == 5
+    assert emu.writes()[-1]["ifUnmodifiedSince"] == same_second["If-Unmodified-Since"]  # the subrequest's header
+
+
+def test_composite_without_all_or_none_runs_what_does_not_depend_on_a_failure(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    response = _composite(
+        api,
+        [
+            _sub("POST", "sobjects/Account", "bad", {"Name": None}),
+            _sub("POST", "sobjects/Contact", "dependent", {"LastName": "Lee", "AccountId": "@{bad.id}"}),
+            _sub("POST", "sobjects/Account", "good", {"Name": "Fabrikam"}),
+        ],
+        all_or_none=False,
+    )
+    results = response.json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in results] == [400, 400, 201]
+    assert results[0]["body"][0]["errorCode"] == "REQUIRED_FIELD_MISSING"
+    assert results[1]["body"][0]["errorCode"] == "PROCESSING_HALTED"
+    assert "bad.id" in results[1]["body"][0]["message"]
+    assert [a["Name"] for a in emu.records("Account")] == ["Fabrikam"] and emu.records("Contact") == []
+
+
+def test_composite_subrequests_meet_injected_faults_and_the_call_meets_the_quota(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    record_id = emu.seed("Opportunity", _opportunity("Deal"))[0]["Id"]
+    emu.inject_fault(503, method="PATCH", path=r"/sobjects/Opportunity/", retry_after=7)
+    results = _composite(
+        api,
+        [
+            _sub("PATCH", f"sobjects/Opportunity/{record_id}", "patch", {"Amount": 5}),
+            _sub("GET", f"sobjects/Opportunity/{record_id}?fields=Amount", "read"),
+        ],
+    ).json()["compositeResponse"]
+    assert [r["httpStatusCode"] for r in results] == [503, 400]
+    assert results[0]["httpHeaders"] == {"Retry-After": "7"}
+    assert results[0]["body"][0]["errorCode"] == "SERVER_UNAVAILABLE"
+
+    used, _ = emu.api_usage()
+    emu.set_quota(maximum=used + 1)
+    assert _composite(api, [_sub("GET", "limits", "a"), _sub("GET", "limits", "b")]).status_code == 200
+    refused = _composite(api, [_sub("GET", "limits", "a")])
+    assert refused.status_code == 403 and _error(refused)["errorCode"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+def test_malformed_composite_requests_are_refused_as_a_whole(emu: SalesforceEmulator, api: Api) -> None:
+    query = "query?q=SELECT+Id+FROM+Account"
+    malformed: list[tuple[list[dict[str, Any]], str]] = [
+        ([], "at least one subrequest"),
+        ([_sub("GET", "limits", f"r{i}") for i in range(26)], "at most 25 subrequests"),
+        ([_sub("GET", query, f"q{i}") for i in range(6)], "at most 5 query or sObject Collections"),
+        ([_sub("GET", "limits", "same"), _sub("GET", "limits", "same")], "Duplicate referenceId 'same'"),
+        ([_sub("GET", "limits", "not-allowed")], "Invalid referenceId 'not-allowed'"),
+        ([{**_sub("GET", "limits", "r"), "method": "get"}], "Invalid method 'get'"),
+        ([{**_sub("GET", "limits", "r"), "url": "limits"}], "Invalid url 'limits'"),
+        ([_sub("POST", "composite", "inner", {"compositeRequest": []})], "cannot be nested"),
+        ([_sub("GET", "limits", "r", headers={"Authorization": "Bearer x"})], "cannot set Authorization"),
+        ([_sub("GET", "limits", "r", headers={"content-type": "text/plain"})], "cannot set content-type"),
+    ]
+    for subrequests, reason in malformed:
+        response = _composite(api, subrequests)
+        assert response.status_code == 400, reason
+        assert reason in _error(response)["message"]
+    not_a_list = api.call("POST", "composite", json={"allOrNone": True})
+    assert not_a_list.status_code == 400 and _error(not_a_list)["errorCode"] == "JSON_PARSER_ERROR"
+    assert _composite(api, [_sub("GET", query, f"q{i}") for i in range(5)]).status_code == 200  # 5 are allowed
+    assert emu.writes() == []

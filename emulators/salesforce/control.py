@@ -97,6 +97,7 @@ def register_control_routes(emu: SalesforceEmulator) -> None:
             upsert_update_status=body.get("upsertUpdateStatus"),
             query_batch_size=body.get("queryBatchSize"),
             min_batch_size=body.get("minBatchSize"),
+            subquery_batch_size=body.get("subqueryBatchSize"),
         )
         return Response(204)
 

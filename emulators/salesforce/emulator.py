@@ -63,6 +63,9 @@ OLDEST_VERSION = 31
 DEFAULT_CLIENT_ID = "cosell-connector-emulator"
 DEFAULT_CLIENT_SECRET = "emulator-client-secret"  # a published test credential, like the id
 DEFAULT_DAILY_QUOTA = 15000
+# Children of one row past this many come with a nextRecordsUrl of their own. Salesforce documents that subquery
+# results may need more requests but not the size: the emulator pages early so that clients must follow them.
+DEFAULT_SUBQUERY_BATCH_SIZE = 200
 _SEASONS = ("Spring", "Winter", "Summer")
 
 
@@ -88,6 +91,7 @@ class SalesforceEmulator(Emulator):
         daily_quota: int = DEFAULT_DAILY_QUOTA,
         query_batch_size: int = MAX_BATCH_SIZE,
         min_batch_size: int = 200,
+        subquery_batch_size: int = DEFAULT_SUBQUERY_BATCH_SIZE,
         upsert_update_status: int = 200,
         session_seconds: int = 7200,
         clients: Mapping[str, str] | None = None,
@@ -108,6 +112,7 @@ class SalesforceEmulator(Emulator):
         self.oauth = OAuthServer(self.clock, session_seconds, audiences)
         self.daily_quota = self._configured_quota = daily_quota
         self.query_batch_size, self.min_batch_size = query_batch_size, min_batch_size
+        self.subquery_batch_size = subquery_batch_size
         self.upsert_update_status = upsert_update_status
         self._configured_clients = dict(clients if clients is not None else {DEFAULT_CLIENT_ID: DEFAULT_CLIENT_SECRET})
         self._static_token = static_token
@@ -265,8 +270,10 @@ class SalesforceEmulator(Emulator):
         upsert_update_status: int | None = None,
         query_batch_size: int | None = None,
         min_batch_size: int | None = None,
+        subquery_batch_size: int | None = None,
     ) -> None:
-        """Change how updates by upsert are answered (200 with a body or 204) and the SOQL batch sizes."""
+        """Change how updates by upsert are answered (200 with a body or 204) and the SOQL batch sizes (of a
+        query, its smallest, and of the children a subquery returns per row)."""
         with self.lock:
             if upsert_update_status is not None:
                 if int(upsert_update_status) not in (200, 204):
@@ -276,10 +283,14 @@ class SalesforceEmulator(Emulator):
                 self.query_batch_size = int(query_batch_size)
             if min_batch_size is not None:
                 self.min_batch_size = int(min_batch_size)
+            if subquery_batch_size is not None:
+                if int(subquery_batch_size) < 1:
+                    raise ValueError("subquery_batch_size must be at least 1")
+                self.subquery_batch_size = int(subquery_batch_size)
 
     def clear_faults(self) -> None:
         with self.lock:
-            self._faults.clear()
+            self.faults.clear()
 
     @property
     def _latest(self) -> str:
@@ -312,6 +323,12 @@ class SalesforceEmulator(Emulator):
                 response = error_response(exc)
             response.headers["Sforce-Limit-Info"] = f"api-usage={self.api_used}/{self.daily_quota}"
             return response
+
+    def subrequest(self, request: Request) -> Response:
+        """One subrequest of a composite call: routed, and hit by injected faults, like a request of its own, but
+        neither authenticated nor charged again (the composite call was, once). The lock is held."""
+        self._raise_fault(request)
+        return self._route(request)
 
     def _route(self, request: Request) -> Response:
         response = super().dispatch(request)

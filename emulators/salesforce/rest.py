@@ -1,15 +1,18 @@
 """Salesforce emulator: the REST resources under ``/services/data/vNN.0`` and the counters tests read.
 
 Describe and limits; SOQL ``query`` / ``queryAll`` with server-side cursors (``nextRecordsUrl``, batch size
-from ``Sforce-Query-Options``); single records by Id or by external id (upsert answers 201, 200 or 204,
-and 300 when the external id matches several records), with ``If-Modified-Since`` /
-``If-Unmodified-Since``; and sObject Collections. The records and their rules are the
+from ``Sforce-Query-Options``), parent-to-child subqueries answered per row as a query result of their own
+(null when the row has no such children, paged with ``nextRecordsUrl`` past the subquery batch size);
+single records by Id or by external id (upsert answers 201, 200 or 204, and 300 when the external id
+matches several records), with ``If-Modified-Since`` / ``If-Unmodified-Since``; sObject Collections; and
+``composite`` (:mod:`emulators.salesforce.composite`). The records and their rules are the
 :class:`~emulators.salesforce.store.Org`'s; authentication, quota and faults are the emulator's, which
 calls these handlers with its lock held.
 """
 
 from __future__ import annotations
 
+import copy
 import re
 import secrets
 from collections.abc import Mapping
@@ -21,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from .._server import Handler, Request, Response
+from .composite import Composite
 from .schema import FieldDef, SalesforceError, SObjectType, bad_request, render_value
 from .sobject_collections import CollectionResult
-from .soql import Query, compile_query, sort_rows
+from .soql import ChildQuery, Query, compile_query, sort_rows
 from .store import Record
 
 if TYPE_CHECKING:
@@ -68,6 +72,18 @@ class Ledger:
             "faults": 0,
         }
 
+    def checkpoint(self) -> tuple[int, dict[str, Any]]:
+        """Where the writes stand, so that a rolled-back composite call can take its writes back."""
+        return len(self.writes), copy.deepcopy(self.counters["objects"])
+
+    def rollback(self, checkpoint: tuple[int, dict[str, Any]]) -> None:
+        # Rolled-back writes never happened; the reads did.
+        length, objects = checkpoint
+        del self.writes[length:]
+        for name, counts in objects.items():
+            for key in ("creates", "updates", "deletes"):
+                self.counters["objects"][name][key] = counts[key]
+
     def log(
         self, operation: str, name: str, record_id: str, body: Any, via: str, request: Request | None = None
     ) -> None:
@@ -92,6 +108,7 @@ class RestApi:
         self.collections = emu.collections
         self.ledger = emu.ledger
         self.cursors: dict[str, Cursor] = {}
+        self.composite = Composite(emu.org, emu.subrequest, emu.ledger.checkpoint, emu.ledger.rollback)
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """(method, path regex, handler) of every REST resource, in matching order."""
@@ -114,6 +131,7 @@ class RestApi:
             ("DELETE", rf"{API}/composite/sobjects/?", self._collection_delete),
             ("GET", rf"{API}/composite/sobjects/{obj}/?", self._collection_retrieve),
             ("PATCH", rf"{API}/composite/sobjects/{obj}/(?P<field>[A-Za-z0-9_]+)/?", self._collection_upsert),
+            ("POST", rf"{API}/composite/?", self._composite),
         ]
 
     # -- resources, limits, describe --------------------------------------------------------------------------
@@ -172,8 +190,18 @@ class RestApi:
                     "relationshipName": definition.relationship,
                 }
             )
+        children = [
+            {"childSObject": c.child, "field": c.field.name, "relationshipName": c.name} for c in sobject.children
+        ]
         return Response(
-            200, {"name": sobject.name, "label": sobject.name, "keyPrefix": sobject.key_prefix, "fields": fields}
+            200,
+            {
+                "name": sobject.name,
+                "label": sobject.name,
+                "keyPrefix": sobject.key_prefix,
+                "fields": fields,
+                "childRelationships": children,
+            },
         )
 
     # -- SOQL -------------------------------------------------------------------------------------------------
@@ -191,14 +219,37 @@ class RestApi:
         rows = rows[query.offset :]
         if query.limit is not None:
             rows = rows[: query.limit]
-        version = request.params["version"]
-        # The result set is fixed when the query runs, as a server-side cursor is.
-        records = [self.org.render_columns(name, row, query.columns, version) for row in rows]
-        cursor = Cursor(name, records, self._batch_size(request))
+        version, kind = request.params["version"], request.params["kind"]
+        # The result set is fixed when the query runs, as a server-side cursor is; so are the children's.
+        for child in query.children:
+            self.ledger.counters["objects"][child.sobject.name]["reads"] += 1
+        records = []
+        for row in rows:
+            record = self.org.render_columns(name, row, query.columns, version)
+            for child in query.children:
+                record[child.relation.name] = self._children(child, row, include_deleted, version, kind)
+            records.append(record)
+        return Response(200, self._result(Cursor(name, records, self._batch_size(request)), version, kind))
+
+    def _children(
+        self, child: ChildQuery, parent: Record, include_deleted: bool, version: str, kind: str
+    ) -> dict[str, Any] | None:
+        name, link = child.sobject.name, child.relation.field.name
+        rows = [r for r in self.org.rows(name, include_deleted) if r.get(link) == parent["Id"] and child.predicate(r)]
+        rows = sort_rows(rows, [*child.order], self.org.resolve) if child.order else rows
+        if child.limit is not None:
+            rows = rows[: child.limit]
+        if not rows:
+            return None  # Salesforce answers null, not an empty result, for a row without such children
+        records = [self.org.render_columns(name, row, child.columns, version) for row in rows]
+        return self._result(Cursor(name, records, self.emu.subquery_batch_size), version, kind)
+
+    def _result(self, cursor: Cursor, version: str, kind: str) -> dict[str, Any]:
+        """The first page of a result set; a cursor (query locator) keeps the rest."""
         locator = "01g" + secrets.token_hex(8)[:15]
-        if len(records) > cursor.batch_size:
+        if len(cursor.records) > cursor.batch_size:
             self.cursors[locator] = cursor
-        return Response(200, self._page(cursor, locator, 0, request))
+        return self._page(cursor, locator, 0, version, kind)
 
     def _query_more(self, request: Request) -> Response:
         cursor = self.cursors.get(request.params["locator"])
@@ -206,19 +257,22 @@ class RestApi:
         if cursor is None or offset > len(cursor.records):
             raise bad_request("INVALID_QUERY_LOCATOR", "invalid query locator")
         self.ledger.counters["objects"][cursor.object_name]["reads"] += 1
-        return Response(200, self._page(cursor, request.params["locator"], offset, request))
+        page = self._page(cursor, request.params["locator"], offset, request.params["version"], request.params["kind"])
+        return Response(200, page)
 
-    def _page(self, cursor: Cursor, locator: str, offset: int, request: Request) -> dict[str, Any]:
+    def _page(self, cursor: Cursor, locator: str, offset: int, version: str, kind: str) -> dict[str, Any]:
         end = offset + cursor.batch_size
         body: dict[str, Any] = {"totalSize": len(cursor.records), "done": end >= len(cursor.records)}
         if end < len(cursor.records):
-            body["nextRecordsUrl"] = (
-                f"/services/data/{request.params['version']}/{request.params['kind']}/{locator}-{end}"
-            )
+            body["nextRecordsUrl"] = f"/services/data/{version}/{kind}/{locator}-{end}"
         else:
             self.cursors.pop(locator, None)
         body["records"] = cursor.records[offset:end]
         return body
+
+    # -- composite ----------------------------------------------------------------------------------------------
+    def _composite(self, request: Request) -> Response:
+        return self.composite.run(request, json_body(request))
 
     def _batch_size(self, request: Request) -> int:
         options = request.header("sforce-query-options") or ""

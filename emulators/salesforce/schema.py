@@ -139,12 +139,25 @@ class FieldDef:
     external_id: bool = False
     reference_to: str | None = None
     relationship: str | None = None  # parent relationship name for SOQL (AccountId -> Account)
+    # The parent's name for the records pointing at it through this field, for SOQL subqueries
+    # (OpportunityContactRole.OpportunityId -> Opportunity.OpportunityContactRoles).
+    child_relationship: str | None = None
     default: Any = None
     label: str = ""
 
     @property
     def system(self) -> bool:
         return not self.createable and not self.updateable
+
+
+@dataclass(frozen=True)
+class ChildRelationship:
+    """A parent-to-child relationship: ``name`` (``OpportunityContactRoles``) lists the ``child`` records whose
+    ``field`` points at the parent."""
+
+    name: str
+    child: str
+    field: FieldDef
 
 
 @dataclass
@@ -154,6 +167,7 @@ class SObjectType:
     fields: dict[str, FieldDef]
     _by_lower: dict[str, FieldDef] = field(default_factory=dict, repr=False)
     _relationships: dict[str, FieldDef] = field(default_factory=dict, repr=False)
+    _children: dict[str, ChildRelationship] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self._by_lower = {name.lower(): definition for name, definition in self.fields.items()}
@@ -173,6 +187,17 @@ class SObjectType:
 
     def relationship(self, name: str) -> FieldDef | None:
         return self._relationships.get(name.lower())
+
+    def add_child(self, relation: ChildRelationship) -> None:
+        self._children[relation.name.lower()] = relation
+
+    def child(self, name: str) -> ChildRelationship | None:
+        """The parent-to-child relationship of that name (case-insensitive), as a subquery's FROM names it."""
+        return self._children.get(name.lower())
+
+    @property
+    def children(self) -> list[ChildRelationship]:
+        return list(self._children.values())
 
     @property
     def external_ids(self) -> list[FieldDef]:
@@ -226,7 +251,14 @@ def build_objects(
             FieldDef("Amount", CURRENCY),
             FieldDef("Probability", PERCENT),
             FieldDef("Description", TEXTAREA, 32000),
-            FieldDef("AccountId", REFERENCE, 18, reference_to="Account", relationship="Account"),
+            FieldDef(
+                "AccountId",
+                REFERENCE,
+                18,
+                reference_to="Account",
+                relationship="Account",
+                child_relationship="Opportunities",
+            ),
             FieldDef("IsClosed", BOOLEAN, default=False, **derived),
             FieldDef("IsWon", BOOLEAN, default=False, **derived),
             FieldDef("Type", PICKLIST, 255, picklist=("Existing Business", "New Business")),
@@ -271,7 +303,14 @@ def build_objects(
             FieldDef("Email", EMAIL, 80),
             FieldDef("Phone", PHONE, 40),
             FieldDef("Title", STRING, 128),
-            FieldDef("AccountId", REFERENCE, 18, reference_to="Account", relationship="Account"),
+            FieldDef(
+                "AccountId",
+                REFERENCE,
+                18,
+                reference_to="Account",
+                relationship="Account",
+                child_relationship="Contacts",
+            ),
         ],
     )
     role = _object(
@@ -286,8 +325,17 @@ def build_objects(
                 updateable=False,
                 reference_to="Opportunity",
                 relationship="Opportunity",
+                child_relationship="OpportunityContactRoles",
             ),
-            FieldDef("ContactId", REFERENCE, 18, required=True, reference_to="Contact", relationship="Contact"),
+            FieldDef(
+                "ContactId",
+                REFERENCE,
+                18,
+                required=True,
+                reference_to="Contact",
+                relationship="Contact",
+                child_relationship="OpportunityContactRoles",
+            ),
             FieldDef("IsPrimary", BOOLEAN, default=False),
             FieldDef("Role", PICKLIST, 255, picklist=("Business User", "Decision Maker", "Economic Buyer", "Other")),
         ],
@@ -304,7 +352,13 @@ def build_objects(
             FieldDef("IsCorporate", BOOLEAN, default=False),
         ],
     )
-    return {o.name: o for o in (opportunity, account, contact, role, currency_type)}
+    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type)}
+    for sobject in objects.values():
+        for definition in sobject.fields.values():
+            if definition.reference_to in objects and definition.child_relationship:
+                relation = ChildRelationship(definition.child_relationship, sobject.name, definition)
+                objects[definition.reference_to].add_child(relation)
+    return objects
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,8 +1,11 @@
 """Salesforce emulator: the SOQL subset the connector and its tests need.
 
-``SELECT path[, path] FROM Object [WHERE cond] [ORDER BY path [ASC|DESC] [NULLS FIRST|LAST], ...]
-[LIMIT n] [OFFSET n]`` where a path is a field or one parent relationship hop (``Account.Name``) and a
-condition combines ``= != <> < <= > >= LIKE IN NOT IN`` with AND / OR / NOT and parentheses. Literals are
+``SELECT item[, item] FROM Object [WHERE cond] [ORDER BY path [ASC|DESC] [NULLS FIRST|LAST], ...]
+[LIMIT n] [OFFSET n]`` where an item is a path or a parent-to-child subquery, a path is a field or one
+parent relationship hop (``Account.Name``), and a condition combines ``= != <> < <= > >= LIKE IN NOT IN``
+with AND / OR / NOT and parentheses. A subquery, ``(SELECT path, ... FROM ChildRelationship [WHERE cond]
+[ORDER BY ...] [LIMIT n])``, names one of the object's child relationships (``OpportunityContactRoles``,
+not the object ``OpportunityContactRole``) and cannot hold another subquery, as in Salesforce. Literals are
 quoted strings with backslash escapes, numbers, true / false / null and, as in Salesforce, UNQUOTED
 date (``2024-05-01``) and datetime (``2024-05-01T10:00:00Z``) literals. Text compares case-insensitively.
 Like Salesforce, AND and OR cannot be mixed at one level without parentheses, and a quoted value
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from functools import cmp_to_key
 from typing import Any
@@ -26,6 +29,7 @@ from .schema import (
     NUMBER_TYPES,
     REFERENCE,
     TEXTAREA,
+    ChildRelationship,
     FieldDef,
     SalesforceError,
     SObjectType,
@@ -145,6 +149,18 @@ class Order:
 
 
 @dataclass
+class ChildQuery:
+    """A parent-to-child subquery: the child records of each parent row that pass ``predicate``."""
+
+    relation: ChildRelationship
+    sobject: SObjectType  # the child object
+    columns: list[Column]
+    predicate: Callable[[Row], bool]
+    order: list[Order]
+    limit: int | None
+
+
+@dataclass
 class Query:
     sobject: SObjectType
     columns: list[Column]
@@ -152,6 +168,7 @@ class Query:
     order: list[Order]
     limit: int | None
     offset: int
+    children: list[ChildQuery] = field(default_factory=list)
 
 
 def normalize(definition: FieldDef, value: Any) -> Any:
@@ -209,9 +226,7 @@ class Parser:
     # -- grammar ------------------------------------------------------------------------------------------
     def parse(self) -> Query:
         self._expect("select")
-        paths = [self._path_text()]
-        while self._accept(","):
-            paths.append(self._path_text())
+        paths, subqueries = self._select_list(nested=False)
         self._expect("from")
         name = self._next()
         sobject = self.objects.get(name.text.lower()) if name.kind == "name" else None
@@ -221,20 +236,76 @@ class Parser:
                 f"sObject type '{name.text}' is not supported. If you are attempting to use a custom object, "
                 "be sure to append the '__c' after the entity name.",
             )
-        self.sobject = sobject
-        columns = list({c.names: c for c in (self._column(p) for p in paths)}.values())
+        # A subquery's FROM names a child relationship of the outer object, known only now: parse it here.
+        resume = self.position
+        children = [self._subquery(start, sobject) for start in subqueries]
+        self.position, self.sobject = resume, sobject
+        columns = self._columns(paths)
         predicate = self._expression() if self._accept("where") else _keep_all
+        order = self._order_by()
+        limit = self._count("limit")
+        offset = self._count("offset") or 0
+        if self._peek().kind != "end":
+            raise malformed(f"unexpected token: '{self._peek().text}'")
+        return Query(sobject, columns, predicate, order, limit, offset, children)
+
+    def _select_list(self, nested: bool) -> tuple[list[str], list[int]]:
+        """The paths of a SELECT list and the token positions where its subqueries start (after the ``(``)."""
+        paths: list[str] = []
+        subqueries: list[int] = []
+        while True:
+            if self._peek().kind == "op" and self._peek().text == "(":
+                if nested:
+                    raise malformed("unexpected token: '(' (a subquery cannot contain another subquery)")
+                self._next()
+                subqueries.append(self.position)
+                self._skip_to_closing()
+            else:
+                paths.append(self._path_text())
+            if not self._accept(","):
+                return paths, subqueries
+
+    def _skip_to_closing(self) -> None:
+        depth = 1
+        while depth:
+            token = self._next()
+            if token.kind == "end":
+                raise malformed("unexpected token: 'end of query' (expecting ')')")
+            if token.kind == "op" and token.text in "()":
+                depth += 1 if token.text == "(" else -1
+
+    def _subquery(self, start: int, parent: SObjectType) -> ChildQuery:
+        self.position = start
+        self._expect("select")
+        paths, _ = self._select_list(nested=True)
+        self._expect("from")
+        name = self._next()
+        relation = parent.child(name.text) if name.kind == "name" else None
+        if relation is None:
+            raise bad_request(
+                "INVALID_TYPE",
+                f"Didn't understand relationship '{name.text}' in FROM part of query call. If you are attempting "
+                "to use a custom relationship, be sure to append the '__r' after the custom relationship name.",
+            )
+        self.sobject = self.objects[relation.child.lower()]
+        columns = self._columns(paths)
+        predicate = self._expression() if self._accept("where") else _keep_all
+        order = self._order_by()
+        limit = self._count("limit")
+        self._expect(")")
+        return ChildQuery(relation, self.sobject, columns, predicate, order, limit)
+
+    def _columns(self, paths: list[str]) -> list[Column]:
+        return list({c.names: c for c in (self._column(p) for p in paths)}.values())
+
+    def _order_by(self) -> list[Order]:
         order: list[Order] = []
         if self._accept("order"):
             self._expect("by")
             order.append(self._order_item())
             while self._accept(","):
                 order.append(self._order_item())
-        limit = self._count("limit")
-        offset = self._count("offset") or 0
-        if self._peek().kind != "end":
-            raise malformed(f"unexpected token: '{self._peek().text}'")
-        return Query(sobject, columns, predicate, order, limit, offset)
+        return order
 
     def _count(self, word: str) -> int | None:
         if not self._accept(word):

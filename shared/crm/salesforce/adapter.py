@@ -8,6 +8,19 @@ Salesforce stays here: stage names (``IsClosed`` / ``IsWon`` for reading), pickl
 mandatory ``CloseDate``, contact roles, and the daily API allocation
 (:class:`~shared.crm.salesforce.api.QuotaExhausted`).
 
+Every REST call counts against the org's daily API allocation, so each operation is shaped to cost few:
+
+* an opportunity is read with ONE query: its account through relationship fields (``Account.Name``) and
+  its contacts through a subquery on its contact roles (``OpportunityContactRoles``);
+* a write of the opportunity's own fields is ONE ``/composite`` call (which the allocation counts as one
+  request): the conditional PATCH and then a read of the record, all-or-none, so the answer is the record
+  as written, and a 412 on the PATCH is still :class:`~shared.domain.errors.PreconditionFailed`;
+* a create is the upsert (its answer carries the id and whether it created the record), the contact roles
+  (one sObject Collections call; a record the upsert has just created has none to read first) and one read.
+  The roles cannot join the upsert in one composite call: whether existing roles must be read and replaced
+  depends on the upsert's answer, and a composite call cannot branch on it. Each stays a request of its own
+  whose lost answer is resolved as above (the upsert by its key, the roles by reading them again).
+
 The record <-> opportunity mapping is in :mod:`shared.crm.salesforce.mapping`, the account, contact,
 contact-role and currency records in :mod:`shared.crm.salesforce.customers`.
 """
@@ -32,6 +45,7 @@ from .api import (
     QUOTA_RETRY_AFTER_SECONDS,
     DuplicateReferralId,
     SalesforceApi,
+    Subrequest,
 )
 from .auth import SERVICE, SalesforceAuth
 from .customers import ContactRoles, Currencies, Customers, Lookups
@@ -39,6 +53,9 @@ from .mapping import (
     OPPORTUNITY_FIELDS,
     OPPORTUNITY_PREFIX,
     PLAIN_FIELDS,
+    ROLE_FIELDS,
+    ROLE_ORDER,
+    ROLES_RELATIONSHIP,
     SalesforceMapping,
     check_referral_id,
     default_mapping,
@@ -50,6 +67,7 @@ from .mapping import (
     soql_datetime,
     soql_string,
     stored_form,
+    subquery,
 )
 from .metadata import mapping_problems
 
@@ -104,6 +122,8 @@ class SalesforceCrm:
         self._currencies = Currencies(self.api)
         self._converters = Converters(self.mapping, Lookups(self._currencies))
         self._opportunity_fields = tuple(dict.fromkeys([*OPPORTUNITY_FIELDS, *self._converters.select()]))
+        # The contact roles come with the opportunity, in the order ContactRoles.read gives them.
+        self._roles_subquery = subquery(ROLES_RELATIONSHIP, ROLE_FIELDS, ROLE_ORDER)
 
     def check_mapping(self) -> list[str]:
         """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
@@ -128,18 +148,14 @@ class SalesforceCrm:
     def get_opportunity(self, crm_id: str) -> Opportunity | None:
         if not is_record_id(crm_id, OPPORTUNITY_PREFIX):
             return None  # an id from another system (or not an opportunity) cannot name one here
-        rows = list(self.api.query(self._select(f"Id = {soql_string(crm_id)}")))
-        return self._with_contacts(rows)[0] if rows else None
+        row = self._read(crm_id)
+        return self._to_opportunity(row) if row is not None else None
 
     def find_by_referral_id(self, referral_id: str) -> Opportunity | None:
         if not referral_id:
             return None
-        field_name = self.mapping.column("referral_id")
-        rows = list(self.api.query(self._select(f"{field_name} = {soql_string(referral_id)}", "CreatedDate, Id")))
-        if len(rows) > 1:
-            # Text external ids match case-insensitively, so an upsert would be refused with 300 as well.
-            raise DuplicateReferralId(field_name, referral_id, [str(row["Id"]) for row in rows])
-        return self._with_contacts(rows)[0] if rows else None
+        row = self._find(referral_id)
+        return self._to_opportunity(row) if row is not None else None
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Flagged opportunities with ``SystemModstamp`` at or after ``since`` (whole seconds), oldest first,
@@ -160,14 +176,29 @@ class SalesforceCrm:
         return stored_form(self.mapping, opportunity)
 
     def _select(self, where: str, order_by: str | None = None) -> str:
-        return soql("Opportunity", self._opportunity_fields, where, order_by)
+        """The query of whole opportunities: mapped fields, the account's fields and the contact roles."""
+        return soql("Opportunity", [*self._opportunity_fields, self._roles_subquery], where, order_by)
 
-    def _with_contacts(self, rows: list[dict[str, Any]]) -> list[Opportunity]:
-        roles = self._roles.read([str(row["Id"]) for row in rows]) if rows else {}
-        return [self._to_opportunity(row, roles.get(str(row["Id"]), [])) for row in rows]
+    def _select_by_id(self, crm_id: str) -> str:
+        return self._select(f"Id = {soql_string(crm_id)}")
 
-    def _to_opportunity(self, row: dict[str, Any], roles: list[dict[str, Any]]) -> Opportunity:
-        return record_to_opportunity(row, self._converters.values(row, row.get("Id")), roles, self.mapping)
+    def _read(self, crm_id: str) -> dict[str, Any] | None:
+        return next(iter(self.api.query(self._select_by_id(crm_id))), None)
+
+    def _find(self, referral_id: str) -> dict[str, Any] | None:
+        field_name = self.mapping.column("referral_id")
+        rows = list(self.api.query(self._select(f"{field_name} = {soql_string(referral_id)}", "CreatedDate, Id")))
+        if len(rows) > 1:
+            # Text external ids match case-insensitively, so an upsert would be refused with 300 as well.
+            raise DuplicateReferralId(field_name, referral_id, [str(row["Id"]) for row in rows])
+        return rows[0] if rows else None
+
+    def _roles_of(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        return self.api.related(row.get(ROLES_RELATIONSHIP))
+
+    def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
+        values = self._converters.values(row, row.get("Id"))
+        return record_to_opportunity(row, values, self._roles_of(row), self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
@@ -185,11 +216,17 @@ class SalesforceCrm:
         body.setdefault(self.mapping.column("close_date"), self._default_close_date())
         if account_id:
             body["AccountId"] = account_id
-        crm_id, created = self._upsert(referral_id, body)
-        if not created:
-            log.info("opportunity for referral %s already existed; updated instead of created again", referral_id)
-        self._roles.sync(crm_id, contact_ids)
-        return self._reread(crm_id)
+        crm_id, created, row = self._upsert(referral_id, body)
+        if created:
+            # This very request made the record (a repeated upsert answers "created": false), so no contact role
+            # points at it yet: the roles are written without reading them first, then the record is read once.
+            self._roles.sync(crm_id, contact_ids, existing=[])
+            return self._reread(crm_id)
+        log.info("opportunity for referral %s already existed; updated instead of created again", referral_id)
+        row = row or self._require(crm_id)
+        if self._roles.sync(crm_id, contact_ids, existing=self._roles_of(row)):
+            row = self._require(crm_id)
+        return self._to_opportunity(row)
 
     def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:
         crm_id = self._crm_id(current.crm_id)
@@ -209,11 +246,11 @@ class SalesforceCrm:
             if "customer_contacts" in wanted
             else None
         )
-        if body:
-            self._patch(crm_id, body, current.modified_at)
-        if contact_ids is not None:
-            self._roles.sync(crm_id, contact_ids)
-        return self._reread(crm_id)
+        # The write and the read of the record as written are one call; without fields to write, one read.
+        row = self._patch_and_read(crm_id, body, current.modified_at) if body else self._require(crm_id)
+        if contact_ids is not None and self._roles.sync(crm_id, contact_ids, existing=self._roles_of(row)):
+            row = self._require(crm_id)
+        return self._to_opportunity(row)
 
     def set_sync_outcome(self, current: Opportunity, name: str | None, audit: str) -> Opportunity:
         crm_id = self._crm_id(current.crm_id)
@@ -226,18 +263,20 @@ class SalesforceCrm:
             body[self.mapping.column("audit")] = audit
         if not body:
             return current
-        self._patch(crm_id, body, current.modified_at)
-        stamp = self.api.json(
-            self.api.request("GET", f"sobjects/Opportunity/{crm_id}", params={"fields": "SystemModstamp"})
-        ).get("SystemModstamp")
+        # Only the new stamp is needed back: the rest of the record is what the caller holds plus what was written.
+        stamp_read = Subrequest("GET", f"sobjects/Opportunity/{crm_id}", "stamp", params={"fields": "SystemModstamp"})
+        answers = self.api.composite([self._patch(crm_id, body, current.modified_at), stamp_read], idempotent=True)
+        answer = answers["stamp"].body
+        stamp = answer.get("SystemModstamp") if isinstance(answer, dict) else None
         changed: dict[str, Any] = {"audit": audit, "etag": stamp, "modified_at": parse_modstamp(stamp)}
         if name_field in body:
             changed["name"] = name
         return current.model_copy(update=changed)
 
     # -- write helpers --------------------------------------------------------------------------------------------
-    def _upsert(self, referral_id: str, body: dict[str, Any]) -> tuple[str, bool]:
-        """(record id, created) of an upsert by the referral id; 300 means duplicates and writes nothing."""
+    def _upsert(self, referral_id: str, body: dict[str, Any]) -> tuple[str, bool, dict[str, Any] | None]:
+        """(record id, created, the record when it had to be read) of an upsert by the referral id; 300 means
+        duplicates and writes nothing."""
         field_name = self.mapping.column("referral_id")
         response = self.api.request(
             "PATCH",
@@ -252,25 +291,40 @@ class SalesforceCrm:
         created = response.status_code == 201
         answer = self.api.json(response) if response.content else {}
         record_id = answer.get("id") if isinstance(answer, dict) else None
-        if not record_id:
-            # 204 (older API versions) carries no body: look the record up by its key.
-            existing = self.find_by_referral_id(referral_id)
-            if existing is None or existing.crm_id is None:
-                raise NotFound(SERVICE, f"opportunity for referral {referral_id} vanished after the upsert", 404)
-            record_id = existing.crm_id
-        return str(record_id), created
+        if record_id:
+            return str(record_id), created, None
+        # 204 (older API versions) carries no body: look the record up by its key, which reads all of it.
+        row = self._find(referral_id)
+        if row is None:
+            raise NotFound(SERVICE, f"opportunity for referral {referral_id} vanished after the upsert", 404)
+        return str(row["Id"]), created, row
 
-    def _patch(self, crm_id: str, body: dict[str, Any], modified_at: datetime | None) -> None:
+    def _patch(self, crm_id: str, body: dict[str, Any], modified_at: datetime | None) -> Subrequest:
         # Opportunity rows have no ETag; If-Unmodified-Since is the condition Salesforce offers (412 on a
         # later change). It has whole-second precision, so a change within the same second goes unnoticed.
-        headers = {"If-Unmodified-Since": http_date(modified_at)} if modified_at else None
-        self.api.request("PATCH", f"sobjects/Opportunity/{crm_id}", json=body, headers=headers)
+        headers = {"If-Unmodified-Since": http_date(modified_at)} if modified_at else {}
+        return Subrequest("PATCH", f"sobjects/Opportunity/{crm_id}", "patch", body=body, headers=headers)
+
+    def _patch_and_read(self, crm_id: str, body: dict[str, Any], modified_at: datetime | None) -> dict[str, Any]:
+        """Write ``body`` and read the whole record back in one composite call (all-or-none: a refused write
+        reads nothing). Sending the call again after a lost answer is as safe as sending the PATCH again: the
+        condition then fails with 412 and the caller re-reads and decides anew, as it does for any 412."""
+        read = Subrequest("GET", "query", "read", params={"q": self._select_by_id(crm_id)})
+        answers = self.api.composite([self._patch(crm_id, body, modified_at), read], idempotent=True)
+        result = answers["read"].body
+        rows = result.get("records") if isinstance(result, dict) else None
+        if not rows:
+            raise NotFound(SERVICE, f"opportunity {crm_id} disappeared while it was being written", 404)
+        return dict(rows[0])
+
+    def _require(self, crm_id: str) -> dict[str, Any]:
+        row = self._read(crm_id)
+        if row is None:
+            raise NotFound(SERVICE, f"opportunity {crm_id} disappeared while it was being written", 404)
+        return row
 
     def _reread(self, crm_id: str) -> Opportunity:
-        result = self.get_opportunity(crm_id)
-        if result is None:
-            raise NotFound(SERVICE, f"opportunity {crm_id} disappeared while it was being written", 404)
-        return result
+        return self._to_opportunity(self._require(crm_id))
 
     def _default_close_date(self) -> str:
         return (self._today() + timedelta(days=DEFAULT_CLOSE_DAYS)).isoformat()

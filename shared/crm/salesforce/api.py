@@ -7,6 +7,9 @@
 * 403 ``REQUEST_LIMIT_EXCEEDED`` is the org's rolling 24-hour allocation: it is raised at once as
   :class:`QuotaExhausted` with a long ``retry_after``, because retrying inline only burns more of it.
 * Every response's ``Sforce-Limit-Info`` is kept in :attr:`SalesforceApi.api_usage`.
+* :meth:`SalesforceApi.composite` sends several subrequests as one ``/composite`` call, which the daily
+  allocation counts as ONE request; it is all-or-none, and the failed subrequest's error is raised as the
+  same typed error the request sent alone would have raised (a 412 as :class:`PreconditionFailed`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,27 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
-from ...domain.errors import AuthenticationError, PermanentError, QuotaExceeded, TransientError, ValidationFailed
-from ...httpclient import ApiClient
+from ...domain.errors import (
+    AuthenticationError,
+    Conflict,
+    ExternalServiceError,
+    NotFound,
+    PermanentError,
+    PreconditionFailed,
+    QuotaExceeded,
+    Throttled,
+    TransientError,
+    ValidationFailed,
+)
+from ...httpclient import ApiClient, parse_retry_after
 from .auth import SERVICE, SalesforceAuth
 
 log = logging.getLogger(__name__)
@@ -29,6 +45,9 @@ log = logging.getLogger(__name__)
 QUOTA_RETRY_AFTER_SECONDS = 900.0
 MAX_COLLECTION_SIZE = 200
 MIN_BATCH_SIZE, MAX_BATCH_SIZE = 200, 2000
+MAX_COMPOSITE_SUBREQUESTS = 25
+# With allOrNone, every subrequest but the one that failed answers this: rolled back, or never run.
+PROCESSING_HALTED = "PROCESSING_HALTED"
 _USAGE = re.compile(r"api-usage=(\d+)/(\d+)")
 # Error codes that mean "this record's data is not acceptable": an audit entry, not a retry.
 RECORD_ERROR_CODES = frozenset(
@@ -78,12 +97,37 @@ class DuplicateReferralId(ValidationFailed):
         )
 
 
+@dataclass(frozen=True)
+class Subrequest:
+    """One subrequest of a composite call: ``path`` as for :meth:`SalesforceApi.request` (under the versioned
+    API), ``params`` its query string, ``headers`` its own conditional headers."""
+
+    method: str
+    path: str
+    reference_id: str
+    body: Any = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SubResponse:
+    status: int
+    body: Any
+    headers: Mapping[str, str]
+
+
 def parse_errors(response: requests.Response) -> tuple[str, str | None]:
     """(message, first errorCode) from Salesforce's error array (or an OAuth error object)."""
     try:
         body = response.json()
     except ValueError:
         return (response.reason or "error", None)
+    return error_details(body, response.reason or "error")
+
+
+def error_details(body: Any, reason: str) -> tuple[str, str | None]:
+    """(message, first errorCode) of an error body; ``reason`` when the body says nothing usable."""
     if isinstance(body, list) and body and all(isinstance(item, dict) for item in body):
         messages = []
         for item in body:
@@ -94,7 +138,7 @@ def parse_errors(response: requests.Response) -> tuple[str, str | None]:
         return ("; ".join(messages), str(code) if code else None)
     if isinstance(body, dict) and body.get("error"):
         return (str(body.get("error_description") or body["error"]), str(body["error"]))
-    return (response.reason or "error", None)
+    return (reason, None)
 
 
 def record_error(error: Mapping[str, Any]) -> Exception:
@@ -199,6 +243,83 @@ class SalesforceApi:
     def query(self, soql: str, batch_size: int | None = None) -> Iterator[dict[str, Any]]:
         for page in self.query_pages(soql, batch_size):
             yield from page
+
+    def related(self, result: Any) -> list[dict[str, Any]]:
+        """The records of a row's parent-to-child subquery: Salesforce answers null when there are none, and pages
+        long child lists like any query result (``nextRecordsUrl``), which costs a request per further page."""
+        if not isinstance(result, dict):
+            return []
+        records = list(result.get("records") or [])
+        while not result.get("done", True) and result.get("nextRecordsUrl"):
+            result = self.json(self.request("GET", str(result["nextRecordsUrl"])))
+            records.extend(result.get("records") or [])
+        return records
+
+    # -- Composite ---------------------------------------------------------------------------------------------
+    def composite(self, subrequests: Sequence[Subrequest], *, idempotent: bool) -> dict[str, SubResponse]:
+        """The subrequests as ONE ``/composite`` call, in order and all-or-none; their answers by reference id.
+
+        A failed subrequest rolls every other one back and is raised as the typed error the same request sent
+        alone would raise. ``idempotent`` says whether sending the whole call again after a lost answer is safe
+        (as for a conditional PATCH and reads); otherwise a lost answer raises ``OutcomeUnknown``."""
+        if not 0 < len(subrequests) <= MAX_COMPOSITE_SUBREQUESTS:
+            raise ValueError(f"a composite call takes 1 to {MAX_COMPOSITE_SUBREQUESTS} subrequests")
+        body = {
+            "allOrNone": True,
+            # Collated subrequests (the default from v49) may run in any order; ours depend on running in order.
+            "collateSubrequests": False,
+            "compositeRequest": [self._subrequest(s) for s in subrequests],
+        }
+        answer = self.json(self.request("POST", "composite", json=body, idempotent=idempotent))
+        items = answer.get("compositeResponse") if isinstance(answer, dict) else None
+        answers: dict[str, SubResponse] = {}
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("httpStatusCode"), int):
+                headers = item.get("httpHeaders") if isinstance(item.get("httpHeaders"), dict) else {}
+                answers[str(item.get("referenceId"))] = SubResponse(item["httpStatusCode"], item.get("body"), headers)
+        ordered = [answers.get(s.reference_id) for s in subrequests]
+        if any(a is None for a in ordered):
+            raise TransientError(SERVICE, "unexpected composite answer: a subrequest has no result")
+        failed = [a for a in ordered if a is not None and a.status >= 400]
+        if failed:
+            # The others answer PROCESSING_HALTED (rolled back or not run); the cause is the one that does not.
+            culprit = next((a for a in failed if error_details(a.body, "")[1] != PROCESSING_HALTED), failed[0])
+            raise self.subrequest_error(culprit)
+        return answers
+
+    def _subrequest(self, subrequest: Subrequest) -> dict[str, Any]:
+        url = f"/services/data/{self.version}/{subrequest.path.lstrip('/')}"
+        if subrequest.params:
+            url += "?" + urlencode(subrequest.params)
+        wire: dict[str, Any] = {"method": subrequest.method, "url": url, "referenceId": subrequest.reference_id}
+        if subrequest.body is not None:
+            wire["body"] = subrequest.body
+        if subrequest.headers:
+            wire["httpHeaders"] = dict(subrequest.headers)
+        return wire
+
+    def subrequest_error(self, answer: SubResponse) -> Exception:
+        """The error a subrequest's answer stands for: what :meth:`request` raises for the same status and body."""
+        status = answer.status
+        message, code = error_details(answer.body, f"HTTP {status}")
+        headers = {k.lower(): str(v) for k, v in answer.headers.items()}
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        error: ExternalServiceError
+        if status == 401:
+            error = AuthenticationError(SERVICE, message, status, code)
+        elif status == 404:
+            error = NotFound(SERVICE, message, status, code)
+        elif status == 409:
+            error = Conflict(SERVICE, message, status, code)
+        elif status == 412:
+            error = PreconditionFailed(SERVICE, message, status, code)
+        elif status == 429:
+            error = Throttled(SERVICE, message, status, code, retry_after=retry_after)
+        elif status >= 500:
+            error = TransientError(SERVICE, message, status, code, retry_after=retry_after)
+        else:
+            error = PermanentError(SERVICE, message, status, code)
+        return self._typed(error) if isinstance(error, PermanentError) else error
 
     # -- sObject Collections -------------------------------------------------------------------------------------
     def collection(self, method: str, path: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:

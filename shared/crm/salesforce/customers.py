@@ -2,9 +2,12 @@
 
 Accounts and contacts are found before one is created, so a retried job finds what the first attempt
 made instead of adding a duplicate; a create whose answer was lost is resolved by the same matching rule
-before anything is sent again. Contact roles are what ties contacts to an opportunity; they are
-rewritten only from the first one that differs. Active currencies are cached per adapter; :class:`Lookups`
-is how the mapping's ``lookup`` entries reach them.
+before anything is sent again. The contacts of one opportunity are looked up together, with one query, and
+then matched one by one against what it found and what the earlier ones created or changed, exactly as a
+query per contact would have matched them. Contact roles are what ties contacts to an opportunity; they
+are rewritten only from the first one that differs, from the roles read with the opportunity when the
+caller has them. Active currencies are cached per adapter; :class:`Lookups` is how the mapping's
+``lookup`` entries reach them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from .mapping import (
     CONTACT_FIELDS,
     IN_LIST_SIZE,
     MISSING_LAST_NAME,
+    ROLE_FIELDS,
+    ROLE_ORDER,
     chunks,
     soql,
     soql_string,
@@ -34,6 +39,10 @@ from .mapping import (
 log = logging.getLogger(__name__)
 
 SYNC_ATTEMPTS = 3
+# The lookup travels in the URL of a GET, which Salesforce refuses past 16 KB (see IN_LIST_SIZE): the contacts
+# looked up together are split so that each query's WHERE clause stays well below that once URL-encoded.
+CONTACT_LOOKUP_WHERE_CHARS = 4000
+CONTACT_SELECT = ("Id", "AccountId", *(name for _, name in CONTACT_FIELDS))
 
 
 class Currencies:
@@ -112,37 +121,53 @@ class Customers:
         return account_id
 
     def ensure_contacts(self, contacts: Iterable[Contact], account_id: str | None) -> list[str]:
+        wanted = unique_contacts(contacts, bool(account_id))
+        known = self._known_contacts(wanted, account_id)
         ids: list[str] = []
-        for contact in unique_contacts(contacts, bool(account_id)):
-            contact_id = self._ensure_contact(contact, account_id)
+        for contact in wanted:
+            contact_id = self._ensure_contact(contact, account_id, known)
             if contact_id not in ids:
                 ids.append(contact_id)
         return ids
 
-    def _ensure_contact(self, contact: Contact, account_id: str | None) -> str:
-        if contact.email:
-            where = f"Email = {soql_string(contact.email)}"
-        else:
-            where = (
-                f"FirstName = {soql_string(contact.first_name)} AND LastName = {soql_string(contact.last_name)} "
-                f"AND AccountId = {soql_string(account_id)}"
-            )
-        fields = ["Id", "AccountId", *(name for _, name in CONTACT_FIELDS)]
+    def _known_contacts(self, contacts: list[Contact], account_id: str | None) -> list[dict[str, Any]]:
+        """Every contact that any of ``contacts`` matches, oldest first as each one's own query would order them:
+        one query for all of them (a few when their conditions would make the WHERE clause too long)."""
+        groups: list[list[str]] = []
+        for contact in contacts:
+            condition = f"({_matching(contact, account_id)})"
+            if not groups or len(" OR ".join([*groups[-1], condition])) > CONTACT_LOOKUP_WHERE_CHARS:
+                groups.append([])
+            groups[-1].append(condition)
+        found: dict[str, dict[str, Any]] = {}
+        for conditions in groups:
+            statement = soql("Contact", [*CONTACT_SELECT, "CreatedDate"], " OR ".join(conditions), "CreatedDate, Id")
+            for row in self._api.query(statement):
+                found[str(row["Id"])] = row
+        # CreatedDate is UTC in one format, so it sorts as text; ties go by Id, as ORDER BY CreatedDate, Id does.
+        return sorted(found.values(), key=lambda row: (str(row.get("CreatedDate") or ""), str(row["Id"])))
+
+    def _ensure_contact(self, contact: Contact, account_id: str | None, known: list[dict[str, Any]]) -> str:
+        """The contact's id: the oldest of ``known`` it matches (updated with what it lacks), else a new contact.
+        ``known`` follows the writes, so the next contact sees them as a query sent now would."""
         wanted = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
-        statement = soql("Contact", fields, where, "CreatedDate, Id", limit=1)
-        row = self._first(statement)
+        row = next((r for r in known if _matches(contact, account_id, r)), None)
         if row is None:
             body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
             body.setdefault("LastName", MISSING_LAST_NAME)
             if account_id:
                 body["AccountId"] = account_id
-            return self._create("Contact", body, statement)
+            statement = soql("Contact", CONTACT_SELECT, _matching(contact, account_id), "CreatedDate, Id", limit=1)
+            contact_id = self._create("Contact", body, statement)
+            known.append({"Id": contact_id, **body})  # the newest: last in CreatedDate order
+            return contact_id
         contact_id = str(row["Id"])
         changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
         if account_id and not row.get("AccountId"):
             changes["AccountId"] = account_id
         if changes:
             self._api.request("PATCH", f"sobjects/Contact/{contact_id}", json=changes)
+            row.update(changes)
         return contact_id
 
     def _first(self, statement: str) -> dict[str, Any] | None:
@@ -162,6 +187,34 @@ class Customers:
         return create_once(send, find, f"a {sobject}")
 
 
+def _matching(contact: Contact, account_id: str | None) -> str:
+    """How a contact is found again (SOQL): by its email, else by its name at the account."""
+    if contact.email:
+        return f"Email = {soql_string(contact.email)}"
+    return (
+        f"FirstName = {soql_string(contact.first_name)} AND LastName = {soql_string(contact.last_name)} "
+        f"AND AccountId = {soql_string(account_id)}"
+    )
+
+
+def _same(stored: Any, value: str | None) -> bool:
+    # SOQL compares text ignoring case, and "= null" finds only empty fields.
+    if stored is None or value is None:
+        return stored is None and value is None
+    return str(stored).casefold() == value.casefold()
+
+
+def _matches(contact: Contact, account_id: str | None, row: Mapping[str, Any]) -> bool:
+    """Whether :func:`_matching`'s query would find ``row``."""
+    if contact.email:
+        return _same(row.get("Email"), contact.email)
+    return (
+        _same(row.get("FirstName"), contact.first_name)
+        and _same(row.get("LastName"), contact.last_name)
+        and row.get("AccountId") == account_id
+    )
+
+
 class ContactRoles:
     """The contacts of an opportunity, as ``OpportunityContactRole`` records (the first one primary)."""
 
@@ -170,36 +223,41 @@ class ContactRoles:
 
     def read(self, opportunity_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """Contact roles per opportunity: the primary first, then in the order they were added."""
-        fields = ["Id", "OpportunityId", "ContactId", "IsPrimary", *(f"Contact.{name}" for _, name in CONTACT_FIELDS)]
+        fields = ["OpportunityId", *ROLE_FIELDS]
         grouped: dict[str, list[dict[str, Any]]] = {}
         for chunk in chunks(opportunity_ids, IN_LIST_SIZE):
             ids = ", ".join(soql_string(i) for i in chunk)
-            order = "OpportunityId, IsPrimary DESC, CreatedDate, Id"
+            order = f"OpportunityId, {ROLE_ORDER}"
             for row in self._api.query(soql("OpportunityContactRole", fields, f"OpportunityId IN ({ids})", order)):
                 grouped.setdefault(str(row["OpportunityId"]), []).append(row)
         return grouped
 
-    def sync(self, crm_id: str, contact_ids: list[str]) -> None:
-        """Make the contact roles read back as ``contact_ids`` (the first one primary).
+    def sync(self, crm_id: str, contact_ids: list[str], existing: list[dict[str, Any]] | None = None) -> bool:
+        """Make the contact roles read back as ``contact_ids`` (the first one primary); True when anything may
+        have been written.
 
         Roles read back primary first, then in the order they were added, so the roles from the first
         difference on are replaced. No contacts at all leaves the roles alone: a blank list from Partner
-        Center must not erase the roles sellers added. When the answer to creating roles is lost, the
-        roles are read again and only what is still missing is created."""
+        Center must not erase the roles sellers added. ``existing`` are the roles as just read (with the
+        opportunity, or none at all for an opportunity this job has just created), which saves reading them
+        here. When the answer to creating roles is lost, the roles are read again and only what is still
+        missing is created."""
         if not contact_ids:
-            return
+            return False
+        known, lost = existing, False
         for _ in range(SYNC_ATTEMPTS):
             try:
-                self._sync(crm_id, contact_ids)
-                return
+                return self._sync(crm_id, contact_ids, known) or lost
             except OutcomeUnknown as exc:
                 log.info(
                     "the answer to creating contact roles was lost (%s); reading them again", exc.status or "network"
                 )
+                known, lost = None, True  # the lost request may have taken effect: only a fresh read tells
         raise TransientError(SERVICE, f"could not learn whether the contact roles of {crm_id} were created")
 
-    def _sync(self, crm_id: str, contact_ids: list[str]) -> None:
-        existing = self.read([crm_id]).get(crm_id, [])
+    def _sync(self, crm_id: str, contact_ids: list[str], existing: list[dict[str, Any]] | None) -> bool:
+        if existing is None:
+            existing = self.read([crm_id]).get(crm_id, [])
         keep = 0
         for index, role in enumerate(existing[: len(contact_ids)]):
             if str(role["ContactId"]) != contact_ids[index] or bool(role.get("IsPrimary")) != (index == 0):
@@ -221,6 +279,7 @@ class ContactRoles:
         ]
         for start in range(0, len(new), 200):
             _check(self._api.collection("POST", "composite/sobjects", new[start : start + 200]))
+        return bool(stale or new)
 
 
 def _already_deleted(result: dict[str, Any]) -> bool:

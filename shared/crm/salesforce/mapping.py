@@ -152,6 +152,12 @@ OPPORTUNITY_FIELDS = (
     *(f"Account.{name}" for _, name in ACCOUNT_FIELDS),
     "SystemModstamp",
 )
+# An opportunity's contacts are its OpportunityContactRole records, read primary first, then in the order they
+# were added: the order the roles are written in, so that a list read back compares equal to the list written.
+ROLE_FIELDS = ("Id", "ContactId", "IsPrimary", *(f"Contact.{name}" for _, name in CONTACT_FIELDS))
+ROLE_ORDER = "IsPrimary DESC, CreatedDate, Id"
+# Opportunity's child relationship to its contact roles: a subquery on it reads them with the opportunity.
+ROLES_RELATIONSHIP = "OpportunityContactRoles"
 
 
 # -- SOQL and HTTP literals -----------------------------------------------------------------------------------------
@@ -176,6 +182,11 @@ def soql(
     if limit is not None:
         parts += ["LIMIT", str(limit)]
     return " ".join(parts)
+
+
+def subquery(relationship: str, fields: Iterable[str], order_by: str | None = None) -> str:
+    """A parent-to-child subquery for a SELECT list: the child records of each row, through ``relationship``."""
+    return f"({soql(relationship, fields, None, order_by)})"
 
 
 def soql_datetime(moment: datetime) -> str:
