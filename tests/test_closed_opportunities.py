@@ -10,7 +10,7 @@ from __future__ import annotations
 from shared import wiring
 from shared.ports import KIND_CRM, Job
 from tests.test_crash_recovery import _die_once
-from tests.test_crm_to_pc import _ours, _settle
+from tests.test_crm_to_pc import _ours, _settle, _synced
 
 
 def _closes(stack) -> int:
@@ -18,10 +18,7 @@ def _closes(stack) -> int:
 
 
 def test_a_deal_won_in_dynamics_is_not_reopened_to_record_the_sync(stack):
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.poll()
-    stack.host.drain()
-    _settle(stack)
+    crm_id = _synced(stack)
     audit_before = stack.opportunity(crm_id)["audit"]
     updates_before = stack.audit_actions(_ours(stack, crm_id)["id"]).count("updated")
     stack.seller().win(crm_id)
@@ -38,10 +35,7 @@ def test_a_deal_won_in_dynamics_is_not_reopened_to_record_the_sync(stack):
 
 
 def test_a_job_that_dies_between_reopening_and_closing_a_deal_closes_it_on_the_next_job(stack, monkeypatch):
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.poll()
-    stack.host.drain()
-    _settle(stack)
+    crm_id = _synced(stack)
     referral = _ours(stack, crm_id)
     # The seller wins the deal while Microsoft's seller adds a note: the job sends the win to Partner Center
     # and must reopen the won deal to write the note.

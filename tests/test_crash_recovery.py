@@ -16,7 +16,7 @@ from shared.ports import KIND_CRM, KIND_REFERRAL, Change, Job
 from shared.sync.poller import POLL_STATE_KEY, ChangeFeed
 from tests.e2e_stack import CRMS
 from tests.harness import FixedClock
-from tests.test_crm_to_pc import _ours, _settle
+from tests.test_crm_to_pc import _ours, _settle, _synced
 
 
 def _die_once(monkeypatch, owner: object, name: str, message: str, when=lambda *args: True) -> None:
@@ -98,10 +98,7 @@ def test_a_seller_edit_during_the_write_back_is_merged_in_the_same_job(stack, mo
 
 
 def test_a_job_that_dies_between_the_two_sides_does_not_revert_a_later_partner_center_edit(stack, monkeypatch):
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.poll()
-    stack.host.drain()
-    _settle(stack)
+    crm_id = _synced(stack)
     referral = _ours(stack, crm_id)
     # Both sides edit at once: the job sends the deal value to Partner Center and the notes to the CRM.
     stack.seller().edit(crm_id, deal_value=251000.0)
@@ -233,10 +230,7 @@ def test_a_seller_rename_saved_just_before_our_write_back_is_kept(stack, monkeyp
     """Salesforce's only write condition (If-Unmodified-Since) has whole seconds: a rename saved in the second
     of our read is not refused, so the write-back must not carry a name it does not change. Found by
     ``make chaos``: the job rewrote the name it had read, with its ✔, over the seller's newer one."""
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.poll()
-    stack.host.drain()
-    _settle(stack)
+    crm_id = _synced(stack)
     referral = _ours(stack, crm_id)
     stack.pc.portal_update(referral["id"], {"details": {"notes": "Portal note"}}, raise_event=False)
     engine = wiring.container().engine

@@ -32,6 +32,13 @@ def _ours(stack, crm_id: str) -> dict:
     return own[0]
 
 
+def _synced(stack, **kwargs) -> str:
+    """A flagged opportunity, synchronised, with the echoes of the sync settled."""
+    crm_id = _flag_and_sync(stack, help_code=None, **kwargs)
+    _settle(stack)
+    return crm_id
+
+
 def _settle(stack) -> None:
     """Deliver the echoes (webhooks of our own writes) and run another poll, as production would."""
     stack.pc.dispatcher.wait_idle(timeout=10)

@@ -7,7 +7,7 @@ import pytest
 
 from shared import wiring
 from tests.e2e_stack import CRMS
-from tests.test_crm_to_pc import _ours, _settle
+from tests.test_crm_to_pc import _ours, _synced
 
 
 @pytest.fixture(params=CRMS)
@@ -21,14 +21,6 @@ def _requests(stack) -> tuple[int, int]:
     pc_log = [path for _, path in stack.pc.request_log if not path.startswith(("/cert/", "/pki/"))]
     crm_log = [path for _, path in stack.view.emulator.request_log if "oauth2/token" not in path]
     return len(pc_log), len(crm_log)
-
-
-def _synced(stack) -> str:
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.poll()
-    stack.host.drain()
-    _settle(stack)
-    return crm_id
 
 
 def test_the_poll_of_our_own_write_back_costs_only_the_poll(stack):

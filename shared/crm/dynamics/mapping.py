@@ -155,16 +155,16 @@ def default_mapping() -> DataverseMapping:
 
 
 # -- column sets --------------------------------------------------------------------------------------------------
-OPPORTUNITY_COLUMNS = (
-    "opportunityid",
+# What a write needs to know of the row: its state, its customer and contact lookups, its close details.
+STATE_COLUMNS = (
     "statecode",
     "statuscode",
     "_customerid_value",
     "_parentcontactid_value",
     "actualclosedate",
     "actualvalue",
-    "modifiedon",
 )
+OPPORTUNITY_COLUMNS = ("opportunityid", *STATE_COLUMNS, "modifiedon")
 
 
 def account_select(mapping: DataverseMapping) -> str:

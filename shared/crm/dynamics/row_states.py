@@ -13,16 +13,9 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
+from .mapping import STATE_COLUMNS
 from .webapi import LOOKUP_ANNOTATION
 
-STATE_COLUMNS = (
-    "statecode",
-    "statuscode",
-    "_customerid_value",
-    "_parentcontactid_value",
-    "actualclosedate",
-    "actualvalue",
-)
 _KEPT = (*STATE_COLUMNS, f"_customerid_value@{LOOKUP_ANNOTATION}", "@odata.etag")
 
 
