@@ -201,12 +201,13 @@ class TableSyncStore:
             return self.acquire_lease(key, owner, seconds)
         if LeaseRow.from_row(current).held_by_another_at(now, owner):
             return False
+        return self._replace_lease(key, owner, row, current.metadata["etag"])
+
+    def _replace_lease(self, key: str, owner: str, row: dict[str, Any], etag: str) -> bool:
+        """Write the lease row if it is still the version read (``etag``); remember what we wrote, to release it."""
         try:
             written = self.state.update_entity(
-                row,
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
+                row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             return False
@@ -230,17 +231,8 @@ class TableSyncStore:
         now = _now()
         if not LeaseRow.from_row(current).held_by_at(now, owner):
             return False
-        try:
-            written = self.state.update_entity(
-                _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds))),
-                mode=UpdateMode.REPLACE,
-                etag=current.metadata["etag"],
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        self._held(key, owner, written)
-        return True
+        row = _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds)))
+        return self._replace_lease(key, owner, row, current.metadata["etag"])
 
     def release_lease(self, key: str, owner: str) -> None:
         """Delete the lease row if it is still the one this owner wrote: one conditional delete with the etag
