@@ -145,9 +145,11 @@ def plan_merge(
     pc_status: str | None,
     pc_substatus: str | None,
     directions: Mapping[str, Direction] | None = None,
+    shared_with_us: bool = False,
 ) -> Plan:
     """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync;
-    ``directions`` says which fields travel one way only (the rest travel both ways)."""
+    ``directions`` says which fields travel one way only (the rest travel both ways). ``shared_with_us``: the
+    referral came from Microsoft (or another partner), so its help request is theirs and is never sent back."""
     one_way = directions or {}
     pc_vals, crm_vals = mapped_values(pc), mapped_values(crm)
     stored_defaults = base.get(CRM_DEFAULTS) if base is not None else None
@@ -185,6 +187,9 @@ def plan_merge(
             plan.to_crm.append(name)
         elif name not in PATCHABLE_FIELDS:
             plan.notes.append(f"{name} cannot be changed in Partner Center after creation; not sent")
+        elif name == "help_code" and shared_with_us:
+            plan.notes.append("the help request of a referral shared with you is Microsoft's; not sent")
+            plan.agreed[name] = pc_vals[name]
         elif name == "help_code" and crm_vals[name] is None:
             plan.notes.append("a request for Microsoft's help cannot be withdrawn in Partner Center; not sent")
         else:

@@ -21,6 +21,9 @@ class PcModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+INCOMING = "Incoming"  # ``direction`` of a referral shared with the partner (by Microsoft or another partner)
+
+
 class ReferralStatus(StrEnum):
     NONE = "None"
     NEW = "New"

@@ -16,6 +16,7 @@ from ..domain.mapping import fingerprint, mapped_values
 from ..domain.merge import STATUS_FIELDS, Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
 from ..domain.policies import is_closed
+from ..domain.referral import INCOMING
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
@@ -75,7 +76,14 @@ class Merging:
         base = resolve_pending(stored, pc_values, crm_values)
         options = self.options
         plan = plan_merge(
-            pc_side, record, base, options.field_owners, referral.status, referral.substatus, options.field_directions
+            pc_side,
+            record,
+            base,
+            options.field_owners,
+            referral.status,
+            referral.substatus,
+            options.field_directions,
+            shared_with_us=referral.direction == INCOMING,
         )
         problems = problems_for_partner_center(record) if "help_code" in plan.to_pc else []
         return MergePlan(pair, record, pc_side, base, plan, problems, pc_values, crm_values)
