@@ -134,7 +134,7 @@ class Merging:
             except StorageRejected:
                 pass  # our bookkeeping does not fit: write anyway; recording the result reports the refusal
         if plan.to_pc:
-            referral = self.pc.update(referral, record, plan.to_pc)
+            referral = self.pc.update(referral, self._outgoing(merge), plan.to_pc)
             pc_fingerprint = fingerprint(self.pairing.map(referral))
         if merge.upgrade:
             self.creator.ensure_microsoft_referral(referral, record)
@@ -150,6 +150,21 @@ class Merging:
             return self.recorder.note(action, direction, text, record.crm_id, referral.id)
         outcome = Outcome(action, referral.id, direction, record.crm_id, referral.id, tuple(plan.changed), text)
         return self.recorder.audit(outcome)
+
+    def _outgoing(self, merge: MergePlan) -> Opportunity:
+        """What Partner Center receives: the record, with the customer contacts the CRM cannot hold (Dynamics
+        keeps only the primary one) taken from the referral, so that a new primary contact replaces only the
+        first of Partner Center's contacts and drops none of the others."""
+        record, held = merge.record, len(merge.pc_side.customer_contacts)
+        if "customer_contacts" not in merge.plan.to_pc:
+            return record
+        emails = {c.email.lower() for c in record.customer_contacts if c.email}
+        rest = [
+            c
+            for c in merge.pair.mapped.customer_contacts[held:]
+            if not (c.email and c.email.lower() in emails) and c not in record.customer_contacts
+        ]
+        return record.model_copy(update={"customer_contacts": (*record.customer_contacts, *rest)})
 
     def _read_only(self, record: Opportunity) -> bool:
         return self.crm.closed_is_read_only and is_closed(record.status)
