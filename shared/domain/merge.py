@@ -21,6 +21,7 @@ from .bounded import same_value
 from .mapping import mapped_values
 from .opportunity import MAPPED_FIELDS, Opportunity
 from .policies import Direction, Side, is_closed, transition_allowed, travels_to, winner
+from .referral import INCOMING, OUTGOING
 from .referral_rules import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
@@ -145,13 +146,19 @@ def plan_merge(
     pc_status: str | None,
     pc_substatus: str | None,
     directions: Mapping[str, Direction] | None = None,
-    shared_with_us: bool = False,
+    referral_direction: str | None = None,
 ) -> Plan:
     """``pc`` is the referral mapped into the CRM's stored form; ``base`` is None before the first sync;
-    ``directions`` says which fields travel one way only (the rest travel both ways). ``shared_with_us``: the
-    referral came from Microsoft (or another partner), so its help request is theirs and is never sent back."""
+    ``directions`` says which fields travel one way only (the rest travel both ways). ``referral_direction``:
+    ``Incoming`` (shared by Microsoft or another partner: its help request is theirs and is never sent back) or
+    ``Outgoing`` (the partner's own: accepted from the start, so a CRM stage before acceptance is no status)."""
     one_way = directions or {}
+    shared_with_us = referral_direction == INCOMING
     pc_vals, crm_vals = mapped_values(pc), mapped_values(crm)
+    if referral_direction == OUTGOING and crm_vals["status"] == "New" and pc_status != "New":
+        # Salesforce's first stage (Prospecting) reads as New: on a deal Partner Center accepted at creation it
+        # is where the seller is in the sale, not a move back that Partner Center would refuse on every edit.
+        crm_vals["status"], crm_vals["substatus"] = "Active", "Accepted"
     stored_defaults = base.get(CRM_DEFAULTS) if base is not None else None
     defaults: Mapping[str, object] = stored_defaults if isinstance(stored_defaults, dict) else {}
     plan = Plan(agreed=dict(pc_vals))

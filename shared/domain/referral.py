@@ -22,6 +22,7 @@ class PcModel(BaseModel):
 
 
 INCOMING = "Incoming"  # ``direction`` of a referral shared with the partner (by Microsoft or another partner)
+OUTGOING = "Outgoing"  # ``direction`` of a referral the partner created (accepted from the start)
 
 
 class ReferralStatus(StrEnum):

@@ -16,7 +16,6 @@ from ..domain.mapping import fingerprint, mapped_values
 from ..domain.merge import STATUS_FIELDS, Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
 from ..domain.policies import is_closed
-from ..domain.referral import INCOMING
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
@@ -83,7 +82,7 @@ class Merging:
             referral.status,
             referral.substatus,
             options.field_directions,
-            shared_with_us=referral.direction == INCOMING,
+            referral_direction=referral.direction,
         )
         problems = problems_for_partner_center(record) if "help_code" in plan.to_pc else []
         return MergePlan(pair, record, pc_side, base, plan, problems, pc_values, crm_values)
