@@ -56,3 +56,27 @@ def test_a_job_that_dies_between_reopening_and_closing_a_deal_closes_it_on_the_n
     referral = _ours(stack, crm_id)
     assert (referral["status"], referral["substatus"]) == ("Closed", "Won")
     assert referral["details"]["notes"] == "Microsoft's note"
+
+
+def test_a_referral_that_expires_closes_the_deal_once_and_its_echo_changes_nothing(stack):
+    referral = stack.pc.seed_referral(kind="cosell")
+    stack.deliver_and_drain(1)
+    stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": "Expired"})
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    stack.host.drain()
+    [row] = stack.opportunities()
+    assert row["state"] == "lost"
+    audit = row["audit"]
+    reads = len(stack.view.emulator.request_log)
+    stack.poll()  # sees the closed deal: Canceled reads back as the Expired Partner Center has, an echo
+    stack.host.drain()
+    assert len(stack.view.emulator.request_log) == reads + 1  # the poll's query, nothing for its job
+    [row] = stack.opportunities()
+    assert _closes(stack) == 1 and row["audit"] == audit
+    assert (stack.pc.referral(referral["id"])["status"], stack.pc.referral(referral["id"])["substatus"]) == (
+        "Closed",
+        "Expired",
+    )
+    assert "not sent" not in stack.audit_actions(referral["id"])[0]
+    trail = wiring.container().store.audit_trail(referral["id"])
+    assert not any("not sent" in entry.message for entry in trail)

@@ -126,10 +126,15 @@ class DataverseCrm:
         return self._to_opportunity(row) if row is not None else None
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
-        """Only the primary contact is kept on the opportunity (``parentcontactid``), and only what the mapping
-        stores."""
+        """Only the primary contact is kept on the opportunity (``parentcontactid``), only what the mapping
+        stores, and the status as its state and status reason read back (declined and expired are both
+        Lost/Canceled, which reads as declined)."""
         stored = self.mapping.stored(opportunity)
-        return stored.model_copy(update={"customer_contacts": stored.customer_contacts[:1]})
+        update: dict[str, Any] = {"customer_contacts": stored.customer_contacts[:1]}
+        target = self.mapping.status.target(stored.status, stored.substatus)
+        if target is not None:
+            update["status"], update["substatus"] = self.mapping.status.status_of(*target)
+        return stored.model_copy(update=update)
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Flagged opportunities modified at or after ``since``, oldest change first: the id, the etag (the row
