@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from . import wiring
@@ -14,6 +16,8 @@ from .settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from .crm.mapping import CrmMapping, Loaded
+
+log = logging.getLogger(__name__)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -25,16 +29,64 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str) -> datetime:
+    """``--since``: an ISO 8601 date or date-time, read as UTC when it has no offset."""
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 date or date-time (e.g. 2024-05-01 or 2024-05-01T08:30:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
 def _backfill(args: argparse.Namespace) -> int:
-    from .sync.poller import backfill
+    if args.source == "partner-center":
+        return _backfill_from_partner_center(args)
+    if args.since is not None:
+        print("--since applies to --from partner-center only", file=sys.stderr)
+        return 2
+    from .sync.backfill import backfill_opportunities
 
     c = wiring.container()
 
     def progress(count: int) -> None:
         print(f"\renqueued {count} flagged opportunities", end="", flush=True)
 
-    total = backfill(c.crm, c.queue, progress)
+    total = backfill_opportunities(c.crm, c.queue, progress)
     print(f"\ndone: {total} jobs on queue 'sync-jobs'; the worker creates or updates their referrals")
+    return 0
+
+
+def _backfill_from_partner_center(args: argparse.Namespace) -> int:
+    from .sync.backfill import ReferralBackfill, backfill_referrals
+
+    c = wiring.container()
+
+    def progress(done: ReferralBackfill) -> None:
+        print(f"\rread {done.read} referral(s), enqueued {done.enqueued}", end="", flush=True)
+
+    result = backfill_referrals(
+        c.partner_center.open_referrals,
+        c.queue,
+        since=args.since,
+        cosell_only=c.settings.sync_cosell_only,
+        progress=progress,
+    )
+    print(
+        f"\n{'so far' if result.stopped else 'done'}: {result.enqueued} jobs on queue 'sync-jobs' from "
+        f"{result.read} referral(s) read; the worker creates their opportunities (a referral already linked to one "
+        "is a no-op)"
+    )
+    if result.skipped:
+        print("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items())))
+    if result.stopped:
+        print(
+            f"stopped early: {result.stopped}. The jobs enqueued stay; run the backfill again "
+            "(what is already linked is a no-op).",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -204,7 +256,32 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="sync counts, queue and poison depth, last poll, credential modes")
     status.set_defaults(run=_status)
-    backfill = commands.add_parser("backfill", help="enqueue every opportunity flagged 'Sync with Partner Center' once")
+    backfill = commands.add_parser(
+        "backfill",
+        help="day-one load: enqueue every flagged CRM opportunity, or every open Partner Center referral, once",
+        description=(
+            "Day-one load. --from crm (the default) enqueues every CRM opportunity flagged 'Sync with Partner "
+            "Center'; --from partner-center enqueues every open referral of the partner in Partner Center (New or "
+            "Active; never Microsoft's copy of an engagement; only co-sell opportunities while SYNC_COSELL_ONLY is "
+            "on), optionally only those updated since --since. One job each on 'sync-jobs', progress every 100. "
+            "Safe to run again: every record is enqueued again, and one already linked and unchanged is a no-op for "
+            "the worker (no second record, nothing written to either side)."
+        ),
+    )
+    backfill.add_argument(
+        "--from",
+        dest="source",
+        choices=("crm", "partner-center"),
+        default="crm",
+        help="where to read the records from (default: crm)",
+    )
+    backfill.add_argument(
+        "--since",
+        type=_since,
+        metavar="DATE",
+        help="with --from partner-center: only referrals updated at or after this ISO 8601 date or date-time "
+        "(UTC unless it has an offset), e.g. 2024-05-01 or 2024-05-01T08:30:00Z",
+    )
     backfill.set_defaults(run=_backfill)
     reconcile = commands.add_parser("reconcile", help="enqueue referrals changed since the last reconciliation")
     reconcile.set_defaults(run=_reconcile)

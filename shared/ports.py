@@ -31,6 +31,10 @@ class PartnerCenter(Protocol):
         first and page by page, so that a reader stopped part way keeps what it has read."""
         ...
 
+    def open_referrals(self, since: datetime | None = None) -> Iterator[Referral]:
+        """The partner's New and Active referrals, updated at or after ``since`` when the service can filter so."""
+        ...
+
     def by_external_reference(self, crm_id: str) -> Iterator[Referral]:
         """Referrals carrying ``crm_id`` as their external reference (Microsoft's copies included)."""
         ...

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from shared.__main__ import main
 from shared.ports import Job
 from shared.store.queue import encode_job
@@ -23,15 +25,26 @@ def test_every_command_has_help():
         assert result.returncode == 0 and "usage:" in result.stdout
 
 
-def test_backfill_enqueues_each_flagged_opportunity_once_and_syncs_them(stack, capsys):
+@pytest.mark.parametrize("argv", [["backfill"], ["backfill", "--from", "crm"]], ids=["default", "from-crm"])
+def test_backfill_enqueues_each_flagged_opportunity_once_and_syncs_them(stack, capsys, argv):
     seller = stack.seller()
     flagged = {seller.create_flagged(help_code=None) for _ in range(3)}
     seller.create_flagged(flagged=False)
-    assert main(["backfill"]) == 0
+    assert main(argv) == 0
     assert "done: 3 jobs" in capsys.readouterr().out
     assert {job.record_id for job in stack.host.queue.peek_jobs()} == flagged
     stack.host.drain()
     assert {r["externalReferenceId"] for r in stack.pc.referrals()} == flagged
+
+    # Again, once the webhooks our creates raise are through: the same jobs, each a no-op.
+    stack.deliver_and_drain(3)
+    stack.view.reset_counters()
+    pc_writes = stack.pc.writes
+    assert main(argv) == 0
+    assert "done: 3 jobs" in capsys.readouterr().out
+    stack.host.drain()
+    assert len(stack.pc.referrals()) == 3
+    assert stack.pc.writes == pc_writes and stack.crm_writes() == 0
 
 
 def test_replay_poison_moves_jobs_back(stack, capsys):

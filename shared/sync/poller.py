@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..ports import (
     KIND_CRM,
@@ -221,16 +221,3 @@ def partner_center_reconciler(
         overlap_seconds,
         first_since=lambda now: now - timedelta(hours=first_lookback_hours),
     )
-
-
-def backfill(crm: Crm, queue: JobQueue, progress: Any = None, page_size: int = 500) -> int:
-    """Enqueue every flagged opportunity once (the initial sync)."""
-    count = 0
-    for change in crm.changes_since(None, page_size):
-        queue.enqueue(Job(KIND_CRM, change.record_id, reason="backfill"))
-        count += 1
-        if progress is not None and count % 100 == 0:
-            progress(count)
-    if progress is not None:
-        progress(count)
-    return count
