@@ -7,6 +7,7 @@ instead of a stack trace from deep inside a client.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -35,6 +36,12 @@ class SettingsError(Exception):
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
+
+
+def _empty_if_set_empty(name: str) -> str | None:
+    """"" when the environment sets ``name`` to "", else None: for a setting where empty says something
+    (``SALESFORCE_CURRENCY_FIELD=""``: no currency field), which ``env_ignore_empty`` would read as unset."""
+    return "" if any(key.upper() == name and value == "" for key, value in os.environ.items()) else None
 
 
 class Settings(BaseSettings):
@@ -141,7 +148,11 @@ class Settings(BaseSettings):
     salesforce_field_help: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_HELP"))
     salesforce_field_products: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_PRODUCTS"))
     salesforce_field_audit: str | None = Field(None, validation_alias=_env("SALESFORCE_FIELD_AUDIT"))
-    salesforce_currency_field: str | None = Field(None, validation_alias=_env("SALESFORCE_CURRENCY_FIELD"))
+    # Empty is not unset here: "" names no currency field (a non-empty value comes from the environment as usual).
+    salesforce_currency_field: str | None = Field(
+        default_factory=lambda: _empty_if_set_empty("SALESFORCE_CURRENCY_FIELD"),
+        validation_alias=_env("SALESFORCE_CURRENCY_FIELD"),
+    )
     salesforce_on_hold_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_ON_HOLD_STAGE"))
     salesforce_active_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_ACTIVE_STAGE"))
     salesforce_won_stage: str | None = Field(None, validation_alias=_env("SALESFORCE_WON_STAGE"))

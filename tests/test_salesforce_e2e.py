@@ -1,17 +1,20 @@
 """Salesforce end to end, where Salesforce differs from Dynamics 365: sessions that the org ends mid-run
-(the connector signs in again, once) and the org's daily API allocation running out mid-run (all CRM
+(the connector signs in again, once), the org's daily API allocation running out mid-run (all CRM
 work pauses with a clear status and audit entry, nothing is lost, and it completes once the quota is
-back). The stack signs in with the client credentials flow, as in production."""
+back), and orgs with a single currency (no CurrencyIsoCode, no CurrencyType). The stack signs in with the
+client credentials flow, as in production."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime, timedelta
 
 from emulators.salesforce import SalesforceEmulator
 from shared import wiring
 from shared.__main__ import main
+from shared.domain.checkmark import CHECK
 from shared.domain.mapping import mapped_values, referral_to_opportunity
 from shared.domain.referral import Referral
 from tests.e2e_stack import Stack
@@ -159,3 +162,75 @@ def test_daily_quota_running_out_mid_run_pauses_and_completes_once_restored(make
     assert final["paused"] is None
     assert final["queue"] == {"depth": 0, "poison": 0}
     assert final["links"]["total"] == 5 and final["links"]["ok"] == 5
+
+
+def _seller_opportunity_in_one_currency(sf: SalesforceEmulator) -> str:
+    """What a seller enters in a single-currency org: an amount, and no currency (there is nothing to choose)."""
+    account = sf.seed("Account", {"Name": "Fabrikam", "BillingCountry": "US", "BillingPostalCode": "98052"})[0]["Id"]
+    contact = sf.seed("Contact", {"LastName": "Ng", "Email": "cy@fabrikam.example", "AccountId": account})[0]["Id"]
+    crm_id = sf.seed(
+        "Opportunity",
+        {
+            "Name": "Fabrikam - analytics",
+            "StageName": "Qualification",
+            "CloseDate": "2027-03-31",
+            "Amount": 180000.0,
+            "AccountId": account,
+            "Sync_with_Partner_Center__c": True,
+            "Products__c": "SOL-34104-EBB",
+        },
+    )[0]["Id"]
+    sf.seed("OpportunityContactRole", {"OpportunityId": crm_id, "ContactId": contact, "IsPrimary": True})
+    return str(crm_id)
+
+
+def test_a_single_currency_org_syncs_both_ways_in_the_org_currency(make_stack):
+    stack = make_stack(crm="salesforce")
+    sf = _emulator(stack)
+    sf.configure(multi_currency=False)  # before the connector's first call; the next stack's reset undoes it
+    start = len(sf.request_log)
+
+    # Partner Center -> Salesforce: the referral's deal value lands; the org's currency is the referral's.
+    referral = stack.pc.seed_referral(kind="cosell")
+    assert referral["details"]["currency"] == "USD"
+    stack.deliver_and_drain(1)
+    [row] = stack.opportunities()
+    assert row["referral_id"] == referral["id"] and row["name"].endswith(CHECK)
+    assert row["deal_value"] == referral["details"]["dealValue"]
+    reader = stack.crm()
+    stored = reader.find_by_referral_id(referral["id"])
+    assert stored is not None and stored.currency == "USD"
+    expected = reader.stored_form(referral_to_opportunity(Referral.model_validate(referral)))
+    assert mapped_values(stored) == mapped_values(expected)
+    stack.pc.portal_update(referral["id"], {"details": {"dealValue": 99000, "notes": "Scope doubled"}})
+    stack.deliver_and_drain(2)
+    assert stack.opportunity(row["id"])["deal_value"] == 99000
+    assert stack.audit_actions(referral["id"])[:2] == ["updated", "created"]
+
+    # Salesforce -> Partner Center: a seller's opportunity has no currency field, yet passes validation.
+    crm_id = _seller_opportunity_in_one_currency(sf)
+    stack.poll()
+    run = stack.host.drain()
+    assert run.failed == 0, run.errors
+    [ours] = [r for r in stack.pc.referrals() if r.get("externalReferenceId") == crm_id]
+    assert ours["details"]["currency"] == "USD" and ours["details"]["dealValue"] == 180000.0
+    mine = stack.opportunity(crm_id)
+    assert mine["referral_id"] == ours["id"] and mine["name"].endswith(CHECK), mine["audit"]
+    sf.update_record("Opportunity", crm_id, {"Amount": 200000.0})
+    stack.poll()
+    assert stack.host.drain().failed == 0
+    assert stack.pc.referral(ours["id"])["details"]["dealValue"] == 200000.0  # type: ignore[index]
+
+    # The echoes of all that settle without another write: nothing flips back and forth.
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    stack.poll()
+    assert stack.host.drain().failed == 0
+    stack.view.reset_counters()
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    stack.poll()
+    assert stack.host.drain().failed == 0
+    assert stack.crm_writes() == 0
+    for referral_id in (referral["id"], ours["id"]):
+        assert set(stack.audit_actions(referral_id)) <= {"created", "updated", "unchanged"}
+    named = [path for _, path in sf.request_log[start:] if re.search(r"\bCurrency(IsoCode|Type)\b", path)]
+    assert named == []  # the connector never named what a single-currency org lacks

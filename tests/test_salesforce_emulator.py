@@ -856,3 +856,94 @@ def test_malformed_composite_requests_are_refused_as_a_whole(emu: SalesforceEmul
     assert not_a_list.status_code == 400 and _error(not_a_list)["errorCode"] == "JSON_PARSER_ERROR"
     assert _composite(api, [_sub("GET", query, f"q{i}") for i in range(5)]).status_code == 200  # 5 are allowed
     assert emu.writes() == []
+
+
+# -- single-currency orgs ---------------------------------------------------------------------------------------------
+def _field_names(api: Api, sobject: str) -> set[str]:
+    described = api.call("GET", f"sobjects/{sobject}/describe")
+    assert described.status_code == 200, described.text
+    return {field["name"] for field in described.json()["fields"]}
+
+
+def test_a_single_currency_org_has_no_currency_type_and_no_currency_iso_code(emu: SalesforceEmulator, api: Api) -> None:
+    assert "CurrencyIsoCode" in _field_names(api, "Opportunity")  # multi-currency unless told otherwise
+    emu.configure(multi_currency=False)
+
+    assert "CurrencyIsoCode" not in _field_names(api, "Opportunity")
+    assert "CurrencyIsoCode" not in _field_names(api, "Account")
+    currencies = api.query("SELECT IsoCode FROM CurrencyType WHERE IsActive = true")
+    assert currencies.status_code == 400
+    assert _error(currencies)["errorCode"] == "INVALID_TYPE"
+    assert "sObject type 'CurrencyType' is not supported" in _error(currencies)["message"]
+    selected = api.query("SELECT Id, CurrencyIsoCode FROM Opportunity")
+    assert selected.status_code == 400 and _error(selected)["errorCode"] == "INVALID_FIELD"
+    assert "CurrencyIsoCode" in _error(selected)["message"]
+
+    created = api.call("POST", "sobjects/Opportunity", json=_opportunity("x", CurrencyIsoCode="USD"))
+    assert created.status_code == 400
+    assert _error(created)["errorCode"] == "INVALID_FIELD" and _error(created)["fields"] == ["CurrencyIsoCode"]
+    record_id = api.call("POST", "sobjects/Opportunity", json=_opportunity("x", Amount=10)).json()["id"]
+    patched = api.call("PATCH", f"sobjects/Opportunity/{record_id}", json={"CurrencyIsoCode": "USD"})
+    assert patched.status_code == 400 and _error(patched)["errorCode"] == "INVALID_FIELD"
+    in_collection = api.call(
+        "POST",
+        "composite/sobjects",
+        json={"records": [{"attributes": {"type": "Account"}, "Name": "Contoso", "CurrencyIsoCode": "USD"}]},
+    ).json()
+    assert in_collection[0]["success"] is False
+    assert in_collection[0]["errors"][0]["statusCode"] == "INVALID_FIELD"
+    assert emu.counters()["objects"]["Opportunity"]["updates"] == 0
+    assert "CurrencyIsoCode" not in emu.record("Opportunity", record_id)  # type: ignore[operator]
+
+
+def test_the_organization_names_the_currency_of_a_single_currency_org_and_is_read_only(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    # A multi-currency org's corporate currency is its CurrencyType with IsCorporate; the connector reads the org's
+    # own field only in single-currency orgs, so that is where the emulator offers it.
+    assert _error(api.query("SELECT DefaultCurrencyIsoCode FROM Organization"))["errorCode"] == "INVALID_FIELD"
+    emu.configure(multi_currency=False)
+    rows = api.query("SELECT Id, Name, DefaultCurrencyIsoCode FROM Organization").json()["records"]
+    assert len(rows) == 1 and rows[0]["DefaultCurrencyIsoCode"] == "USD"  # the first of the org's currencies
+    org_id = rows[0]["Id"]
+    assert org_id.startswith("00D")
+    for method, path, body in (
+        ("POST", "sobjects/Organization", {}),
+        ("PATCH", f"sobjects/Organization/{org_id}", {"Name": "Renamed"}),
+        ("DELETE", f"sobjects/Organization/{org_id}", None),
+    ):
+        response = api.call(method, path, json=body)
+        assert response.status_code == 400, method
+        assert _error(response)["errorCode"] == "INVALID_TYPE_FOR_OPERATION", method
+    assert len(emu.records("Organization")) == 1 and emu.records("Organization")[0]["Name"] != "Renamed"
+
+    single_eur = SalesforceEmulator(multi_currency=False, currencies=("EUR",))
+    assert single_eur.records("Organization")[0]["DefaultCurrencyIsoCode"] == "EUR"
+
+
+def test_multi_currency_switches_over_http_and_reset_restores_the_constructors_choice(
+    emu: SalesforceEmulator, api: Api
+) -> None:
+    record_id = api.call("POST", "sobjects/Opportunity", json=_opportunity("x", CurrencyIsoCode="EUR")).json()["id"]
+    switched = requests.post(f"{emu.url}/_emulator/config", json={"multiCurrency": False}, timeout=5)
+    assert switched.status_code == 204
+    assert "CurrencyIsoCode" not in _field_names(api, "Opportunity")
+    assert api.query("SELECT Id FROM CurrencyType").status_code == 400
+    assert api.query("SELECT Id, Name FROM Opportunity").json()["totalSize"] == 1  # the records stay
+
+    # Enabling multiple currencies gives every record the corporate currency, as Salesforce does.
+    assert requests.post(f"{emu.url}/_emulator/config", json={"multiCurrency": True}, timeout=5).status_code == 204
+    row = api.query(f"SELECT CurrencyIsoCode FROM Opportunity WHERE Id = '{record_id}'").json()["records"][0]
+    assert row["CurrencyIsoCode"] == "USD"
+    active = api.query("SELECT IsoCode FROM CurrencyType WHERE IsActive = true").json()["records"]
+    assert [r["IsoCode"] for r in active] == ["USD", "EUR", "GBP", "JPY", "AUD", "CAD"]
+    assert emu.counters()["objects"]["CurrencyType"]["reads"] >= 1
+    bad = requests.post(f"{emu.url}/_emulator/config", json={"multiCurrency": "no"}, timeout=5)
+    assert bad.status_code == 400
+
+    emu.configure(multi_currency=False)
+    emu.reset()
+    assert "CurrencyIsoCode" in _field_names(Api(emu), "Opportunity")
+    single = SalesforceEmulator(multi_currency=False)
+    single.reset()
+    assert single.org.multi_currency is False and "CurrencyType" not in single.counters()["objects"]

@@ -98,6 +98,7 @@ def register_control_routes(emu: SalesforceEmulator) -> None:
             query_batch_size=body.get("queryBatchSize"),
             min_batch_size=body.get("minBatchSize"),
             subquery_batch_size=body.get("subqueryBatchSize"),
+            multi_currency=body.get("multiCurrency"),
         )
         return Response(204)
 

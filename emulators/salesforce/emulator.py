@@ -2,11 +2,14 @@
 
 ``python -m emulators.salesforce [--port N]`` (default 7103) serves ``/services/oauth2/token`` and
 ``/services/data/vNN.N/...`` with the objects the connector uses (Opportunity with the co-sell custom
-fields, Account, Contact, OpportunityContactRole, CurrencyType). It is strict where the platform is
+fields, Account, Contact, OpportunityContactRole, CurrencyType, Organization). It is strict where the platform is
 strict (unknown fields, restricted picklists, required fields, read-only system fields, unquoted
 datetime literals in SOQL) so a client bug shows up here first. Errors are JSON arrays
 ``[{"message", "errorCode", "fields"}]``; every API response carries ``Sforce-Limit-Info``; a daily
-quota turns into 403 ``REQUEST_LIMIT_EXCEEDED``; sessions can be expired on demand.
+quota turns into 403 ``REQUEST_LIMIT_EXCEEDED``; sessions can be expired on demand. The org is multi-currency
+unless made a single-currency org (``multi_currency=False``, :meth:`configure`, ``{"multiCurrency": false}``):
+then ``CurrencyType`` and ``CurrencyIsoCode`` do not exist, as in such a Salesforce org, and
+``Organization.DefaultCurrencyIsoCode`` names its currency (the first of ``currencies``).
 
 Tests drive it with Python methods (:meth:`SalesforceEmulator.reset`, :meth:`seed`, :meth:`update_record`,
 :meth:`records`, :meth:`counters`, :meth:`writes`, :meth:`set_quota`, :meth:`restore_quota`,
@@ -98,6 +101,7 @@ class SalesforceEmulator(Emulator):
         static_token: str | None = None,
         audiences: Iterable[str] = (),
         external_id_case_sensitive: bool = False,
+        multi_currency: bool = True,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
@@ -107,7 +111,9 @@ class SalesforceEmulator(Emulator):
         self.stages = stage_table(stages)
         self.objects = build_objects(self.fields, self.stages, help_values, currencies)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
-        self.org = Org(self.objects, self.stages, currencies, self.clock, external_id_case_sensitive)
+        # The org changes self.objects in place when its currency setting changes; REST, SOQL and the ledger read it.
+        self.org = Org(self.objects, self.stages, currencies, self.clock, external_id_case_sensitive, multi_currency)
+        self._configured_multi_currency = multi_currency
         self.collections = Collections(self.org)
         self.oauth = OAuthServer(self.clock, session_seconds, audiences)
         self.daily_quota = self._configured_quota = daily_quota
@@ -126,8 +132,10 @@ class SalesforceEmulator(Emulator):
     # -- control (Python) ------------------------------------------------------------------------------------
     def reset(self) -> None:
         """Empty the org (currencies re-seeded), sessions, quota, counters, faults, cursors and logs; only the
-        constructor's clients and static token remain registered."""
+        constructor's clients and static token remain registered, and the org is multi-currency or not as the
+        constructor made it (a shared emulator starts every test the same)."""
         with self.lock:
+            self.org.set_multi_currency(self._configured_multi_currency)
             self.org.clear()
             self.oauth.clients.clear()
             self.oauth.expire_all()
@@ -271,10 +279,17 @@ class SalesforceEmulator(Emulator):
         query_batch_size: int | None = None,
         min_batch_size: int | None = None,
         subquery_batch_size: int | None = None,
+        multi_currency: bool | None = None,
     ) -> None:
-        """Change how updates by upsert are answered (200 with a body or 204) and the SOQL batch sizes (of a
-        query, its smallest, and of the children a subquery returns per row)."""
+        """Change how updates by upsert are answered (200 with a body or 204), the SOQL batch sizes (of a
+        query, its smallest, and of the children a subquery returns per row), and whether the org is
+        multi-currency (:meth:`Org.set_multi_currency`; :meth:`reset` restores the constructor's choice)."""
         with self.lock:
+            if multi_currency is not None:
+                if not isinstance(multi_currency, bool):
+                    raise ValueError("multi_currency must be true or false")
+                self.org.set_multi_currency(multi_currency)
+                self.ledger.track_objects()
             if upsert_update_status is not None:
                 if int(upsert_update_status) not in (200, 204):
                     raise ValueError("upsert_update_status must be 200 or 204")

@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from .._server import Handler, Request, Response
 from .composite import Composite
-from .schema import FieldDef, SalesforceError, SObjectType, bad_request, render_value
+from .schema import CURRENCY_FIELD, FieldDef, SalesforceError, SObjectType, bad_request, render_value
 from .sobject_collections import CollectionResult
 from .soql import ChildQuery, Query, compile_query, sort_rows
 from .store import Record
@@ -62,7 +62,7 @@ class Ledger:
 
     def reset_counters(self) -> None:
         self.counters = {
-            "objects": {name: {"creates": 0, "updates": 0, "deletes": 0, "reads": 0} for name in self.objects},
+            "objects": {},
             "requests": 0,
             "apiRequests": 0,
             "queries": 0,
@@ -71,6 +71,12 @@ class Ledger:
             "quotaRefusals": 0,
             "faults": 0,
         }
+        self.track_objects()
+
+    def track_objects(self) -> None:
+        """Counters, at zero, for objects the org has gained since they were reset (multi-currency switched on)."""
+        for name in self.objects:
+            self.counters["objects"].setdefault(name, {"creates": 0, "updates": 0, "deletes": 0, "reads": 0})
 
     def checkpoint(self) -> tuple[int, dict[str, Any]]:
         """Where the writes stand, so that a rolled-back composite call can take its writes back."""
@@ -168,10 +174,9 @@ class RestApi:
     def _describe(self, request: Request) -> Response:
         sobject = self.org.sobject(request.params["type"])
         self.ledger.counters["objects"][sobject.name]["reads"] += 1
-        currencies = tuple(str(r["IsoCode"]) for r in self.org.rows("CurrencyType") if r.get("IsActive"))
         fields = []
         for definition in sobject.fields.values():
-            values = currencies if definition.name == "CurrencyIsoCode" else definition.picklist
+            values = self.org.active_currencies() if definition.name == CURRENCY_FIELD else definition.picklist
             fields.append(
                 {
                     "name": definition.name,

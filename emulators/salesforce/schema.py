@@ -51,7 +51,12 @@ DEFAULT_HELP_VALUES: tuple[str, ...] = choice_values("salesforce", "help_code")
 DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "AUD", "CAD")
 CURRENCY_RATES = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 151.0, "AUD": 1.52, "CAD": 1.36}
 ORG_ID = "00D5g000000EmuLATR"
+ORG_NAME = "Emulated Org"
 USER_ID = "0055g000000EmuLATR"
+# Multi-currency orgs have this field on every record that holds amounts (here Opportunity and Account).
+CURRENCY_FIELD = "CurrencyIsoCode"
+# The one currency of a single-currency org, on its Organization record.
+ORG_CURRENCY_FIELD = "DefaultCurrencyIsoCode"
 
 # The case-safe 3-character suffix of 18-character ids: one letter/digit per 5-character chunk.
 _SUFFIX_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"
@@ -165,6 +170,8 @@ class SObjectType:
     name: str
     key_prefix: str
     fields: dict[str, FieldDef]
+    # Only read through the API (query, retrieve, describe), as Organization: no create, update or delete.
+    read_only: bool = False
     _by_lower: dict[str, FieldDef] = field(default_factory=dict, repr=False)
     _relationships: dict[str, FieldDef] = field(default_factory=dict, repr=False)
     _children: dict[str, ChildRelationship] = field(default_factory=dict, repr=False)
@@ -184,6 +191,15 @@ class SObjectType:
         self._by_lower[definition.name.lower()] = definition
         if definition.relationship:
             self._relationships[definition.relationship.lower()] = definition
+
+    def remove(self, name: str) -> FieldDef | None:
+        """Take a field off the object (the org's currency setting changed); None when it has no such field."""
+        definition = self._by_lower.pop(name.lower(), None)
+        if definition is not None:
+            del self.fields[definition.name]
+            if definition.relationship:
+                self._relationships.pop(definition.relationship.lower(), None)
+        return definition
 
     def relationship(self, name: str) -> FieldDef | None:
         return self._relationships.get(name.lower())
@@ -229,8 +245,24 @@ def _system_fields() -> list[FieldDef]:
     ]
 
 
-def _object(name: str, prefix: str, fields: list[FieldDef]) -> SObjectType:
-    return SObjectType(name, prefix, {d.name: d for d in [*_system_fields(), *fields]})
+def _object(name: str, prefix: str, fields: list[FieldDef], read_only: bool = False) -> SObjectType:
+    return SObjectType(name, prefix, {d.name: d for d in [*_system_fields(), *fields]}, read_only)
+
+
+def org_currency_field(currencies: Iterable[str]) -> FieldDef:
+    """``Organization.DefaultCurrencyIsoCode``: the org's currency. The emulator offers it only in a single-currency
+    org, the one kind of org the connector reads it in (a multi-currency org's corporate currency is the
+    ``CurrencyType`` row with ``IsCorporate``)."""
+    return FieldDef(
+        ORG_CURRENCY_FIELD,
+        PICKLIST,
+        3,
+        createable=False,
+        updateable=False,
+        picklist=tuple(currencies),
+        restricted=True,
+        label="Currency",
+    )
 
 
 def build_objects(
@@ -239,7 +271,7 @@ def build_objects(
     help_values: Iterable[str],
     currencies: Iterable[str],
 ) -> dict[str, SObjectType]:
-    currency = FieldDef("CurrencyIsoCode", PICKLIST, 3, picklist=tuple(currencies), restricted=True, default="USD")
+    currency = FieldDef(CURRENCY_FIELD, PICKLIST, 3, picklist=tuple(currencies), restricted=True, default="USD")
     derived = {"createable": False, "updateable": False}
     opportunity = _object(
         "Opportunity",
@@ -352,7 +384,12 @@ def build_objects(
             FieldDef("IsCorporate", BOOLEAN, default=False),
         ],
     )
-    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type)}
+    # The org itself: one record, read-only through the API. Its currency field is added in single-currency orgs
+    # (see org_currency_field); the emulator builds every org multi-currency first.
+    organization = _object(
+        "Organization", "00D", [FieldDef("Name", STRING, 80, createable=False, updateable=False)], read_only=True
+    )
+    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type, organization)}
     for sobject in objects.values():
         for definition in sobject.fields.values():
             if definition.reference_to in objects and definition.child_relationship:

@@ -4,7 +4,12 @@ Every write goes through :meth:`Org.insert` / :meth:`Org.update` / :meth:`Org.de
 the platform applies: field existence and types, create/update permissions of system fields, required
 fields, restricted picklists (the currency picklist follows the active ``CurrencyType`` rows), lookups
 that must point at a live record of the right object, ``IsClosed`` / ``IsWon`` derived from the stage,
-one primary contact role per opportunity, and strictly increasing ``SystemModstamp`` values.
+one primary contact role per opportunity, strictly increasing ``SystemModstamp`` values, and objects that the
+API only reads (``Organization``).
+
+The org is multi-currency or has a single currency (:meth:`Org.set_multi_currency`). A single-currency org has
+no ``CurrencyType`` object and no ``CurrencyIsoCode`` field, so a query or a write naming either fails as on
+the platform (``INVALID_TYPE``, ``INVALID_FIELD``); its one currency is ``Organization.DefaultCurrencyIsoCode``.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from typing import Any
 
 from .schema import (
     BOOLEAN,
+    CURRENCY_FIELD,
     CURRENCY_RATES,
+    ORG_CURRENCY_FIELD,
+    ORG_ID,
+    ORG_NAME,
     REFERENCE,
     USER_ID,
     FieldDef,
@@ -26,24 +35,32 @@ from .schema import (
     coerce,
     make_id,
     normalize_id,
+    org_currency_field,
+    parse_datetime,
     render_value,
 )
 from .soql import Column
 
 Record = dict[str, Any]
 SYSTEM_SEEDABLE = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"})
+# Reference data of the org (currencies, the org itself) is dated in the past and uses up no change stamps.
+REFERENCE_DATA_STAMP = "2000-01-01T00:00:00.000+0000"
+CURRENCY_OBJECT = "CurrencyType"
 
 
 class Org:
     def __init__(
         self,
-        objects: Mapping[str, SObjectType],
+        objects: dict[str, SObjectType],
         stages: Mapping[str, tuple[bool, bool]],
         currencies: Iterable[str],
         clock: Callable[[], datetime],
         external_id_case_sensitive: bool = False,
+        multi_currency: bool = True,
     ) -> None:
-        self.objects = dict(objects)
+        # The very dict the REST layer and SOQL read: switching multi-currency off takes CurrencyType out of it for
+        # every one of them at once.
+        self.objects = objects
         self._lower = {name.lower(): sobject for name, sobject in objects.items()}
         self.stages = dict(stages)
         self.currencies = tuple(currencies)
@@ -52,28 +69,100 @@ class Org:
         self.records: dict[str, dict[str, Record]] = {}
         self._next_number = 1
         self._last_stamp = datetime.min.replace(tzinfo=UTC)
+        # What a single-currency org lacks, kept to be put back when multi-currency is switched on again.
+        self._currency_type = objects[CURRENCY_OBJECT]
+        self._currency_fields = {
+            name: definition
+            for name, sobject in objects.items()
+            if (definition := sobject.fields.get(CURRENCY_FIELD)) is not None
+        }
+        self._org_currency_field = org_currency_field(self.currencies)
+        self.multi_currency = True  # as the objects were built
+        self.set_multi_currency(multi_currency)
         self.clear()
+
+    @property
+    def corporate_currency(self) -> str:
+        """The org's currency: the corporate one of a multi-currency org, the only one of a single-currency org."""
+        return self.currencies[0]
+
+    def set_multi_currency(self, enabled: bool) -> None:
+        """Make the org multi-currency (``CurrencyType``, ``CurrencyIsoCode`` on Opportunity and Account) or one with
+        a single currency (neither exists; ``Organization.DefaultCurrencyIsoCode`` names its currency). Records
+        keep their other values; when multi-currency is switched on they all get the corporate currency, as
+        Salesforce does when an admin enables it."""
+        if enabled == self.multi_currency:
+            return
+        organization = self.objects["Organization"]
+        if enabled:
+            self._attach(self._currency_type)
+            organization.remove(ORG_CURRENCY_FIELD)
+            for name, definition in self._currency_fields.items():
+                self.objects[name].add(definition)
+        else:
+            del self.objects[CURRENCY_OBJECT], self._lower[CURRENCY_OBJECT.lower()]
+            organization.add(self._org_currency_field)
+            for name in self._currency_fields:
+                self.objects[name].remove(CURRENCY_FIELD)
+        self.multi_currency = enabled
+        if not self.records:
+            return  # still being built: clear() lays the records out
+        if enabled:
+            self.records[CURRENCY_OBJECT] = {}
+            self._seed_currencies()
+        else:
+            self.records.pop(CURRENCY_OBJECT, None)
+        for name in self._currency_fields:
+            for row in self.records[name].values():
+                if enabled:
+                    row[CURRENCY_FIELD] = self.corporate_currency
+                else:
+                    row.pop(CURRENCY_FIELD, None)
+        for row in self.records["Organization"].values():
+            if enabled:
+                row.pop(ORG_CURRENCY_FIELD, None)
+            else:
+                row[ORG_CURRENCY_FIELD] = self.corporate_currency
+
+    def _attach(self, sobject: SObjectType) -> None:
+        self.objects[sobject.name] = sobject
+        self._lower[sobject.name.lower()] = sobject
 
     # -- state ------------------------------------------------------------------------------------------------
     def clear(self) -> None:
         self.records = {name: {} for name in self.objects}
         self._next_number = 1
         self._last_stamp = datetime(1970, 1, 1, tzinfo=UTC)
-        # Currencies are reference data of the org: dated in the past, they use up no change stamps.
-        since = {name: "2000-01-01T00:00:00.000+0000" for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp")}
+        if self.multi_currency:
+            self._seed_currencies()
+        self._seed_organization()
+
+    def _seed_currencies(self) -> None:
+        since = {name: REFERENCE_DATA_STAMP for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp")}
         for code in self.currencies:
             self.insert(
-                "CurrencyType",
+                CURRENCY_OBJECT,
                 {
                     "IsoCode": code,
                     "ConversionRate": CURRENCY_RATES.get(code, 1.0),
                     "DecimalPlaces": 0 if code == "JPY" else 2,
                     "IsActive": True,
-                    "IsCorporate": code == self.currencies[0],
+                    "IsCorporate": code == self.corporate_currency,
                     **since,
                 },
                 seeding=True,
             )
+
+    def _seed_organization(self) -> None:
+        # Set up with the org, not through the API: its fields are not writable, not even when seeding.
+        sobject = self.objects["Organization"]
+        row: Record = {name: definition.default for name, definition in sobject.fields.items()}
+        stamp = parse_datetime(REFERENCE_DATA_STAMP)
+        row.update(Id=ORG_ID, Name=ORG_NAME, CreatedById=USER_ID, LastModifiedById=USER_ID)
+        row.update(CreatedDate=stamp, LastModifiedDate=stamp, SystemModstamp=stamp)
+        if not self.multi_currency:
+            row[ORG_CURRENCY_FIELD] = self.corporate_currency
+        self.records["Organization"] = {ORG_ID: row}
 
     def snapshot(self) -> tuple[dict[str, dict[str, Record]], int, datetime]:
         return copy.deepcopy(self.records), self._next_number, self._last_stamp
@@ -164,6 +253,7 @@ class Org:
     # -- writes -----------------------------------------------------------------------------------------------
     def insert(self, object_name: str, body: Mapping[str, Any], seeding: bool = False) -> Record:
         sobject = self.sobject(object_name)
+        self._check_writable(sobject, "inserted", seeding)
         changes = self._changes(sobject, body, creating=True, seeding=seeding)
         row: Record = {name: definition.default for name, definition in sobject.fields.items()}
         row.update(changes)
@@ -187,6 +277,7 @@ class Org:
 
     def update(self, object_name: str, record_id: str, body: Mapping[str, Any], seeding: bool = False) -> Record:
         sobject = self.sobject(object_name)
+        self._check_writable(sobject, "updated", seeding)
         row = self.get(sobject.name, record_id)
         if row is None:
             raise self.not_found(sobject.name, record_id)
@@ -203,6 +294,7 @@ class Org:
 
     def delete(self, object_name: str, record_id: str) -> Record:
         sobject = self.sobject(object_name)
+        self._check_writable(sobject, "deleted", seeding=False)
         row = self.get(sobject.name, record_id, include_deleted=True)
         if row is None:
             raise self.not_found(sobject.name, record_id)
@@ -224,6 +316,11 @@ class Org:
         return SalesforceError(404, "NOT_FOUND", f"The requested resource does not exist ({object_name} {record_id})")
 
     # -- rules ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _check_writable(sobject: SObjectType, action: str, seeding: bool) -> None:
+        if sobject.read_only and not seeding:
+            raise bad_request("INVALID_TYPE_FOR_OPERATION", f"entity type cannot be {action}: {sobject.name}")
+
     def _field(self, sobject: SObjectType, name: str) -> FieldDef:
         definition = sobject.field(name)
         if definition is None:
@@ -246,7 +343,7 @@ class Org:
             if not allowed and not (seeding and definition.name in SYSTEM_SEEDABLE):
                 refused.append(definition.name)
                 continue
-            picklist = self._active_currencies() if definition.name == "CurrencyIsoCode" else None
+            picklist = self.active_currencies() if definition.name == CURRENCY_FIELD else None
             stored = coerce(definition, value, picklist)
             if definition.type == REFERENCE and stored is not None:
                 self._check_reference(definition, stored)
@@ -262,8 +359,11 @@ class Org:
             raise bad_request("MALFORMED_ID", f"Id: id value of incorrect type: {changes['Id']}", ["Id"])
         return changes
 
-    def _active_currencies(self) -> tuple[str, ...]:
-        return tuple(str(r["IsoCode"]) for r in self.rows("CurrencyType") if r.get("IsActive"))
+    def active_currencies(self) -> tuple[str, ...]:
+        """The codes ``CurrencyIsoCode`` takes: the active ``CurrencyType`` rows (a single-currency org has none)."""
+        if not self.multi_currency:
+            return ()
+        return tuple(str(r["IsoCode"]) for r in self.rows(CURRENCY_OBJECT) if r.get("IsActive"))
 
     def _check_reference(self, definition: FieldDef, target_id: str) -> None:
         target = self.objects[definition.reference_to or ""]

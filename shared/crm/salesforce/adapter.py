@@ -21,6 +21,13 @@ Every REST call counts against the org's daily API allocation, so each operation
   depends on the upsert's answer, and a composite call cannot branch on it. Each stays a request of its own
   whose lost answer is resolved as above (the upsert by its key, the roles by reading them again).
 
+A single-currency org has no ``CurrencyIsoCode`` field and no ``CurrencyType`` object (naming either fails),
+and every amount in it is in the org's currency. The adapter learns which kind the org is from one describe
+of Opportunity, the first time it reads or writes (once per adapter), and in a single-currency org neither
+selects nor writes a currency field: every opportunity reads in the org's currency
+(``Organization.DefaultCurrencyIsoCode``), which Partner Center needs with a deal value, and another
+currency is refused before anything is written.
+
 The record <-> opportunity mapping is in :mod:`shared.crm.salesforce.mapping`, the account, contact,
 contact-role and currency records in :mod:`shared.crm.salesforce.customers`.
 """
@@ -56,9 +63,11 @@ from .mapping import (
     ROLE_FIELDS,
     ROLE_ORDER,
     ROLES_RELATIONSHIP,
+    OrgCurrency,
     SalesforceMapping,
     check_referral_id,
     default_mapping,
+    for_org,
     http_date,
     is_record_id,
     parse_modstamp,
@@ -88,6 +97,16 @@ class SalesforceConfig:
     max_inline_wait: float = 20.0
     audit_max_chars: int = 20000
     quota_retry_after: float = QUOTA_RETRY_AFTER_SECONDS  # how long a used-up daily quota pauses CRM work
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What the org's currency setting makes of the mapping: the converters of the fields read and written and
+    the fields every opportunity read selects (no currency field in a single-currency org)."""
+
+    org: OrgCurrency
+    converters: Converters
+    fields: tuple[str, ...]
 
 
 class SalesforceCrm:
@@ -120,8 +139,7 @@ class SalesforceCrm:
         self._customers = Customers(self.api)
         self._roles = ContactRoles(self.api)
         self._currencies = Currencies(self.api)
-        self._converters = Converters(self.mapping, Lookups(self._currencies))
-        self._opportunity_fields = tuple(dict.fromkeys([*OPPORTUNITY_FIELDS, *self._converters.select()]))
+        self._layout_cache: _Layout | None = None  # built once the org's kind is known (see _layout)
         # The contact roles come with the opportunity, in the order ContactRoles.read gives them.
         self._roles_subquery = subquery(ROLES_RELATIONSHIP, ROLE_FIELDS, ROLE_ORDER)
 
@@ -129,6 +147,17 @@ class SalesforceCrm:
         """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
         picklist values and stages that do not exist); empty when every mapped field fits."""
         return mapping_problems(self.api, self.mapping)
+
+    def _layout(self) -> _Layout:
+        """The mapping as the org can use it; the first call learns the org's kind (see Currencies.org)."""
+        layout = self._layout_cache
+        if layout is None:
+            org = self._currencies.org()
+            converters = Converters(for_org(self.mapping, org), Lookups(self._currencies))
+            fields = tuple(dict.fromkeys([*OPPORTUNITY_FIELDS, *converters.select()]))
+            # Two threads may both get here: they build the same value, so either may be kept.
+            layout = self._layout_cache = _Layout(org, converters, fields)
+        return layout
 
     # -- public extras ------------------------------------------------------------------------------------------
     @property
@@ -172,12 +201,12 @@ class SalesforceCrm:
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
         """What reading the opportunity back returns: the status as its stage reads back, one multi-line
         street, products re-split, only contacts that can be stored (once each), no address without an
-        account, and no currency in a single-currency org."""
-        return stored_form(self.mapping, opportunity)
+        account, and in a single-currency org the org's currency where the opportunity has none."""
+        return stored_form(self.mapping, opportunity, self._layout().org)
 
     def _select(self, where: str, order_by: str | None = None) -> str:
         """The query of whole opportunities: mapped fields, the account's fields and the contact roles."""
-        return soql("Opportunity", [*self._opportunity_fields, self._roles_subquery], where, order_by)
+        return soql("Opportunity", [*self._layout().fields, self._roles_subquery], where, order_by)
 
     def _select_by_id(self, crm_id: str) -> str:
         return self._select(f"Id = {soql_string(crm_id)}")
@@ -197,7 +226,10 @@ class SalesforceCrm:
         return self.api.related(row.get(ROLES_RELATIONSHIP))
 
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
-        values = self._converters.values(row, row.get("Id"))
+        layout = self._layout()
+        values = layout.converters.values(row, row.get("Id"))
+        if not layout.org.multi:
+            values["currency"] = layout.org.currency  # every amount in a single-currency org is in its currency
         return record_to_opportunity(row, values, self._roles_of(row), self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
@@ -333,7 +365,10 @@ class SalesforceCrm:
         wanted = set(fields)
         if "referral_id" in wanted:
             check_referral_id(opportunity.referral_id)  # the external id: refused before anything is written
-        return self._converters.columns(opportunity, wanted)
+        layout = self._layout()
+        if "currency" in wanted and not layout.org.multi and opportunity.currency:
+            self._currencies.check(opportunity.currency)  # nothing to write, but the amount must be in its currency
+        return layout.converters.columns(opportunity, wanted)
 
     @staticmethod
     def _crm_id(crm_id: str | None) -> str:

@@ -6,13 +6,14 @@ before anything is sent again. The contacts of one opportunity are looked up tog
 then matched one by one against what it found and what the earlier ones created or changed, exactly as a
 query per contact would have matched them. Contact roles are what ties contacts to an opportunity; they
 are rewritten only from the first one that differs, from the roles read with the opportunity when the
-caller has them. Active currencies are cached per adapter; :class:`Lookups` is how the mapping's
-``lookup`` entries reach them.
+caller has them. Whether the org is multi-currency, and its active currencies, are learned once per adapter
+(:class:`Currencies`); :class:`Lookups` is how the mapping's ``lookup`` entries reach them.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,11 +26,14 @@ from .auth import SERVICE
 from .mapping import (
     ACCOUNT_FIELDS,
     CONTACT_FIELDS,
+    CURRENCY_FIELD,
     IN_LIST_SIZE,
     MISSING_LAST_NAME,
     ROLE_FIELDS,
     ROLE_ORDER,
+    OrgCurrency,
     chunks,
+    iso_code,
     soql,
     soql_string,
     street,
@@ -46,14 +50,48 @@ CONTACT_SELECT = ("Id", "AccountId", *(name for _, name in CONTACT_FIELDS))
 
 
 class Currencies:
-    """ISO codes of the org's active currencies, reloaded when a code is not known yet."""
+    """The org's currencies. A multi-currency org has ``CurrencyIsoCode`` on its records and its active currencies
+    in ``CurrencyType`` (cached, reloaded when a code is not known yet). A single-currency org has neither, and a
+    query naming either fails: every amount is in the org's one currency, ``Organization.DefaultCurrencyIsoCode``.
+    Which kind the org is comes from a describe of Opportunity, the first time it matters, once per adapter."""
 
     def __init__(self, api: SalesforceApi) -> None:
         self._api = api
         self._active: set[str] = set()
+        self._org: OrgCurrency | None = None
+        self._learning = threading.Lock()  # workers share the adapter: the org is described once, not per thread
+
+    def org(self) -> OrgCurrency:
+        if self._org is None:
+            with self._learning:
+                if self._org is None:
+                    self._org = self._learn()
+        return self._org
+
+    def _learn(self) -> OrgCurrency:
+        describe = self._api.json(self._api.request("GET", "sobjects/Opportunity/describe"))
+        names = {str(field.get("name") or "").casefold() for field in describe.get("fields") or []}
+        if CURRENCY_FIELD.casefold() in names:
+            return OrgCurrency(multi=True)
+        row = next(iter(self._api.query(soql("Organization", ["DefaultCurrencyIsoCode"]))), None) or {}
+        currency = iso_code(row.get("DefaultCurrencyIsoCode"))
+        if currency is None:
+            log.warning("the single-currency Salesforce org names no currency; opportunities are read without one")
+        return OrgCurrency(multi=False, currency=currency)
 
     def check(self, code: str) -> str:
         iso = code.strip().upper()
+        org = self.org()
+        if not org.multi:
+            if org.currency is not None and iso != org.currency:
+                raise ValidationFailed(
+                    [
+                        f"Currency '{iso}' cannot be stored: this Salesforce org has a single currency "
+                        f"({org.currency}), which every amount is in; change the referral's currency or enable "
+                        "multiple currencies under Setup > Company Settings > Company Information"
+                    ]
+                )
+            return iso
         if iso not in self._active:
             self._load()  # a currency may have been activated since the cache was filled
         if iso not in self._active:

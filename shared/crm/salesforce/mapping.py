@@ -3,13 +3,15 @@
 The mapping itself is data (``mapping.toml`` next to this module, read through :mod:`shared.crm.mapping`);
 this module adds what is particular to Salesforce: the stage table (referral status <-> StageName, with the
 org's IsClosed / IsWon), SOQL and HTTP date literals, record id and referral-id checks, the one multi-line
-street, which contacts can be found again, and the assembly of an opportunity from a record.
+street, which contacts can be found again, the assembly of an opportunity from a record, and what a
+single-currency org (no ``CurrencyIsoCode``, every amount in the org's currency) makes of the currency.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from functools import cache
@@ -41,6 +43,8 @@ REFERRAL_ID_MAX_LENGTH = 100  # Text(100) External ID
 IN_LIST_SIZE = 100
 _ID_RE = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 OPPORTUNITY_PREFIX = "006"
+# The currency of a record in a multi-currency org; single-currency orgs do not have the field.
+CURRENCY_FIELD = "CurrencyIsoCode"
 
 ACCOUNT_FIELDS = (
     ("city", "BillingCity"),
@@ -138,6 +142,30 @@ def load_mapping(file: Path | None = None, overrides: Sequence[Override] = ()) -
 def default_mapping() -> SalesforceMapping:
     """The shipped mapping, unchanged."""
     return load_mapping().mapping
+
+
+@dataclass(frozen=True)
+class OrgCurrency:
+    """How the org keeps currencies: ``multi`` (each record has ``CurrencyIsoCode``, the active ones are
+    ``CurrencyType`` rows) or a single currency, ``currency``, that every amount is in (None when the org does not
+    say which)."""
+
+    multi: bool
+    currency: str | None = None
+
+
+MULTI_CURRENCY = OrgCurrency(multi=True)
+
+
+def for_org(mapping: SalesforceMapping, org: OrgCurrency) -> SalesforceMapping:
+    """The mapping as the org can use it. In a single-currency org every amount is in the org's currency and
+    ``CurrencyIsoCode`` does not exist, so no field holds the currency: the entry is left without a column and
+    the adapter reads the org's currency instead (:func:`stored_form` predicts the same)."""
+    entry = mapping.fields["currency"]
+    if org.multi or not entry.column:
+        return mapping
+    fields = {**mapping.fields, "currency": entry.model_copy(update={"column": ""})}
+    return mapping.model_copy(update={"fields": fields})
 
 
 # The fields every opportunity read selects besides the mapped ones: status, the account's name and address.
@@ -263,6 +291,10 @@ def check_referral_id(referral_id: str | None) -> str:
     return referral_id
 
 
+def iso_code(code: str | None) -> str | None:
+    return code.strip().upper() if code else None
+
+
 # -- records <-> opportunities --------------------------------------------------------------------------------------
 def record_to_opportunity(
     row: dict[str, Any], values: dict[str, Any], roles: list[dict[str, Any]], mapping: SalesforceMapping
@@ -300,15 +332,19 @@ def record_to_opportunity(
     )
 
 
-def stored_form(mapping: SalesforceMapping, opportunity: Opportunity) -> Opportunity:
+def stored_form(mapping: SalesforceMapping, opportunity: Opportunity, org: OrgCurrency = MULTI_CURRENCY) -> Opportunity:
     """What reading the opportunity back returns: the status as its stage reads back, one multi-line
     street, products re-split, only contacts that can be stored (once each), no address without an
-    account, and no currency in a single-currency org."""
-    o = mapping.stored(opportunity)
+    account, and in a single-currency org the org's currency where the opportunity has none."""
+    o = for_org(mapping, org).stored(opportunity)
     update: dict[str, Any] = {
         "solution_ids": split_list(", ".join(o.solution_ids)),
-        "currency": o.currency.strip().upper() if o.currency else None,
+        "currency": iso_code(o.currency),
     }
+    if not org.multi:
+        # Every opportunity reads back in the org's currency. Another currency is refused when written (an amount
+        # in it would read back as a different deal), so it stays what it is here: the difference shows.
+        update["currency"] = (iso_code(opportunity.currency) or org.currency) if org.currency else None
     stage = mapping.status.stage_for(o.status, o.substatus)
     if stage is not None:
         closed, won = mapping.status.flags(stage)

@@ -1,7 +1,9 @@
 """The mapping checked against the org's own metadata (``python -m shared mapping check``).
 
 ``GET sobjects/Opportunity/describe`` lists every field with its type and picklist values; each mapped field,
-choice value and stage is compared with it. Field API names are case-insensitive in Salesforce.
+choice value and stage is compared with it. Field API names are case-insensitive in Salesforce. A
+single-currency org has no ``CurrencyIsoCode`` (the describe is how the adapter tells the kinds of org apart):
+there the currency is the org's, and the currency entry's field is not used.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .api import SalesforceApi
-from .mapping import SalesforceMapping
+from .mapping import CURRENCY_FIELD, SalesforceMapping
 
 # The Salesforce field types each mapping type can write to.
 FIELD_TYPES: dict[str, tuple[str, ...]] = {
@@ -46,7 +48,16 @@ def mapping_problems(api: SalesforceApi, mapping: SalesforceMapping) -> list[str
             )
         return found
 
+    single_currency = CURRENCY_FIELD.casefold() not in fields
     for name, entry in mapping.mapped():
+        if name == "currency" and single_currency:
+            # The adapter reads the org's currency instead; only a field of the org's own choosing is worth a word.
+            if entry.column.casefold() != CURRENCY_FIELD.casefold():
+                problems.append(
+                    f"fields.currency.column: '{entry.column}' is not used: this org has a single currency, which is "
+                    "the currency of every opportunity"
+                )
+            continue
         definition = check(f"fields.{name}", entry.column, entry.type)
         if definition is not None and entry.type == "choice":
             allowed = _values(definition)
