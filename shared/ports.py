@@ -112,7 +112,7 @@ class Link:
     pc_etag: str | None = None
     crm_etag: str | None = None
     pc_updated_at: str | None = None  # the referral's updatedDateTime as we last wrote or read it
-    last_status: str | None = None  # "ok" | "failed" | "skipped"
+    last_status: str | None = None  # "ok" | "failed" | "skipped" | "pending" | "detached" | "referral-missing"
     last_error: str | None = None
     last_synced_at: datetime | None = None
     last_values: str | None = None  # JSON of the mapped values both sides agreed on at the last sync

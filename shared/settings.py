@@ -39,7 +39,7 @@ def _env(name: str) -> AliasChoices:
 
 
 def _empty_if_set_empty(name: str) -> str | None:
-    """"" when the environment sets ``name`` to "", else None: for a setting where empty says something
+    """The empty string when the environment sets ``name`` empty, else None: for a setting where empty says something
     (``SALESFORCE_CURRENCY_FIELD=""``: no currency field), which ``env_ignore_empty`` would read as unset."""
     return "" if any(key.upper() == name and value == "" for key, value in os.environ.items()) else None
 
@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     crm_provider: Literal["dynamics", "salesforce"] = Field("dynamics", validation_alias=_env("CRM_PROVIDER"))
     checkmark_enabled: bool = Field(True, validation_alias=_env("CHECKMARK_ENABLED"))
     sync_cosell_only: bool = Field(True, validation_alias=_env("SYNC_COSELL_ONLY"))
+    close_referral_on_crm_delete: bool = Field(False, validation_alias=_env("CLOSE_REFERRAL_ON_CRM_DELETE"))
     crm_poll_schedule: str = Field("*/30 * * * * *", validation_alias=_env("CRM_POLL_SCHEDULE"))
     reconcile_schedule: str = Field("0 0 * * * *", validation_alias=_env("RECONCILE_SCHEDULE"))
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))

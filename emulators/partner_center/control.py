@@ -58,6 +58,13 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
         found = emu.referral(request.params["id"])
         return Response(200, found) if found else error(404, "itemNotFound", "no such referral")
 
+    def withdraw(request: Request) -> Response:
+        try:
+            emu.withdraw(request.params["id"])
+        except KeyError:
+            return error(404, "itemNotFound", "no such referral")
+        return Response(204)
+
     def portal_update(request: Request) -> Response:
         body = _body(request)
         try:
@@ -135,6 +142,7 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
     emu.route("POST", CONTROL + "/referrals", seed)
     emu.route("GET", CONTROL + r"/referrals/(?P<id>[^/]+)", get_referral)
     emu.route("PATCH", CONTROL + r"/referrals/(?P<id>[^/]+)", portal_update)
+    emu.route("DELETE", CONTROL + r"/referrals/(?P<id>[^/]+)", withdraw)
     emu.route("GET", CONTROL + "/counters", counters)
     emu.route("DELETE", CONTROL + "/counters", reset_counters)
     emu.route("POST", CONTROL + "/faults", add_fault)

@@ -253,6 +253,13 @@ class PartnerCenterEmulator(Emulator):
         self._raise_events(stored, created=False, enabled=raise_event)
         return copy.deepcopy(stored)
 
+    def withdraw(self, referral_id: str) -> None:
+        """The referral stops existing for the partner (its GET answers 404): Partner Center has no delete, but
+        a referral can vanish from the partner's view, and the connector must report it, not act on it."""
+        with self.lock:
+            if self._referrals.pop(referral_id, None) is None:
+                raise KeyError(referral_id)
+
     def deliveries(self) -> list[Delivery]:
         with self.lock:
             return list(self.dispatcher.deliveries)

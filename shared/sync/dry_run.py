@@ -13,7 +13,16 @@ from ..domain.opportunity import Opportunity
 from ..ports import CRM_TO_PC, PC_TO_CRM, Clock
 from .merging import Merging
 from .opportunity_creation import OpportunityCreation
-from .pairing import REFERRAL_NOT_FOUND, Decision, NewReferral, Pairing, RefusedOpportunity, RefusedReferral, Settled
+from .pairing import (
+    REFERRAL_NOT_FOUND,
+    Decision,
+    NewReferral,
+    Pairing,
+    RefusedOpportunity,
+    RefusedReferral,
+    Settled,
+    synchronised_here,
+)
 from .recording import REFUSED_BY_CRM, REFUSED_BY_PARTNER_CENTER
 from .referral_creation import ReferralCreation
 
@@ -25,7 +34,7 @@ class Preview:
     from ``referral_source`` (and the CRM record then gets the referral's id, link and a success mark)."""
 
     direction: str
-    action: str  # skipped | unchanged | refused | create-opportunity | create-referral | merge
+    action: str  # skipped | unchanged | refused | create-opportunity | create-referral | merge | detach
     message: str
     referral_id: str | None = None
     crm_id: str | None = None
@@ -77,6 +86,10 @@ class DryRun:
             return Preview(CRM_TO_PC, "create-referral", message, crm_id=source.crm_id, referral_source=source)
         pair, direction = decision.pair, decision.direction
         referral_id = pair.referral.id
+        if pair.record is None and synchronised_here(pair.link, self.opportunities.crm.provider):
+            crm_id = pair.link.crm_id if pair.link else None
+            message = "the opportunity was deleted in the CRM: the pair would be detached, nothing created"
+            return Preview(direction, "detach", message, referral_id, crm_id)
         if pair.record is None:
             created = self.opportunities.new_opportunity(pair, self.clock.now())
             message = "an opportunity would be created in the CRM"

@@ -95,7 +95,7 @@ class SyncEngine:
         self.pairing = Pairing(pc, crm, store, options)
         self.recorder = Recorder(crm, store, options, self.clock)
         self.creator = ReferralCreator(pc)
-        self.opportunities = OpportunityCreation(crm, self.recorder, self.clock, options.field_directions)
+        self.opportunities = OpportunityCreation(crm, self.recorder, self.clock, options.field_directions, pc)
         self.referrals = ReferralCreation(
             crm, store, self.pairing, self.recorder, self.creator, options, self.clock, self._reconcile
         )

@@ -1,4 +1,5 @@
-"""Partner Center -> CRM, first sync: the opportunity made from a referral that has none yet."""
+"""Partner Center -> CRM, first sync: the opportunity made from a referral that has none yet; and what is done
+instead when the referral had one that a seller deleted (:class:`DeletedOpportunity`)."""
 
 from __future__ import annotations
 
@@ -6,24 +7,35 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from ..domain.audit_text import audit_line
-from ..domain.errors import StorageRejected
-from ..domain.mapping import mapped_values
-from ..domain.merge import agreed_on_create
+from ..domain.deletions import closing_move
+from ..domain.errors import PermanentError, StorageRejected
+from ..domain.mapping import fingerprint, mapped_values, referral_to_opportunity
+from ..domain.merge import STATUS_FIELDS, agreed_on_create
 from ..domain.opportunity import Opportunity
-from ..domain.policies import Direction, only_what_travels
-from ..ports import PC_TO_CRM, Clock, Crm
-from .pairing import Pair
+from ..domain.policies import Direction, is_closed, only_what_travels
+from ..domain.referral import Referral
+from ..ports import PC_TO_CRM, Clock, Crm, PartnerCenter
+from .pairing import Pair, synchronised_here
 from .recording import Outcome, Recorder
 
 CREATED_FROM_REFERRAL = "Created from Partner Center referral"
+DELETED_IN_CRM = "the opportunity was deleted in the CRM; not recreated."
+LEFT_OPEN = "The referral is left as it is in Partner Center (CLOSE_REFERRAL_ON_CRM_DELETE is off)."
 
 
 class OpportunityCreation:
     def __init__(
-        self, crm: Crm, recorder: Recorder, clock: Clock, directions: Mapping[str, Direction] | None = None
+        self,
+        crm: Crm,
+        recorder: Recorder,
+        clock: Clock,
+        directions: Mapping[str, Direction] | None,
+        pc: PartnerCenter,
     ) -> None:
+        """``pc`` closes the referral of a deleted opportunity when the options ask for it."""
         self.crm, self.recorder, self.clock = crm, recorder, clock
         self.directions = directions or {}
+        self.deleted = DeletedOpportunity(pc, recorder)
 
     def desired(self, pair: Pair) -> Opportunity:
         """The referral's values the new opportunity gets: fields the mapping never sends to the CRM stay empty."""
@@ -36,6 +48,10 @@ class OpportunityCreation:
         return desired.model_copy(update={"name": self.recorder.marked(desired.name, True), "audit": line})
 
     def carry_out(self, pair: Pair) -> Outcome:
+        if synchronised_here(pair.link, self.crm.provider):
+            # The link names an opportunity we synchronised, and neither its id nor the referral id finds it: a
+            # seller deleted it. Creating it again would undo that decision under a new id.
+            return self.deleted.carry_out(pair)
         referral = pair.referral
         assert referral.id is not None
         stored = self.crm.stored_form(self.desired(pair))
@@ -55,3 +71,40 @@ class OpportunityCreation:
         return self.recorder.audit(
             Outcome("created", referral.id, PC_TO_CRM, created.crm_id, referral.id, ("all",), message)
         )
+
+
+class DeletedOpportunity:
+    """A pair whose opportunity a seller deleted: detached for good (link and audit say so), and its referral
+    closed in Partner Center only when ``close_referral_on_crm_delete`` is on."""
+
+    def __init__(self, pc: PartnerCenter, recorder: Recorder) -> None:
+        self.pc, self.recorder = pc, recorder
+
+    def carry_out(self, pair: Pair) -> Outcome:
+        assert pair.link is not None
+        referral, outcome = pair.referral, LEFT_OPEN
+        if self.recorder.options.close_referral_on_crm_delete:
+            referral, outcome = self._close(pair.referral)
+        # Closed first, recorded after: a job that dies in between finds the pair undetached and the referral
+        # closed, and detaches it then; recorded first, a failed close would never be tried again.
+        pc_fingerprint = pair.pc_fingerprint if referral is pair.referral else self._fingerprint(referral)
+        return self.recorder.detach(pair.link, referral, pc_fingerprint, f"{DELETED_IN_CRM} {outcome}")
+
+    def _close(self, referral: Referral) -> tuple[Referral, str]:
+        """The referral after closing it the way a lost deal is sent (status fields of the PC port's update),
+        and what the audit says about it. A 412 goes up: the engine reads both sides again and decides anew."""
+        move = closing_move(referral.status, referral.direction)
+        if move is None:
+            now = f"{referral.status}/{referral.substatus}"
+            if is_closed(referral.status):
+                return referral, f"The referral was already {now} in Partner Center; left as it is."
+            return referral, f"Partner Center allows no close from {now}; the referral is left as it is."
+        status, substatus = move
+        try:
+            closed = self.pc.update(referral, Opportunity(status=status, substatus=substatus), list(STATUS_FIELDS))
+        except PermanentError as exc:
+            return referral, f"Closing the referral in Partner Center failed: {exc}"
+        return closed, f"The referral was closed in Partner Center as {status}/{substatus}."
+
+    def _fingerprint(self, referral: Referral) -> str:
+        return fingerprint(referral_to_opportunity(referral, self.recorder.options.referral_link_template))

@@ -15,6 +15,8 @@ class EngineOptions:
     sync_cosell_only: bool = True
     referral_link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
     audit_max_chars: int = 20000
+    # Close the referral in Partner Center when its opportunity was deleted in the CRM (CLOSE_REFERRAL_ON_CRM_DELETE).
+    close_referral_on_crm_delete: bool = False
     lease_seconds: int = 120
     # Writes stop this long before the lease row expires: one HTTP timeout plus allowed clock skew between
     # workers (shared.sync.lease explains why; settings derive it from HTTP_TIMEOUT_SECONDS).

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from ..domain.classification import classify, should_sync_to_crm
+from ..domain.deletions import LINK_DETACHED, names_synchronised_record
 from ..domain.errors import ExternalServiceError, NotFound, PermanentError
 from ..domain.mapping import fingerprint, referral_to_opportunity
 from ..domain.opportunity import Opportunity
@@ -23,6 +24,8 @@ from .options import EngineOptions
 
 ALREADY_SYNCED = "mapped fields already synchronised"
 REFERRAL_NOT_FOUND = "referral not found in Partner Center"
+OPPORTUNITY_NOT_FOUND = "opportunity not found in the CRM"
+DETACHED_PAIR = "the pair is detached (its opportunity was deleted in the CRM); nothing to do"
 MICROSOFT_COPY = "Microsoft's copy of a co-sell engagement; the partner's referral carries the sync"
 
 
@@ -48,7 +51,7 @@ class Pair:
 class Settled:
     """Nothing to write: the job is skipped, or finds the pair synchronised already (the audit says which)."""
 
-    action: str  # "skipped" | "unchanged"
+    action: str  # "skipped" | "unchanged" | "detached" (a job for a pair whose opportunity was deleted)
     direction: str
     message: str
     crm_id: str | None = None
@@ -91,6 +94,14 @@ class Reconcile:
 Decision = Settled | RefusedReferral | RefusedOpportunity | NewReferral | Reconcile
 
 
+def synchronised_here(link: Link | None, provider: str) -> bool:
+    """Whether ``link`` names an opportunity synchronised in this CRM, so that not finding it means a seller
+    deleted it. A link written for another CRM (before ``CRM_PROVIDER`` changed) names nothing here."""
+    if link is None or link.crm_provider not in (None, provider):
+        return False
+    return names_synchronised_record(link.crm_id, link.last_status)
+
+
 class Pairing:
     def __init__(self, pc: PartnerCenter, crm: Crm, store: SyncStore, options: EngineOptions) -> None:
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
@@ -112,6 +123,8 @@ class Pairing:
         if is_microsoft_copy(referral.target):
             return Settled("skipped", PC_TO_CRM, MICROSOFT_COPY, referral_id=referral_id)
         link = self.store.get_link(referral_id)  # fresh: one read before the job's lease may be stale
+        if link is not None and link.last_status == LINK_DETACHED:
+            return Settled(LINK_DETACHED, PC_TO_CRM, DETACHED_PAIR, link.crm_id, referral_id)
         if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
             message = f"{classify(referral).value} not synchronised because SYNC_COSELL_ONLY is on"
             return Settled("skipped", PC_TO_CRM, message, referral_id=referral_id)
@@ -127,10 +140,13 @@ class Pairing:
     def for_opportunity(self, crm_id: str) -> Decision:
         record = self.safe_get(crm_id)
         if record is None:
-            return Settled("skipped", CRM_TO_PC, "opportunity not found in the CRM", crm_id)
+            return self._missing_opportunity(crm_id)
         link = self.store.find_link_by_crm_id(crm_id)
         if link is None and record.referral_id:
             link = self.store.get_link(record.referral_id)
+        if link is not None and link.last_status == LINK_DETACHED:
+            # Detached for good, even if the record came back (a Salesforce undelete): the pair's history ended.
+            return Settled(LINK_DETACHED, CRM_TO_PC, DETACHED_PAIR, crm_id, link.referral_id)
         crm_fingerprint = fingerprint(record)
         if link is not None and link.crm_fingerprint == crm_fingerprint and link.last_status in ("ok", "failed"):
             return Settled("unchanged", CRM_TO_PC, ALREADY_SYNCED, crm_id, link.referral_id)
@@ -142,8 +158,25 @@ class Pairing:
         try:
             referral = self.pc.get(referral_id or "")
         except NotFound:
+            if link is not None and link.crm_id == crm_id:
+                # The pair's referral is gone: reported on the link and in the audit trail, the record left alone.
+                return Settled("skipped", CRM_TO_PC, REFERRAL_NOT_FOUND, crm_id, link.referral_id)
             return RefusedOpportunity(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
         return Reconcile(self.pair(referral, record, link), CRM_TO_PC)
+
+    def _missing_opportunity(self, crm_id: str) -> Decision:
+        """A job for an opportunity the CRM does not have (the poll saw it before a seller deleted it, or a
+        replayed job). When it is one we synchronised, its pair goes where a referral job would take it: the
+        record is looked for by the referral id too, and not found there either, the pair is detached."""
+        link = self.store.find_link_by_crm_id(crm_id)
+        if link is not None and link.last_status == LINK_DETACHED:
+            return Settled(LINK_DETACHED, CRM_TO_PC, DETACHED_PAIR, crm_id, link.referral_id)
+        if link is None or not synchronised_here(link, self.crm.provider):
+            return Settled("skipped", CRM_TO_PC, OPPORTUNITY_NOT_FOUND, crm_id)
+        referral = self.read_referral(link.referral_id)
+        if referral is None:
+            return Settled("skipped", CRM_TO_PC, REFERRAL_NOT_FOUND, crm_id, link.referral_id)
+        return Reconcile(self.pair(referral, self.find_record(link, referral), link), CRM_TO_PC)
 
     def _new_referral(self, record: Opportunity, crm_fingerprint: str) -> Decision:
         assert record.crm_id is not None

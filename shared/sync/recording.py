@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from ..domain.audit_text import audit_line, prepend
 from ..domain.bounded import encode_agreed
 from ..domain.checkmark import mark, strip_marks
+from ..domain.deletions import LINK_DETACHED, LINK_REFERRAL_MISSING
 from ..domain.errors import ExternalServiceError
 from ..domain.mapping import fingerprint
 from ..domain.opportunity import Opportunity
@@ -16,18 +17,20 @@ from ..domain.policies import is_closed
 from ..domain.referral import Referral
 from ..ports import CRM_TO_PC, PC_TO_CRM, AuditEntry, Clock, CreateFailure, Crm, Link, SyncStore
 from .options import EngineOptions
-from .pairing import Pair
+from .pairing import REFERRAL_NOT_FOUND, Pair
 
 log = logging.getLogger(__name__)
 
 UNCHANGED = "unchanged"
 REFUSED_BY_CRM = "Not synchronised: "
 REFUSED_BY_PARTNER_CENTER = "Not sent to Partner Center: "
+# Outcomes that wrote nothing and are logged, not audited (see ``note``).
+LOGGED_ONLY = frozenset({UNCHANGED, LINK_DETACHED})
 
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # created | updated | unchanged | skipped | failed
+    action: str  # created | updated | unchanged | skipped | failed | detached | referral-missing
     record_key: str
     direction: str
     crm_id: str | None = None
@@ -159,14 +162,51 @@ class Recorder:
         self, action: str, direction: str, message: str, crm_id: str | None = None, referral_id: str | None = None
     ) -> Outcome:
         """An outcome that wrote nothing; the trail is keyed by the referral when there is one. A job that found
-        both sides in step is logged, not audited: a row per echo or repeated event would cost a Table write
-        and bury the trail's real entries."""
+        both sides in step, or a pair detached already, is logged, not audited: a row per echo or repeated event
+        would cost a Table write and bury the trail's real entries. A referral that is not found is reported on
+        its link, when it has one (:meth:`referral_missing`)."""
+        if message == REFERRAL_NOT_FOUND and referral_id:
+            return self.referral_missing(direction, referral_id, crm_id)
         key = referral_id or crm_id or "unknown"
         outcome = Outcome(action, key, direction, crm_id, referral_id, message=message)
-        if action == UNCHANGED:
+        if action in LOGGED_ONLY:
             log.info("%s %s: %s %s", direction, key, action, message)
             return outcome
         return self.audit(outcome)
+
+    # -- a side that is gone ----------------------------------------------------------------------------
+    def detach(self, link: Link, referral: Referral, pc_fingerprint: str, message: str) -> Outcome:
+        """The pair's opportunity was deleted in the CRM: the link keeps the deleted record's id and says why it
+        is detached, and no job for the pair writes anything again."""
+        assert referral.id is not None
+        self.record_link(link, referral, pc_fingerprint, None, LINK_DETACHED, message)
+        log.warning("referral %s: %s", referral.id, message)
+        return self.audit(Outcome(LINK_DETACHED, referral.id, CRM_TO_PC, link.crm_id, referral.id, message=message))
+
+    def referral_missing(self, direction: str, referral_id: str, crm_id: str | None = None) -> Outcome:
+        """A linked referral Partner Center no longer finds (404). Partner Center has no delete, so this is
+        reported, once, on the link and in the audit trail; the opportunity is not touched. The next job that
+        reads the referral again synchronises the pair as before."""
+        link = self.store.get_link(referral_id)
+        if link is None or not link.crm_id:  # nothing was created for it: as any referral not found
+            return self.audit(
+                Outcome("skipped", referral_id, direction, crm_id, referral_id, message=REFERRAL_NOT_FOUND)
+            )
+        if link.last_status in (LINK_REFERRAL_MISSING, LINK_DETACHED):
+            log.info("%s %s: %s (reported already)", direction, referral_id, REFERRAL_NOT_FOUND)
+            return Outcome(
+                LINK_REFERRAL_MISSING, referral_id, direction, link.crm_id, referral_id, message=REFERRAL_NOT_FOUND
+            )
+        message = (
+            f"the referral no longer exists in Partner Center; opportunity {link.crm_id} is kept in the CRM "
+            "and not synchronised while the referral is missing"
+        )
+        link.last_status, link.last_error, link.last_synced_at = LINK_REFERRAL_MISSING, message, self.clock.now()
+        self.store.save_link(link)
+        log.warning("referral %s: %s", referral_id, message)
+        return self.audit(
+            Outcome(LINK_REFERRAL_MISSING, referral_id, direction, link.crm_id, referral_id, message=message)
+        )
 
     def audit(self, outcome: Outcome) -> Outcome:
         self.store.append_audit(

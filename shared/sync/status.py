@@ -9,6 +9,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any, Protocol
 
+from ..domain.deletions import LINK_DETACHED, LINK_REFERRAL_MISSING
 from ..ports import FeedWatermark, Link
 from .poller import POLL_STATE_KEY, RECONCILE_STATE_KEY
 
@@ -33,7 +34,9 @@ def build_status(
     store: StatusStore, queue: StatusQueue, credentials: dict[str, str], health: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     links = store.iter_links()
-    by_status = Counter(link.last_status or "unknown" for link in links)
+    # Pairs that lost a side are always counted, zero included, so that an alert can watch them.
+    by_status = Counter({LINK_DETACHED: 0, LINK_REFERRAL_MISSING: 0})
+    by_status.update(link.last_status or "unknown" for link in links)
     last_sync = max((link.last_synced_at for link in links if link.last_synced_at), default=None)
     poll = store.get_watermark(POLL_STATE_KEY) or FeedWatermark()
     reconcile = store.get_watermark(RECONCILE_STATE_KEY) or FeedWatermark()
