@@ -80,28 +80,25 @@ def _backfill_from_partner_center(args: argparse.Namespace) -> int:
     )
     if result.skipped:
         print("left out: " + ", ".join(f"{n} {why}" for why, n in sorted(result.skipped.items())))
-    if result.stopped:
-        print(
-            f"stopped early: {result.stopped}. The jobs enqueued stay; run the backfill again "
-            "(what is already linked is a no-op).",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    return _stopped_early(
+        result.stopped, "The jobs enqueued stay; run the backfill again (what is already linked is a no-op)."
+    )
 
 
 def _reconcile(args: argparse.Namespace) -> int:
     result = wiring.container().reconciler.poll()
     print(f"{result.seen} referral(s) changed since the last run, {result.enqueued} job(s) enqueued")
-    if result.throttled:
-        wait = f" (it asks to wait {result.retry_after:.0f}s)" if result.retry_after is not None else ""
-        print(
-            f"stopped early: Partner Center is throttling{wait}: {result.throttled}. What was read is enqueued "
-            "and remembered; run reconcile again later to read the rest.",
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    wait = f" (it asks to wait {result.retry_after:.0f}s)" if result.retry_after is not None else ""
+    why = f"Partner Center is throttling{wait}: {result.throttled}" if result.throttled else ""
+    return _stopped_early(why, "What was read is enqueued and remembered; run reconcile again later to read the rest.")
+
+
+def _stopped_early(why: str, what_now: str) -> int:
+    """Exit 1 with ``why`` and what to do, when a command stopped part way; 0 otherwise."""
+    if not why:
+        return 0
+    print(f"stopped early: {why}. {what_now}", file=sys.stderr)
+    return 1
 
 
 def _replay_poison(args: argparse.Namespace) -> int:
