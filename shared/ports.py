@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from .domain.opportunity import Opportunity
 from .domain.referral import Referral
+from .domain.routing import Owner
 
 # What a job names (its kind) and which way a change travels (audit entries and outcomes say it).
 KIND_REFERRAL = "pc-referral"
@@ -82,8 +83,10 @@ class Crm(Protocol):
         """The opportunity as this CRM stores and reads it back (what a diff must compare)."""
         ...
 
-    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
-        """Create keyed by ``opportunity.referral_id`` so that a retry never makes a second record."""
+    def create_opportunity(self, opportunity: Opportunity, owner: Owner | None = None) -> Opportunity:
+        """Create keyed by ``opportunity.referral_id`` so that a retry never makes a second record. ``owner`` owns
+        the record when this call creates it (None: the CRM's default, the integration user); a record that
+        already existed keeps its owner."""
         ...
 
     def update_opportunity(self, current: Opportunity, desired: Opportunity, fields: list[str]) -> Opportunity:

@@ -8,6 +8,8 @@ instead of a stack trace from deep inside a client.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -17,6 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 from .domain.policies import Side, parse_field_owners
+from .domain.routing import OwnerKind, Routing, parse_routing
 from .partner_center.token_file import default_token_path, read_token_file, warn_about_stray_token_file
 
 MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/cert/"
@@ -28,6 +31,40 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 LEASE_CLOCK_SKEW_SECONDS = 5.0
 
 STATIC_TOKEN_SETTINGS = ("PARTNER_CENTER_ACCESS_TOKEN", "DATAVERSE_ACCESS_TOKEN", "SALESFORCE_ACCESS_TOKEN")
+
+
+@dataclass(frozen=True)
+class OwnerIds:
+    """What the id of one kind of owner looks like in a CRM (``INBOUND_OWNER``), and how a message describes it;
+    no pattern: the CRM has no owner of that kind, and the description says why."""
+
+    pattern: re.Pattern[str] | None
+    description: str
+
+
+_GUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
+_SALESFORCE_USER = re.compile(r"005[A-Za-z0-9]{12}(?:[A-Za-z0-9]{3})?")
+# Who can own an opportunity in each CRM: Dataverse's owner lookup takes a systemuser or a team; in Salesforce only
+# a User can (queues own leads, cases and custom objects, never opportunities).
+OWNER_IDS: dict[str, dict[OwnerKind, OwnerIds]] = {
+    "dynamics": {
+        "user": OwnerIds(_GUID, "a systemuser id (a GUID)"),
+        "team": OwnerIds(_GUID, "a team id (a GUID)"),
+    },
+    "salesforce": {
+        "user": OwnerIds(_SALESFORCE_USER, "a User id (005..., 15 or 18 characters)"),
+        "team": OwnerIds(None, "a Salesforce queue cannot own an opportunity; route to a user:<User id> instead"),
+    },
+}
+
+
+def _check_owner_ids(routing: Routing, provider: str) -> None:
+    for owner in routing.owners():
+        ids = OWNER_IDS[provider][owner.kind]
+        if ids.pattern is None:
+            raise ValueError(f"'{owner}': {ids.description}")
+        if not ids.pattern.fullmatch(owner.id):
+            raise ValueError(f"'{owner}' is not {ids.description}")
 
 
 class SettingsError(Exception):
@@ -60,6 +97,8 @@ class Settings(BaseSettings):
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
     conflict_rules: str = Field("", validation_alias=_env("CONFLICT_RULES"))
+    # Who owns opportunities made from referrals (shared/domain/routing.py); empty: the integration user.
+    inbound_owner: str = Field("", validation_alias=_env("INBOUND_OWNER"))
     # An override file merged over the CRM's shipped field mapping (shared/crm/<crm>/mapping.toml).
     crm_mapping_file: Path | None = Field(None, validation_alias=_env("CRM_MAPPING_FILE"))
     crm_poll_overlap_seconds: int = Field(300, ge=0, validation_alias=_env("CRM_POLL_OVERLAP_SECONDS"))
@@ -261,6 +300,20 @@ class Settings(BaseSettings):
     def conflict_owners(self) -> dict[str, Side]:
         """The owners ``CONFLICT_RULES`` sets; they override the CRM mapping's."""
         return parse_field_owners(self.conflict_rules)
+
+    @field_validator("inbound_owner")
+    @classmethod
+    def _valid_routing(cls, value: str, info: ValidationInfo) -> str:
+        routing = parse_routing(value)
+        provider = info.data.get("crm_provider")  # absent when CRM_PROVIDER itself is wrong (that error says so)
+        if provider is not None:
+            _check_owner_ids(routing, provider)
+        return value
+
+    @property
+    def inbound_routing(self) -> Routing:
+        """The rules ``INBOUND_OWNER`` sets (checked at start-up); none: new opportunities keep the CRM's default."""
+        return parse_routing(self.inbound_owner)
 
     @property
     def lease_margin_seconds(self) -> float:

@@ -304,6 +304,7 @@ class Container:
             lease_margin_seconds=s.lease_margin_seconds,
             field_owners=self.mapping.owners(),  # type: ignore[arg-type]
             field_directions=self.mapping.directions(),  # type: ignore[arg-type]
+            inbound_routing=s.inbound_routing,
         )
         return SyncEngine(self.partner_center, self.crm, self.store, options, fence=fenced)
 

@@ -57,6 +57,8 @@ def _attribute_type(table: Table, column: str) -> str:
         return "Status"
     if column in table.lookups:
         navs = [nav for nav in table.navs.values() if nav.column == column]
+        if any(nav.also for nav in navs):
+            return "Owner"
         return "Customer" if len(navs) > 1 else "Lookup"
     return ATTRIBUTE_TYPES[table.columns[column]]
 

@@ -10,6 +10,7 @@ them (:func:`normalize`: numbers and dates as values, text case-insensitively). 
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -34,6 +35,24 @@ CURRENCIES = (  # iso code, name, symbol, exchange rate against the USD base cur
     ("AUD", "Australian Dollar", "A$", "1.52"),
     ("CAD", "Canadian Dollar", "CA$", "1.36"),
 )
+
+# The organisation's people, seeded by every reset: the application user the connector signs in as (what WhoAmI
+# answers, and so the owner of every row it creates without naming one), and sellers and teams that an inbound
+# opportunity can be routed to. Tests name them by these ids.
+INTEGRATION_USER_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "dataverse-emulator/UserId"))
+US_SELLER_ID = "5b0e6a52-8f2d-4c1e-9a3b-1d7c2e4f6a01"
+EMEA_SELLER_ID = "5b0e6a52-8f2d-4c1e-9a3b-1d7c2e4f6a02"
+AMERICAS_TEAM_ID = "9c4d2f17-3e6b-4a80-b5c1-7e2f0a9d3b01"
+INBOUND_TEAM_ID = "9c4d2f17-3e6b-4a80-b5c1-7e2f0a9d3b02"
+SYSTEM_USERS = {  # systemuserid -> full name
+    INTEGRATION_USER_ID: "Co-sell connector (application user)",
+    US_SELLER_ID: "Dana Birch",
+    EMEA_SELLER_ID: "Lena Vogel",
+}
+TEAMS = {  # teamid -> name
+    AMERICAS_TEAM_ID: "Americas co-sell",
+    INBOUND_TEAM_ID: "Inbound co-sell",
+}
 
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -103,10 +122,16 @@ def property_error(table: Table, name: str) -> ODataError:
 # -- tables ---------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Nav:
-    """A single-valued navigation property: written with ``<name>@odata.bind``, read as ``column``."""
+    """A single-valued navigation property: written with ``<name>@odata.bind``, read as ``column``. An owner lookup
+    (``ownerid``) is one property pointing at either of two tables: ``also`` names the other."""
 
     column: str
     target: str  # entity set
+    also: tuple[str, ...] = ()
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return (self.target, *self.also)
 
 
 @dataclass
@@ -185,6 +210,7 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
                 "parentaccountid": Nav("_parentaccountid_value", "accounts"),
                 "parentcontactid": Nav("_parentcontactid_value", "contacts"),
                 "transactioncurrencyid": currency,
+                "ownerid": Nav("_ownerid_value", "systemusers", also=("teams",)),
             },
             keys=((custom.referral_id,),),
             defaults={custom.sync: False},
@@ -237,6 +263,8 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
                 "currencyprecision": INT,
             },
         ),
+        _table("systemusers", "systemuser", {"fullname": STRING, "domainname": STRING, "isdisabled": BOOL}),
+        _table("teams", "team", {"name": STRING}),
         _table(
             "opportunitycloses",
             "opportunityclose",

@@ -23,10 +23,13 @@ from .schema import (
     CODE_NOT_FOUND,
     CODE_QUERY,
     CURRENCIES,
+    INTEGRATION_USER_ID,
     MONEY,
     OPPORTUNITY_STATUSES,
     READ_ONLY,
     STATE_NAMES,
+    SYSTEM_USERS,
+    TEAMS,
     Nav,
     ODataError,
     Table,
@@ -54,7 +57,7 @@ class Store:
         self.version = 0
 
     def clear(self) -> None:
-        """Empty every table and re-seed the currencies."""
+        """Empty every table and re-seed the currencies, users and teams."""
         self.rows = {name: {} for name in self.tables}
         self.version = 1000
         for code, currency_name, symbol, rate in CURRENCIES:
@@ -71,6 +74,15 @@ class Store:
                 {},
                 seeding=True,
             )
+        for user_id, name in SYSTEM_USERS.items():
+            self.insert(
+                self.tables["systemusers"],
+                {"systemuserid": user_id, "fullname": name, "domainname": f"{name.split()[0].lower()}@contoso.example"},
+                {},
+                seeding=True,
+            )
+        for team_id, name in TEAMS.items():
+            self.insert(self.tables["teams"], {"teamid": team_id, "name": name}, {}, seeding=True)
 
     def delete(self, table: Table, row: Row) -> str:
         """Remove ``row``; lookups pointing at it are cleared rather than left dangling. Returns its id."""
@@ -145,18 +157,19 @@ class Store:
             CODE_NOT_FOUND,
         )
 
-    def _resolve_bind(self, nav_name: str, nav: Nav, value: Any) -> str:
+    def _resolve_bind(self, nav_name: str, nav: Nav, value: Any) -> tuple[str, str]:
+        """(entity set, id) of the row a bind names."""
         match = re.fullmatch(r"(?:.*/)?(?P<set>[A-Za-z_]+)\((?P<key>.+)\)", value) if isinstance(value, str) else None
         if match is None:
             raise bad_request(f"The value of '{nav_name}@odata.bind' must be a reference like '/{nav.target}(<id>)'.")
-        if match.group("set") != nav.target:
-            raise bad_request(f"'{nav_name}' refers to {nav.target}, not to {match.group('set')}.")
-        target = self.tables[nav.target]
+        if match.group("set") not in nav.targets:
+            raise bad_request(f"'{nav_name}' refers to {' or '.join(nav.targets)}, not to {match.group('set')}.")
+        target = self.tables[match.group("set")]
         key = parse_key(unquote(match.group("key")))
         row = self.find(target, key)
         if row is None:
             raise self.not_found(target, key, status=400)
-        return str(row.values[target.pk])
+        return target.entity_set, str(row.values[target.pk])
 
     def parse_body(self, table: Table, body: Any, seeding: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
         """Column changes and lookup targets from a request body, validated against the schema."""
@@ -170,8 +183,12 @@ class Store:
                 nav = table.navs.get(nav_name)
                 if nav is None:
                     raise bad_request(f"'{nav_name}' is not a navigation property of {table.type_name}.", CODE_QUERY)
-                values[nav.column] = None if value is None else self._resolve_bind(nav_name, nav, value)
-                targets[nav.column] = nav.target
+                if value is None:
+                    if nav.also:  # an owner lookup: every row has an owner
+                        raise bad_request(f"'{nav_name}' cannot be cleared: assign the record to another owner.")
+                    values[nav.column], targets[nav.column] = None, nav.target
+                else:
+                    targets[nav.column], values[nav.column] = self._resolve_bind(nav_name, nav, value)
             elif "@" in key:
                 continue  # instance annotations carry no data
             elif key in table.navs:
@@ -198,7 +215,7 @@ class Store:
         return values, targets
 
     def _seed_target(self, table: Table, column: str, value: str | None) -> str:
-        candidates = [nav.target for nav in table.navs.values() if nav.column == column]
+        candidates = [target for nav in table.navs.values() if nav.column == column for target in nav.targets]
         for target in candidates:
             if value is not None and value in self.rows[target]:
                 return target
@@ -269,6 +286,11 @@ class Store:
         row_values.update(changes)
         row_values[table.pk] = pk
         row = Row(row_values, {k: v for k, v in targets.items() if row_values.get(k) is not None})
+        if "_ownerid_value" in table.columns and row_values.get("_ownerid_value") is None:
+            # A new row belongs to the user who creates it unless the request names an owner; every caller of the
+            # emulator is its one application user.
+            row_values["_ownerid_value"] = INTEGRATION_USER_ID
+            row.targets["_ownerid_value"] = "systemusers"
         if (
             self.base_currency
             and table.entity_set == "opportunities"

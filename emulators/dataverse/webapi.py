@@ -35,6 +35,7 @@ from .schema import (
     CODE_CONCURRENCY,
     CODE_DUPLICATE,
     CODE_QUERY,
+    INTEGRATION_USER_ID,
     OPPORTUNITY_STATUSES,
     READ_ONLY,
     STATE_NAMES,
@@ -190,8 +191,9 @@ class WebApi:
     def _who_am_i(self, request: Request) -> Response:
         ids = {
             name: str(uuid.uuid5(uuid.NAMESPACE_URL, f"dataverse-emulator/{name}"))
-            for name in ("BusinessUnitId", "UserId", "OrganizationId")
+            for name in ("BusinessUnitId", "OrganizationId")
         }
+        ids["UserId"] = INTEGRATION_USER_ID  # the seeded application user, owner of what it creates
         return Response(
             200, {"@odata.context": f"{self._base(request)}/$metadata#Microsoft.Dynamics.CRM.WhoAmIResponse", **ids}
         )

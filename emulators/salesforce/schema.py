@@ -52,7 +52,17 @@ DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "AUD", "CAD")
 CURRENCY_RATES = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 151.0, "AUD": 1.52, "CAD": 1.36}
 ORG_ID = "00D5g000000EmuLATR"
 ORG_NAME = "Emulated Org"
-USER_ID = "0055g000000EmuLATR"
+USER_ID = "0055g000000EmuLATR"  # the integration user: every session acts as it, so it owns what is created
+# Sellers an inbound opportunity can be routed to (seeded with the integration user by every reset).
+US_SELLER_ID = "0055g00000SelUSAAZ"
+EMEA_SELLER_ID = "0055g00000SelEUAAZ"
+APAC_SELLER_ID = "0055g00000SelAPAAZ"
+USERS = {  # Id -> (Name, Username)
+    USER_ID: ("Co-sell Integration", "integration@emulator.example"),
+    US_SELLER_ID: ("Dana Birch", "dana.birch@northwind.example"),
+    EMEA_SELLER_ID: ("Lena Vogel", "lena.vogel@northwind.example"),
+    APAC_SELLER_ID: ("Kenji Sato", "kenji.sato@northwind.example"),
+}
 # Multi-currency orgs have this field on every record that holds amounts (here Opportunity and Account).
 CURRENCY_FIELD = "CurrencyIsoCode"
 # The one currency of a single-currency org, on its Organization record.
@@ -296,6 +306,8 @@ def build_objects(
             FieldDef("Type", PICKLIST, 255, picklist=("Existing Business", "New Business")),
             FieldDef("LeadSource", PICKLIST, 255, picklist=("Web", "Phone Inquiry", "Partner Referral", "Other")),
             FieldDef("NextStep", STRING, 255),
+            # Only a User owns an opportunity (queues own leads, cases and custom objects); by default the creator.
+            FieldDef("OwnerId", REFERENCE, 18, reference_to="User", relationship="Owner", default=USER_ID),
             currency,
             FieldDef(custom.sync, BOOLEAN, default=False, label="Sync with Partner Center"),
             FieldDef(custom.referral_id, STRING, 100, external_id=True, label="Referral Identifier"),
@@ -389,7 +401,18 @@ def build_objects(
     organization = _object(
         "Organization", "00D", [FieldDef("Name", STRING, 80, createable=False, updateable=False)], read_only=True
     )
-    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type, organization)}
+    # The org's users: the integration user and sellers, set up by an admin, only read through the API here.
+    user = _object(
+        "User",
+        "005",
+        [
+            FieldDef("Name", STRING, 121, required=True),
+            FieldDef("Username", STRING, 80, required=True),
+            FieldDef("IsActive", BOOLEAN, default=True),
+        ],
+        read_only=True,
+    )
+    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type, organization, user)}
     for sobject in objects.values():
         for definition in sobject.fields.values():
             if definition.reference_to in objects and definition.child_relationship:

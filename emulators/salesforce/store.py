@@ -28,6 +28,7 @@ from .schema import (
     ORG_NAME,
     REFERENCE,
     USER_ID,
+    USERS,
     FieldDef,
     SalesforceError,
     SObjectType,
@@ -136,6 +137,7 @@ class Org:
         if self.multi_currency:
             self._seed_currencies()
         self._seed_organization()
+        self._seed_users()
 
     def _seed_currencies(self) -> None:
         since = {name: REFERENCE_DATA_STAMP for name in ("CreatedDate", "LastModifiedDate", "SystemModstamp")}
@@ -163,6 +165,16 @@ class Org:
         if not self.multi_currency:
             row[ORG_CURRENCY_FIELD] = self.corporate_currency
         self.records["Organization"] = {ORG_ID: row}
+
+    def _seed_users(self) -> None:
+        # Set up with the org like the Organization record, so they take no record numbers from what tests create.
+        fields = self.objects["User"].fields
+        stamp = parse_datetime(REFERENCE_DATA_STAMP)
+        for user_id, (name, username) in USERS.items():
+            row: Record = {field: definition.default for field, definition in fields.items()}
+            row.update(Id=user_id, Name=name, Username=username, CreatedById=USER_ID, LastModifiedById=USER_ID)
+            row.update(CreatedDate=stamp, LastModifiedDate=stamp, SystemModstamp=stamp)
+            self.records["User"][user_id] = row
 
     def snapshot(self) -> tuple[dict[str, dict[str, Record]], int, datetime]:
         return copy.deepcopy(self.records), self._next_number, self._last_stamp

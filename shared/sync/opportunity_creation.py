@@ -65,9 +65,15 @@ class OpportunityCreation:
             # Our bookkeeping does not fit: create anyway, so the refusal is reported on the opportunity itself
             # (cross mark and reason) when the link is refused again after the create.
             link = pair.link
-        created = self.crm.create_opportunity(self.new_opportunity(pair, self.clock.now()))
+        # The record's owner (INBOUND_OWNER) is chosen from the referral as read, not only from what travels to the
+        # CRM, and given on create only: updates never name one, so a seller's reassignment sticks.
+        rule = self.recorder.options.inbound_routing.rule_for(pair.mapped)
+        owner = rule.owner if rule is not None else None
+        created = self.crm.create_opportunity(self.new_opportunity(pair, self.clock.now()), owner)
         self.recorder.save_link(link, referral, pair.pc_fingerprint, created, agreed_on_create(stored, created))
         message = "opportunity created in the CRM"
+        if rule is not None:
+            message += f"; routed to {rule.owner} by INBOUND_OWNER rule '{rule.text}'"
         return self.recorder.audit(
             Outcome("created", referral.id, PC_TO_CRM, created.crm_id, referral.id, ("all",), message)
         )

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 from ..domain.policies import Direction, Side
+from ..domain.routing import Routing
 
 
 @dataclass(frozen=True)
@@ -25,3 +26,5 @@ class EngineOptions:
     # when unnamed), and the fields that travel one way only (the rest travel both ways).
     field_owners: Mapping[str, Side] = field(default_factory=dict)
     field_directions: Mapping[str, Direction] = field(default_factory=dict)
+    # Who owns an opportunity made from a referral (INBOUND_OWNER); no rules: the CRM's default, the integration user.
+    inbound_routing: Routing = field(default_factory=Routing)

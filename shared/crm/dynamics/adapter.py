@@ -25,6 +25,7 @@ import requests
 
 from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
+from ...domain.routing import Owner, OwnerKind
 from ...httpclient import ApiClient, TokenProvider, create_once
 from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
@@ -53,6 +54,8 @@ ORDER = "modifiedon asc,opportunityid asc"
 
 CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
 ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
+# The tables an opportunity's owner lookup (``ownerid``) may point at, by kind of owner.
+OWNER_SETS: dict[OwnerKind, str] = {"user": "systemusers", "team": "teams"}
 
 
 @dataclass(frozen=True)
@@ -155,16 +158,20 @@ class DataverseCrm:
         return row_to_opportunity(row, values, row.get("customerid_account"), row.get("parentcontactid"), self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
-    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
+    def create_opportunity(self, opportunity: Opportunity, owner: Owner | None = None) -> Opportunity:
         path = self._key_path(opportunity.referral_id)
         fields = WRITABLE_FIELDS - STATUS_FIELDS - {"referral_id"}
         body = self._columns_for(opportunity, fields)  # validates before anything is written
+        # The upsert below only creates (If-None-Match: *), so the owner never moves a row that already exists.
+        owner_bind = f"/{OWNER_SETS[owner.kind]}({self._guid(owner.id)})" if owner is not None else None
         account_id = self._customers.ensure_account(opportunity)
         if account_id:
             body["customerid_account@odata.bind"] = f"/accounts({account_id})"
         contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
         if contact_ids:
             body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
+        if owner_bind is not None:
+            body["ownerid@odata.bind"] = owner_bind
         body = {k: v for k, v in body.items() if v is not None}
         target = self.mapping.status.target(opportunity.status, opportunity.substatus)
         if target is not None and target[0] == OPEN and target[1] != 1:

@@ -46,6 +46,7 @@ import requests
 
 from ...domain.errors import NotFound, ValidationFailed
 from ...domain.opportunity import Opportunity
+from ...domain.routing import Owner
 from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, writable
 from .api import (
@@ -84,6 +85,7 @@ log = logging.getLogger(__name__)
 
 # A referral without a closing date still needs one: Salesforce requires CloseDate on every opportunity.
 DEFAULT_CLOSE_DAYS = 30
+USER_PREFIX = "005"  # only a User can own an opportunity (queues cannot)
 
 
 @dataclass(frozen=True)
@@ -233,11 +235,12 @@ class SalesforceCrm:
         return record_to_opportunity(row, values, self._roles_of(row), self.mapping)
 
     # -- writing --------------------------------------------------------------------------------------------------
-    def create_opportunity(self, opportunity: Opportunity) -> Opportunity:
+    def create_opportunity(self, opportunity: Opportunity, owner: Owner | None = None) -> Opportunity:
         referral_id = check_referral_id(opportunity.referral_id)
         body = self._fields_for(opportunity, PLAIN_FIELDS - {"referral_id"})  # validates before any write
         if not opportunity.name:
             raise ValidationFailed(["A Salesforce opportunity needs a name"])
+        owner_id = self._owner_id(owner)  # checked before any write too
         account_id = self._customers.ensure_account(opportunity)
         contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
         body = {k: v for k, v in body.items() if v is not None}
@@ -248,6 +251,11 @@ class SalesforceCrm:
         body.setdefault(self.mapping.column("close_date"), self._default_close_date())
         if account_id:
             body["AccountId"] = account_id
+        if owner_id is not None and self._find(referral_id) is None:
+            # An upsert that finds the record updates it, and an OwnerId in it would take the record from whoever
+            # owns it now: the owner is sent only when the record is not there (one query, and only with an owner
+            # to give). Should the upsert's answer be lost, its retry finds the record it made, with this owner.
+            body["OwnerId"] = owner_id
         crm_id, created, row = self._upsert(referral_id, body)
         if created:
             # This very request made the record (a repeated upsert answers "created": false), so no contact role
@@ -369,6 +377,14 @@ class SalesforceCrm:
         if "currency" in wanted and not layout.org.multi and opportunity.currency:
             self._currencies.check(opportunity.currency)  # nothing to write, but the amount must be in its currency
         return layout.converters.columns(opportunity, wanted)
+
+    @staticmethod
+    def _owner_id(owner: Owner | None) -> str | None:
+        if owner is None:
+            return None
+        if owner.kind != "user" or not is_record_id(owner.id, USER_PREFIX):
+            raise ValidationFailed([f"'{owner}' cannot own a Salesforce opportunity: only a User (005...) can"])
+        return owner.id
 
     @staticmethod
     def _crm_id(crm_id: str | None) -> str:
