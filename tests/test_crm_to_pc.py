@@ -292,3 +292,15 @@ def test_help_cannot_be_withdrawn_once_requested(stack):
     assert stack.pc.writes == 0
     assert _ours(stack, crm_id)["inviteContext"]["assistanceRequestCode"] == "ProofOfConceptOrDemo"
     assert "cannot be withdrawn" in stack.opportunity(crm_id)["audit"].splitlines()[0]
+
+
+def test_a_new_co_sell_referral_with_microsofts_help_costs_three_partner_center_calls(stack):
+    """The partner referral is looked up (an earlier attempt may have made it), created, and Microsoft's
+    referral created on the new engagement, which cannot hold one yet: no listing by engagement."""
+    stack.pc.request_log.clear()
+    stack.pc.dispatcher.mode = "hold"  # the create job alone, not the jobs of its webhooks
+    crm_id = _flag_and_sync(stack)
+    calls = [(method, path) for method, path in stack.pc.request_log if not path.startswith(("/cert/", "/pki/"))]
+    assert [method for method, _ in calls] == ["GET", "POST", "POST"], calls
+    assert not any("engagementId" in path for _, path in calls)
+    assert len([r for r in stack.pc.referrals() if r.get("engagementId") == _ours(stack, crm_id)["engagementId"]]) == 2

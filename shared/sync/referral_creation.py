@@ -48,7 +48,10 @@ class ReferralCreator:
         assert crm_id is not None
         existing = self.partner_referral(crm_id)
         referral = existing or self.pc.create(record, find=lambda: self.partner_referral(crm_id))
-        microsoft_id = self.ensure_microsoft_referral(referral, record) if record.help_code else None
+        microsoft_id = None
+        if record.help_code:
+            # An engagement this job has just made holds no referral for Microsoft yet: no need to look.
+            microsoft_id = self.ensure_microsoft_referral(referral, record, look_first=existing is not None)
         return CreatedReferral(referral, microsoft_id, existing is not None)
 
     def partner_referral(self, crm_id: str) -> Referral | None:
@@ -59,12 +62,12 @@ class ReferralCreator:
         """The referral for Microsoft on an engagement."""
         return next((r for r in self.pc.by_engagement(engagement_id) if is_microsoft_copy(r.target)), None)
 
-    def ensure_microsoft_referral(self, referral: Referral, record: Opportunity) -> str | None:
+    def ensure_microsoft_referral(self, referral: Referral, record: Opportunity, look_first: bool = True) -> str | None:
         """Microsoft's referral on the partner referral's engagement, created unless it exists already."""
         engagement_id = referral.engagement_id
         if not engagement_id:
             return None
-        existing = self.microsoft_referral(engagement_id)
+        existing = self.microsoft_referral(engagement_id) if look_first else None
         if existing is not None:
             return existing.id
         made = self.pc.create_for_microsoft(record, engagement_id, find=lambda: self.microsoft_referral(engagement_id))
