@@ -257,6 +257,24 @@ def test_a_job_reads_a_record_in_one_request_and_updates_it_in_one_more(
     assert updated == crm.get_opportunity(created.crm_id or "")  # the write's answer is the record as it reads
 
 
+def test_creating_for_a_new_customer_reads_nothing_back(emu: DataverseEmulator, crm: DataverseCrm) -> None:
+    # The first create also loads the currencies, once per adapter; the second is what every record costs.
+    crm.create_opportunity(
+        _opportunity("0b5e3a6c-1111-4c1e-9d1a-000000000099", customer_name="Fabrikam", customer_contacts=())
+    )
+    before = len(emu.request_log)
+    created = crm.create_opportunity(_opportunity())
+    calls = [(method, path.split("?")[0].split("(")[0].rsplit("/", 1)[-1]) for method, path in emu.request_log[before:]]
+    assert calls == [
+        ("GET", "accounts"),
+        ("PATCH", "accounts"),
+        ("GET", "contacts"),
+        ("PATCH", "contacts"),
+        ("PATCH", "opportunities"),
+    ]
+    assert created == crm.get_opportunity(created.crm_id or "")  # what a read gives, without the read
+
+
 def test_set_sync_outcome_writes_only_name_and_audit(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     current = crm.create_opportunity(_opportunity())
     before = len(emu.writes())

@@ -164,12 +164,14 @@ class DataverseCrm:
         body = self._columns_for(opportunity, fields)  # validates before anything is written
         # The upsert below only creates (If-None-Match: *), so the owner never moves a row that already exists.
         owner_bind = f"/{OWNER_SETS[owner.kind]}({self._guid(owner.id)})" if owner is not None else None
-        account_id = self._customers.ensure_account(opportunity)
-        if account_id:
-            body["customerid_account@odata.bind"] = f"/accounts({account_id})"
-        contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
-        if contact_ids:
-            body["parentcontactid@odata.bind"] = f"/contacts({contact_ids[0]})"
+        account = self._customers.ensure_account_row(opportunity)
+        if account:
+            body["customerid_account@odata.bind"] = f"/accounts({account['accountid']})"
+        contacts = self._customers.ensure_contact_rows(
+            opportunity.customer_contacts, str(account["accountid"]) if account else None
+        )
+        if contacts:
+            body["parentcontactid@odata.bind"] = f"/contacts({contacts[0]['contactid']})"
         if owner_bind is not None:
             body["ownerid@odata.bind"] = owner_bind
         body = {k: v for k, v in body.items() if v is not None}
@@ -177,7 +179,13 @@ class DataverseCrm:
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]
         try:
-            self.api.request("PATCH", path, json=body, headers={"If-None-Match": "*"})
+            response = self.api.request(
+                "PATCH",
+                path,
+                params={"$select": self._opportunity_select},
+                json=body,
+                headers={"If-None-Match": "*", "Prefer": f"return=representation,{ANNOTATIONS}"},
+            )
         except PreconditionFailed:
             # Already there (a retried job, or a concurrent one): the existing row is the answer.
             existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
@@ -189,11 +197,13 @@ class DataverseCrm:
                 self._close(existing.crm_id, target, opportunity.deal_value, None)
                 return self._reread(existing.crm_id)
             return existing
-        # The upsert's answer cannot expand the account and contact: one read gives the whole record.
-        created = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
-        if created is None or created.crm_id is None:
-            raise NotFound(SERVICE, f"the opportunity for referral {opportunity.referral_id} disappeared", 404)
-        if target is not None and target[0] != OPEN:
+        # The record as a read would give it: the upsert's answer, with the account and contact rows as they
+        # were just found or written (the answer of a write cannot expand them).
+        row: dict[str, Any] = response.json(parse_float=Decimal)
+        row["customerid_account"] = account if account and row.get("_customerid_value") else None
+        row["parentcontactid"] = contacts[0] if contacts and row.get("_parentcontactid_value") else None
+        created = self._to_opportunity(row)
+        if target is not None and target[0] != OPEN and created.crm_id:
             self._close(created.crm_id, target, opportunity.deal_value, None)
             return self._reread(created.crm_id)
         return created

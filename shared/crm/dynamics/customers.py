@@ -93,7 +93,12 @@ class Customers:
         self._contact_select = contact_select()
 
     def ensure_account(self, opportunity: Opportunity) -> str | None:
-        """Find the customer's account by name and postal code, else create it; fill in missing address parts."""
+        row = self.ensure_account_row(opportunity)
+        return str(row["accountid"]) if row else None
+
+    def ensure_account_row(self, opportunity: Opportunity) -> dict[str, Any] | None:
+        """Find the customer's account by name and postal code, else create it; fill in missing address parts.
+        The row as it now reads (the columns of ``account_select``), so nothing needs reading again."""
         if not opportunity.customer_name:
             return None
         address = opportunity.customer_address
@@ -106,23 +111,28 @@ class Customers:
         row = self._web.first("accounts", self._account_select, odata_filter)
         if row is None:
             body = {"name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
-            return str(self._web.create("accounts", body, "accountid")["accountid"])
-        account_id = str(row["accountid"])
+            return self._web.create("accounts", body, self._account_select)
         # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
         changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
         if changes:
-            self._web.patch("accounts", account_id, changes, row.get("@odata.etag"))
-        return account_id
+            return self._web.patch(
+                "accounts", str(row["accountid"]), changes, row.get("@odata.etag"), self._account_select
+            )
+        return row
 
     def ensure_contacts(self, contacts: Iterable[Contact], account_id: str | None) -> list[str]:
-        ids: list[str] = []
-        for contact in contacts:
-            contact_id = self._ensure_contact(contact, account_id)
-            if contact_id and contact_id not in ids:
-                ids.append(contact_id)
-        return ids
+        return [str(row["contactid"]) for row in self.ensure_contact_rows(contacts, account_id)]
 
-    def _ensure_contact(self, contact: Contact, account_id: str | None) -> str | None:
+    def ensure_contact_rows(self, contacts: Iterable[Contact], account_id: str | None) -> list[dict[str, Any]]:
+        """Each contact found or created once, as its row now reads (the columns of ``contact_select``)."""
+        rows: dict[str, dict[str, Any]] = {}
+        for contact in contacts:
+            row = self._ensure_contact(contact, account_id)
+            if row is not None:
+                rows.setdefault(str(row["contactid"]), row)
+        return list(rows.values())
+
+    def _ensure_contact(self, contact: Contact, account_id: str | None) -> dict[str, Any] | None:
         if contact.email:
             odata_filter = f"emailaddress1 eq {odata_string(contact.email)}"
         elif contact.last_name and account_id:
@@ -139,11 +149,12 @@ class Customers:
             body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
             if account_id:
                 body["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
-            return str(self._web.create("contacts", body, "contactid")["contactid"])
-        contact_id = str(row["contactid"])
+            return self._web.create("contacts", body, self._contact_select)
         changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
         if account_id and not row.get("_parentcustomerid_value"):
             changes["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
         if changes:
-            self._web.patch("contacts", contact_id, changes, row.get("@odata.etag"))
-        return contact_id
+            return self._web.patch(
+                "contacts", str(row["contactid"]), changes, row.get("@odata.etag"), self._contact_select
+            )
+        return row
