@@ -36,7 +36,12 @@ format: $(VENV_STAMP)
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache dist
 
+# `make bench`: API calls and Table Storage operations per record, path by path, through the real app out of
+# process (devtools/bench). BENCH_RECORDS (default 1000) flagged opportunities and as many referrals;
+# CRM=dynamics (default) or CRM=salesforce; BENCH_ARGS passes other options (python -m devtools.bench --help).
+# Writes bench.json; exits non-zero only when a record is missing or duplicated.
+BENCH_RECORDS ?= 1000
 BENCH_ARGS ?=
 .PHONY: bench
 bench: $(VENV_STAMP) $(NODE_STAMP)
-	$(PY) -m devtools.bench $(BENCH_ARGS)
+	$(PY) -m devtools.bench --records $(BENCH_RECORDS) --crm $(or $(CRM),dynamics) $(BENCH_ARGS)

@@ -1,4 +1,4 @@
-"""``python -m devtools.bench [--records N] [--workers N]``; see :mod:`devtools.bench.run`."""
+"""``python -m devtools.bench [--records N] [--crm dynamics|salesforce] [--latency-ms MS]``: :mod:`devtools.bench`."""
 
 import sys
 
