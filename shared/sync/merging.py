@@ -15,7 +15,6 @@ from ..domain.errors import StorageRejected
 from ..domain.mapping import fingerprint, mapped_values
 from ..domain.merge import STATUS_FIELDS, Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
-from ..domain.policies import is_closed
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
@@ -93,7 +92,7 @@ class Merging:
         a closed, read-only one: reopening a closed deal for our own bookkeeping changes the seller's deal (a
         second close activity) and leaves it open if the job dies half way. The audit trail has the line."""
         plan, record = merge.plan, merge.record
-        if not plan.to_crm and self._read_only(record):
+        if not plan.to_crm and self.recorder.read_only(record):
             return None
         name = self.recorder.marked(merge.pc_side.name if "name" in plan.to_crm else record.name, True)
         # Notes (a value Partner Center would not take) reach the seller through the Audit column too.
@@ -123,7 +122,7 @@ class Merging:
                 "crm": {f: (merge.crm_values[f], plan.agreed[f]) for f in plan.to_crm},
             }
             passing: dict[str, list[str]] = {}
-            if update is not None and self._read_only(record):
+            if update is not None and self.recorder.read_only(record):
                 # The write reopens the deal and closes it again; a job dying in between leaves it open.
                 intents["crm"] |= {f: (merge.crm_values[f], plan.agreed[f]) for f in STATUS_FIELDS}
                 passing["crm"] = list(STATUS_FIELDS)
@@ -164,6 +163,3 @@ class Merging:
             if not (c.email and c.email.lower() in emails) and c not in record.customer_contacts
         ]
         return record.model_copy(update={"customer_contacts": (*record.customer_contacts, *rest)})
-
-    def _read_only(self, record: Opportunity) -> bool:
-        return self.crm.closed_is_read_only and is_closed(record.status)

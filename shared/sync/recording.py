@@ -147,7 +147,7 @@ class Recorder:
         seller closed it, not reopened, and the failure is in the audit trail and ``status``."""
         if record is None:
             return None
-        if self.crm.closed_is_read_only and is_closed(record.status):
+        if self.read_only(record):
             return record
         audit = prepend(record.audit, audit_line(self.clock.now(), False, message), self.options.audit_max_chars)
         name = self.marked(record.name, False) if self.options.checkmark_enabled else None
@@ -156,6 +156,10 @@ class Recorder:
         except ExternalServiceError as exc:
             log.warning("could not write the failure to the CRM record %s: %s", record.crm_id, exc)
             return record
+
+    def read_only(self, record: Opportunity) -> bool:
+        """A closed record the CRM takes no write for until it is reopened (Dataverse)."""
+        return self.crm.closed_is_read_only and is_closed(record.status)
 
     # -- the audit trail -----------------------------------------------------------------------------------
     def note(
