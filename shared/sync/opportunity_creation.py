@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from ..domain.audit_text import audit_line
+from ..domain.bounded import same_value
 from ..domain.deletions import closing_move
 from ..domain.errors import PermanentError, StorageRejected
 from ..domain.mapping import fingerprint, mapped_values, referral_to_opportunity
@@ -70,7 +71,13 @@ class OpportunityCreation:
         rule = self.recorder.options.inbound_routing.rule_for(pair.mapped)
         owner = rule.owner if rule is not None else None
         created = self.crm.create_opportunity(self.new_opportunity(pair, self.clock.now()), owner)
-        self.recorder.save_link(link, referral, pair.pc_fingerprint, created, agreed_on_create(stored, created))
+        # A seller's edit saved between the create and its read-back (Salesforce reads the record again) must not
+        # be recorded as what we wrote: then the written values are the fingerprint, and the next job merges.
+        sent, read = mapped_values(stored), mapped_values(created)
+        slipped = any(value is not None and not same_value(read[name], value) for name, value in sent.items())
+        written = fingerprint(stored) if slipped else None
+        agreed = agreed_on_create(stored, created)
+        self.recorder.save_link(link, referral, pair.pc_fingerprint, created, agreed, written)
         message = "opportunity created in the CRM"
         if rule is not None:
             message += f"; routed to {rule.owner} by INBOUND_OWNER rule '{rule.text}'"
