@@ -63,6 +63,7 @@ class Emulator:
     """Base class: a route table, a lock for state, and start/stop on a free port."""
 
     name = "emulator"
+    scheme = "http"  # an emulator serving TLS sets "https" and wraps the socket in :meth:`_secure`
 
     def __init__(self) -> None:
         self._routes: list[tuple[str, re.Pattern[str], Handler]] = []
@@ -100,7 +101,7 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self, port: int = 0, host: str = "127.0.0.1") -> Emulator:
         emulator = self
@@ -180,12 +181,16 @@ class Emulator:
 
         self._server = ThreadingHTTPServer((host, port), _Handler)
         self._server.daemon_threads = True
+        self._secure(self._server)
         # A short poll interval makes stop() return at once instead of after up to half a second.
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=self.name, daemon=True
         )
         self._thread.start()
         return self
+
+    def _secure(self, server: ThreadingHTTPServer) -> None:
+        """Wrap the listening socket for TLS before serving starts (plain HTTP unless overridden)."""
 
     def stop(self) -> None:
         if self._server is not None:

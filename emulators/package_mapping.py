@@ -30,3 +30,23 @@ def column(crm: str, field: str) -> str:
 def choice_values(crm: str, field: str) -> tuple[Any, ...]:
     """The CRM values of a choice field's table, in the file's order."""
     return tuple(shipped_mapping(crm)["fields"][field]["values"].values())
+
+
+# Partner Center's current co-sell fields and Microsoft's side of the engagement: plain custom columns an org set
+# up for the connector has too.
+CURRENT_AND_MICROSOFT_FIELDS = (
+    "solution_area",
+    "solution_play",
+    "partner_role",
+    "purchase_intent",
+    "microsoft_status",
+    "microsoft_seller_name",
+    "microsoft_seller_email",
+    "microsoft_crm_id",
+    "microsoft_notes",
+)
+
+
+def entry(crm: str, field: str) -> dict[str, Any]:
+    """The shipped mapping's entry of a neutral field (column, type, max_length, label, values)."""
+    return dict(shipped_mapping(crm)["fields"][field])

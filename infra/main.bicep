@@ -58,7 +58,20 @@ param alwaysReadyInstances int = 0
 @maxValue(730)
 param logRetentionInDays int = 30
 
-@description('Optional object id of the operator (user or group) who signs in to Partner Center and stores the refresh token: granted Key Vault Secrets Officer on the vault. Empty for none.')
+@description('E-mail address that receives the alerts (jobs in the poison queue, refused credentials, the CRM quota pause, webhooks gone quiet). Empty: the alerts fire without notifying anyone.')
+param alertEmail string = ''
+
+@description('Minutes without any Partner Center webhook, while the reconciliation finds changed referrals, before an alert fires (at least 60, at most 2880).')
+@minValue(60)
+@maxValue(2880)
+param webhookSilenceMinutes int = 240
+
+@description('Refused sign-ins (HTTP 401) of Partner Center or the CRM within 15 minutes that raise the credential alert.')
+@minValue(1)
+@maxValue(100)
+param authFailureThreshold int = 3
+
+@description('Optional object id of the operator (user or group) who signs in to Partner Center and runs the cosell CLI: granted Key Vault Secrets Officer on the vault (the sign-in stores the refresh token) and Storage Table and Queue Data Contributor on the storage account (status, history, poison, replay-poison, reconcile with az login credentials). Empty for none.')
 param operatorPrincipalId string = ''
 
 @description('Kind of principal operatorPrincipalId is.')
@@ -143,8 +156,8 @@ param dataverseClientSecret string = ''
 // Salesforce
 // ---------------------------------------------------------------------------------------------
 
-@description('Salesforce login URL (https://login.salesforce.com, https://test.salesforce.com or your My Domain URL).')
-param salesforceLoginUrl string = 'https://login.salesforce.com'
+@description('The My Domain URL of your Salesforce org, https://<mydomain>.my.salesforce.com (Setup > My Domain); login.salesforce.com and test.salesforce.com are refused. Required when crmProvider is salesforce; empty for dynamics.')
+param salesforceLoginUrl string = ''
 
 @description('Consumer key of the Salesforce connected app (needed when crmProvider is salesforce).')
 param salesforceClientId string = ''
@@ -320,6 +333,19 @@ module monitoring 'modules/monitoring.bicep' = {
     location: location
     tags: tags
     retentionInDays: logRetentionInDays
+  }
+}
+
+// Alert rules and the operations workbook over the app's telemetry (shared/telemetry).
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    appInsightsName: monitoring.outputs.appInsightsName
+    location: location
+    tags: tags
+    alertEmail: alertEmail
+    webhookSilenceMinutes: webhookSilenceMinutes
+    authFailureThreshold: authFailureThreshold
   }
 }
 

@@ -5,7 +5,8 @@
 #               for endpoints the settings (environment, then local.settings.json) leave unset.
 #               RUN_ARGS="--port 7072" passes options through; CRM=salesforce sets CRM_PROVIDER for this
 #               run (the bundled Salesforce emulator starts when no Salesforce endpoint is configured).
-#   make demo   Azurite + emulators + the app, a scripted sync over HTTP and queues, a report; exit 0 on success.
+#   make demo   Azurite + emulators + the app, a scripted sync over HTTP and queues (both ways, then a shared deal
+#               accepted -> Microsoft accepts -> won), a report; exit 0 on success.
 #               CRM=dynamics (default) or CRM=salesforce picks the CRM; DEMO_ARGS passes other options.
 RUN_ARGS ?=
 DEMO_ARGS ?=

@@ -1,17 +1,25 @@
-"""Operator commands: ``python -m shared <command>`` (each has --help)."""
+"""Operator commands: ``cosell <command>``, or ``python -m shared <command>`` (each has --help).
+
+Settings come from the environment, then ``local.settings.json`` in the current folder (``--settings FILE``), as for
+``make run``. Each command asks only for the settings it uses: ``status``, ``history``, ``poison`` and
+``replay-poison`` need the storage account alone, ``reconcile`` storage and Partner Center.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import wiring
 from .domain.errors import ExternalServiceError
+from .local_settings import SETTINGS_FILE, LocalSettingsError, apply_local_settings
 from .settings import Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
@@ -20,13 +28,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _status(args: argparse.Namespace) -> int:
-    from .sync.job_runner import health_status
-    from .sync.status import build_status
+def _storage_container() -> wiring.Container:
+    """Storage alone: the commands that read the tables and queues run before the CRM or Partner Center is set up."""
+    return wiring.Container(load_settings(storage_only=True))
 
-    c = wiring.container()
-    print(json.dumps(build_status(c.store, c.queue, c.settings.credential_modes(), health_status(c.jobs)), indent=2))
+
+def _status(args: argparse.Namespace) -> int:
+    from .console.status_report import current_status
+
+    print(json.dumps(current_status(_storage_container()), indent=2))
     return 0
+
+
+def _history(args: argparse.Namespace) -> int:
+    from .audit_history import record_trail, render
+
+    link, entries = record_trail(_storage_container().store, args.record_id, max(1, args.limit))
+    print(render(args.record_id, link, entries))
+    return 0 if entries or link is not None else 1
 
 
 def _since(text: str) -> datetime:
@@ -86,7 +105,18 @@ def _backfill_from_partner_center(args: argparse.Namespace) -> int:
 
 
 def _reconcile(args: argparse.Namespace) -> int:
-    result = wiring.container().reconciler.poll()
+    c = wiring.Container(load_settings(storage_and_partner_center=True))
+    if args.since is not None:
+        from .sync.reread import reconcile_since
+
+        result = reconcile_since(c.partner_center, c.queue, args.since)
+        print(
+            f"{result.seen} referral(s) changed since {args.since.isoformat()}, {result.enqueued} job(s) enqueued; "
+            "the scheduled reconciliation's watermark is unchanged"
+        )
+        why = f"Partner Center is throttling: {result.throttled}" if result.throttled else ""
+        return _stopped_early(why, "What was read is enqueued; run the same command again later to read the rest.")
+    result = c.reconciler.poll()
     print(f"{result.seen} referral(s) changed since the last run, {result.enqueued} job(s) enqueued")
     wait = f" (it asks to wait {result.retry_after:.0f}s)" if result.retry_after is not None else ""
     why = f"Partner Center is throttling{wait}: {result.throttled}" if result.throttled else ""
@@ -102,7 +132,7 @@ def _stopped_early(why: str, what_now: str) -> int:
 
 
 def _replay_poison(args: argparse.Namespace) -> int:
-    done = wiring.container().queue.replay_poison(max(0, args.limit))
+    done = _storage_container().queue.replay_poison(max(0, args.limit))
     for text in done.dropped:
         print(f"dropped unreadable message: {text[:200]}", file=sys.stderr)
     dropped = len(done.dropped)
@@ -116,7 +146,7 @@ def _replay_poison(args: argparse.Namespace) -> int:
 def _poison_list(args: argparse.Namespace) -> int:
     from .poison_report import poison_rows, render_table
 
-    c = wiring.container()
+    c = _storage_container()
     rows = poison_rows(c.queue.list_poison(), c.store)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -153,31 +183,63 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 def _register_webhook(args: argparse.Namespace) -> int:
     from .partner_center.auth import WEBHOOKS_SCOPE, partner_center_token_provider
-    from .partner_center.registration import WebhookRegistrationClient
+    from .partner_center.registration import REGISTERED_EVENTS, TEST_EVENT, WebhookRegistrationClient
+    from .sync import webhook_setup
 
-    s = load_settings(partner_center_only=True)
+    s = load_settings(partner_center_only=True) if args.show else load_settings(storage_and_partner_center=True)
     client = WebhookRegistrationClient(
         s.partner_center_webhook_api_url,
         partner_center_token_provider(wiring.partner_center_credentials(s), WEBHOOKS_SCOPE),
         timeout=s.http_timeout_seconds,
     )
+    current = client.current()
     if args.show:
-        print(json.dumps(client.current(), indent=2))
+        shown = current and {
+            "WebhookUrl": current.url,
+            "WebhookEvents": list(current.events),
+            "SignatureTokenToMsSignatureHeader": current.signature_in_ms_header,
+        }
+        print(json.dumps(shown, indent=2))
         return 0
-    if not args.url:
-        print("--url is required (the webhookUrl output of the deployment)", file=sys.stderr)
-        return 2
-    result = client.register(args.url, signature_in_ms_header=args.ms_signature_header)
-    print(json.dumps(result, indent=2))
-    print("Registered. Partner Center sends each referral event to this URL only (the latest registration wins).")
-    return 0
+    if current is None:
+        print("Current registration: none")
+    else:
+        print(f"Current registration: {current.url} (events: {', '.join(current.events) or 'none'})")
+    from .store.connections import table_service
+    from .store.tables import TableSyncStore
+
+    store = TableSyncStore(table_service(wiring.storage_config(s)), s.links_table, s.state_table, s.audit_table)
+    if not args.check:
+        if not args.url:
+            print("--url is required (the webhookUrl output of the deployment)", file=sys.stderr)
+            return 2
+        try:
+            done = webhook_setup.register(
+                client, store, args.url, REGISTERED_EVENTS, args.ms_signature_header, datetime.now(UTC), args.force
+            )
+        except webhook_setup.ForeignRegistration as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        verb = "Registered" if done.changed else "Already registered"
+        print(f"{verb}: {done.registration.url} for {', '.join(done.registration.events)}.")
+        if done.previous is not None and not webhook_setup.same_url(done.previous.url, done.registration.url):
+            print(f"Replaced the registration that pointed to {done.previous.url}; it receives no more events.")
+        if args.no_check:
+            return 0
+    elif current is None or TEST_EVENT not in current.events:
+        print(f"nothing to check: the registration does not include {TEST_EVENT}; run register-webhook --url first")
+        return 1
+    print(f"Sending a test event; waiting up to {args.wait:g}s for the app to receive and verify it...", flush=True)
+    result = webhook_setup.check_delivery(client, store, args.wait)
+    print(webhook_setup.explain(result), file=sys.stdout if result.verified else sys.stderr)
+    return 0 if result.verified else 1
 
 
 def _login(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from .partner_center.login import device_code_sign_in, store_in_file
+    from .partner_center.login import LoginConfig, browser_sign_in, device_code_sign_in, store_in_file
 
     # Only what sign-in needs: the app's other settings may not exist on an operator's machine yet.
     tenant = args.tenant or os.environ.get("PARTNER_CENTER_TENANT_ID")
@@ -186,23 +248,23 @@ def _login(args: argparse.Namespace) -> int:
         print("set PARTNER_CENTER_TENANT_ID and PARTNER_CENTER_CLIENT_ID (or --tenant/--client-id)", file=sys.stderr)
         return 2
     authority = os.environ.get("PARTNER_CENTER_AUTHORITY", "https://login.microsoftonline.com")
-    result = device_code_sign_in(
-        authority,
-        tenant,
-        client,
-        lambda text: print(text, flush=True),
-        client_secret=os.environ.get("PARTNER_CENTER_CLIENT_SECRET") or None,
-    )
+    config = LoginConfig(authority, tenant, client)
+
+    def show(text: str) -> None:
+        print(text, flush=True)
+
+    result = browser_sign_in(config, show, port=args.port) if args.browser else device_code_sign_in(config, show)
+    who = f" as {result.username}" if result.username else ""
     vault_uri = args.key_vault_uri or os.environ.get("KEY_VAULT_URI")
     if vault_uri:
         from .partner_center.keyvault import KeyVaultSecrets
 
         KeyVaultSecrets(vault_uri).set_secret(args.secret_name, result.refresh_token)
-        print(f"Signed in. The refresh token is stored in Key Vault as '{args.secret_name}'; restart the app.")
+        print(f"Signed in{who}. The refresh token is stored in Key Vault as '{args.secret_name}'; restart the app.")
         return 0
     target = store_in_file(result.refresh_token, Path(args.output) if args.output else None)
     print(
-        f"Signed in. The refresh token is in {target} (readable only by you), where local commands find it; "
+        f"Signed in{who}. The refresh token is in {target} (readable only by you), where local commands find it; "
         "for the app, store it in Key Vault as the secret the app setting PARTNER_CENTER_REFRESH_TOKEN refers to."
     )
     return 0
@@ -248,11 +310,87 @@ def _mapping_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_crm(args: argparse.Namespace) -> int:
+    """setup-crm: the CRM's custom fields, key and the integration identity's role or permission set."""
+    settings, loaded = _mapping_settings()
+    missing = _crm_configured(settings)
+    if missing:
+        print(f"cannot reach the CRM: {missing}", file=sys.stderr)
+        return 2
+    if settings.crm_provider == "salesforce":
+        from .crm.salesforce.api import SalesforceApi
+        from .crm.salesforce.setup import SalesforceSetup, SalesforceSetupConfig
+
+        try:
+            auth = wiring.salesforce_auth(settings)
+        except ValueError as exc:
+            print(f"cannot reach the CRM: {exc}", file=sys.stderr)
+            return 2
+        api = SalesforceApi(auth, settings.salesforce_api_version, timeout=settings.http_timeout_seconds)
+        sf_config = SalesforceSetupConfig(
+            loaded.mapping,  # type: ignore[arg-type]
+            permission_set=args.permission_set,
+            run_as_user=args.run_as_user or settings.salesforce_username,
+        )
+        report = SalesforceSetup(sf_config, api).run(args.apply)
+    else:
+        from .crm.dynamics.setup import DataverseSetup, DataverseSetupConfig
+
+        dv_config = DataverseSetupConfig(
+            str(settings.dataverse_url),
+            settings.dataverse_api_version,
+            loaded.mapping,  # type: ignore[arg-type]
+            role_name=args.role,
+            application_id=args.application_id or settings.dataverse_client_id,
+            timeout=settings.http_timeout_seconds,
+        )
+        report = DataverseSetup(dv_config, wiring.dataverse_token(settings)).run(args.apply)
+    for line in report.lines():
+        print(line)
+    if not report.ok:
+        what = "could not be set up" if args.apply else "is missing (run again with --apply to create it)"
+        print(f"setup-crm: something required {what}; see the lines marked above", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m shared", description="Co-sell connector operator commands")
+    parser = argparse.ArgumentParser(
+        prog="cosell",
+        description=(
+            "Co-sell connector operator commands (also: python -m shared). Settings come from the environment, then "
+            "from local.settings.json in the current folder; each command needs only the settings it uses."
+        ),
+    )
+    parser.add_argument(
+        "--settings",
+        type=Path,
+        metavar="FILE",
+        help=f"a local.settings.json whose Values fill the settings the environment leaves unset (default: "
+        f"./{SETTINGS_FILE} when there is one)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="sync counts, queue and poison depth, last poll, credential modes")
+    status = commands.add_parser(
+        "status",
+        help="sync counts, queue and poison depth, last poll, credential modes",
+        description=(
+            "The app's state as JSON, as /api/status shows it: links by status, queue and poison depth, the last "
+            "CRM poll and reconciliation, pauses, credential problems. Needs the storage settings only."
+        ),
+    )
     status.set_defaults(run=_status)
+    history = commands.add_parser(
+        "history",
+        help="one record's audit trail, oldest first",
+        description=(
+            "Every audit entry (SyncAudit) of one record, oldest first: what each job did, which way, which fields, "
+            "and why it skipped or failed. Give the CRM opportunity id or the Partner Center referral id: the "
+            "entries of both ids of a linked pair are shown. Needs the storage settings only. Exits 1 when nothing "
+            "is known about the id."
+        ),
+    )
+    history.add_argument("record_id", metavar="crm-id|referral-id", help="a CRM opportunity id or a referral id")
+    history.add_argument("--limit", type=int, default=200, help="show at most the newest N entries (default: 200)")
+    history.set_defaults(run=_history)
     backfill = commands.add_parser(
         "backfill",
         help="day-one load: enqueue every flagged CRM opportunity, or every open Partner Center referral, once",
@@ -280,12 +418,38 @@ def build_parser() -> argparse.ArgumentParser:
         "(UTC unless it has an offset), e.g. 2024-05-01 or 2024-05-01T08:30:00Z",
     )
     backfill.set_defaults(run=_backfill)
-    reconcile = commands.add_parser("reconcile", help="enqueue referrals changed since the last reconciliation")
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="enqueue referrals changed since the last reconciliation, or since --since",
+        description=(
+            "Run the hourly reconciliation now: one job per referral Partner Center changed since the last run. "
+            "With --since DATE, every referral changed since DATE instead (after an outage longer than the "
+            "reconciliation's overlap, or webhooks lost before the app was configured); that run leaves the "
+            "schedule's watermark alone. Needs the storage and Partner Center settings, not the CRM's."
+        ),
+    )
+    reconcile.add_argument(
+        "--since",
+        type=_since,
+        metavar="DATE",
+        help="read referrals changed at or after this ISO 8601 date or date-time (UTC unless it has an offset)",
+    )
     reconcile.set_defaults(run=_reconcile)
-    replay = commands.add_parser("replay-poison", help="move jobs from 'sync-jobs-poison' back to 'sync-jobs'")
+    replay = commands.add_parser(
+        "replay-poison",
+        help="move jobs from 'sync-jobs-poison' back to 'sync-jobs'",
+        description=(
+            "Move jobs from the poison queue back to 'sync-jobs' once their cause is fixed (see `poison list`); "
+            "unreadable messages are dropped and printed. Needs the storage settings only."
+        ),
+    )
     replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
     replay.set_defaults(run=_replay_poison)
-    poison = commands.add_parser("poison", help="the jobs in 'sync-jobs-poison': list or replay them")
+    poison = commands.add_parser(
+        "poison",
+        help="the jobs in 'sync-jobs-poison': list or replay them",
+        description="The jobs in 'sync-jobs-poison': list them with each record's last error, or replay them.",
+    )
     poison_commands = poison.add_subparsers(dest="poison_command", required=True)
     listing = poison_commands.add_parser(
         "list", help="each poisoned job: kind, record, when it was poisoned, the record's last error"
@@ -302,9 +466,24 @@ def build_parser() -> argparse.ArgumentParser:
     record.add_argument("--crm-id", help="a CRM opportunity id")
     record.add_argument("--referral-id", help="a Partner Center referral id")
     dry_run.set_defaults(run=_dry_run)
-    register = commands.add_parser("register-webhook", help="register this app's webhook URL with Partner Center")
+    register = commands.add_parser(
+        "register-webhook",
+        help="register this app's webhook with Partner Center and check that a test event arrives verified",
+        description=(
+            "Shows the tenant's current registration, then registers --url for the referral events and "
+            "test-created. Partner Center keeps one registration per tenant: one that points elsewhere (production, "
+            "another app, Microsoft's co-sell connector) is replaced only with --force. Then it sends a test event "
+            "and waits until the app has received it and verified its signature (--check does only that)."
+        ),
+    )
     register.add_argument("--url", help="https://<app>.azurewebsites.net/api/webhooks/partner-center")
     register.add_argument("--show", action="store_true", help="print the current registration and exit")
+    register.add_argument("--force", action="store_true", help="replace a registration that points elsewhere")
+    register.add_argument("--check", action="store_true", help="only send a test event and check that it arrives")
+    register.add_argument("--no-check", action="store_true", help="register without sending a test event")
+    register.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for the test event to arrive (default: 60)"
+    )
     register.add_argument(
         "--ms-signature-header",
         action="store_true",
@@ -321,7 +500,44 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate the mapping, and check every mapped column against the CRM's metadata when reachable"
     )
     check.set_defaults(run=_mapping_check)
-    login = commands.add_parser("login", help="sign in to Partner Center as a Referrals admin (device code)")
+    setup_crm = commands.add_parser(
+        "setup-crm",
+        help="check (or with --apply create) the CRM's custom fields, key and the integration identity's access",
+        description=(
+            "Checks that the CRM has every custom field the effective mapping names (type, choice or picklist values), "
+            "the referral id's alternate key (Dynamics 365) or External ID (Salesforce), and a security role "
+            "(Dynamics 365) or permission set (Salesforce) with what the connector does, given to the integration "
+            "identity. Nothing changes without --apply; --apply creates what is missing and is safe to run again. "
+            "Run it as an admin (Dataverse: System Customizer and security-role rights; Salesforce: Customize "
+            "Application and Manage Users). Exit 1 when something required is missing or could not be created."
+        ),
+    )
+    setup_crm.add_argument("--apply", action="store_true", help="create what is missing (default: check only)")
+    setup_crm.add_argument(
+        "--application-id",
+        help="Dynamics 365: the client id of the app's identity whose application user gets the role "
+        "(default: DATAVERSE_CLIENT_ID)",
+    )
+    setup_crm.add_argument("--role", default="Co-sell connector", help="Dynamics 365: the security role's name")
+    setup_crm.add_argument(
+        "--run-as-user", help="Salesforce: the integration user's username (default: SALESFORCE_USERNAME)"
+    )
+    setup_crm.add_argument(
+        "--permission-set", default="Cosell_Connector", help="Salesforce: the permission set's API name"
+    )
+    setup_crm.set_defaults(run=_setup_crm)
+    login = commands.add_parser(
+        "login",
+        help="sign in to Partner Center as a Referrals admin (device code, or --browser), with MFA",
+        description=(
+            "Sign in once as a Referrals admin with an MFA-capable account; the app lives on the refresh token this "
+            "stores (Key Vault, or a private file). Device code by default: open the address shown on any device "
+            "and enter the code. Where Conditional Access blocks the device code flow, use --browser on a machine "
+            "with a browser (the answer comes back to http://localhost, which the app registration must list)."
+        ),
+    )
+    login.add_argument("--browser", action="store_true", help="sign in with a browser here (auth code + PKCE)")
+    login.add_argument("--port", type=int, help="with --browser: the localhost port for the answer (default: any free)")
     login.add_argument("--tenant", help="Partner Center tenant id (default: PARTNER_CENTER_TENANT_ID)")
     login.add_argument("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)")
     login.add_argument("--key-vault-uri", help="store the refresh token in this vault (default: KEY_VAULT_URI)")
@@ -330,19 +546,42 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", help="file for the token when no vault is given (default: refresh-token.txt in your config folder)"
     )
     login.set_defaults(run=_login)
+    _describe_every_command(parser)
     return parser
+
+
+def _describe_every_command(parser: argparse.ArgumentParser) -> None:
+    """A command's --help starts with its description; one given only a one-line help shows that instead."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, command in action.choices.items():
+                if not command.description and helps.get(name):
+                    command.description = str(helps[name])[:1].upper() + str(helps[name])[1:] + "."
+                _describe_every_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    applied: list[str] = []
     try:
+        if args.settings is not None and not args.settings.is_file():
+            raise LocalSettingsError(f"{args.settings} (--settings) does not exist")
+        applied = apply_local_settings(args.settings or Path(SETTINGS_FILE))
         return int(args.run(args))
+    except LocalSettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 2
     except ExternalServiceError as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The file's values last as long as the command: run in-process (tests), they must not leak further.
+        for name in applied:
+            os.environ.pop(name, None)
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ class ApiClient:
         error_parser: ErrorParser = _default_error,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        extra_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
@@ -130,6 +131,8 @@ class ApiClient:
         self._error_parser = error_parser
         self.session = session or requests.Session()
         self._sleep = sleep
+        # Headers that depend on the work at hand, read per request (the job's correlation id).
+        self._extra_headers = extra_headers
         self.calls = 0  # requests actually sent: benchmarks read it
 
     def url(self, path: str) -> str:
@@ -156,6 +159,8 @@ class ApiClient:
         for attempt in range(1, self.max_attempts + 1):
             sent = dict(self.default_headers)
             sent["client-request-id"] = str(uuid.uuid4())
+            if self._extra_headers is not None:
+                sent.update(self._extra_headers())
             if self._token is not None:
                 sent["Authorization"] = f"Bearer {self._token()}"
             sent.update(headers or {})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .ports import KIND_CRM, KIND_REFERRAL, AuditEntry, Link
+from .ports import CRM_JOB_KINDS, KIND_REFERRAL, AuditEntry, Link
 from .store.queue import PoisonedJob
 
 TABLE_ERROR_CHARS = 100
@@ -34,7 +34,7 @@ def last_error(kind: str, record_id: str, store: FailureSource) -> tuple[str, da
     link = None
     if kind == KIND_REFERRAL:
         link = store.get_link(record_id)
-    elif kind == KIND_CRM:
+    elif kind in CRM_JOB_KINDS:  # an opportunity's or a lead's job
         link = store.find_link_by_crm_id(record_id)
     found: list[tuple[str, datetime | None]] = []
     if link is not None and link.last_error:

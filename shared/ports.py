@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from .domain.leads import Lead
 from .domain.opportunity import Opportunity
 from .domain.referral import Referral
 from .domain.routing import Owner
@@ -16,8 +17,25 @@ from .domain.routing import Owner
 # What a job names (its kind) and which way a change travels (audit entries and outcomes say it).
 KIND_REFERRAL = "pc-referral"
 KIND_CRM = "crm-opportunity"
+KIND_CRM_LEAD = "crm-lead"
+LINK_KIND_LEAD = "lead"
 PC_TO_CRM = "pc->crm"
 CRM_TO_PC = "crm->pc"
+CRM_JOB_KINDS = frozenset({KIND_CRM, KIND_CRM_LEAD})  # jobs that name a CRM record: an opportunity or a lead
+
+
+def job_direction(kind: str) -> str:
+    """Which way a job of this kind carries a change: a CRM record's job (an opportunity's or a lead's) takes the
+    CRM's change to Partner Center, a referral's job takes Partner Center's to the CRM. Telemetry, the status
+    counters and the audit all label a job by this."""
+    return CRM_TO_PC if kind in CRM_JOB_KINDS else PC_TO_CRM
+
+
+def job_crm_kind(kind: str) -> str | None:
+    """The kind of CRM record a CRM job names, as :attr:`Link.crm_kind` spells it: ``LINK_KIND_LEAD`` for a lead's
+    job, None for an opportunity's (and for a referral's job, which names no CRM record)."""
+    return LINK_KIND_LEAD if kind == KIND_CRM_LEAD else None
+
 
 Finder = Callable[[], Referral | None]
 
@@ -68,6 +86,22 @@ class Change:
     changed_at: datetime | None
 
 
+class LeadRecords(Protocol):
+    """CRM leads made from Partner Center leads, keyed by the referral id (``SYNC_COSELL_ONLY=false``)."""
+
+    def get_lead(self, crm_id: str) -> Lead | None:
+        """The lead with its state and, once a seller converted it, the opportunity that made."""
+        ...
+
+    def create_lead(self, lead: Lead) -> Lead:
+        """Create keyed by ``lead.referral_id``, so that a retry never makes a second lead."""
+        ...
+
+    def lead_changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
+        """Leads carrying a referral id changed at or after ``since``, oldest first (as :meth:`Crm.changes_since`)."""
+        ...
+
+
 class Crm(Protocol):
     """A CRM seen as a store of neutral opportunities keyed by the CRM id and the referral id."""
 
@@ -97,6 +131,10 @@ class Crm(Protocol):
         """Write only the name mark and the audit text."""
         ...
 
+    def lead_records(self) -> LeadRecords:
+        """The CRM's leads, for Partner Center leads (``SYNC_COSELL_ONLY=false``)."""
+        ...
+
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Opportunities flagged "Sync with Partner Center" changed at or after ``since``, oldest first: only
         their id, version and change time, read without any per-row request."""
@@ -119,6 +157,7 @@ class Link:
     last_error: str | None = None
     last_synced_at: datetime | None = None
     last_values: str | None = None  # JSON of the mapped values both sides agreed on at the last sync
+    crm_kind: str | None = None  # LINK_KIND_LEAD while the CRM record is a lead; None: an opportunity
     etag: str | None = None  # Table Storage etag of this row
     # What the CRM-id index row holds for this link (crm id, crm etag, status), so that saving a link rewrites
     # the index only when one of them changes.
@@ -171,12 +210,26 @@ class CredentialFailure:
     service: str
     message: str
     at: datetime | None = None
+    cause: str = ""  # a name of shared.domain.credential_causes.CAUSES, "" when the refusal named none
 
 
 @dataclass(frozen=True)
 class Health:
     pause: Pause | None = None  # the last pause, over or not
     credential_failure: CredentialFailure | None = None
+    token_redeemed_at: datetime | None = None  # the Partner Center refresh token's last successful redemption
+
+
+@dataclass(frozen=True)
+class WebhookRegistration:
+    """What `register-webhook` registered with Partner Center, and the last verified ``test-created`` event the
+    webhook received (the proof that deliveries reach the app and pass the signature check)."""
+
+    url: str = ""
+    events: tuple[str, ...] = ()
+    registered_at: datetime | None = None
+    last_test_event_at: datetime | None = None
+    last_test_event_uri: str = ""  # the event's ResourceUri, which ends in the validation's correlation id
 
 
 @dataclass(frozen=True)
@@ -241,13 +294,17 @@ class SyncStore(Protocol):
 class Job:
     """A queue message: names a record, never carries its data (events are hints)."""
 
-    kind: str  # KIND_REFERRAL | KIND_CRM
+    kind: str  # KIND_REFERRAL | KIND_CRM | KIND_CRM_LEAD
     record_id: str
     reason: str = ""
     enqueued_at: str = ""
     # The version of the record the job was enqueued for, when the source knows it: the CRM row's version,
     # the webhook's ResourceChangeUtcDate, the referral's eTag. A job for the version we wrote is an echo.
     version: str = ""
+
+    @property
+    def direction(self) -> str:
+        return job_direction(self.kind)
 
     def to_dict(self) -> dict[str, str]:
         data = {"kind": self.kind, "recordId": self.record_id, "reason": self.reason, "enqueuedAt": self.enqueued_at}

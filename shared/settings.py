@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from string import Formatter
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -21,6 +23,8 @@ from .domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 from .domain.policies import Side, parse_field_owners
 from .domain.routing import OwnerKind, Routing, parse_routing
 from .partner_center.token_file import default_token_path, read_token_file, warn_about_stray_token_file
+from .schedule import ScheduleError
+from .schedule import parse as parse_schedule
 
 MICROSOFT_WEBHOOK_CERT_PREFIX = "https://3psostorageacct.blob.core.windows.net/cert/"
 # Hosts a plain-http certificate prefix may name (local emulators), as urlsplit reports them.
@@ -67,8 +71,61 @@ def _check_owner_ids(routing: Routing, provider: str) -> None:
             raise ValueError(f"'{owner}' is not {ids.description}")
 
 
+# The placeholders REFERRAL_LINK_TEMPLATE may use (shared/domain/mapping.py fills them).
+REFERRAL_LINK_PLACEHOLDERS = ("referral_id",)
+# Hosts that serve every Salesforce org's login page but refuse the client credentials flow; the app needs the
+# org's own My Domain.
+SALESFORCE_GENERIC_LOGIN_HOSTS = frozenset({"login.salesforce.com", "test.salesforce.com"})
+
+
+@dataclass(frozen=True)
+class SettingProblem:
+    """One thing wrong with the settings: the settings it concerns (none: the settings as a whole) and why."""
+
+    settings: tuple[str, ...]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.settings)}: {self.message}" if self.settings else self.message
+
+
 class SettingsError(Exception):
-    """A setting is missing or invalid; the message names it and never echoes secret values."""
+    """A setting is missing or invalid; the message names it and never echoes secret values. ``problems`` lists
+    each problem with the settings it concerns, so callers (``/api/health``) can name them without the reasons."""
+
+    def __init__(self, message: str, problems: Sequence[SettingProblem] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems)
+
+    @property
+    def names(self) -> list[str]:
+        """The settings at fault, each once, in the order the problems name them."""
+        return list(dict.fromkeys(name for problem in self.problems for name in problem.settings)) or ["settings"]
+
+
+class _Missing(ValueError):
+    """Several required settings at once (a model validator can raise one error only); load_settings unpacks it."""
+
+    def __init__(self, problems: list[SettingProblem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def _bare_origin(value: str, setting_shape: str) -> tuple[str, str]:
+    """(scheme, host) of a URL that must be an origin only: https (plain http only on this machine, for
+    emulators), no path, query or fragment. The message says what the setting should look like."""
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    scheme = parts.scheme.lower()
+    if not host:
+        raise ValueError(f"'{value}' is not a URL; expected {setting_shape}")
+    if not (scheme == "https" or (scheme == "http" and host in LOOPBACK_HOSTS)):
+        raise ValueError(
+            f"'{value}' must use https:// (plain http only for a local emulator); expected {setting_shape}"
+        )
+    if parts.path.strip("/") or parts.query or parts.fragment:
+        raise ValueError(f"'{value}' must be the root URL with no path; expected {setting_shape}")
+    return scheme, host
 
 
 def _env(name: str) -> AliasChoices:
@@ -211,6 +268,11 @@ class Settings(BaseSettings):
     state_table: str = Field("SyncState", validation_alias=_env("SYNC_STATE_TABLE"))
     audit_table: str = Field("SyncAudit", validation_alias=_env("SYNC_AUDIT_TABLE"))
 
+    # -- telemetry (shared/telemetry): on only when set ------------------------------------------------
+    applicationinsights_connection_string: SecretStr | None = Field(
+        None, validation_alias=_env("APPLICATIONINSIGHTS_CONNECTION_STRING")
+    )
+
     # -- parsing -----------------------------------------------------------------------------------
     @field_validator("partner_center_webhook_cert_url_prefixes", mode="before")
     @classmethod
@@ -280,6 +342,49 @@ class Settings(BaseSettings):
             raise ValueError(f"'{value}' is not an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("crm_poll_schedule", "reconcile_schedule")
+    @classmethod
+    def _ncrontab(cls, value: str) -> str:
+        try:
+            parse_schedule(value)
+        except ScheduleError as exc:
+            raise ValueError(f"not a valid NCRONTAB schedule: {exc}") from None
+        return value
+
+    @field_validator("referral_link_template")
+    @classmethod
+    def _known_placeholders(cls, value: str) -> str:
+        allowed = ", ".join(f"{{{name}}}" for name in REFERRAL_LINK_PLACEHOLDERS)
+        try:
+            names = [field for _, field, _, _ in Formatter().parse(value) if field is not None]
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}") from None
+        for name in names:
+            if name not in REFERRAL_LINK_PLACEHOLDERS:
+                shown = f"{{{name}}}" if name else "{} (a placeholder needs a name)"
+                raise ValueError(f"unknown placeholder {shown}; the allowed placeholders are {allowed}")
+        return value
+
+    @field_validator("dataverse_url")
+    @classmethod
+    def _dataverse_root(cls, value: str | None) -> str | None:
+        if value is not None:
+            _bare_origin(value, "the environment's root URL, e.g. https://contoso.crm.dynamics.com")
+        return value
+
+    @field_validator("salesforce_login_url")
+    @classmethod
+    def _salesforce_my_domain(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        shape = "your org's My Domain URL, https://<mydomain>.my.salesforce.com"
+        _, host = _bare_origin(value, shape)
+        if host in SALESFORCE_GENERIC_LOGIN_HOSTS:
+            raise ValueError(f"{host} cannot be used: the app signs in to your org's My Domain; use {shape}")
+        if host not in LOOPBACK_HOSTS and ".my." not in f".{host}":
+            raise ValueError(f"'{value}' is not a My Domain URL; use {shape} (Setup > My Domain shows it)")
+        return value
+
     @field_validator("*", mode="before")
     @classmethod
     def _resolved_key_vault_reference(cls, value: object) -> object:
@@ -340,47 +445,98 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _requirements(self) -> Settings:
-        missing: list[str] = []
+        return self._require(self._crm_problems() + self._storage_problems() + self._partner_center_problems())
+
+    def _require(self, problems: list[SettingProblem]) -> Settings:
+        if problems:
+            raise _Missing(problems)
+        return self
+
+    # Each section's required settings, so that a command can ask for only the sections it uses.
+    def _storage_problems(self) -> list[SettingProblem]:
+        if (
+            self.azure_webjobs_storage
+            or self.storage_account_name
+            or (self.storage_table_service_uri and self.storage_queue_service_uri)
+        ):
+            return []
+        return [
+            SettingProblem(
+                ("AzureWebJobsStorage",),
+                "a connection string, or AzureWebJobsStorage__accountName for the managed identity, is required",
+            )
+        ]
+
+    def _partner_center_problems(self) -> list[SettingProblem]:
+        if self.partner_center_access_token:
+            return []
+        needed = {
+            "PARTNER_CENTER_TENANT_ID": self.partner_center_tenant_id,
+            "PARTNER_CENTER_CLIENT_ID": self.partner_center_client_id,
+            "PARTNER_CENTER_REFRESH_TOKEN": self.partner_center_refresh_token,
+        }
+        missing = tuple(name for name, value in needed.items() if not value)
+        if not missing:
+            return []
+        return [
+            SettingProblem(
+                missing,
+                "Partner Center credentials: set PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID and "
+                "PARTNER_CENTER_REFRESH_TOKEN (run `cosell login` for the token; PARTNER_CENTER_ACCESS_TOKEN for "
+                "emulators)",
+            )
+        ]
+
+    def _crm_problems(self) -> list[SettingProblem]:
+        problems: list[SettingProblem] = []
         if self.crm_provider == "salesforce":
-            missing.extend(self._salesforce_problems())
+            problems.extend(self._salesforce_problems())
         if self.dataverse_client_secret and not (
             self.dataverse_client_id and (self.dataverse_tenant_id or self.partner_center_tenant_id)
         ):
-            missing.append("DATAVERSE_CLIENT_SECRET needs DATAVERSE_CLIENT_ID and DATAVERSE_TENANT_ID")
-        if self.crm_provider == "dynamics" and not self.dataverse_url:
-            missing.append("DATAVERSE_URL (https://ORG.crm.dynamics.com) is required when CRM_PROVIDER=dynamics")
-        if not self.azure_webjobs_storage and not (
-            self.storage_account_name or (self.storage_table_service_uri and self.storage_queue_service_uri)
-        ):
-            missing.append("AzureWebJobsStorage (a connection string) or AzureWebJobsStorage__accountName is required")
-        if not self.partner_center_access_token and not (
-            self.partner_center_tenant_id and self.partner_center_client_id and self.partner_center_refresh_token
-        ):
-            missing.append(
-                "Partner Center credentials: set PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID and "
-                "PARTNER_CENTER_REFRESH_TOKEN (or PARTNER_CENTER_ACCESS_TOKEN for emulators)"
+            problems.append(
+                SettingProblem(
+                    ("DATAVERSE_CLIENT_ID", "DATAVERSE_TENANT_ID"),
+                    "DATAVERSE_CLIENT_SECRET needs DATAVERSE_CLIENT_ID and DATAVERSE_TENANT_ID",
+                )
             )
-        if missing:
-            raise ValueError("; ".join(missing))
-        return self
+        if self.crm_provider == "dynamics" and not self.dataverse_url:
+            problems.append(
+                SettingProblem(
+                    ("DATAVERSE_URL",), "is required when CRM_PROVIDER=dynamics (https://ORG.crm.dynamics.com)"
+                )
+            )
+        return problems
 
-    def _salesforce_problems(self) -> list[str]:
+    def _salesforce_problems(self) -> list[SettingProblem]:
+        problem = SettingProblem
         if self.salesforce_access_token:
             return (
                 []
                 if self.salesforce_instance_url
-                else ["SALESFORCE_INSTANCE_URL is required with SALESFORCE_ACCESS_TOKEN"]
+                else [problem(("SALESFORCE_INSTANCE_URL",), "is required with SALESFORCE_ACCESS_TOKEN")]
             )
         problems = []
         if not (self.salesforce_login_url or self.salesforce_token_url):
-            problems.append("SALESFORCE_LOGIN_URL (your My Domain URL) is required when CRM_PROVIDER=salesforce")
+            problems.append(
+                problem(
+                    ("SALESFORCE_LOGIN_URL",),
+                    "your My Domain URL (https://<mydomain>.my.salesforce.com) is required when "
+                    "CRM_PROVIDER=salesforce",
+                )
+            )
         if not self.salesforce_client_id:
-            problems.append("SALESFORCE_CLIENT_ID is required when CRM_PROVIDER=salesforce")
+            problems.append(problem(("SALESFORCE_CLIENT_ID",), "is required when CRM_PROVIDER=salesforce"))
         if self.salesforce_auth_flow == "client_credentials" and not self.salesforce_client_secret:
-            problems.append("SALESFORCE_CLIENT_SECRET is required for SALESFORCE_AUTH_FLOW=client_credentials")
+            problems.append(
+                problem(("SALESFORCE_CLIENT_SECRET",), "is required for SALESFORCE_AUTH_FLOW=client_credentials")
+            )
         if self.salesforce_auth_flow == "jwt_bearer" and not (self.salesforce_username and self.salesforce_private_key):
             problems.append(
-                "SALESFORCE_USERNAME and SALESFORCE_PRIVATE_KEY are required for SALESFORCE_AUTH_FLOW=jwt_bearer"
+                problem(
+                    ("SALESFORCE_USERNAME", "SALESFORCE_PRIVATE_KEY"),
+                    "are required for SALESFORCE_AUTH_FLOW=jwt_bearer",
+                )
             )
         return problems
 
@@ -427,14 +583,25 @@ class PartnerCenterSettings(Settings):
 
     @model_validator(mode="after")
     def _requirements(self) -> Settings:
-        if not self.partner_center_access_token and not (
-            self.partner_center_tenant_id and self.partner_center_client_id and self.partner_center_refresh_token
-        ):
-            raise ValueError(
-                "Partner Center credentials: set PARTNER_CENTER_TENANT_ID, PARTNER_CENTER_CLIENT_ID and "
-                "PARTNER_CENTER_REFRESH_TOKEN (or PARTNER_CENTER_ACCESS_TOKEN for emulators)"
-            )
-        return self
+        return self._require(self._partner_center_problems())
+
+
+class StorageSettings(Settings):
+    """The same settings, requiring only the storage account: the operator commands that read the tables and
+    queues (``status``, ``history``, ``poison``, ``replay-poison``) and the worker parking a job while the rest
+    of the settings are missing."""
+
+    @model_validator(mode="after")
+    def _requirements(self) -> Settings:
+        return self._require(self._storage_problems())
+
+
+class StorageAndPartnerCenterSettings(Settings):
+    """Storage and Partner Center, no CRM: ``reconcile`` reads Partner Center and enqueues jobs."""
+
+    @model_validator(mode="after")
+    def _requirements(self) -> Settings:
+        return self._require(self._storage_problems() + self._partner_center_problems())
 
 
 class CrmSettings(Settings):
@@ -446,15 +613,62 @@ class CrmSettings(Settings):
         return self
 
 
-def load_settings(*, partner_center_only: bool = False, crm_only: bool = False, **overrides: object) -> Settings:
-    """Read settings from the environment (and ``overrides``) or raise one readable SettingsError."""
+def load_settings(
+    *,
+    partner_center_only: bool = False,
+    crm_only: bool = False,
+    storage_only: bool = False,
+    storage_and_partner_center: bool = False,
+    **overrides: object,
+) -> Settings:
+    """Read settings from the environment (and ``overrides``) or raise one SettingsError listing every problem.
+
+    By default every section the app needs must be configured; the keyword switches ask for one section (or two)
+    only, for operator commands that use no more. A value that is set is checked whichever is asked for."""
+    kind: type[Settings] = Settings
+    if partner_center_only:
+        kind = PartnerCenterSettings
+    elif crm_only:
+        kind = CrmSettings
+    elif storage_only:
+        kind = StorageSettings
+    elif storage_and_partner_center:
+        kind = StorageAndPartnerCenterSettings
     try:
-        kind = PartnerCenterSettings if partner_center_only else CrmSettings if crm_only else Settings
         return kind(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors(include_url=False, include_input=False):
-            message = str(error["msg"]).removeprefix("Value error, ")
-            name = _setting_name(tuple(error.get("loc", ())))
-            lines.append(message if name == "settings" else f"{name}: {message}")
-        raise SettingsError("Invalid configuration: " + " | ".join(lines)) from None
+        problems = _problems(exc)
+        checked_together = any(not error.get("loc") for error in exc.errors(include_url=False, include_input=False))
+    # Pydantic checks the settings together (what is required, the lease) only once each value is valid: check them
+    # again with the invalid values left at their defaults, so that one start-up reports the missing settings too.
+    invalid = {
+        field: Settings.model_fields[field].get_default(call_default_factory=True)
+        for problem in problems
+        for field in _fields_named(problem.settings)
+    }
+    if invalid and not checked_together:
+        try:
+            kind(**{**overrides, **invalid})  # type: ignore[arg-type]
+        except ValidationError as exc:
+            reported = {name for problem in problems for name in problem.settings}
+            problems += [p for p in _problems(exc) if not reported.intersection(p.settings)]
+    raise SettingsError("Invalid configuration: " + " | ".join(map(str, problems)), problems)
+
+
+def _problems(exc: ValidationError) -> list[SettingProblem]:
+    problems: list[SettingProblem] = []
+    for error in exc.errors(include_url=False, include_input=False):
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, _Missing):
+            problems.extend(cause.problems)
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        name = _setting_name(tuple(error.get("loc", ())))
+        problems.append(SettingProblem(() if name == "settings" else (name,), message))
+    return problems
+
+
+def _fields_named(settings: tuple[str, ...]) -> list[str]:
+    """The Settings fields behind setting names (a problem of the settings as a whole names none)."""
+    by_name = {_setting_name((field,)).upper(): field for field in Settings.model_fields}
+    return [by_name[name.upper()] for name in settings if name.upper() in by_name]

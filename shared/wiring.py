@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cached_property
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import requests
 
-from .settings import Settings, SettingsError, load_settings
+from .settings import SettingProblem, Settings, SettingsError, load_settings
 
 if TYPE_CHECKING:
     from .crm.dynamics import DataverseConfig
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
     from .partner_center.auth import PartnerCenterCredentials
     from .partner_center.client import PartnerCenterClient
     from .partner_center.signature import WebhookVerifier
-    from .ports import Crm
+    from .ports import Crm, Job
     from .store.connections import StorageConfig
     from .store.queue import StorageJobQueue
     from .store.tables import TableSyncStore
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from .sync.engine import SyncEngine
     from .sync.job_runner import JobRunner
     from .sync.poller import ChangeFeed
+    from .sync.tally import Tally
     from .sync.webhook_intake import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -62,8 +66,23 @@ def partner_center_credentials(settings: Settings) -> PartnerCenterCredentials:
         refresh_token=s.partner_center_refresh_token,
         client_secret=s.partner_center_client_secret,
         vault=TokenVault(s.key_vault_uri, s.partner_center_refresh_token_secret) if s.key_vault_uri else None,
+        token_file=_token_file_in_use(s),
         timeout=s.http_timeout_seconds,
     )
+
+
+def _token_file_in_use(s: Settings) -> Path | None:
+    """The token file the refresh token was read from, if it was (not given directly, and no vault)."""
+    from .partner_center.token_file import default_token_path, read_token_file
+
+    if s.key_vault_uri or s.partner_center_refresh_token is None:
+        return None
+    path = s.partner_center_refresh_token_file or default_token_path()
+    try:
+        held = read_token_file(path)
+    except OSError:
+        return None
+    return path if held == s.partner_center_refresh_token.get_secret_value() else None
 
 
 def load_crm_mapping(settings: Settings) -> Loaded[CrmMapping]:
@@ -90,7 +109,11 @@ def load_crm_mapping(settings: Settings) -> Loaded[CrmMapping]:
     try:
         return load_mapping(settings.crm_mapping_file, overrides)
     except MappingError as exc:
-        raise SettingsError(f"Invalid configuration: CRM field mapping: {exc}") from None
+        # Named by the settings that shaped the mapping: the file, and any single-entry setting the message cites.
+        named = [o.source for o in overrides if o.source in str(exc)]
+        names = (["CRM_MAPPING_FILE"] if settings.crm_mapping_file else []) + named or ["CRM_MAPPING_FILE"]
+        problem = SettingProblem(tuple(dict.fromkeys(names)), f"CRM field mapping: {exc}")
+        raise SettingsError(f"Invalid configuration: CRM field mapping: {exc}", [problem]) from None
 
 
 def _setting_alias(field: str) -> str:
@@ -191,6 +214,20 @@ def build_crm(settings: Settings, mapping: CrmMapping) -> Crm:
     return DataverseCrm(dataverse_config(settings, mapping), dataverse_token(settings))
 
 
+class _EngineOnFirstUse:
+    """The sync engine, built when a job first needs it: reading the runner's health (``cosell status``) needs the
+    storage settings only, not the CRM and Partner Center clients the engine is made of."""
+
+    def __init__(self, build: Callable[[], SyncEngine]) -> None:
+        self._build = build
+
+    def handle(self, job: Job, final_attempt: bool = False) -> Any:
+        return self._build().handle(job, final_attempt=final_attempt)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._build(), name)
+
+
 class Container:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -205,7 +242,17 @@ class Container:
         from .store.tables import TableSyncStore
 
         s = self.settings
-        return TableSyncStore(table_service(storage_config(s)), s.links_table, s.state_table, s.audit_table)
+        store = TableSyncStore(table_service(storage_config(s)), s.links_table, s.state_table, s.audit_table)
+        store.link_observer = self.tally.link_saved
+        return store
+
+    @cached_property
+    def tally(self) -> Tally:
+        from .store.counters import counter_rows, link_status_counts
+        from .sync.clock import SystemClock
+        from .sync.tally import Tally
+
+        return Tally(lambda: counter_rows(self.store), SystemClock(), lambda: link_status_counts(self.store))
 
     @cached_property
     def queue(self) -> StorageJobQueue:
@@ -218,12 +265,17 @@ class Container:
     def partner_center(self) -> PartnerCenterClient:
         from .partner_center.auth import partner_center_token_provider
         from .partner_center.client import PartnerCenterClient, PartnerCenterConfig
+        from .telemetry import correlation_headers
 
         s = self.settings
         config = PartnerCenterConfig(
             s.partner_center_api_url, timeout=s.http_timeout_seconds, max_inline_wait=s.max_inline_retry_after_seconds
         )
-        return PartnerCenterClient(config, partner_center_token_provider(partner_center_credentials(s)))
+        # Each redemption of the refresh token is recorded: /api/status warns before its 90-day inactivity expiry.
+        token = partner_center_token_provider(
+            partner_center_credentials(s), on_redeemed=lambda: self.store.save_token_redeemed(datetime.now(UTC))
+        )
+        return PartnerCenterClient(config, token, extra_headers=correlation_headers)
 
     @cached_property
     def crm(self) -> Crm:
@@ -247,25 +299,42 @@ class Container:
     def intake(self) -> WebhookIntake:
         from .partner_center.client import referral_id_from_resource_uri
         from .sync.webhook_intake import WebhookIntake
+        from .telemetry import TracedIntake
 
-        return WebhookIntake(
-            self.verifier, self.queue, self.settings.webhook_max_body_bytes, referral_id_from_resource_uri
+        intake = WebhookIntake(
+            self.verifier,
+            self.queue,
+            self.settings.webhook_max_body_bytes,
+            referral_id_from_resource_uri,
+            on_test_event=lambda uri: self.store.record_test_event(datetime.now(UTC), uri),
         )
+        return TracedIntake(intake)  # type: ignore[return-value]  # answers like the intake, with a span
 
     @cached_property
     def poller(self) -> ChangeFeed:
         from .sync.clock import SystemClock
         from .sync.poller import crm_poller
+        from .telemetry import TracedFeed
+        from .telemetry.names import SPAN_POLL
 
-        return crm_poller(self.crm, self.store, self.queue, SystemClock(), self.settings.crm_poll_overlap_seconds)
+        s = self.settings
+        feed = crm_poller(self.crm, self.store, self.queue, SystemClock(), s.crm_poll_overlap_seconds)
+        if not s.sync_cosell_only:  # Partner Center leads are CRM leads: the poll reads their changes too
+            from .sync.lead_poll import PollWithLeads, lead_poller
+
+            leads = lead_poller(self.crm, self.store, self.queue, SystemClock(), s.crm_poll_overlap_seconds)
+            feed = PollWithLeads(feed, leads)  # type: ignore[assignment]  # polls like a feed
+        return TracedFeed(feed, SPAN_POLL, s.quota_pause_seconds)  # type: ignore[return-value]
 
     @cached_property
     def reconciler(self) -> ChangeFeed:
         from .sync.clock import SystemClock
         from .sync.poller import partner_center_reconciler
+        from .telemetry import TracedFeed
+        from .telemetry.names import EVENT_RECONCILE_CHANGES, SPAN_RECONCILE
 
         s = self.settings
-        return partner_center_reconciler(
+        feed = partner_center_reconciler(
             self.partner_center,
             self.store,
             self.queue,
@@ -273,19 +342,22 @@ class Container:
             s.crm_poll_overlap_seconds,
             s.reconcile_first_lookback_hours,
         )
+        return TracedFeed(feed, SPAN_RECONCILE, s.quota_pause_seconds, EVENT_RECONCILE_CHANGES)  # type: ignore[return-value]
 
     @cached_property
     def jobs(self) -> JobRunner:
         from .sync.clock import SystemClock
         from .sync.job_runner import JobRunner
+        from .telemetry import TracedEngine
 
         return JobRunner(
-            self.engine,
+            TracedEngine(_EngineOnFirstUse(lambda: self.engine), self.settings.quota_pause_seconds),  # type: ignore[arg-type]
             self.store,
             self.queue,
             SystemClock(),
             self.settings.quota_pause_seconds,
             self.settings.busy_retry_seconds,
+            tally=self.tally,
         )
 
     @cached_property
@@ -305,6 +377,7 @@ class Container:
             field_owners=self.mapping.owners(),  # type: ignore[arg-type]
             field_directions=self.mapping.directions(),  # type: ignore[arg-type]
             inbound_routing=s.inbound_routing,
+            lead_rules=self.mapping.lead.rules(),
         )
         return SyncEngine(self.partner_center, self.crm, self.store, options, fence=fenced)
 
@@ -313,7 +386,22 @@ class Container:
         from .sync.dry_run import DryRun
 
         engine = self.engine
-        return DryRun(engine.pairing, engine.merging, engine.opportunities, engine.referrals, engine.clock)
+        return DryRun(
+            engine.pairing, engine.merging, engine.opportunities, engine.referrals, engine.clock, engine.leads
+        )
+
+
+def start_telemetry(c: Container) -> bool:
+    """Telemetry on when APPLICATIONINSIGHTS_CONNECTION_STRING is set (shared/telemetry); never fails start-up."""
+    from .store.queue import JOBS_QUEUE, POISON_QUEUE
+    from .telemetry import configure_telemetry
+
+    secret = c.settings.applicationinsights_connection_string
+    if secret is None:
+        return False
+    return configure_telemetry(
+        secret.get_secret_value(), lambda: {JOBS_QUEUE: c.queue.depth(), POISON_QUEUE: c.queue.poison_depth()}
+    )
 
 
 _lock = threading.Lock()
@@ -332,4 +420,6 @@ def reset() -> None:
     """Forget the cached container (tests change settings between cases)."""
     global _container
     with _lock:
-        _container = None
+        old, _container = _container, None
+    if old is not None and "tally" in old.__dict__:
+        old.tally.close()  # what the forgotten container counted stays counted

@@ -6,7 +6,10 @@ same for Dynamics 365 and Salesforce:
 * ``create_flagged(...)`` -- an account, optionally a contact, and an opportunity (flagged for sync by
   default) with the help request given as Partner Center's ``assistanceRequestCode``;
 * ``edit(crm_id, deal_value=..., notes=..., products=..., name=...)`` -- a change in the CRM's UI;
-* ``win(crm_id)`` -- the seller closes the opportunity as won.
+* ``win(crm_id)`` -- the seller closes the opportunity as won;
+* ``accept(crm_id)`` -- the seller accepts a referral Microsoft shared (the deal moves out of its on-hold stage);
+* ``close_lost(crm_id, reason)`` -- the seller closes the deal as lost, with a decline reason (Partner Center's
+  ``statusReason`` text, picked from the CRM's own list) or none: before acceptance that declines the referral.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from shared.crm.salesforce.mapping import default_mapping as salesforce_mapping
 # The org is set up with the shipped mapping's choice / picklist values.
 DEFAULT_DATAVERSE_HELP_OPTIONS = dataverse_mapping().fields["help_code"].values
 DEFAULT_SALESFORCE_HELP_PICKLIST = salesforce_mapping().fields["help_code"].values
+DEFAULT_DATAVERSE_REASONS = dataverse_mapping().fields["status_reason"].values
+DEFAULT_SALESFORCE_REASONS = salesforce_mapping().fields["status_reason"].values
 
 DV_PATH = "/api/data/v9.2"
 SF_PATH = "/services/data/v62.0"
@@ -53,6 +58,10 @@ class Seller(Protocol):
         ...
 
     def win(self, crm_id: str) -> None: ...
+
+    def accept(self, crm_id: str) -> None: ...
+
+    def close_lost(self, crm_id: str, reason: str | None = None) -> None: ...
 
 
 def _columns(mapping: Mapping[str, str], changes: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,6 +179,31 @@ class DataverseSeller:
         response = requests.post(f"{self.base}/WinOpportunity", json=body, headers=self.headers, timeout=10)
         assert response.status_code == 204, response.text
 
+    def accept(self, crm_id: str) -> None:
+        """On Hold -> In Progress."""
+        response = requests.patch(
+            f"{self.base}/opportunities({crm_id})", json={"statuscode": 1}, headers=self.headers, timeout=10
+        )
+        assert response.status_code in (200, 204), response.text
+
+    def close_lost(self, crm_id: str, reason: str | None = None) -> None:
+        """The Decline Reason first (a closed opportunity is read-only), then "Close as Lost" with the dialog's
+        default status reason, Canceled."""
+        if reason is not None:
+            response = requests.patch(
+                f"{self.base}/opportunities({crm_id})",
+                json={"new_declinereason": DEFAULT_DATAVERSE_REASONS[reason]},
+                headers=self.headers,
+                timeout=10,
+            )
+            assert response.status_code in (200, 204), response.text
+        body = {
+            "Status": 4,
+            "OpportunityClose": {"subject": "Lost", "opportunityid@odata.bind": f"/opportunities({crm_id})"},
+        }
+        response = requests.post(f"{self.base}/LoseOpportunity", json=body, headers=self.headers, timeout=10)
+        assert response.status_code == 204, response.text
+
 
 class SalesforceSeller:
     """Creates and edits opportunities in the Salesforce emulator over the REST API, as the Lightning UI does
@@ -183,6 +217,8 @@ class SalesforceSeller:
     }
     OPEN_STAGE = "Qualification"
     WON_STAGE = "Closed Won"
+    ACCEPTED_STAGE = "Qualification"
+    LOST_STAGE = "Closed Lost"
 
     def __init__(self, url: str, new_token: Callable[[], str]) -> None:
         self.base = url + SF_PATH
@@ -274,3 +310,12 @@ class SalesforceSeller:
 
     def win(self, crm_id: str) -> None:
         self._update(crm_id, {"StageName": self.WON_STAGE})
+
+    def accept(self, crm_id: str) -> None:
+        self._update(crm_id, {"StageName": self.ACCEPTED_STAGE})
+
+    def close_lost(self, crm_id: str, reason: str | None = None) -> None:
+        body = {"StageName": self.LOST_STAGE}
+        if reason is not None:
+            body["Decline_Reason__c"] = DEFAULT_SALESFORCE_REASONS[reason]
+        self._update(crm_id, body)

@@ -5,7 +5,8 @@ normalised to neutral dicts, so an assertion is written once and checked against
 
 ``id``, ``name``, ``referral_id``, ``referral_link``, ``help`` (the CRM's own choice / picklist value),
 ``products``, ``sync``, ``audit``, ``deal_value`` (float), ``notes``, ``currency`` (ISO code),
-``close_date`` (ISO date), ``state`` (``open`` / ``won`` / ``lost``), ``account_id``.
+``close_date`` (ISO date), ``state`` (``open`` / ``won`` / ``lost``), ``stage`` (Dynamics "statecode/statuscode",
+Salesforce StageName), ``reason`` (the Decline Reason, the CRM's own value), ``account_id``.
 
 Counters: :meth:`writes` (creates, updates, deletes and actions on every table / object),
 :meth:`opportunity_updates` and :meth:`opportunity_reads`. :meth:`seller` acts like a user in the CRM;
@@ -91,6 +92,8 @@ class DataverseView:
             "currency": currencies.get(row.get("_transactioncurrencyid_value")),
             "close_date": row.get("estimatedclosedate"),
             "state": state,
+            "stage": f"{state_code}/{status_code}",
+            "reason": row.get("new_declinereason"),
             "account_id": row.get("_customerid_value"),
         }
 
@@ -166,6 +169,8 @@ class SalesforceView:
             "currency": row.get("CurrencyIsoCode"),
             "close_date": row.get("CloseDate"),
             "state": state,
+            "stage": row.get("StageName"),
+            "reason": row.get("Decline_Reason__c"),
             "account_id": row.get("AccountId"),
         }
 

@@ -66,12 +66,13 @@ def test_an_idle_queue_is_polled_at_least_every_two_seconds():
     assert 1 <= interval <= 2
 
 
-def test_missing_settings_stop_start_up_with_a_named_reason():
+def test_missing_settings_are_logged_at_start_up_with_a_named_reason():
+    # The app stays loaded (tests/test_not_configured.py): the start-up log says what is missing and why.
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(("DATAVERSE", "AZUREWEBJOBS", "PARTNER"))}
     result = subprocess.run(
         [sys.executable, "-c", "import function_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode != 0
-    last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("shared.settings.SettingsError: Invalid configuration")
-    assert "DATAVERSE_URL" in last_line and "AzureWebJobsStorage" in last_line
+    assert result.returncode == 0, result.stderr
+    logged = result.stderr.strip().splitlines()[-1]
+    assert logged.startswith("The app is not configured: [DATAVERSE_URL, AzureWebJobsStorage")
+    assert "Invalid configuration: DATAVERSE_URL: is required" in logged

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from emulators.partner_center.samples import MICROSOFT_ORG_ID, cosell_referral
+from shared import wiring
 from shared.__main__ import main
 from shared.domain.referral import Referral
-from shared.ports import KIND_REFERRAL
+from shared.ports import KIND_REFERRAL, LINK_KIND_LEAD
 from shared.sync.backfill import backfill_referrals
 from tests.e2e_stack import Stack
 
@@ -98,7 +99,10 @@ def test_leads_come_too_when_not_cosell_only(make_stack, capsys):
     wanted = {seeded[name]["id"] for name in ("new", "active", "lead")}
     assert _queued(stack) == wanted
     _drain(stack)
-    assert {o["referral_id"] for o in stack.opportunities()} == wanted
+    # The lead comes in as a CRM lead, the co-sell referrals as opportunities.
+    assert {o["referral_id"] for o in stack.opportunities()} == wanted - {seeded["lead"]["id"]}
+    link = wiring.container().store.get_link(seeded["lead"]["id"])
+    assert link is not None and link.crm_kind == LINK_KIND_LEAD
 
 
 def test_a_linked_referral_changed_without_a_webhook_takes_the_change(stack, capsys):

@@ -168,7 +168,7 @@ def test_unreadable_files_are_named(tmp_path):
         load_dataverse_mapping(write(tmp_path, "[fields.notes\n"))
 
 
-def test_a_broken_mapping_file_stops_start_up_naming_the_entry(tmp_path):
+def test_a_broken_mapping_file_is_logged_at_start_up_naming_the_entry(tmp_path):
     path = write(tmp_path, '[fields.deal_value]\ntype = "monee"\n')
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(CRM_SETTINGS)}
     env.update(
@@ -181,9 +181,11 @@ def test_a_broken_mapping_file_stops_start_up_naming_the_entry(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", "import function_app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode != 0
+    # The app stays loaded and answers "not configured: [CRM_MAPPING_FILE]" (tests/test_not_configured.py).
+    assert result.returncode == 0, result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
-    assert last_line.startswith("shared.settings.SettingsError: Invalid configuration: CRM field mapping:")
+    assert last_line.startswith("The app is not configured: [CRM_MAPPING_FILE]")
+    assert "Invalid configuration: CRM field mapping:" in last_line
     assert f"{path}: fields.deal_value.type: 'monee' is not one of text, memo" in last_line
 
 

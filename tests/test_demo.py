@@ -27,7 +27,28 @@ STEPS = (
     "the seller edits the deal value -> exactly one PATCH reaches Partner Center",
     "echoes settle: Partner Center's webhooks for our writes + one more poll -> zero writes",
     f"an invalid opportunity (no solution id) -> {CROSS} and the reason in its Audit, nothing sent",
+    "the seller accepts the referral in {store} -> Partner Center shows Active/Accepted",
+    "Microsoft accepts its side in Partner Center -> {store} shows Microsoft's status and seller",
+    "the seller closes the deal won in {store} -> Partner Center shows Closed/Won",
 )
+# The deal Microsoft shared in step 2, as the seller sees it in each CRM (the README's seller's guide): on hold,
+# accepted, won; and what the seller set to accept and to win it.
+LIFECYCLE = {
+    "dynamics": {
+        "on hold": "Open / On Hold",
+        "accepted": "Open / In Progress",
+        "won": "Won / Won",
+        "accept": "Status Reason In Progress",
+        "win": "Close as Won",
+    },
+    "salesforce": {
+        "on hold": "Stage Prospecting",
+        "accepted": "Stage Qualification",
+        "won": "Stage Closed Won",
+        "accept": "Stage Qualification",
+        "win": "Stage Closed Won",
+    },
+}
 
 
 def demo_env(**extra: str) -> dict[str, str]:
@@ -70,9 +91,11 @@ def test_demo_runs_every_step_and_reports_it(crm: str | None, tmp_path: Path) ->
     assert "Partner Center writes: 1 PATCH" in output
     assert f"since the write-back in step 6: 0 Partner Center writes, 0 {store} writes" in output
     assert "Not sent to Partner Center: Add at least one co-sell solution id" in output
-    # the records on each side: Microsoft's referral, ours and Microsoft's copy; the three opportunities
-    assert "Partner Center (emulator): 3 referrals" in output
-    assert "writes by the app: 3 (2 create, 1 patch)" in output
+    _assert_deal_lifecycle(output, store, LIFECYCLE[provider])
+    # the records on each side: Microsoft's referral, ours and Microsoft's copy, Microsoft's side of the first deal;
+    # the three opportunities
+    assert "Partner Center (emulator): 4 referrals" in output
+    assert "writes by the app: 5 (2 create, 3 patch)" in output
     assert f"{store} (emulator): 3 opportunities" in output
     if provider == "salesforce":
         # Salesforce's own field names; the seller used the REST API and the app signed in by client credentials.
@@ -86,7 +109,7 @@ def test_demo_runs_every_step_and_reports_it(crm: str | None, tmp_path: Path) ->
     else:
         assert "new_referralidentifier=(none: no referral)" in output
         assert "estimatedvalue 240,000  sync Yes" in output
-        assert "7 by the seller (Web API)" in output
+        assert "9 by the seller (Web API)" in output
     assert "Audit trail (SyncAudit, oldest first)" in output
     for direction, action in (
         ("pc->crm", "created"),
@@ -100,6 +123,41 @@ def test_demo_runs_every_step_and_reports_it(crm: str | None, tmp_path: Path) ->
     assert " unchanged " not in output.split("Audit trail (SyncAudit, oldest first)")[1]  # no-ops are not audited
     assert f"Result: {len(STEPS)}/{len(STEPS)} steps passed, every step observed" in output
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself
+
+
+def _step_report(output: str, number: int) -> str:
+    """The report's block of one step: its PASS/FAIL line and the lines under it."""
+    block = output.split("\n" + "=" * 78, 1)[1].split(f"  {number}. ", 1)[1]
+    return block.split("\nPASS  ", 1)[0].split("\nFAIL  ", 1)[0].split("\n\n", 1)[0]
+
+
+def _assert_deal_lifecycle(output: str, store: str, shown: dict[str, str]) -> None:
+    """Accept -> Microsoft accepts -> won on the deal Microsoft shared: what each step shows on both sides."""
+    shared = _step_report(output, 2)
+    assert f'{store}: "Contoso - lab analytics migration ✔" {shown["on hold"]}; Partner Center: New/Pending' in shared
+    accepted = _step_report(output, 9)
+    assert f"seller set {shown['accept']}" in accepted
+    assert "Partner Center shows Active/Accepted" in accepted
+    assert f'{store}: "Contoso - lab analytics migration ✔" {shown["accepted"]}' in accepted
+    assert "Active/Accepted (1 PATCH)" in accepted
+    assert 'SyncAudit: crm->pc updated "Updated to Partner Center: status, substatus"' in accepted
+    microsoft = _step_report(output, 10)
+    assert "signed related-referral-created webhook answered 202" in microsoft
+    assert (
+        f"{store}: Microsoft status Active/Accepted; Microsoft seller Morgan Lee; "
+        "seller e-mail morgan.lee@microsoft.example; MSX id 7-3FJ9K2QX1; Microsoft notes Customer is in our FY27 plan"
+    ) in microsoft
+    assert f"{store} Audit: " in microsoft
+    assert "✔ Microsoft's side: status Active/Accepted; seller Morgan Lee" in microsoft
+    assert "ours still Active/Accepted; 0 writes by the app" in microsoft
+    won = _step_report(output, 11)
+    assert f"seller set {shown['win']}" in won
+    assert "Partner Center shows Closed/Won" in won
+    assert f'{store}: "Contoso - lab analytics migration ✔" {shown["won"]}' in won
+    assert "Closed/Won (1 PATCH)" in won
+    # the records at the end: the deal won on both sides, Microsoft's side still on the opportunity
+    assert '"Contoso - lab analytics migration"  Shared  Closed/Won' in output
+    assert "      Microsoft's side: Microsoft status Active/Accepted; Microsoft seller Morgan Lee" in output
 
 
 def _processes_with(marker: str) -> list[str]:

@@ -199,10 +199,11 @@ def _dataverse(emu: DataverseEmulator, session: requests.Session | None = None) 
 def test_dataverse_account_and_contact_creates_whose_answers_are_lost_make_one_of_each(
     dv_emu: DataverseEmulator, lose: Lose, mode: str
 ) -> None:
-    lose(dv_emu, "PATCH", rf"{DV_API}/accounts\(", mode)
-    lose(dv_emu, "PATCH", rf"{DV_API}/contacts\(", mode, count=2)
+    # The account and its contacts are one deep insert, sent again after its lost answer; so is the opportunity.
+    lose(dv_emu, "POST", rf"{DV_API}/accounts$", mode)
+    lose(dv_emu, "POST", rf"{DV_API}/opportunities$", mode)
     created = _dataverse(dv_emu).create_opportunity(_opportunity())
-    _all_lost(dv_emu, 3)
+    _all_lost(dv_emu, 2)
     accounts, contacts = dv_emu.table("accounts"), dv_emu.table("contacts")
     assert len(accounts) == 1
     assert sorted(c["emailaddress1"] for c in contacts) == ["ada@contoso.example", "grace@contoso.example"]
@@ -218,7 +219,7 @@ def test_dataverse_account_and_contact_creates_whose_answers_are_lost_make_one_o
 def test_dataverse_opportunity_upsert_whose_answer_is_lost_makes_one(
     dv_emu: DataverseEmulator, lose: Lose, mode: str
 ) -> None:
-    lose(dv_emu, "PATCH", rf"{DV_API}/opportunities\(", mode)
+    lose(dv_emu, "POST", rf"{DV_API}/opportunities$", mode)
     created = _dataverse(dv_emu).create_opportunity(_opportunity())
     _all_lost(dv_emu, 1)
     rows = dv_emu.table("opportunities")
@@ -230,7 +231,7 @@ def test_dataverse_opportunity_upsert_whose_answer_is_lost_makes_one(
 def test_a_won_referral_whose_opportunity_create_answer_is_lost_is_created_once_and_won(
     dv_emu: DataverseEmulator, lose: Lose, mode: str
 ) -> None:
-    lose(dv_emu, "PATCH", rf"{DV_API}/opportunities\(", mode)
+    lose(dv_emu, "POST", rf"{DV_API}/opportunities$", mode)
     created = _dataverse(dv_emu).create_opportunity(_opportunity(status="Closed", substatus="Won"))
     rows = dv_emu.table("opportunities")
     assert [r["opportunityid"] for r in rows] == [created.crm_id]
@@ -409,17 +410,11 @@ def test_salesforce_opportunity_upsert_whose_answer_is_lost_makes_one(
 def _crm_creates(crm: str) -> list[tuple[str, str, int]]:
     """(method, path, how many) of the requests that create the customer's records and the opportunity."""
     if crm == "dynamics":
-        return [
-            ("PATCH", rf"{DV_API}/accounts\(", 1),
-            ("PATCH", rf"{DV_API}/contacts\(", 2),
-            ("PATCH", rf"{DV_API}/opportunities\(", 1),
-        ]
-    return [
-        ("POST", rf"{SF_API}/sobjects/Account$", 1),
-        ("POST", rf"{SF_API}/sobjects/Contact$", 2),
-        ("PATCH", rf"{SF_API}/sobjects/Opportunity/\w+__c/", 1),
-        ("POST", rf"{SF_API}/composite/sobjects$", 1),
-    ]
+        # The account is one deep insert with both contacts in it.
+        return [("POST", rf"{DV_API}/accounts$", 1), ("POST", rf"{DV_API}/opportunities$", 1)]
+    # One composite call creates the account, both contacts, the opportunity and its roles; after its lost answer
+    # the step-by-step path finds what it made and upserts the opportunity again (that answer lost too).
+    return [("POST", rf"{SF_API}/composite$", 1), ("PATCH", rf"{SF_API}/sobjects/Opportunity/\w+__c/", 1)]
 
 
 @pytest.mark.parametrize("crm", CRMS)

@@ -649,6 +649,17 @@ def test_user_facing_parameters_have_safe_defaults_matching_the_app(bicep):
     assert params["maximumInstanceCount"]["default"] == 40
 
 
+def test_the_salesforce_login_url_has_no_default_and_asks_for_the_my_domain(bicep, arm):
+    # login.salesforce.com refuses the client credentials flow and the app refuses it at start-up (issue 13): the
+    # deployment names no generic host; an empty value leaves the app answering "not configured".
+    param = bicep["main.bicep"]["parameters"]["salesforceLoginUrl"]
+    assert param["default"] == "" and arm["parameters"]["salesforceLoginUrl"]["defaultValue"] == ""
+    assert "https://<mydomain>.my.salesforce.com" in decorators(param)["description"]
+    for path in [*INFRA.rglob("*.bicep"), ARM_TEMPLATE, INFRA / "main.parameters.json"]:
+        text = path.read_text(encoding="utf-8")
+        assert "login.salesforce.com'" not in text and '"https://login.salesforce.com"' not in text, path
+
+
 def test_no_shared_keys_or_connection_strings_anywhere():
     for path in [*INFRA.rglob("*.bicep"), ARM_TEMPLATE]:
         text = path.read_text(encoding="utf-8")
@@ -715,7 +726,12 @@ def test_role_assignments_use_named_constants_least_privilege(bicep, arm):
         ("keyVaultSecretsOfficerRoleId", "Microsoft.KeyVault/vaults/secrets"): "refreshTokenSecretExists",
         ("monitoringMetricsPublisherRoleId", "Microsoft.Insights/components"): None,
     }
-    expected_operator = {("keyVaultSecretsOfficerRoleId", "Microsoft.KeyVault/vaults")}
+    # The sign-in stores the refresh token; the cosell CLI reads and writes the tables and queues (az login).
+    expected_operator = {
+        ("keyVaultSecretsOfficerRoleId", "Microsoft.KeyVault/vaults"),
+        ("storageTableDataContributorRoleId", "Microsoft.Storage/storageAccounts"),
+        ("storageQueueDataContributorRoleId", "Microsoft.Storage/storageAccounts"),
+    }
     identity_roles, operator_roles = {}, set()
     for symbol, resource in deployed_resources(rbac).items():
         body, condition, _ = unwrap(resource)
@@ -1084,3 +1100,127 @@ def test_checkov_findings_are_all_explained(checkov_report):
     )
     stale = sorted(set(skips) - used)
     assert not stale, f"skip list entries that no longer match a finding (remove them): {stale}"
+
+
+# ==================================================================================================
+# Tests: alerts and the operations workbook (over the app's telemetry, shared/telemetry)
+# ==================================================================================================
+
+# Each alert rule and the signals (shared/telemetry/names.py) its query must read.
+ALERT_SIGNALS = {
+    "poisonAlert": ("METRIC_QUEUE_DEPTH", "EVENT_JOB_POISONED"),
+    "credentialAlert": ("EVENT_CREDENTIAL_REFUSED",),
+    "quotaAlert": ("EVENT_QUOTA_PAUSED",),
+    "webhookSilenceAlert": ("EVENT_WEBHOOK_RECEIVED", "EVENT_RECONCILE_CHANGES"),
+}
+# Each workbook chart and the names its query must read.
+WORKBOOK_SIGNALS = {
+    "syncs-per-hour": ("EVENT_JOB_COMPLETED", "DIM_DIRECTION", "DIM_OUTCOME"),
+    "failures-by-reason": ("EVENT_JOB_COMPLETED", "DIM_FAILURE_REASON"),
+    "webhook-latency": ("EVENT_JOB_COMPLETED", "DIM_WEBHOOK_TO_CRM_MS"),
+    "queue-depth": ("METRIC_QUEUE_DEPTH", "DIM_QUEUE"),
+}
+ALERTS_MODULE = "modules/alerts.bicep"
+
+
+def _alert_query(alerts: dict, symbol: str) -> str:
+    """The KQL of an alert rule: a query variable, used as it is or through format(query, parameter)."""
+    body = unwrap(alerts["resources"][symbol])[0]
+    query = body["properties"]["criteria"]["allOf"][0]["query"]
+    if is_expression_node(query):
+        assert query["function"]["type"] == "format", symbol
+        query = query["function"]["parameters"]["format_string"]
+    return alerts["variables"][query]["value"]
+
+
+def _workbook_queries(alerts: dict) -> dict[str, str]:
+    items = alerts["variables"]["workbookContent"]["value"]["items"]
+    return {item["name"]: alerts["variables"][item["content"]["query"]]["value"] for item in items if item["type"] == 3}
+
+
+def _names_in(query: str) -> tuple[set[str], set[str]]:
+    """(event and metric names compared with `name ==`, customDimensions keys) a KQL query reads."""
+    return set(re.findall(r'\bname == "([^"]+)"', query)), set(re.findall(r"customDimensions\.(\w+)", query))
+
+
+def test_action_group_alert_rules_and_workbook_are_deployed(bicep, arm):
+    alerts = bicep[ALERTS_MODULE]
+    resources = deployed_resources(alerts)
+    by_type: dict[str, list[str]] = {}
+    for symbol, resource in resources.items():
+        by_type.setdefault(resource["type"], []).append(symbol)
+    assert sorted(by_type["Microsoft.Insights/scheduledQueryRules"]) == sorted(ALERT_SIGNALS)
+    assert by_type["Microsoft.Insights/actionGroups"] == ["actionGroup"]
+    assert by_type["Microsoft.Insights/workbooks"] == ["workbook"]
+
+    group = unwrap(resources["actionGroup"])[0]
+    assert group["properties"]["emailReceivers"] == "emailReceivers"
+    receivers = alerts["variables"]["emailReceivers"]["value"]["operator"]["operands"]["false_value"]
+    assert receivers[0]["emailAddress"] == "alertEmail"
+    for symbol in ALERT_SIGNALS:
+        rule = unwrap(resources[symbol])[0]["properties"]
+        assert rule["enabled"] is True, symbol
+        assert rule["actions"]["actionGroups"] == [bicep_expression("actionGroup", "id")], symbol
+        assert rule["scopes"] == [bicep_expression("appInsights", "id")], symbol
+    workbook = unwrap(resources["workbook"])[0]
+    assert workbook["kind"] == "shared" and workbook["properties"]["category"] == "workbook"
+    assert workbook["properties"]["serializedData"]["function"]["parameters"]["value_to_convert"] == "workbookContent"
+
+    main = bicep["main.bicep"]
+    module = unwrap(main["modules"]["alerts"])[0]["params"]
+    for name in ("alertEmail", "webhookSilenceMinutes", "authFailureThreshold"):
+        assert module[name] == name and name in main["parameters"] and name in arm["parameters"]
+    assert main["parameters"]["alertEmail"]["default"] == "", "no address is assumed"
+
+    deployed = arm_nested(arm, "alerts")
+    arm_types = sorted(r["type"] for r in deployed["resources"])
+    assert arm_types == sorted(r["type"] for r in resources.values())
+    action_group = "[resourceId('Microsoft.Insights/actionGroups', variables('actionGroupName'))]"
+    for resource in deployed["resources"]:
+        if resource["type"] == "Microsoft.Insights/scheduledQueryRules":
+            assert resource["properties"]["actions"]["actionGroups"] == [action_group]
+            assert action_group in resource["dependsOn"]
+
+
+def bicep_expression(resource: str, prop: str) -> dict:
+    return {"operator": {"type": "property_accessor", "operands": {"operand_1": resource, "operand_2": prop}}}
+
+
+def test_alert_and_workbook_queries_read_only_names_the_app_emits(bicep, arm):
+    from shared.store.queue import POISON_QUEUE
+    from shared.telemetry import names
+
+    alerts = bicep[ALERTS_MODULE]
+    emitted = set(names.EVENTS) | set(names.METRICS)
+    queries = {symbol: _alert_query(alerts, symbol) for symbol in ALERT_SIGNALS}
+    workbook = _workbook_queries(alerts)
+    assert set(workbook) == set(WORKBOOK_SIGNALS)
+    for where, query in {**queries, **workbook}.items():
+        read, dimensions = _names_in(query)
+        assert read, f"{where}: the query reads no event or metric"
+        assert read <= emitted, f"{where}: {sorted(read - emitted)} are not emitted (shared/telemetry/names.py)"
+        assert dimensions <= set(names.DIMENSIONS), (
+            f"{where}: unknown dimensions {sorted(dimensions - set(names.DIMENSIONS))}"
+        )
+    for symbol, signals in ALERT_SIGNALS.items():
+        for signal in signals:
+            assert f'"{getattr(names, signal)}"' in queries[symbol], f"{symbol} does not read {signal}"
+    for item, signals in WORKBOOK_SIGNALS.items():
+        for signal in signals:
+            value = getattr(names, signal)
+            assert f'"{value}"' in workbook[item] or f"customDimensions.{value}" in workbook[item], (item, signal)
+    assert f'"{POISON_QUEUE}"' in queries["poisonAlert"]
+    assert "percentile(" in workbook["webhook-latency"] and ", 95)" in workbook["webhook-latency"]
+
+    # The thresholds come from the parameters; the ARM template carries the very same queries.
+    for symbol, parameter in (
+        ("credentialAlert", "authFailureThreshold"),
+        ("webhookSilenceAlert", "webhookSilenceMinutes"),
+    ):
+        query = unwrap(alerts["resources"][symbol])[0]["properties"]["criteria"]["allOf"][0]["query"]
+        assert query["function"]["parameters"]["arg_1"] == parameter
+        assert "{0}" in _alert_query(alerts, symbol)
+    deployed = arm_nested(arm, "alerts")
+    for name, value in alerts["variables"].items():
+        if name.endswith("Query"):
+            assert deployed["variables"][name] == value["value"], name

@@ -21,11 +21,11 @@ import pytest
 import requests
 from azure.storage.queue import QueueClient
 
-from devtools.localhost import ncrontab
 from devtools.localhost.azurite import Azurite, free_port
 from devtools.localhost.hostconfig import HostConfigError, load_host_config, parse_timespan
 from devtools.localhost.http_host import compile_route
 from devtools.localhost.settings_loader import LocalSettingsError, merge_settings, resolve
+from shared import schedule as ncrontab
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_APP = ROOT / "tests" / "fixtures" / "runner_app"
@@ -60,7 +60,7 @@ def test_ncrontab_next_occurrence(expression: str, after: datetime, expected: da
     ("expression", "complaint"),
     [
         ("* * * *", "six"),
-        ("60 * * * * *", "second: 60 is outside 0-59"),
+        ("60 * * * * *", "second: '60' is outside"),
         ("0 0 24 * * *", "hour"),
         ("0 0 0 0 * *", "day"),
         ("0 0 0 * 13 *", "month"),
@@ -68,16 +68,19 @@ def test_ncrontab_next_occurrence(expression: str, after: datetime, expected: da
         ("*/0 * * * * *", "step"),
         ("0 20-10 * * * *", "backwards"),
         ("0 0 0 * * Funday", "not a number"),
-        ("0 1,,2 * * * *", "empty"),
+        ("0 1,,2 * * * *", "minute: '' in '1,,2'"),
+        ("0 0 0 L * *", "day: 'L' is not a number"),  # croniter extensions the host refuses
+        ("0 0 0 * * 5#3", "day-of-week"),
+        ("H * * * * *", "second"),
     ],
 )
 def test_ncrontab_rejects_invalid_expressions(expression: str, complaint: str) -> None:
-    with pytest.raises(ncrontab.NcrontabError, match=complaint):
+    with pytest.raises(ncrontab.ScheduleError, match=complaint):
         ncrontab.parse(expression)
 
 
 def test_ncrontab_impossible_date_never_fires() -> None:
-    with pytest.raises(ncrontab.NcrontabError, match="never fires"):
+    with pytest.raises(ncrontab.ScheduleError, match="never fires"):
         ncrontab.parse("0 0 0 30 2 *").next_after(utc(2026, 1, 1))
 
 
@@ -546,3 +549,31 @@ def test_real_app_health_and_signed_webhook_become_an_opportunity(
             assert deliveries and deliveries[0]["status_code"] == 202
         finally:
             runner.stop()
+
+
+def test_use_development_storage_means_the_azurite_the_operator_commands_also_reach(tmp_path: Path) -> None:
+    # Found by the first-day walk: `make run` put its Azurite on random ports, so `cosell status` with the same
+    # UseDevelopmentStorage=true (ports 10000-10002) never saw the app's data.
+    from azure.data.tables import TableServiceClient
+
+    from devtools.localhost.stack import STANDARD_AZURITE_PORTS, Stack, _free
+
+    if not all(_free(port) for port in STANDARD_AZURITE_PORTS):
+        pytest.skip("Azurite's standard ports are in use on this machine")
+    settings = {**SF_ELSEWHERE, "AzureWebJobsStorage": "UseDevelopmentStorage=true"}
+    settings["SALESFORCE_LOGIN_URL"] = "https://contoso.my.salesforce.com"
+    for name in ("second", "third"):
+        (tmp_path / name).mkdir()
+    with Stack(settings, workdir=tmp_path) as stack:
+        assert stack.azurite is not None and stack.azurite.table_port == 10002
+        TableServiceClient.from_connection_string(stack.settings["AzureWebJobsStorage"]).create_table("SyncLinks")
+        # What the operator's command builds from the same setting sees the app's table.
+        operator = TableServiceClient.from_connection_string("UseDevelopmentStorage=true")
+        assert [t.name for t in operator.list_tables()] == ["SyncLinks"]
+        # A second `make run` beside it uses that Azurite rather than a private one.
+        with Stack(settings, workdir=tmp_path / "second") as second:
+            assert second.azurite is None
+            assert ":10002/" in second.settings["AzureWebJobsStorage"]
+    # Storage left unset (the demo) stays private: never the standard ports.
+    with Stack({**settings, "AzureWebJobsStorage": ""}, workdir=tmp_path / "third") as private:
+        assert private.azurite is not None and private.azurite.table_port not in STANDARD_AZURITE_PORTS

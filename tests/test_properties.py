@@ -22,6 +22,7 @@ from shared.crm.dynamics.mapping import default_mapping
 from shared.domain.audit_text import audit_line, prepend
 from shared.domain.bounded import AGREED_MAX_UNITS, encode_agreed, utf16_units
 from shared.domain.checkmark import CHECK, CROSS, mark, strip_marks
+from shared.domain.current_fields import SERVICES_COSELL_MEMBERS
 from shared.domain.mapping import fingerprint, mapped_values, referral_to_opportunity
 from shared.domain.merge import PC_ONLY_FIELDS, STATUS_FIELDS, Plan, agreed_on_create, plan_merge
 from shared.domain.opportunity import MAPPED_FIELDS, Contact, CustomerAddress, Opportunity
@@ -151,9 +152,17 @@ solution_ids = st.one_of(
 
 def referrals(min_solutions: int = 0) -> st.SearchStrategy[dict[str, Any]]:
     """Referral JSON as Partner Center returns it: any field may be absent, null, empty or odd."""
+    attribute = st.sampled_from(
+        (
+            {"id": "Yes", "type": "CustomerMarketplaceIntent"},
+            {"id": "HaveNotDecided", "type": "CustomerMarketplaceIntent"},
+            {"id": "Retail", "type": "SubIndustry"},
+        )
+    )
+    additional = st.fixed_dictionaries({}, optional={"attributes": st.lists(attribute, max_size=2)})
     requirements = st.fixed_dictionaries(
         {"solutions": st.lists(st.fixed_dictionaries({"id": solution_ids}), min_size=min_solutions, max_size=4)},
-        optional={"industries": st.just([{"id": "Retail"}])},
+        optional={"industries": st.just([{"id": "Retail"}]), "additionalRequirements": st.none() | additional},
     )
     details = st.fixed_dictionaries(
         {"requirements": requirements} if min_solutions else {},
@@ -184,6 +193,7 @@ def referrals(min_solutions: int = 0) -> st.SearchStrategy[dict[str, Any]]:
                 **({} if min_solutions else {"details": st.none() | details}),
                 "inviteContext": st.none() | invite,
                 "consent": st.just({"consentToContact": False}),
+                **{member: st.none() | optional_texts for member in SERVICES_COSELL_MEMBERS.values()},
             },
         ),
     )
@@ -398,8 +408,11 @@ def test_different_values_give_different_fingerprints(data: dict[str, Any], fiel
             "solution_ids": st.lists(solution_ids, max_size=3).map(tuple),
             "status": st.sampled_from(tuple(SUBSTATUS_OF)),
             "substatus": st.sampled_from(tuple(sub for subs in SUBSTATUS_OF.values() for sub in subs)),
+            "status_reason": st.none() | texts.map(str.strip).filter(bool),
             "referral_id": st.sampled_from(("ref-1", "ref-2")),
             "referral_link": st.none() | st.just("https://example.test/r"),
+            **{name: st.none() | texts.map(str.strip).filter(bool) for name in SERVICES_COSELL_MEMBERS},
+            "purchase_intent": st.none() | st.sampled_from(("Yes", "No", "HaveNotDecided")),
         }[field]
     )
     changed = opportunity.model_copy(update={field: other})
@@ -432,6 +445,9 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "solution_ids": st.lists(st.sampled_from(("SOL-1", "SOL-2", "SOL-3")), max_size=3, unique=True).map(tuple),
     "referral_id": st.sampled_from(("ref-1", "ref-2")),
     "referral_link": st.sampled_from(("https://pc.test/ref-1", "https://pc.test/ref-2")),
+    "status_reason": st.none() | st.sampled_from(("Customer not interested", "Lost to a competitor")),
+    **{name: st.none() | plain_texts for name in SERVICES_COSELL_MEMBERS},
+    "purchase_intent": st.none() | st.sampled_from(("Yes", "No", "HaveNotDecided")),
 }
 owner_tables = st.one_of(
     st.just(DEFAULT_FIELD_OWNERS),
@@ -497,6 +513,13 @@ def _explained(plan: Plan, name: str) -> bool:
     )
 
 
+def _held_reason(plan: Plan, name: str) -> bool:
+    """The CRM's decline reason waits while the plan sends Partner Center no closing status: Partner Center keeps a
+    reason for a closed referral only."""
+    closing = plan.agreed.get("status") == "Closed" and any(f in plan.to_pc for f in STATUS_FIELDS)
+    return name == "status_reason" and not closing
+
+
 def _changes(before: Mapping[str, object], after: Opportunity) -> set[str]:
     values = mapped_values(after)
     return {name for name in MAPPED_FIELDS if values[name] != before[name]}
@@ -526,6 +549,8 @@ def test_a_change_on_one_side_goes_to_the_other_side_and_never_back(scenario: tu
             assert name in plan.to_crm and name not in plan.to_pc, name
         elif name in crm_changed - pc_changed and name in PC_ONLY_FIELDS and pc_values[name] is not None:
             assert name in plan.to_crm and name not in plan.to_pc, name  # only Partner Center sets its id and link
+        elif name in crm_changed - pc_changed and _held_reason(plan, name):
+            assert name not in plan.changed, name  # the reason goes with the close, not before it
         elif name in crm_changed - pc_changed:
             assert name not in plan.to_crm, name
             assert (name in plan.to_pc) != _explained(plan, name), name
@@ -542,6 +567,8 @@ def test_both_sided_changes_follow_the_owner_table(scenario: tuple) -> None:
     for name in conflicts:
         if winner(name, owners) == "pc" and not (name in STATUS_FIELDS and name in plan.to_pc):
             assert name in plan.to_crm, name
+        elif winner(name, owners) == "crm" and _held_reason(plan, name):
+            assert name not in plan.changed, name
         elif winner(name, owners) == "crm":
             assert name not in plan.to_crm, name
             assert (name in plan.to_pc) != _explained(plan, name), name

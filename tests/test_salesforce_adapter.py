@@ -16,12 +16,12 @@ from shared import wiring
 from shared.crm.mapping import Override
 from shared.crm.salesforce import SalesforceConfig, SalesforceCrm
 from shared.crm.salesforce.api import DuplicateReferralId, QuotaExhausted, SalesforceRecordError
-from shared.crm.salesforce.auth import JwtBearer, OAuthToken, StaticToken
+from shared.crm.salesforce.auth import ClientCredentials, JwtBearer, OAuthToken, StaticToken
 from shared.crm.salesforce.mapping import SalesforceMapping, load_mapping
 from shared.domain.errors import AuthenticationError, PreconditionFailed, TransientError, ValidationFailed
 from shared.domain.mapping import mapped_values
 from shared.domain.opportunity import Contact, CustomerAddress, Opportunity
-from shared.settings import Settings, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 REF = "Referral_Identfier__c"
 SYNC = "Sync_with_Partner_Center__c"
@@ -164,8 +164,11 @@ def test_client_credentials_flow_from_settings_and_bad_secret_refused(emu: Sales
         wrong.find_by_referral_id("x")
     assert "invalid client credentials" in str(refused.value)
     assert "not-the-secret" not in str(refused.value)
-    with pytest.raises(ValueError, match="My Domain"):
+    # Refused at start-up now (tests/test_settings.py); the adapter still refuses a generic host it is given.
+    with pytest.raises(SettingsError, match=r"SALESFORCE_LOGIN_URL: login\.salesforce\.com cannot be used.*My Domain"):
         from_settings(settings(emu, salesforce_login_url="https://login.salesforce.com"))
+    with pytest.raises(ValueError, match="My Domain"):
+        ClientCredentials("https://login.salesforce.com/services/oauth2/token", DEFAULT_CLIENT_ID, "s")
 
 
 def test_jwt_bearer_flow_signs_with_the_private_key(emu: SalesforceEmulator) -> None:

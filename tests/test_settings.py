@@ -109,9 +109,9 @@ def test_empty_values_count_as_unset(env):
 def test_the_crm_is_polled_every_30_seconds_by_default(env):
     """A CRM change waits at most one poll interval before it is enqueued; the sample settings and the
     Bicep (tests/test_infra.py) carry the same default."""
-    from devtools.localhost import ncrontab
+    from shared.schedule import parse
 
-    schedule = ncrontab.parse(load_settings().crm_poll_schedule)
+    schedule = parse(load_settings().crm_poll_schedule)
     moment = datetime(2026, 3, 1, 10, 0, 7, tzinfo=UTC)
     fired = []
     for _ in range(6):
@@ -218,3 +218,157 @@ def test_a_token_file_in_the_working_directory_is_not_used_but_warned_about(env,
         load_settings(partner_center_only=True)
     assert "refresh-token.txt" in caplog.text and "move it" in caplog.text
     assert "rt-in-the-repo" not in caplog.text
+
+
+# -- checked at start-up (issue 13): schedules, placeholders, URL shapes, several problems at once --------------------
+@pytest.mark.parametrize("name", ["CRM_POLL_SCHEDULE", "RECONCILE_SCHEDULE"])
+@pytest.mark.parametrize(
+    ("schedule", "complaint"),
+    [
+        ("*/30 * * *", "has 4 fields; NCRONTAB needs six"),
+        ("0 70 * * * *", "minute: '70' is outside"),
+        ("0 0 0 L * *", "day: 'L' is not a number"),
+        ("0 0 0 30 2 *", "never fires"),
+    ],
+)
+def test_a_malformed_schedule_is_refused_naming_the_setting_and_field(env, name, schedule, complaint):
+    env.setenv(name, schedule)
+    with pytest.raises(SettingsError, match=f"{name}: not a valid NCRONTAB schedule: .*{complaint}") as info:
+        load_settings()
+    assert info.value.names == [name]
+
+
+def test_six_field_ncrontab_with_seconds_and_names_is_accepted(env):
+    env.setenv("CRM_POLL_SCHEDULE", "15 */2 8-18 * * Mon-Fri")
+    env.setenv("RECONCILE_SCHEDULE", "0 0 * * *")  # five fields: the host reads them with 0 seconds
+    settings = load_settings()
+    assert settings.crm_poll_schedule == "15 */2 8-18 * * Mon-Fri"
+
+
+@pytest.mark.parametrize(
+    ("template", "complaint"),
+    [
+        ("https://partner.microsoft.com/referrals/{referralId}", "unknown placeholder {referralId}"),
+        ("https://example.org/{referral_id}/{engagement}", "unknown placeholder {engagement}"),
+        ("https://example.org/{}", "unknown placeholder {} \\(a placeholder needs a name\\)"),
+        ("https://example.org/{referral_id", "not a valid template"),
+    ],
+)
+def test_an_unknown_referral_link_placeholder_is_named_with_the_allowed_ones(env, template, complaint):
+    env.setenv("REFERRAL_LINK_TEMPLATE", template)
+    with pytest.raises(SettingsError, match=f"REFERRAL_LINK_TEMPLATE: {complaint}") as info:
+        load_settings()
+    if "unknown" in complaint:
+        assert str(info.value).endswith("the allowed placeholders are {referral_id}")
+
+
+def test_a_referral_link_template_with_the_known_placeholder_is_accepted(env):
+    env.setenv("REFERRAL_LINK_TEMPLATE", "https://crm.example/referral?id={referral_id}&x={{literal}}")
+    assert load_settings().referral_link_template.endswith("{{literal}}")
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("https://contoso.crm.dynamics.com/api/data/v9.2", "must be the root URL with no path"),
+        ("http://contoso.crm.dynamics.com", "must use https://"),
+        ("https://contoso.crm.dynamics.com?x=1", "must be the root URL with no path"),
+        ("contoso.crm.dynamics.com", "is not an http\\(s\\) URL"),
+    ],
+)
+def test_a_dataverse_url_that_is_not_the_environment_root_is_refused(env, url, complaint):
+    env.setenv("DATAVERSE_URL", url)
+    with pytest.raises(SettingsError, match=f"DATAVERSE_URL: .*{complaint}"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://contoso.crm4.dynamics.com/",
+        "http://127.0.0.1:8081",
+        "http://localhost:5000",
+        "https://x.crm.dynamics.cn",
+    ],
+)
+def test_dataverse_roots_and_local_emulators_are_accepted(env, url):
+    env.setenv("DATAVERSE_URL", url)
+    assert load_settings().dataverse_url == url.rstrip("/")
+
+
+def _salesforce(env, login_url: str) -> None:
+    env.setenv("CRM_PROVIDER", "salesforce")
+    env.setenv("SALESFORCE_CLIENT_ID", "consumer-key")
+    env.setenv("SALESFORCE_CLIENT_SECRET", "consumer-secret")
+    env.setenv("SALESFORCE_LOGIN_URL", login_url)
+
+
+@pytest.mark.parametrize("host", ["login.salesforce.com", "test.salesforce.com"])
+def test_the_generic_salesforce_login_hosts_are_refused_pointing_to_my_domain(env, host):
+    _salesforce(env, f"https://{host}")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert f"SALESFORCE_LOGIN_URL: {host} cannot be used" in message
+    assert "use your org's My Domain URL, https://<mydomain>.my.salesforce.com" in message
+    assert "consumer-secret" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("https://contoso.lightning.force.com", "is not a My Domain URL"),
+        ("http://contoso.my.salesforce.com", "must use https://"),
+        ("https://contoso.my.salesforce.com/services/oauth2/token", "no path"),
+    ],
+)
+def test_a_salesforce_login_url_that_is_not_a_my_domain_root_is_refused(env, url, complaint):
+    _salesforce(env, url)
+    with pytest.raises(SettingsError, match=f"SALESFORCE_LOGIN_URL: .*{complaint}"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://contoso.my.salesforce.com", "https://contoso--uat.sandbox.my.salesforce.com", "http://127.0.0.1:9000"],
+)
+def test_my_domain_urls_and_local_emulators_are_accepted(env, url):
+    _salesforce(env, url)
+    assert load_settings().salesforce_login_url == url
+
+
+def test_several_problems_are_reported_together_each_naming_its_setting(env):
+    env.delenv("DATAVERSE_URL")
+    env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
+    env.setenv("RECONCILE_SCHEDULE", "hourly")
+    env.setenv("REFERRAL_LINK_TEMPLATE", "https://x/{id}")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert info.value.names == [
+        "RECONCILE_SCHEDULE",
+        "REFERRAL_LINK_TEMPLATE",
+        "DATAVERSE_URL",
+        "PARTNER_CENTER_TENANT_ID",
+        "PARTNER_CENTER_CLIENT_ID",
+        "PARTNER_CENTER_REFRESH_TOKEN",
+    ]
+    text = str(info.value)
+    for each in ("RECONCILE_SCHEDULE: not a valid", "REFERRAL_LINK_TEMPLATE: unknown", "DATAVERSE_URL: is required"):
+        assert each in text
+
+
+def test_operator_commands_ask_only_for_the_sections_they_use(env):
+    env.delenv("DATAVERSE_URL")
+    env.delenv("PARTNER_CENTER_ACCESS_TOKEN")
+    assert load_settings(storage_only=True).azure_webjobs_storage is not None
+    with pytest.raises(SettingsError) as info:
+        load_settings(storage_and_partner_center=True)
+    assert "DATAVERSE_URL" not in info.value.names and "PARTNER_CENTER_REFRESH_TOKEN" in info.value.names
+    env.delenv("AzureWebJobsStorage")
+    with pytest.raises(SettingsError) as info:
+        load_settings(storage_only=True)
+    assert info.value.names == ["AzureWebJobsStorage"]
+    env.setenv("DATAVERSE_URL", "http://contoso.crm.dynamics.com")  # a value that is set is checked all the same
+    env.setenv("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+    with pytest.raises(SettingsError, match=r"DATAVERSE_URL: .*must use https://"):
+        load_settings(storage_only=True)

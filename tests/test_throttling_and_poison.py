@@ -171,15 +171,8 @@ def test_a_reconcile_throttled_part_way_keeps_what_it_enqueued_and_resumes(stack
     stack.pc.dispatch_mode = "off"  # every webhook lost: only the reconciliation finds the referrals
     monkeypatch.setattr(stack.pc, "page_size", 2)
     ids = [stack.pc.seed_referral(kind="cosell")["id"] for _ in range(5)]
-    session = wiring.container().partner_center.api.session
-    pages: list[str] = []
-
-    def throttle_after_the_first_page(response: Any, *args: Any, **kwargs: Any) -> None:
-        pages.append(response.request.path_url)
-        if len(pages) == 1:  # Partner Center starts throttling for an hour once the first page is out
-            stack.pc.add_fault(status=429, count=1, retry_after=3600, method="GET", path="referrals")
-
-    monkeypatch.setitem(session.hooks, "response", [*session.hooks.get("response", []), throttle_after_the_first_page])
+    # Partner Center starts throttling for an hour once the first page is out.
+    stack.pc.add_fault(status=429, count=1, retry_after=3600, method="GET", path="referrals", after=1)
     assert main(["reconcile"]) == 1  # the run stopped early, and says so
     captured = capsys.readouterr()
     assert "2 referral(s) changed since the last run, 2 job(s) enqueued" in captured.out

@@ -1,6 +1,6 @@
 """`python -m shared login` without a Key Vault keeps the refresh token in the operator's config folder,
 private from the moment it exists, and never in the working directory (a checkout git and the release zip
-would pick it up). Sign-in runs against the emulated identity platform over HTTP."""
+would pick it up). Sign-in runs against the emulated identity platform over HTTPS."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ CLIENT = "00000000-0000-0000-0000-00000000c11e"
 
 
 @pytest.fixture
-def identity() -> Iterator[IdentityEmulator]:
+def identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEmulator]:
     emulator = IdentityEmulator(client_id=CLIENT).start()
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(emulator.write_ca_bundle(tmp_path / "identity-ca.pem")))
     yield emulator
     emulator.stop()
 

@@ -14,6 +14,14 @@ from typing import Any, Protocol, TypedDict
 import requests
 
 TIMEOUT = 10
+# Microsoft's side of the engagement as the CRM holds it (the mapping's field names), with the labels a viewer reads.
+MICROSOFT_FIELDS = {
+    "microsoft_status": "Microsoft status",
+    "microsoft_seller_name": "Microsoft seller",
+    "microsoft_seller_email": "seller e-mail",
+    "microsoft_crm_id": "MSX id",
+    "microsoft_notes": "Microsoft notes",
+}
 
 
 class StepFailed(Exception):
@@ -30,6 +38,8 @@ class CrmRecord(TypedDict):
     referral_id: str | None
     referral_link: str | None
     audit: str
+    state: str  # the deal's state as the seller sees it, e.g. "Open / On Hold" or "Stage Prospecting"
+    microsoft: dict[str, str]  # Microsoft's side (MICROSOFT_FIELDS) as far as the CRM shows it
     raw: dict[str, Any]
 
 
@@ -54,6 +64,19 @@ def audit_summary(record: CrmRecord) -> str:
     """The latest audit line, shortened, and how many older ones there are."""
     lines = record["audit"].splitlines()
     return short(lines[0]) + (f" (+{len(lines) - 1} older)" if lines[1:] else "")
+
+
+def microsoft_side(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str, str]:
+    """The Microsoft columns (``columns``: field -> the CRM's column) that hold a value, by field name."""
+    return {field: str(row[column]) for field, column in columns.items() if row.get(column)}
+
+
+def microsoft_summary(record: CrmRecord) -> str:
+    """Microsoft's side as one line, in MICROSOFT_FIELDS order."""
+    shown = record["microsoft"]
+    return "; ".join(
+        f"{label} {short(shown[field], 60)}" for field, label in MICROSOFT_FIELDS.items() if field in shown
+    )
 
 
 def setting(settings: Mapping[str, str], name: str, field: str) -> str:
@@ -103,6 +126,14 @@ class CrmSeller(Protocol):
 
     def set_deal_value(self, crm_id: str, value: float) -> None: ...
 
+    def accept(self, crm_id: str) -> str:
+        """Accept the referral behind the opportunity as the README's seller's guide says; what the seller set."""
+        ...
+
+    def win(self, crm_id: str) -> str:
+        """Close the opportunity as won as the seller's guide says; what the seller did."""
+        ...
+
 
 class CrmSide(Protocol):
     provider: str  # CRM_PROVIDER
@@ -122,6 +153,10 @@ class CrmSide(Protocol):
 
     def write_kind(self, write: dict[str, Any]) -> str:
         """A write as the report groups it, e.g. ``create accounts``."""
+        ...
+
+    def shows(self, status: str, substatus: str | None) -> str:
+        """How the CRM shows a deal the mapping writes for this Partner Center status (as ``CrmRecord.state``)."""
         ...
 
     def render(self, record: CrmRecord) -> list[str]:

@@ -6,9 +6,29 @@ from typing import Any
 
 import requests
 
-from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, crm_mapping, number
+from .crm import (
+    MICROSOFT_FIELDS,
+    TIMEOUT,
+    CrmRecord,
+    StepFailed,
+    audit_summary,
+    control_json,
+    crm_mapping,
+    microsoft_side,
+    microsoft_summary,
+    number,
+)
 
 DATAVERSE_API = "/api/data/v9.2"
+# A stock org's Status and Status Reason labels, as the opportunity form shows them.
+STATE_LABELS = {0: "Open", 1: "Won", 2: "Lost"}
+STATUS_REASON_LABELS = {1: "In Progress", 2: "On Hold", 3: "Won", 4: "Canceled", 5: "Out-Sold"}
+
+
+def shown_state(statecode: object, statuscode: object) -> str:
+    state = STATE_LABELS.get(statecode, str(statecode)) if isinstance(statecode, int) else str(statecode)
+    reason = STATUS_REASON_LABELS.get(statuscode, str(statuscode)) if isinstance(statuscode, int) else str(statuscode)
+    return f"{state} / {reason}"
 
 
 class DataverseSide:
@@ -28,6 +48,8 @@ class DataverseSide:
         self.link_column = mapping.column("referral_link")
         self.audit_column = mapping.column("audit")
         self.sync_column = mapping.column("sync_enabled")
+        self.status = mapping.status
+        self.microsoft_columns = {f: mapping.column(f) for f in MICROSOFT_FIELDS if mapping.column(f)}
 
     def _record(self, row: dict[str, Any]) -> CrmRecord:
         return CrmRecord(
@@ -38,8 +60,16 @@ class DataverseSide:
             referral_id=row.get(self.referral_column) or None,
             referral_link=row.get(self.link_column) or None,
             audit=str(row.get(self.audit_column) or ""),
+            state=shown_state(row.get("statecode"), row.get("statuscode")),
+            microsoft=microsoft_side(row, self.microsoft_columns),
             raw=row,
         )
+
+    def shows(self, status: str, substatus: str | None) -> str:
+        target = self.status.target(status, substatus)
+        if target is None:
+            raise StepFailed(f"the mapping writes no Dynamics 365 status for {status}/{substatus}")
+        return shown_state(*target)
 
     def opportunities(self) -> list[CrmRecord]:
         rows = control_json(requests.get(f"{self.control}/tables/opportunities", timeout=TIMEOUT))["value"]
@@ -64,6 +94,8 @@ class DataverseSide:
             lines.append(f"      {self.link_column}={record['referral_link']}")
         if record["audit"]:
             lines.append(f"      {self.audit_column}: {audit_summary(record)}")
+        if record["microsoft"]:
+            lines.append(f"      Microsoft's side: {microsoft_summary(record)}")
         return lines
 
     def report_notes(self) -> list[str]:
@@ -92,6 +124,7 @@ class DataverseSeller:
         self.country_column = mapping.customer.account_country
         # The org has the choice values the mapping names for "How can Microsoft help?".
         self.help_options = dict(mapping.fields["help_code"].values)
+        self.status = mapping.status
         self.writes = 0
 
     def _post(self, entity_set: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -158,3 +191,32 @@ class DataverseSeller:
         if response.status_code not in (200, 204):
             raise StepFailed(f"Dataverse refused the seller's edit: {response.status_code} {response.text}")
         self.writes += 1
+
+    def _target(self, status: str, substatus: str) -> tuple[int, int]:
+        target = self.status.target(status, substatus)
+        if target is None:
+            raise StepFailed(f"the mapping writes no Dynamics 365 status for {status}/{substatus}")
+        return target
+
+    def accept(self, crm_id: str) -> str:
+        """Status Reason from On Hold to In Progress (the open status the mapping writes for Active/Accepted)."""
+        statecode, statuscode = self._target("Active", "Accepted")
+        url = f"{self.api}/opportunities({crm_id})"
+        response = requests.patch(url, json={"statuscode": statuscode}, headers=self.headers, timeout=TIMEOUT)
+        if response.status_code not in (200, 204):
+            raise StepFailed(f"Dataverse refused the seller's accept: {response.status_code} {response.text}")
+        self.writes += 1
+        return f"Status Reason {shown_state(statecode, statuscode).split(' / ')[1]}"
+
+    def win(self, crm_id: str) -> str:
+        """Close as Won: the WinOpportunity action the form's button calls, with its close activity."""
+        statecode, statuscode = self._target("Closed", "Won")
+        body = {
+            "Status": statuscode,
+            "OpportunityClose": {"subject": "Won", "opportunityid@odata.bind": f"/opportunities({crm_id})"},
+        }
+        response = requests.post(f"{self.api}/WinOpportunity", json=body, headers=self.headers, timeout=TIMEOUT)
+        if response.status_code != 204:
+            raise StepFailed(f"Dataverse refused the seller's Close as Won: {response.status_code} {response.text}")
+        self.writes += 1
+        return f"Close as Won ({shown_state(statecode, statuscode)})"

@@ -68,6 +68,12 @@ class Observer:
         """Someone edits the referral in the portal: new eTag and a referral-updated webhook."""
         return dict(self._json(requests.patch(f"{self.pc}/referrals/{referral_id}", json=changes, timeout=TIMEOUT)))
 
+    def microsoft_acts(self, referral_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Microsoft's seller works the engagement of ``referral_id`` (accepts, takes it, notes its MSX id): its
+        own referral there changes, and Partner Center raises ``related-referral-*`` for the partner's."""
+        url = f"{self.pc}/referrals/{referral_id}/microsoft"
+        return dict(self._json(requests.post(url, json=changes, timeout=TIMEOUT)))
+
     def referral(self, referral_id: str) -> dict[str, Any]:
         return dict(self._json(requests.get(f"{self.pc}/referrals/{referral_id}", timeout=TIMEOUT)))
 

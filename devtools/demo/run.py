@@ -19,12 +19,17 @@ the app's status endpoint, the audit table):
    the opportunity;
 6. the seller edits the deal value -> exactly one PATCH reaches Partner Center;
 7. Partner Center's webhooks for our writes and one more poll -> no further write on either side;
-8. an opportunity without a solution id -> cross mark and the reason in its Audit field, nothing sent.
+8. an opportunity without a solution id -> cross mark and the reason in its Audit field, nothing sent;
+9. the deal from step 2 (on hold in the CRM): the seller accepts it in the CRM -> Partner Center shows
+   Active/Accepted;
+10. Microsoft accepts its side -> the CRM shows Microsoft's status, seller, MSX id and notes;
+11. the seller closes it won in the CRM -> Partner Center shows Closed/Won.
 
-Steps 5-8 live in ``devtools.demo.steps_crm``; what differs between CRMs sits behind
-:class:`devtools.demo.crm.CrmSide` (``devtools.demo.dataverse``, ``devtools.demo.salesforce``). Exit
-status 0 only if every step was observed. Everything started is stopped on exit, on Ctrl-C and on
-SIGTERM; if this process is killed outright, the guards (devtools.localhost.guard) stop Azurite and the runner.
+Steps 5-8 live in ``devtools.demo.steps_crm``, steps 9-11 in ``devtools.demo.steps_lifecycle``; what differs
+between CRMs sits behind :class:`devtools.demo.crm.CrmSide` (``devtools.demo.dataverse``,
+``devtools.demo.salesforce``). Exit status 0 only if every step was observed. Everything started is stopped on
+exit, on Ctrl-C and on SIGTERM; if this process is killed outright, the guards (devtools.localhost.guard) stop
+Azurite and the runner.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from ..localhost.stack import Stack, hermetic_environment, project_pythonpath
 from .crm import CrmRecord, CrmSeller, short
 from .observe import CRM_SIDES, AuditLine, Observer, StepFailed
 from .steps_crm import App, is_microsofts_referral, queue_empty, run_crm_scenario
+from .steps_lifecycle import run_deal_lifecycle, status_of
 
 T = TypeVar("T")
 WEBHOOK_FUNCTION = "partner_center_webhook"
@@ -198,7 +204,14 @@ def run_scenario(demo: Demo, observer: Observer, seller: CrmSeller, base: str) -
         f"the opportunity in the {store} emulator", lambda: observer.opportunity_for(referral_id), started
     )
     demo.observed(step, f"opportunity created in {store}", took)
+    on_hold = observer.crm.shows("New", "Pending")
+    if opportunity["state"] != on_hold or status_of(referral) != "New/Pending":
+        raise StepFailed(
+            f"a referral not yet accepted should be {on_hold} in {store}, it is {opportunity['state']} "
+            f"(referral {status_of(referral)})"
+        )
     step.notes.append(f"referral {referral_id} -> opportunity {opportunity['id']}")
+    step.notes.append(f'{store}: "{opportunity["name"]}" {opportunity["state"]}; Partner Center: {status_of(referral)}')
     step.ok = True
 
     step = demo.step("the referral is updated in Partner Center -> the opportunity follows")
@@ -248,6 +261,7 @@ def run_scenario(demo: Demo, observer: Observer, seller: CrmSeller, base: str) -
     )
     step.ok = True
     run_crm_scenario(demo, observer, seller, base)
+    run_deal_lifecycle(demo, observer, seller, App(base), referral_id, opportunity["id"])
 
 
 # -- the report ----------------------------------------------------------------------------------------------

@@ -13,12 +13,32 @@ from typing import Any
 
 import requests
 
-from .crm import TIMEOUT, CrmRecord, StepFailed, audit_summary, control_json, crm_mapping, number, setting
+from .crm import (
+    MICROSOFT_FIELDS,
+    TIMEOUT,
+    CrmRecord,
+    StepFailed,
+    audit_summary,
+    control_json,
+    crm_mapping,
+    microsoft_side,
+    microsoft_summary,
+    number,
+    setting,
+)
 
 TOKEN_PATH = "/services/oauth2/token"
 SELLER_CLIENT_ID = "cosell-demo-seller-ui"
 SELLER_USERNAME = "dana.seller@fabrikam.example"
 CLOSE_DATE = "2027-06-30"
+
+
+def stage(status: Any, referral_status: str, substatus: str | None) -> str:
+    """The StageName the mapping writes for a Partner Center status."""
+    name = status.stage_for(referral_status, substatus)
+    if name is None:
+        raise StepFailed(f"the mapping writes no Salesforce stage for {referral_status}/{substatus}")
+    return str(name)
 
 
 class SalesforceSide:
@@ -39,6 +59,8 @@ class SalesforceSide:
         self.audit_field = mapping.column("audit")
         self.sync_field = mapping.column("sync_enabled")
         self.currency_field = mapping.column("currency")
+        self.status = mapping.status
+        self.microsoft_fields = {f: mapping.column(f) for f in MICROSOFT_FIELDS if mapping.column(f)}
 
     def _record(self, row: dict[str, Any]) -> CrmRecord:
         return CrmRecord(
@@ -49,8 +71,13 @@ class SalesforceSide:
             referral_id=row.get(self.referral_field) or None,
             referral_link=row.get(self.link_field) or None,
             audit=str(row.get(self.audit_field) or ""),
+            state=f"Stage {row.get('StageName')}",
+            microsoft=microsoft_side(row, self.microsoft_fields),
             raw=row,
         )
+
+    def shows(self, status: str, substatus: str | None) -> str:
+        return f"Stage {stage(self.status, status, substatus)}"
 
     def opportunities(self) -> list[CrmRecord]:
         rows = control_json(requests.get(f"{self.control}/records/Opportunity", timeout=TIMEOUT))["records"]
@@ -79,6 +106,8 @@ class SalesforceSide:
             lines.append(f"      {self.link_field}={record['referral_link']}")
         if record["audit"]:
             lines.append(f"      {self.audit_field}: {audit_summary(record)}")
+        if record["microsoft"]:
+            lines.append(f"      Microsoft's side: {microsoft_summary(record)}")
         return lines
 
     def report_notes(self) -> list[str]:
@@ -109,6 +138,8 @@ class SalesforceSeller:
         self.products_field = mapping.column("solution_ids")
         self.currency_field = mapping.column("currency")
         self.open_stage = mapping.status.stage_for("Active", None)
+        self.accepted_stage = stage(mapping.status, "Active", "Accepted")
+        self.won_stage = stage(mapping.status, "Closed", "Won")
         # The org has the picklist values the mapping names for "How can Microsoft help?".
         self.help_values = dict(mapping.fields["help_code"].values)
         self.writes = 0
@@ -192,3 +223,18 @@ class SalesforceSeller:
         if response.status_code != 204:
             raise StepFailed(f"Salesforce refused the seller's edit: {response.status_code} {response.text}")
         self.writes += 1
+
+    def _set_stage(self, crm_id: str, name: str) -> None:
+        response = self._request("PATCH", f"sobjects/Opportunity/{crm_id}", {"StageName": name})
+        if response.status_code != 204:
+            raise StepFailed(f"Salesforce refused the seller's Stage {name}: {response.status_code} {response.text}")
+        self.writes += 1
+
+    def accept(self, crm_id: str) -> str:
+        """Stage from the on-hold stage to the one the mapping writes for Active/Accepted."""
+        self._set_stage(crm_id, self.accepted_stage)
+        return f"Stage {self.accepted_stage}"
+
+    def win(self, crm_id: str) -> str:
+        self._set_stage(crm_id, self.won_stage)
+        return f"Stage {self.won_stage}"

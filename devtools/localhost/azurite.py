@@ -34,6 +34,17 @@ def _wait_for_port(port: int, deadline: float, process: subprocess.Popen) -> boo
     return False
 
 
+def dev_connection_string(blob: int, queue: int, table: int) -> str:
+    """The connection string of Azurite's development account on these local ports."""
+    host = "http://127.0.0.1"
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
+        f"BlobEndpoint={host}:{blob}/{DEV_ACCOUNT};"
+        f"QueueEndpoint={host}:{queue}/{DEV_ACCOUNT};"
+        f"TableEndpoint={host}:{table}/{DEV_ACCOUNT};"
+    )
+
+
 @dataclass
 class Azurite:
     process: subprocess.Popen
@@ -44,13 +55,7 @@ class Azurite:
 
     @property
     def connection_string(self) -> str:
-        host = "http://127.0.0.1"
-        return (
-            f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-            f"BlobEndpoint={host}:{self.blob_port}/{DEV_ACCOUNT};"
-            f"QueueEndpoint={host}:{self.queue_port}/{DEV_ACCOUNT};"
-            f"TableEndpoint={host}:{self.table_port}/{DEV_ACCOUNT};"
-        )
+        return dev_connection_string(self.blob_port, self.queue_port, self.table_port)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 from types import FrameType
 
 import requests
@@ -69,11 +70,14 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: func when Core Tools is installed, else the local runner",
     )
     parser.add_argument("--port", type=int, default=None, help="default Host.LocalHttpPort or 7071")
+    parser.add_argument(
+        "--settings-file", default=None, help=f"settings under the environment (default: ./{SETTINGS_FILE} of the repo)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", stream=sys.stdout)
     logging.getLogger("azure").setLevel(logging.WARNING)
 
-    settings_file = ROOT / SETTINGS_FILE
+    settings_file = Path(args.settings_file) if args.settings_file else ROOT / SETTINGS_FILE
     settings = merge_settings(os.environ, settings_file)
     port = args.port or local_http_port(settings_file)
     use_func = args.host == "func" or (args.host == "auto" and shutil.which("func") is not None)

@@ -29,7 +29,9 @@ import requests
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.functions.queue import QueueMessage
 
-from . import ncrontab
+from shared.schedule import ScheduleError
+from shared.schedule import parse as parse_schedule
+
 from .appload import AppLoadError, Invocation, LoadedFunction, import_app, invoke, load_functions
 from .hostconfig import HostConfig, HostConfigError, load_host_config
 from .http_host import HttpHost, compile_route
@@ -39,7 +41,7 @@ from .timer_listener import TimerListener
 
 log = logging.getLogger("devtools.localhost.runner")
 ROOT = Path(__file__).resolve().parents[2]
-STARTUP_ERRORS = (AppLoadError, HostConfigError, LocalSettingsError, QueueConnectionError, ncrontab.NcrontabError)
+STARTUP_ERRORS = (AppLoadError, HostConfigError, LocalSettingsError, QueueConnectionError, ScheduleError)
 
 
 class LocalRunner:
@@ -76,7 +78,7 @@ class LocalRunner:
             elif kind == "queueTrigger":
                 self.queues.append(self._queue_listener(function))
             elif kind == "timerTrigger":
-                schedule = ncrontab.parse(resolve(str(function.trigger["schedule"]), self.settings))
+                schedule = parse_schedule(resolve(str(function.trigger["schedule"]), self.settings))
                 self.timers[function.name] = TimerListener(function, schedule, self.run_function, self.stop_event)
         self.http = HttpHost(routes, self.functions, self.run_function, self.fire, self.ready.is_set)
         server = self.http.start(self.host, self.port)

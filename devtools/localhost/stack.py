@@ -1,8 +1,10 @@
 """Starts, on demand, the local services the app's settings leave unset, and writes those settings.
 
-* Storage: ``AzureWebJobsStorage`` unset, empty or ``UseDevelopmentStorage=true`` (and no identity-based
-  ``AzureWebJobsStorage__*``) -> Azurite on free ports, under a guard so it cannot outlive us; the
-  setting becomes its explicit connection string (the fixed 10000-10002 ports are often taken).
+* Storage: ``UseDevelopmentStorage=true`` -> the Azurite on the standard ports 10000-10002, started there
+  (under a guard, so it cannot outlive us) unless one is running, so the operator commands share it.
+  ``AzureWebJobsStorage`` unset or empty (and no identity-based ``AzureWebJobsStorage__*``), or those ports
+  taken by something else -> a private Azurite on free ports. Either way the setting becomes an explicit
+  connection string.
 * Partner Center: ``PARTNER_CENTER_API_URL`` unset -> the Partner Center emulator (in-process). Writes
   both API URLs, a static ``PARTNER_CENTER_ACCESS_TOKEN``, the emulator's certificate URL prefix and a
   CA bundle file with its test root.
@@ -39,7 +41,7 @@ from typing import Any
 
 import requests
 
-from .azurite import ROOT, Azurite, azurite_command, free_port
+from .azurite import ROOT, Azurite, azurite_command, dev_connection_string, free_port
 from .guard import spawn_guarded
 
 Progress = Callable[[str], None]
@@ -126,10 +128,37 @@ def missing_columns(mapping: Any, has: Callable[[str], bool]) -> list[tuple[str,
     return found
 
 
-def start_azurite_guarded(log_path: Path, timeout: float = 30.0) -> Azurite:
-    """Azurite on free ports, in memory, under a guard (see devtools.localhost.guard) in its own process group."""
+# Where ``UseDevelopmentStorage=true`` points every client (Core Tools, Storage Explorer, the operator commands).
+STANDARD_AZURITE_PORTS = (10000, 10001, 10002)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(
+            socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+        )  # as Azurite (Node.js) binds: TIME_WAIT is no obstacle
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def start_azurite_guarded(log_path: Path, timeout: float = 30.0, ports: tuple[int, int, int] | None = None) -> Azurite:
+    """Azurite in memory, under a guard (see devtools.localhost.guard) in its own process group; on free ports
+    unless ``ports`` (blob, queue, table) are given."""
     workdir = tempfile.mkdtemp(prefix="azurite-")
-    blob, queue, table = free_port(), free_port(), free_port()
+    blob, queue, table = ports or (free_port(), free_port(), free_port())
     cmd = azurite_command(blob, queue, table)
     with open(log_path, "ab") as log:
         guarded = spawn_guarded(cmd, "azurite", cwd=workdir, output=log)
@@ -200,12 +229,7 @@ class Stack:
     def start(self) -> dict[str, str]:
         self._write("FUNCTIONS_WORKER_RUNTIME", "python")
         if needs_azurite(self.settings):
-            started = time.monotonic()
-            self.azurite = start_azurite_guarded(self.workdir / "azurite.log")
-            self.settings.pop("AzureWebJobsStorage", None)  # UseDevelopmentStorage=true is no override to report
-            self._own("AzureWebJobsStorage", self.azurite.connection_string)
-            took = time.monotonic() - started
-            self.progress(f"Azurite started (queue port {self.azurite.queue_port}) in {took:.1f}s")
+            self._start_storage(standard_ports=bool(self.settings.get("AzureWebJobsStorage", "").strip()))
         if _unset(self.settings, "PARTNER_CENTER_API_URL"):
             self._start_partner_center()
         provider = crm_provider(self.settings)
@@ -216,6 +240,32 @@ class Stack:
         for name, value in schedule_defaults().items():
             self._write(name, value)
         return self.settings
+
+    def _start_storage(self, standard_ports: bool) -> None:
+        """``UseDevelopmentStorage=true`` means Azurite's standard ports, as for Core Tools, so the operator
+        commands (which read the same setting) see the app's data: an Azurite already there is used, else one is
+        started there. Storage left unset (the demo), or standard ports taken by something else: a private
+        Azurite on free ports."""
+        self.settings.pop("AzureWebJobsStorage", None)  # UseDevelopmentStorage=true is no override to report
+        if standard_ports and all(_listening(port) for port in STANDARD_AZURITE_PORTS):
+            self._own("AzureWebJobsStorage", dev_connection_string(*STANDARD_AZURITE_PORTS))
+            self.progress("storage: the Azurite already listening on ports 10000-10002")
+            return
+        standard = standard_ports and all(_free(port) for port in STANDARD_AZURITE_PORTS)
+        started = time.monotonic()
+        self.azurite = start_azurite_guarded(
+            self.workdir / "azurite.log", ports=STANDARD_AZURITE_PORTS if standard else None
+        )
+        self._own("AzureWebJobsStorage", self.azurite.connection_string)
+        took = time.monotonic() - started
+        self.progress(f"Azurite started (queue port {self.azurite.queue_port}) in {took:.1f}s")
+        if standard_ports and not standard:
+            a = self.azurite
+            self.progress(
+                "ports 10000-10002 are taken by something other than Azurite, so this Azurite listens on "
+                f"{a.blob_port}/{a.queue_port}/{a.table_port}: the operator commands see the app's data only with "
+                "AzureWebJobsStorage set to its connection string"
+            )
 
     def _start_partner_center(self) -> None:
         from emulators.partner_center import PartnerCenterEmulator

@@ -16,7 +16,8 @@ from typing import Any
 
 from azure.functions.timer import TimerRequest
 
-from . import ncrontab
+from shared.schedule import Schedule
+
 from .appload import Invocation, LoadedFunction
 
 log = logging.getLogger("devtools.localhost.runner")
@@ -33,7 +34,7 @@ class TimerListener:
     def __init__(
         self,
         function: LoadedFunction,
-        schedule: ncrontab.Schedule,
+        schedule: Schedule,
         run: Callable[[LoadedFunction, Any, str], Invocation],
         stop: threading.Event,
     ) -> None:

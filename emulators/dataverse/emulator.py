@@ -9,6 +9,8 @@ Tests drive it through the ``/_emulator/...`` routes or the same operations as P
 :meth:`DataverseEmulator.reset`, :meth:`seed`, :meth:`counters`, :meth:`inject_fault`, :meth:`table`,
 :meth:`writes`, :meth:`add_column` (a custom column, as an admin adds one in the maker portal),
 :meth:`set_request_limit` (the service protection limit on the number of requests, off unless set).
+``custom_columns=False`` starts an organisation without the connector's custom columns and key, which the metadata
+API then creates (:mod:`emulators.dataverse.customization`: columns, option values, keys, security roles).
 
 This module is the emulator itself: configuration, the Python control API, authentication and injected
 faults. The parts live next to it: the tables and value rules (:mod:`emulators.dataverse.schema`), the
@@ -32,11 +34,14 @@ from urllib.parse import unquote
 
 from .._server import Emulator, Request, Response
 from .control import register_control_routes
+from .customization import Customization
+from .leads import LeadQualification
 from .schema import (
     CHOICE,
     CODE_THROTTLED,
     DEFAULT_HELP_OPTIONS,
     EDM,
+    INTEGRATION_USER_ID,
     CustomColumns,
     ODataError,
     bad_request,
@@ -48,6 +53,11 @@ from .webapi import API, Ledger, WebApi
 __all__ = ["API", "CustomColumns", "DataverseEmulator", "ODataError"]
 
 THROTTLED_MESSAGE = "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
+CODE_PRIVILEGE_DENIED = "0x80040220"
+PRIVILEGE_DENIED = (
+    f"Principal user (Id={INTEGRATION_USER_ID}, type=8) is missing the privilege this request needs "
+    "(SecLib::AccessCheckEx failed)."
+)
 
 
 @dataclass
@@ -89,18 +99,21 @@ class DataverseEmulator(Emulator):
         columns: CustomColumns | None = None,
         account_country_column: str = "address1_country",
         help_options: Iterable[int] = DEFAULT_HELP_OPTIONS,
+        custom_columns: bool = True,
         required_token: str | None = None,
         base_currency: str | None = "USD",
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         super().__init__()
         self.columns = columns or CustomColumns()
-        self.tables = build_tables(self.columns, account_country_column, help_options)
+        # custom_columns=False: an organisation not yet set up for the connector (no custom columns, no key).
+        self.tables = build_tables(self.columns if custom_columns else None, account_country_column, help_options)
         self._configured_token = required_token
         self.required_token = required_token
         self.store = Store(self.tables, clock or (lambda: datetime.now(UTC)), base_currency)
         self.ledger = Ledger(self.tables)
         self.web_api = WebApi(self.store, self.ledger, self.lock, lambda: self.port)
+        self.customization = Customization(self.store, self.lock, self.web_api._base)
         self._faults: list[_Fault] = []
         self.request_limit: RequestLimit | None = None
         self._throttled = 0
@@ -126,6 +139,7 @@ class DataverseEmulator(Emulator):
             self.required_token = self._configured_token
             self.reset_counters()
             self.store.clear()
+            self.customization.reset()
 
     def reset_counters(self) -> None:
         with self.lock:
@@ -246,6 +260,8 @@ class DataverseEmulator(Emulator):
                 raise ODataError(429, THROTTLED_MESSAGE, CODE_THROTTLED, headers)
             if fault.status == 401:
                 raise ODataError(401, "The access token has expired.", "", headers)
+            if fault.status == 403:
+                raise ODataError(403, PRIVILEGE_DENIED, CODE_PRIVILEGE_DENIED, headers)
             raise ODataError(fault.status, "The service is temporarily unavailable. Try again later.", "", headers)
         self._faults[:] = [f for f in self._faults if f.remaining > 0]
 
@@ -264,7 +280,16 @@ class DataverseEmulator(Emulator):
             if value is not None and not value.strip().startswith("4."):
                 raise bad_request(f"The {name} header value '{value}' is not supported; use 4.0.")
 
+    def _count_action(self, action: str) -> None:
+        actions = self.ledger.counters["actions"]
+        actions[action] = actions.get(action, 0) + 1
+
     def _register_routes(self) -> None:
         register_control_routes(self)
-        for method, pattern, handler in self.web_api.routes():
+        qualification = LeadQualification(self.store, self.lock, self.ledger.log_write, self._count_action)
+        for method, pattern, handler in [
+            *self.customization.routes(API),
+            *qualification.routes(API),
+            *self.web_api.routes(),
+        ]:
             self.route(method, pattern, handler)

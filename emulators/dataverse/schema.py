@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from .._server import Response
-from ..package_mapping import choice_values, column
+from ..package_mapping import CURRENT_AND_MICROSOFT_FIELDS, choice_values, column, entry, shipped_mapping
 
 CODE_NOT_FOUND = "0x80040217"
 CODE_THROTTLED = "0x80072322"
@@ -27,6 +27,7 @@ CODE_DUPLICATE = "0x80040237"
 CODE_ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed
 CODE_QUERY = "0x80060888"
 DEFAULT_HELP_OPTIONS = choice_values("dynamics", "help_code")
+DEFAULT_REASON_OPTIONS = choice_values("dynamics", "status_reason")  # the decline reasons
 CURRENCIES = (  # iso code, name, symbol, exchange rate against the USD base currency
     ("USD", "US Dollar", "$", "1.0"),
     ("EUR", "Euro", "€", "0.92"),
@@ -44,6 +45,7 @@ US_SELLER_ID = "5b0e6a52-8f2d-4c1e-9a3b-1d7c2e4f6a01"
 EMEA_SELLER_ID = "5b0e6a52-8f2d-4c1e-9a3b-1d7c2e4f6a02"
 AMERICAS_TEAM_ID = "9c4d2f17-3e6b-4a80-b5c1-7e2f0a9d3b01"
 INBOUND_TEAM_ID = "9c4d2f17-3e6b-4a80-b5c1-7e2f0a9d3b02"
+INTEGRATION_APP_ID = str(uuid.uuid5(uuid.NAMESPACE_URL, "dataverse-emulator/ApplicationId"))  # its app registration
 SYSTEM_USERS = {  # systemuserid -> full name
     INTEGRATION_USER_ID: "Co-sell connector (application user)",
     US_SELLER_ID: "Dana Birch",
@@ -57,6 +59,10 @@ TEAMS = {  # teamid -> name
 GUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 OPPORTUNITY_STATUSES = {0: (1, 2), 1: (3,), 2: (4, 5)}  # statecode -> valid statuscodes
+# Lead: Open (New, Contacted), Qualified (Qualified), Disqualified (Lost, Cannot Contact, No Longer Interested,
+# Canceled).
+LEAD_STATUSES = {0: (1, 2), 1: (3,), 2: (4, 5, 6, 7)}
+LEAD_STATE_NAMES = {0: "Open", 1: "Qualified", 2: "Disqualified"}
 STATE_NAMES = {0: "Open", 1: "Won", 2: "Lost"}
 
 # Column types. Numbers and dates are compared as values, strings case-insensitively, as Dataverse does.
@@ -164,6 +170,21 @@ class CustomColumns:
     help: str = column("dynamics", "help_code")
     products: str = column("dynamics", "solution_ids")
     audit: str = column("dynamics", "audit")
+    decline_reason: str = column("dynamics", "status_reason")
+    # The lead's column holding the referral id of a Partner Center lead (an alternate key, as on opportunities).
+    lead_referral_id: str = str(shipped_mapping("dynamics")["lead"]["referral_id"])
+
+
+DEFAULT_INTENT_OPTIONS = choice_values("dynamics", "purchase_intent")  # marketplace purchase intent
+
+
+def _current_and_microsoft_columns() -> dict[str, str]:
+    """Partner Center's current co-sell columns and Microsoft's side, with the shipped mapping's names."""
+    kinds = {"memo": MEMO, "choice": CHOICE}
+    return {
+        column("dynamics", name): kinds.get(str(entry("dynamics", name)["type"]), STRING)
+        for name in CURRENT_AND_MICROSOFT_FIELDS
+    }
 
 
 def _table(entity_set: str, logical: str, columns: dict[str, str], **extra: Any) -> Table:
@@ -177,8 +198,24 @@ def _table(entity_set: str, logical: str, columns: dict[str, str], **extra: Any)
     return Table(entity_set, logical, pk, all_columns, navs, defaults=defaults, **extra)
 
 
-def build_tables(custom: CustomColumns, account_country: str, help_options: Iterable[int]) -> dict[str, Table]:
+def build_tables(custom: CustomColumns | None, account_country: str, help_options: Iterable[int]) -> dict[str, Table]:
+    """The organisation's tables; ``custom`` None: an organisation nobody has set up for the connector yet (no
+    custom opportunity columns, no alternate key), which ``setup-crm`` then customises through the Web API."""
     currency = Nav("_transactioncurrencyid_value", "transactioncurrencies")
+    custom_columns = (
+        {
+            custom.sync: BOOL,
+            custom.referral_id: STRING,
+            custom.referral_link: STRING,
+            custom.help: CHOICE,
+            custom.products: STRING,
+            custom.audit: MEMO,
+            custom.decline_reason: CHOICE,
+            **_current_and_microsoft_columns(),
+        }
+        if custom
+        else {}
+    )
     address = {
         f"address1_{part}": STRING
         for part in ("line1", "line2", "line3", "city", "stateorprovince", "postalcode", "country")
@@ -197,14 +234,10 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
                 "closeprobability": INT,
                 "opportunityratingcode": CHOICE,
                 "stepname": STRING,
-                custom.sync: BOOL,
-                custom.referral_id: STRING,
-                custom.referral_link: STRING,
-                custom.help: CHOICE,
-                custom.products: STRING,
-                custom.audit: MEMO,
+                **custom_columns,
             },
             navs={
+                "originatingleadid": Nav("_originatingleadid_value", "leads"),
                 "customerid_account": Nav("_customerid_value", "accounts"),
                 "customerid_contact": Nav("_customerid_value", "contacts"),
                 "parentaccountid": Nav("_parentaccountid_value", "accounts"),
@@ -212,10 +245,16 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
                 "transactioncurrencyid": currency,
                 "ownerid": Nav("_ownerid_value", "systemusers", also=("teams",)),
             },
-            keys=((custom.referral_id,),),
-            defaults={custom.sync: False},
-            choices={custom.help: frozenset(help_options), "opportunityratingcode": frozenset({1, 2, 3})},
+            keys=((custom.referral_id,),) if custom else (),
+            defaults={custom.sync: False} if custom else {},
+            choices={
+                **({custom.help: frozenset(help_options)} if custom else {}),
+                **({custom.decline_reason: frozenset(DEFAULT_REASON_OPTIONS)} if custom else {}),
+                **({column("dynamics", "purchase_intent"): frozenset(DEFAULT_INTENT_OPTIONS)} if custom else {}),
+                "opportunityratingcode": frozenset({1, 2, 3}),
+            },
         ),
+        _lead_table(custom, address),
         _table(
             "accounts",
             "account",
@@ -263,8 +302,23 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
                 "currencyprecision": INT,
             },
         ),
-        _table("systemusers", "systemuser", {"fullname": STRING, "domainname": STRING, "isdisabled": BOOL}),
+        _table(
+            "systemusers",
+            "systemuser",
+            {"fullname": STRING, "domainname": STRING, "isdisabled": BOOL, "applicationid": GUID},
+        ),
         _table("teams", "team", {"name": STRING}),
+        # Security: business units, roles and the privileges a role holds (see emulators.dataverse.security).
+        _table(
+            "businessunits",
+            "businessunit",
+            {"name": STRING},
+            navs={"parentbusinessunitid": Nav("_parentbusinessunitid_value", "businessunits")},
+        ),
+        _table(
+            "roles", "role", {"name": STRING}, navs={"businessunitid": Nav("_businessunitid_value", "businessunits")}
+        ),
+        _table("privileges", "privilege", {"name": STRING}),
         _table(
             "opportunitycloses",
             "opportunityclose",
@@ -278,6 +332,37 @@ def build_tables(custom: CustomColumns, account_country: str, help_options: Iter
         ),
     ]
     return {t.entity_set: t for t in tables}
+
+
+def _lead_table(custom: CustomColumns | None, address: dict[str, str]) -> Table:
+    """The lead table; an organisation set up for the connector has the referral id column and its alternate key."""
+    return _table(
+        "leads",
+        "lead",
+        {
+            "subject": STRING,
+            "firstname": STRING,
+            "lastname": STRING,
+            "fullname": STRING,
+            "companyname": STRING,
+            "emailaddress1": STRING,
+            "telephone1": STRING,
+            "jobtitle": STRING,
+            "description": MEMO,
+            "estimatedamount": MONEY,
+            "estimatedclosedate": DATE,
+            **address,
+            **({custom.lead_referral_id: STRING} if custom else {}),
+        },
+        navs={
+            "parentaccountid": Nav("_parentaccountid_value", "accounts"),
+            "parentcontactid": Nav("_parentcontactid_value", "contacts"),
+            "qualifyingopportunityid": Nav("_qualifyingopportunityid_value", "opportunities"),
+            "transactioncurrencyid": Nav("_transactioncurrencyid_value", "transactioncurrencies"),
+            "ownerid": Nav("_ownerid_value", "systemusers", also=("teams",)),
+        },
+        keys=((custom.lead_referral_id,),) if custom else (),
+    )
 
 
 # -- values ---------------------------------------------------------------------------------------------------

@@ -17,12 +17,14 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote
 
+from .lead_rules import check_lead_state
 from .odata import parse_key
 from .schema import (
     CODE_DUPLICATE,
     CODE_NOT_FOUND,
     CODE_QUERY,
     CURRENCIES,
+    INTEGRATION_APP_ID,
     INTEGRATION_USER_ID,
     MONEY,
     OPPORTUNITY_STATUSES,
@@ -77,7 +79,13 @@ class Store:
         for user_id, name in SYSTEM_USERS.items():
             self.insert(
                 self.tables["systemusers"],
-                {"systemuserid": user_id, "fullname": name, "domainname": f"{name.split()[0].lower()}@contoso.example"},
+                {
+                    "systemuserid": user_id,
+                    "fullname": name,
+                    "domainname": f"{name.split()[0].lower()}@contoso.example",
+                    # The application user is the app registration's (or managed identity's) user.
+                    "applicationid": INTEGRATION_APP_ID if user_id == INTEGRATION_USER_ID else None,
+                },
                 {},
                 seeding=True,
             )
@@ -267,7 +275,9 @@ class Store:
     def _apply_rules(self, table: Table, before: dict[str, Any] | None, changes: dict[str, Any]) -> None:
         if table.entity_set == "opportunities":
             self._check_opportunity_state(before, changes)
-        if table.entity_set == "contacts" and ({"firstname", "lastname"} & set(changes) or before is None):
+        if table.entity_set == "leads":
+            check_lead_state(before, changes)
+        if table.entity_set in ("contacts", "leads") and ({"firstname", "lastname"} & set(changes) or before is None):
             merged = {**(before or {}), **changes}
             full = " ".join(p for p in (merged.get("firstname"), merged.get("lastname")) if p)
             changes["fullname"] = full or None
@@ -279,7 +289,7 @@ class Store:
         changes = {k: v for k, v in values.items() if k != table.pk}
         if not seeding:
             self._apply_rules(table, None, changes)
-        elif table.entity_set == "contacts" and "fullname" not in changes:
+        elif table.entity_set in ("contacts", "leads") and "fullname" not in changes:
             self._apply_rules(table, None, changes)
         row_values: dict[str, Any] = dict.fromkeys(table.columns)
         row_values.update(table.defaults)

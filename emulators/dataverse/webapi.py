@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from .._server import Handler, Request, Response
+from .deep_insert import insert_tree
 from .metadata import attributes, table_named
 from .odata import (
     encode_skiptoken,
@@ -305,10 +306,12 @@ class WebApi:
         table = self.store.table(request.params["set"])
         body = json_body(request)
         with self.lock:
-            values, targets = self.store.parse_body(table, body)
-            row = self.store.insert(table, values, targets)
-            self.ledger.log_write("create", table, row.values[table.pk], request, body)
-            return self._write_response(request, table, row, created=True)
+            # A deep insert: the related rows nested in the body are created with the row, all or nothing.
+            rows = insert_tree(self.store, table, body)
+            for position, (made_in, made) in enumerate(rows):
+                logged = body if position == 0 else None
+                self.ledger.log_write("create", made_in, made.values[made_in.pk], request, logged)
+            return self._write_response(request, table, rows[0][1], created=True)
 
     def _patch_entity(self, request: Request) -> Response:
         table, key = self._entity_key(request)

@@ -22,6 +22,7 @@ _CONFIG_KEYS = {
     "deliveryAttempts": "delivery_attempts",
     "retryDelay": "retry_delay",
     "requiredToken": "required_token",
+    "relatedEventResource": "related_event_resource",
 }
 
 
@@ -73,6 +74,15 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
             return error(404, "itemNotFound", "no such referral")
         return Response(200, updated)
 
+    def microsoft_update(request: Request) -> Response:
+        try:
+            updated = emu.microsoft_update(request.params["id"], _body(request))
+        except KeyError:
+            return error(404, "itemNotFound", "no such referral")
+        except RuleViolation as exc:
+            return error(400, "invalidRequest", str(exc))
+        return Response(200, updated)
+
     def counters(request: Request) -> Response:
         return Response(200, emu.counters())
 
@@ -89,6 +99,7 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
                 retry_after=body.get("retryAfter", 1),
                 method=body.get("method"),
                 path=body.get("path"),
+                after=int(body.get("after", 0)),
             )
         except (TypeError, ValueError) as exc:
             return error(400, "invalidRequest", str(exc))
@@ -143,6 +154,7 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
     emu.route("GET", CONTROL + r"/referrals/(?P<id>[^/]+)", get_referral)
     emu.route("PATCH", CONTROL + r"/referrals/(?P<id>[^/]+)", portal_update)
     emu.route("DELETE", CONTROL + r"/referrals/(?P<id>[^/]+)", withdraw)
+    emu.route("POST", CONTROL + r"/referrals/(?P<id>[^/]+)/microsoft", microsoft_update)
     emu.route("GET", CONTROL + "/counters", counters)
     emu.route("DELETE", CONTROL + "/counters", reset_counters)
     emu.route("POST", CONTROL + "/faults", add_fault)

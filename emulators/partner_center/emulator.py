@@ -12,18 +12,21 @@ Run it with ``python -m emulators.partner_center [--port N]`` (default 7101) or 
 ``GET|PATCH /_emulator/referrals/{id}``   raw referral / :meth:`portal_update` (merge, new eTag, event)
 ``GET|DELETE /_emulator/counters``        :meth:`counters` / :meth:`reset_counters`
 ``POST|DELETE /_emulator/faults``         :meth:`add_fault` ``{"status", "count", "retryAfter", "method",
-                                          "path"}`` / :meth:`clear_faults`
+                                          "path", "after"}`` / :meth:`clear_faults`
 ``GET|POST /_emulator/deliveries``        :meth:`deliveries` (``?status=held|pending|...&top=N``) / :meth:`send_event`
                                           ``{"referralId", "eventName", "redeliver", "corruptSignature",
                                           "certificateUrl", "signer", "url"}``
 ``POST /_emulator/deliveries/release``    :meth:`release_deliveries` (``dispatchMode`` ``hold``)
+``POST .../referrals/{id}/microsoft``     :meth:`microsoft_update`: Microsoft's seller acts on its referral in the
+                                          engagement ``{"status", "substatus", "team", "trackingInfo", ...}``
 ``POST /_emulator/config``                ``{"pageSize", "dispatchMode", "deliveryAttempts", "retryDelay",
-                                          "requiredToken"}``
+                                          "requiredToken", "relatedEventResource": "partner"|"related"}``
 =======================================  ===============================================================
 
 Events: a write to one of the partner's own referrals raises ``referral-created``/``referral-updated``;
-a write to another party's copy in the same engagement (e.g. Microsoft's) raises
-``related-referral-*`` pointing at each of the partner's referrals in that engagement.
+a write to another party's copy in the same engagement (e.g. Microsoft's, see :mod:`.microsoft`) raises
+``related-referral-*`` pointing at each of the partner's referrals in that engagement (or, with
+``relatedEventResource`` ``related``, at the copy that changed).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jwt
+
 from .._server import Emulator, Handler, Request, Response
 from .control import register_control_routes
 from .dispatch import (
@@ -48,16 +53,29 @@ from .dispatch import (
     signed_headers,
 )
 from .faults import Fault
+from .microsoft import check_new_status, checked_changes, find_microsoft_referral, new_microsoft_referral
 from .odata import FILTERABLE_ROOTS, ODataError
 from .pki import DEFAULT_ISSUER_ORG, DEFAULT_SUBJECT, ROOT_PEM_PATH, EmulatorPki
 from .query import list_page
 from .registration import WEBHOOK_EVENTS, WebhookRegistry, error
-from .rules import READ_ONLY_FIELDS, RuleViolation, apply_patch, check_transition, missing_fields
+from .rules import (
+    READ_ONLY_FIELDS,
+    RuleViolation,
+    apply_patch,
+    check_services_cosell,
+    check_transition,
+    missing_fields,
+)
 from .samples import MICROSOFT_ORG_ID, cosell_referral, lead_referral, merge
 
 DEFAULT_PORT = 7101
 REFERRALS = "/v1.0/engagements/referrals"
 REGISTRATION = "/webhooks/v1/registration"
+MFA_REQUIRED_CODE = "900421"
+MFA_REQUIRED_MESSAGE = (
+    "Multi-factor authentication is required for App+User calls to Partner Center APIs; the token was issued "
+    "without it."
+)
 REQUIRED_ON_CREATE = ("type", "customerProfile", "consent", "details")
 
 
@@ -86,9 +104,14 @@ class PartnerCenterEmulator(Emulator):
     ) -> None:
         super().__init__()
         self.required_token = required_token
+        # Since April 2026 App+User calls without MFA are refused with 900421: a JWT whose amr lacks "mfa" is.
+        self.require_mfa = False
         self.page_size = page_size
         # Which properties $filter accepts; tests narrow it to play a service that refuses a documented filter.
         self.filterable = FILTERABLE_ROOTS
+        # Which referral a related-referral event's ResourceUri names: each of the partner's referrals on the
+        # engagement ("partner", the default) or the related referral that changed ("related"); undocumented.
+        self._related_event_resource = "partner"
         self.organization_id, self.organization_name = organization_id, organization_name
         self.cert_subject, self.cert_issuer_org = cert_subject, cert_issuer_org
         self.clock = clock or (lambda: datetime.now(UTC))
@@ -100,6 +123,8 @@ class PartnerCenterEmulator(Emulator):
         self._counters: Counter[str] = Counter()
         self._last_event: dict[str, tuple[str, bytes]] = {}
         self._last_time: datetime | None = None
+        # (operation, MS-CorrelationId or None) of each authorised Referrals API call, in order.
+        self.correlation_ids: list[tuple[str, str | None]] = []
         self._register_routes()
 
     # -- configuration -----------------------------------------------------------------------------
@@ -118,6 +143,16 @@ class PartnerCenterEmulator(Emulator):
         self.dispatcher.mode = mode
         if mode != "hold":
             self.dispatcher.release()  # nothing stays held once delivery resumes
+
+    @property
+    def related_event_resource(self) -> str:
+        return self._related_event_resource
+
+    @related_event_resource.setter
+    def related_event_resource(self, value: str) -> None:
+        if value not in ("partner", "related"):
+            raise ValueError("relatedEventResource must be partner or related")
+        self._related_event_resource = value
 
     @property
     def delivery_attempts(self) -> int:
@@ -169,6 +204,8 @@ class PartnerCenterEmulator(Emulator):
             self._faults.clear()
             self._counters.clear()
             self._last_event.clear()
+            self.correlation_ids.clear()
+            self.related_event_resource = "partner"
             self.webhooks.reset()
             self.dispatcher.clear()
 
@@ -195,11 +232,13 @@ class PartnerCenterEmulator(Emulator):
         retry_after: float | None = 1,
         method: str | None = None,
         path: str | None = None,
+        after: int = 0,
     ) -> None:
-        """Make the next ``count`` matching API requests fail with ``status`` (429 or 503)."""
+        """Make the next ``count`` matching API requests fail with ``status`` (429 or 503), once ``after``
+        matching requests have been answered."""
         if status not in (429, 503):
             raise ValueError("only 429 and 503 faults are emulated")
-        fault = Fault(status, int(count), retry_after, method, re.compile(path) if path else None)
+        fault = Fault(status, int(count), retry_after, method, re.compile(path) if path else None, int(after))
         with self.lock:
             self._faults.append(fault)
 
@@ -251,6 +290,31 @@ class PartnerCenterEmulator(Emulator):
             updated = merge(current, {k: v for k, v in changes.items() if k not in ("id", "eTag")})
             stored = self._commit(current, updated)
         self._raise_events(stored, created=False, enabled=raise_event)
+        return copy.deepcopy(stored)
+
+    def microsoft_update(self, referral_id: str, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """Microsoft's seller works the engagement of ``referral_id`` (see :mod:`.microsoft`): Microsoft's referral
+        there gets ``changes`` (status, substatus, statusReason, team, trackingInfo, inviteContext) under the
+        documented transition rules, and the partner's referrals hear of it as ``related-referral-*``. KeyError
+        for an unknown referral, RuleViolation for a change Microsoft could not make."""
+        wanted = checked_changes(changes)
+        with self.lock:
+            partner = self._referrals.get(referral_id)
+            if partner is None:
+                raise KeyError(referral_id)
+            current = find_microsoft_referral(self._referrals.values(), partner["engagementId"])
+            if current is None:
+                created = merge(new_microsoft_referral(partner), wanted)
+                check_new_status(created)
+                stored = self._store_new(
+                    created, keep_identity=False, organizationId=MICROSOFT_ORG_ID, organizationName="Microsoft"
+                )
+            else:
+                updated = merge(current, wanted)
+                check_transition(current, updated)
+                current["organizationId"], current["organizationName"] = MICROSOFT_ORG_ID, "Microsoft"
+                stored = self._commit(current, updated)
+        self._raise_events(stored, created=current is None)
         return copy.deepcopy(stored)
 
     def withdraw(self, referral_id: str) -> None:
@@ -396,6 +460,10 @@ class PartnerCenterEmulator(Emulator):
                     if r.get("engagementId") == referral.get("engagementId")
                     and r.get("organizationId") == self.organization_id
                 ]
+            if targets and self.related_event_resource == "related":
+                # Partner Center does not document which referral a related event names; this reading names
+                # the related referral itself, once.
+                targets = [(f"related-referral-{suffix}", referral["id"])]
         pending: list[Delivery] = []
         for event_name, referral_id in targets:
             body = event_body(event_name, self._resource_uri(referral_id), "referral", referral.get("updatedDateTime"))
@@ -416,6 +484,9 @@ class PartnerCenterEmulator(Emulator):
         def wrapped(request: Request) -> Response:
             with self.lock:
                 fault = next((f for f in self._faults if f.remaining > 0 and f.matches(request)), None)
+                if fault is not None and fault.spared > 0:
+                    fault.spared -= 1
+                    fault = None
                 if fault is not None:
                     fault.remaining -= 1
                     self._faults = [f for f in self._faults if f.remaining > 0]
@@ -426,8 +497,13 @@ class PartnerCenterEmulator(Emulator):
                 with self.lock:
                     self._counters["unauthenticated"] += 1
                 return error(401, "unauthenticated", "A valid bearer token is required.")
+            if self.require_mfa and not _mfa_performed(str(request.header("Authorization"))[7:].strip()):
+                with self.lock:
+                    self._counters["mfa_required"] += 1
+                return error(401, MFA_REQUIRED_CODE, MFA_REQUIRED_MESSAGE)
             with self.lock:
                 self._counters[operation] += 1
+                self.correlation_ids.append((operation, request.header("MS-CorrelationId")))
                 if kind:
                     self._counters[kind] += 1
             return handler(request)
@@ -514,6 +590,10 @@ class PartnerCenterEmulator(Emulator):
             return error(400, "invalidRequest", f"Missing required fields: {', '.join(missing)}.")
         if body["type"] not in ("Independent", "Shared"):
             return error(400, "invalidRequest", "type must be Independent or Shared.")
+        try:
+            check_services_cosell(body)
+        except RuleViolation as exc:
+            return error(400, "invalidRequest", str(exc))
         # Deals a partner creates start accepted; only a create that is already closed keeps its status.
         if not (body.get("status") == "Closed" and body.get("substatus") in ("Won", "Lost")):
             body["status"], body["substatus"] = "Active", "Accepted"
@@ -574,6 +654,7 @@ class PartnerCenterEmulator(Emulator):
                 if full:
                     updated = {**{k: v for k, v in current.items() if k in READ_ONLY_FIELDS}, **updated}
                 check_transition(current, updated)
+                check_services_cosell(updated)
             except RuleViolation as exc:
                 return error(400, "invalidRequest", str(exc))
             stored = self._commit(current, updated)
@@ -605,6 +686,15 @@ class PartnerCenterEmulator(Emulator):
             self.webhooks.validation_events[correlation_id] = delivery
         self.dispatcher.submit(delivery, force=True)
         return Response(200, {"correlationId": correlation_id})
+
+
+def _mfa_performed(token: str) -> bool:
+    """Whether a bearer JWT says its sign-in used MFA (``amr`` holds ``mfa``); an opaque token says nothing."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return False
+    return "mfa" in (claims.get("amr") or [])
 
 
 def _json_object(request: Request) -> dict[str, Any] | None:

@@ -20,6 +20,8 @@ class Fault:
     retry_after: float | None
     method: str | None
     path: re.Pattern[str] | None
+    # Matching requests still answered before the fault starts (throttling that sets in part way through a run).
+    spared: int = 0
 
     def matches(self, request: Request) -> bool:
         if self.method and self.method.upper() != request.method:

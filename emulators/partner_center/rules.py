@@ -124,3 +124,16 @@ def check_transition(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 def missing_fields(body: dict[str, Any], required: Iterable[str]) -> list[str]:
     return [name for name in required if not isinstance(body.get(name), dict | str) or not body.get(name)]
+
+
+SERVICES_COSELL_FIELDS = ("solutionArea", "solutionPlay", "partnerRole")
+
+
+def check_services_cosell(referral: dict[str, Any]) -> None:
+    """Partner Center: "required for Services co-sell referrals only"; one of the three given needs the others."""
+    given = [name for name in SERVICES_COSELL_FIELDS if referral.get(name) not in (None, "")]
+    if given and len(given) < len(SERVICES_COSELL_FIELDS):
+        missing = ", ".join(name for name in SERVICES_COSELL_FIELDS if name not in given)
+        raise RuleViolation(
+            f"a services co-sell referral needs solutionArea, solutionPlay and partnerRole; missing {missing}"
+        )

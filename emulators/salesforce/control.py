@@ -102,8 +102,12 @@ def register_control_routes(emu: SalesforceEmulator) -> None:
         )
         return Response(204)
 
+    def convert(request: Request) -> Response:
+        return Response(200, emu.convert_lead(request.params["id"], **_body(request)))
+
     routes = [
         ("POST", "/reset", lambda r: _done(emu.reset())),
+        ("POST", r"/leads/(?P<id>[A-Za-z0-9]{15,18})/convert", convert),
         ("POST", f"/seed/{OBJECT}", seed),
         ("GET", f"/records/{OBJECT}", records),
         ("GET", "/counters", lambda r: Response(200, emu.counters())),

@@ -15,7 +15,10 @@ Tests drive it with Python methods (:meth:`SalesforceEmulator.reset`, :meth:`see
 :meth:`records`, :meth:`counters`, :meth:`writes`, :meth:`set_quota`, :meth:`restore_quota`,
 :meth:`expire_sessions`, :meth:`issue_token`, :meth:`register_client`, :meth:`register_jwt_key`,
 :meth:`inject_fault`, :meth:`configure`, :meth:`add_field`) or the same operations under ``/_emulator/...``
-(:mod:`emulators.salesforce.control`). The default client credentials are :data:`DEFAULT_CLIENT_ID` /
+(:mod:`emulators.salesforce.control`). ``custom_fields=False`` starts an org without the connector's custom
+Opportunity fields, which the Tooling API then creates (:mod:`emulators.salesforce.tooling`); permission sets and
+their grants are records (``PermissionSet``, ``ObjectPermissions``, ``FieldPermissions``,
+``PermissionSetAssignment``). The default client credentials are :data:`DEFAULT_CLIENT_ID` /
 :data:`DEFAULT_CLIENT_SECRET`; JWT bearer clients are registered with their certificate.
 
 This module is the emulator itself: configuration, the Python control API, authentication, the daily
@@ -34,6 +37,7 @@ from typing import Any
 from .._server import Emulator, Request, Response
 from .control import register_control_routes
 from .faults import Fault, Faults
+from .leads import convert_lead
 from .oauth import OAuthError, OAuthServer, Session
 from .rest import MAX_BATCH_SIZE, Ledger, RestApi
 from .schema import (
@@ -50,6 +54,7 @@ from .schema import (
 )
 from .sobject_collections import Collections
 from .store import Org, Record
+from .tooling import Tooling
 
 __all__ = [
     "DEFAULT_CLIENT_ID",
@@ -88,6 +93,7 @@ class SalesforceEmulator(Emulator):
         self,
         *,
         fields: CustomFields | None = None,
+        custom_fields: bool = True,
         stages: Iterable[tuple[str, bool, bool]] | Mapping[str, tuple[bool, bool]] = DEFAULT_STAGES,
         help_values: Iterable[str] = DEFAULT_HELP_VALUES,
         currencies: Iterable[str] = DEFAULT_CURRENCIES,
@@ -109,7 +115,8 @@ class SalesforceEmulator(Emulator):
             raise ValueError("upsert_update_status must be 200 or 204")
         self.fields = fields or CustomFields()
         self.stages = stage_table(stages)
-        self.objects = build_objects(self.fields, self.stages, help_values, currencies)
+        # custom_fields=False: an org not yet set up for the connector; setup-crm adds them through the Tooling API.
+        self.objects = build_objects(self.fields if custom_fields else None, self.stages, help_values, currencies)
         self.clock: Callable[[], datetime] = clock or (lambda: datetime.now(UTC))
         # The org changes self.objects in place when its currency setting changes; REST, SOQL and the ledger read it.
         self.org = Org(self.objects, self.stages, currencies, self.clock, external_id_case_sensitive, multi_currency)
@@ -126,6 +133,7 @@ class SalesforceEmulator(Emulator):
         self.faults = Faults()
         self.ledger = Ledger(self.objects)
         self.rest = RestApi(self)
+        self.tooling = Tooling(self)
         self._register_routes()
         self.reset()
 
@@ -178,6 +186,12 @@ class SalesforceEmulator(Emulator):
         with self.lock:
             name = self.org.sobject(object_name).name
             return self.org.render(name, self.org.update(name, record_id, changes), self._latest)
+
+    def convert_lead(self, lead_id: str, **options: Any) -> Record:
+        """Convert a lead as a seller does with the UI's Convert button (see :mod:`.leads`); not counted. Returns
+        ``ConvertedAccountId``, ``ConvertedContactId`` and ``ConvertedOpportunityId``."""
+        with self.lock:
+            return convert_lead(self.org, lead_id, options, self.org.clock().astimezone(UTC).date())
 
     def records(self, object_name: str, include_deleted: bool = False) -> list[Record]:
         with self.lock:
@@ -383,7 +397,7 @@ class SalesforceEmulator(Emulator):
 
     def _register_routes(self) -> None:
         register_control_routes(self)
-        for method, pattern, handler in self.rest.routes():
+        for method, pattern, handler in [*self.tooling.routes(), *self.rest.routes()]:
             self.route(method, pattern, handler)
 
     # -- OAuth ------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
-from ..package_mapping import choice_values, column
+from ..package_mapping import CURRENT_AND_MICROSOFT_FIELDS, choice_values, column, entry, shipped_mapping
 
 # Field types (a subset of Schema.DisplayType).
 ID, STRING, TEXTAREA, BOOLEAN, CURRENCY, DOUBLE, PERCENT, DATE, DATETIME, PICKLIST, REFERENCE, URL, EMAIL, PHONE = (
@@ -48,6 +48,7 @@ DEFAULT_STAGES: tuple[tuple[str, bool, bool], ...] = (  # name, closed, won (a s
     ("Closed Lost", True, False),
 )
 DEFAULT_HELP_VALUES: tuple[str, ...] = choice_values("salesforce", "help_code")
+DEFAULT_REASON_VALUES: tuple[str, ...] = choice_values("salesforce", "status_reason")  # the decline reasons
 DEFAULT_CURRENCIES = ("USD", "EUR", "GBP", "JPY", "AUD", "CAD")
 CURRENCY_RATES = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 151.0, "AUD": 1.52, "CAD": 1.36}
 ORG_ID = "00D5g000000EmuLATR"
@@ -240,6 +241,24 @@ class CustomFields:
     help: str = column("salesforce", "help_code")
     products: str = column("salesforce", "solution_ids")
     audit: str = column("salesforce", "audit")
+    decline_reason: str = column("salesforce", "status_reason")
+    # The Lead field holding the referral id of a Partner Center lead (an external id, as on Opportunity).
+    lead_referral_id: str = str(shipped_mapping("salesforce")["lead"]["referral_id"])
+
+
+def _current_and_microsoft_fields() -> list[FieldDef]:
+    """Partner Center's current co-sell fields and Microsoft's side, with the shipped mapping's names."""
+    fields = []
+    for name in CURRENT_AND_MICROSOFT_FIELDS:
+        spec = entry("salesforce", name)
+        label = str(spec.get("label", ""))
+        if spec["type"] == "choice":
+            values = tuple(str(v) for v in spec["values"].values())
+            fields.append(FieldDef(str(spec["column"]), PICKLIST, 255, picklist=values, restricted=True, label=label))
+        else:
+            kind = TEXTAREA if spec["type"] == "memo" else STRING
+            fields.append(FieldDef(str(spec["column"]), kind, int(spec.get("max_length", 255)), label=label))
+    return fields
 
 
 def _system_fields() -> list[FieldDef]:
@@ -275,8 +294,136 @@ def org_currency_field(currencies: Iterable[str]) -> FieldDef:
     )
 
 
+def custom_field_defs(custom: CustomFields, help_values: Iterable[str]) -> list[FieldDef]:
+    """The connector's custom Opportunity fields, as an org set up for it has them (``custom_fields=False`` in the
+    emulator: an org without them, which ``setup-crm`` sets up through the Tooling API)."""
+    return [
+        FieldDef(custom.sync, BOOLEAN, default=False, label="Sync with Partner Center"),
+        FieldDef(custom.referral_id, STRING, 100, external_id=True, label="Referral Identifier"),
+        FieldDef(custom.referral_link, URL, 255, label="Referral Link"),
+        FieldDef(
+            custom.help,
+            PICKLIST,
+            255,
+            picklist=tuple(help_values),
+            restricted=True,
+            label="How can Microsoft help?",
+        ),
+        FieldDef(custom.products, STRING, 255, label="Products"),
+        FieldDef(custom.audit, TEXTAREA, 100000, label="Audit"),
+        FieldDef(
+            custom.decline_reason,
+            PICKLIST,
+            255,
+            picklist=DEFAULT_REASON_VALUES,
+            restricted=True,
+            label="Decline Reason",
+        ),
+        *_current_and_microsoft_fields(),
+    ]
+
+
+def lead_custom_field_defs(custom: CustomFields) -> list[FieldDef]:
+    """The connector's custom Lead fields, as an org set up for it has them."""
+    return [FieldDef(custom.lead_referral_id, STRING, 100, external_id=True, label="Referral Identifier")]
+
+
+# A stock org's lead statuses (LeadStatus): value -> whether it is the status of a converted lead.
+LEAD_STATUSES = {
+    "Open - Not Contacted": False,
+    "Working - Contacted": False,
+    "Closed - Converted": True,
+    "Closed - Not Converted": False,
+}
+DEFAULT_LEAD_STATUS = "Open - Not Contacted"
+
+
+def lead_object(custom: CustomFields | None) -> SObjectType:
+    """Lead: a seller works it, then converts it (an account, a contact and an opportunity are made from it) or
+    closes it unconverted. The ``Converted*`` fields are set by conversion only; a converted lead is read-only."""
+    derived = {"createable": False, "updateable": False}
+    return _object(
+        "Lead",
+        "00Q",
+        [
+            FieldDef("FirstName", STRING, 40),
+            FieldDef("LastName", STRING, 80, required=True),
+            FieldDef("Name", STRING, 121, **derived),
+            FieldDef("Company", STRING, 255, required=True),
+            FieldDef("Title", STRING, 128),
+            FieldDef("Email", EMAIL, 80),
+            FieldDef("Phone", PHONE, 40),
+            FieldDef("Street", TEXTAREA, 255),
+            FieldDef("City", STRING, 40),
+            FieldDef("State", STRING, 80),
+            FieldDef("PostalCode", STRING, 20),
+            FieldDef("Country", STRING, 80),
+            FieldDef("Description", TEXTAREA, 32000),
+            FieldDef("LeadSource", PICKLIST, 255, picklist=("Web", "Phone Inquiry", "Partner Referral", "Other")),
+            FieldDef(
+                "Status", PICKLIST, 255, required=True, picklist=tuple(LEAD_STATUSES), default=DEFAULT_LEAD_STATUS
+            ),
+            FieldDef("IsConverted", BOOLEAN, default=False, **derived),
+            FieldDef("ConvertedDate", DATE, **derived),
+            FieldDef("ConvertedAccountId", REFERENCE, 18, reference_to="Account", **derived),
+            FieldDef("ConvertedContactId", REFERENCE, 18, reference_to="Contact", **derived),
+            FieldDef("ConvertedOpportunityId", REFERENCE, 18, reference_to="Opportunity", **derived),
+            FieldDef("OwnerId", REFERENCE, 18, reference_to="User", relationship="Owner", default=USER_ID),
+            *(lead_custom_field_defs(custom) if custom else []),
+        ],
+    )
+
+
+def permission_objects() -> list[SObjectType]:
+    """Permission sets, what they grant on objects and fields, and who holds them (setup data written by admins)."""
+    parent = {"reference_to": "PermissionSet", "relationship": "Parent", "required": True, "updateable": False}
+    grants = ("Read", "Create", "Edit", "Delete", "ViewAllRecords", "ModifyAllRecords")
+    return [
+        _object(
+            "PermissionSet",
+            "0PS",
+            [
+                FieldDef("Name", STRING, 80, required=True),
+                FieldDef("Label", STRING, 80, required=True),
+                FieldDef("Description", TEXTAREA, 255),
+                FieldDef("IsOwnedByProfile", BOOLEAN, default=False, createable=False, updateable=False),
+            ],
+        ),
+        _object(
+            "ObjectPermissions",
+            "110",
+            [
+                FieldDef("ParentId", REFERENCE, 18, **parent),
+                FieldDef("SobjectType", STRING, 255, required=True, updateable=False),
+                *(FieldDef(f"Permissions{grant}", BOOLEAN, default=False) for grant in grants),
+            ],
+        ),
+        _object(
+            "FieldPermissions",
+            "01k",
+            [
+                FieldDef("ParentId", REFERENCE, 18, **parent),
+                FieldDef("SobjectType", STRING, 255, required=True, updateable=False),
+                FieldDef("Field", STRING, 255, required=True, updateable=False),
+                FieldDef("PermissionsRead", BOOLEAN, default=False),
+                FieldDef("PermissionsEdit", BOOLEAN, default=False),
+            ],
+        ),
+        _object(
+            "PermissionSetAssignment",
+            "0Pa",
+            [
+                FieldDef("AssigneeId", REFERENCE, 18, reference_to="User", required=True, updateable=False),
+                FieldDef(
+                    "PermissionSetId", REFERENCE, 18, reference_to="PermissionSet", required=True, updateable=False
+                ),
+            ],
+        ),
+    ]
+
+
 def build_objects(
-    custom: CustomFields,
+    custom: CustomFields | None,
     stages: Iterable[str],
     help_values: Iterable[str],
     currencies: Iterable[str],
@@ -309,19 +456,7 @@ def build_objects(
             # Only a User owns an opportunity (queues own leads, cases and custom objects); by default the creator.
             FieldDef("OwnerId", REFERENCE, 18, reference_to="User", relationship="Owner", default=USER_ID),
             currency,
-            FieldDef(custom.sync, BOOLEAN, default=False, label="Sync with Partner Center"),
-            FieldDef(custom.referral_id, STRING, 100, external_id=True, label="Referral Identifier"),
-            FieldDef(custom.referral_link, URL, 255, label="Referral Link"),
-            FieldDef(
-                custom.help,
-                PICKLIST,
-                255,
-                picklist=tuple(help_values),
-                restricted=True,
-                label="How can Microsoft help?",
-            ),
-            FieldDef(custom.products, STRING, 255, label="Products"),
-            FieldDef(custom.audit, TEXTAREA, 100000, label="Audit"),
+            *(custom_field_defs(custom, help_values) if custom else []),
         ],
     )
     account = _object(
@@ -412,7 +547,20 @@ def build_objects(
         ],
         read_only=True,
     )
-    objects = {o.name: o for o in (opportunity, account, contact, role, currency_type, organization, user)}
+    objects = {
+        o.name: o
+        for o in (
+            opportunity,
+            account,
+            contact,
+            role,
+            currency_type,
+            organization,
+            user,
+            lead_object(custom),
+            *permission_objects(),
+        )
+    }
     for sobject in objects.values():
         for definition in sobject.fields.values():
             if definition.reference_to in objects and definition.child_relationship:

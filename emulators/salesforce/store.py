@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from .leads import check_lead_write
 from .schema import (
     BOOLEAN,
     CURRENCY_FIELD,
@@ -293,6 +294,8 @@ class Org:
         row = self.get(sobject.name, record_id)
         if row is None:
             raise self.not_found(sobject.name, record_id)
+        if sobject.name == "Lead" and row.get("IsConverted") and not seeding:
+            raise bad_request("CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
         changes = self._changes(sobject, body, creating=False, seeding=seeding)
         merged = {**row, **changes}
         self._derive(sobject, merged, changes)
@@ -401,8 +404,10 @@ class Org:
         if sobject.name == "Opportunity":
             closed, won = self.stages.get(str(row.get("StageName")), (False, False))
             row["IsClosed"], row["IsWon"] = closed, won
-        elif sobject.name == "Contact":
+        elif sobject.name in ("Contact", "Lead"):
             row["Name"] = " ".join(p for p in (row.get("FirstName"), row.get("LastName")) if p) or None
+            if sobject.name == "Lead":
+                check_lead_write(row, changes)
         elif sobject.name == "OpportunityContactRole":
             for name in ("OpportunityId", "ContactId"):
                 if name in changes and changes[name] is None:

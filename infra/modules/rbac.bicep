@@ -18,7 +18,7 @@ param refreshTokenSecretName string
 @description('True once the sign-in has stored the refresh token secret; only an existing secret can carry a role assignment.')
 param refreshTokenSecretExists bool
 
-@description('Optional object id of an operator (user or group) who runs the sign-in and admin CLI; empty for none.')
+@description('Optional object id of an operator (user or group) who runs the sign-in and the cosell CLI against the storage account; empty for none.')
 param operatorPrincipalId string
 
 @description('Kind of principal operatorPrincipalId is.')
@@ -139,5 +139,30 @@ resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
     description: 'Operator: Partner Center sign-in and secret rotation'
+  }
+}
+
+// Optional: the operator runs the cosell CLI from a workstation with `az login` credentials (DefaultAzureCredential
+// with AzureWebJobsStorage__accountName): status, history and poison read the tables and queues, replay-poison and
+// reconcile write jobs. Data roles only; no account keys.
+resource operatorTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(storageAccount.id, operatorPrincipalId, storageTableDataContributorRoleId)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    description: 'Operator: cosell CLI (sync links, state and audit tables)'
+  }
+}
+
+resource operatorQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(storageAccount.id, operatorPrincipalId, storageQueueDataContributorRoleId)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributorRoleId)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    description: 'Operator: cosell CLI (work queue and poison queue)'
   }
 }

@@ -30,8 +30,9 @@ from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..domain.errors import ValidationFailed
-from ..domain.opportunity import MAPPED_FIELDS, WRITABLE_FIELDS, Opportunity
+from ..domain.opportunity import MAPPED_FIELDS, MICROSOFT_SIDE_FIELDS, WRITABLE_FIELDS, Opportunity
 from ..domain.policies import SUBSTATUS_OF
+from .lead_mapping import LeadMapping
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,18 @@ FIELD_KINDS: dict[str, tuple[str, ...]] = {
     "customer_contacts": ("contacts",),
     "status": ("status",),
     "substatus": ("status",),
+    "status_reason": ("choice",),
+    # Partner Center's current co-sell fields (shared.domain.current_fields).
+    "solution_area": ("text",),
+    "solution_play": ("text",),
+    "partner_role": ("text",),
+    "purchase_intent": ("choice", "text"),
+    # Microsoft's side of the engagement (shared.domain.microsoft_side); "" leaves one out.
+    "microsoft_status": ("text",),
+    "microsoft_seller_name": ("text",),
+    "microsoft_seller_email": ("text",),
+    "microsoft_crm_id": ("text",),
+    "microsoft_notes": ("memo", "text"),
 }
 # The connector cannot key, find or report on a record without these columns.
 REQUIRED_COLUMNS = ("name", "referral_id", "referral_link", "sync_enabled", "audit")
@@ -67,8 +80,11 @@ CUSTOMER_FIELDS = frozenset({"customer_name", "customer_address"})
 STATUS_FIELDS = frozenset({"status", "substatus"})
 # Partner Center's own id and link: they only ever come from Partner Center.
 PC_ONLY_FIELDS = ("referral_id", "referral_link")
-BOOKKEEPING_FIELDS = tuple(sorted(WRITABLE_FIELDS - set(MAPPED_FIELDS)))
+BOOKKEEPING_FIELDS = tuple(sorted(WRITABLE_FIELDS - set(MAPPED_FIELDS) - set(MICROSOFT_SIDE_FIELDS)))
 STATUSES = tuple(SUBSTATUS_OF)
+# Choice fields whose codes come from Partner Center's free text (statusReason): a code without a CRM value is not
+# an error, it leaves the column empty (the stored form predicts that, and the merge says so in the Audit column).
+FREE_TEXT_CHOICES = frozenset({"status_reason"})
 # What an open status reads back as when the table names no substatus.
 OPEN_SUBSTATUS = {"New": "Pending", "Active": "Accepted"}
 
@@ -103,6 +119,9 @@ class Entry(Strict):
     owner: str | None = None  # pc or crm: who wins when both sides changed the field
     max_length: int | None = Field(None, ge=1)  # longer text is cut to this when written
     required: bool = False  # the CRM requires a value: an empty one is not written, the record keeps its own
+    # The column may be missing from the org (added by a later version): then it is left out of the sync, and
+    # reported, instead of failing every read (shared.crm.org_columns).
+    optional: bool = False
     values: dict[str, Any] = Field(default_factory=dict)  # choice: neutral code -> the CRM's value
     target: str = ""  # lookup: the table the code is looked up in
 
@@ -157,6 +176,7 @@ class CrmMapping(Strict):
 
     fields: dict[str, Entry]
     extra: tuple[Extra, ...] = ()
+    lead: LeadMapping = LeadMapping()  # Partner Center leads as CRM leads (SYNC_COSELL_ONLY=false)
 
     product: ClassVar[str] = "the CRM"
     choice_word: ClassVar[str] = "choice"
@@ -199,6 +219,8 @@ class CrmMapping(Strict):
             value = getattr(opportunity, name)
             if entry.type in COLUMN_TYPES and not entry.column:
                 update[name] = Opportunity.model_fields[name].get_default(call_default_factory=True)
+            elif name in FREE_TEXT_CHOICES and value is not None and value not in entry.values:
+                update[name] = None
             elif entry.max_length and isinstance(value, str) and len(value) > entry.max_length:
                 update[name] = value[: entry.max_length]
         return opportunity.model_copy(update=update) if update else opportunity
@@ -237,10 +259,15 @@ class CrmMapping(Strict):
             found.append(((*at, "column"), f"{name} is written by the adapter, not to one column; leave it out"))
         if name in REQUIRED_COLUMNS and not entry.column:
             found.append(((*at, "column"), "is required: the connector cannot work without this column"))
+        if entry.optional and (name in REQUIRED_COLUMNS or entry.type in ADAPTER_TYPES):
+            why = "the connector cannot work without its column" if name in REQUIRED_COLUMNS else "it has no column"
+            found.append(((*at, "optional"), f"{name} cannot be optional: {why}"))
         if name in BOOKKEEPING_FIELDS:
             for key in ("owner", "direction"):
                 if getattr(entry, key) is not None:
                     found.append(((*at, key), f"{name} is the connector's own column; it has no {key}"))
+        elif name in MICROSOFT_SIDE_FIELDS:
+            found.extend(_microsoft_side_problems(at, name, entry))
         elif entry.owner is None:
             found.append(((*at, "owner"), "is required (pc or crm)"))
         if name in PC_ONLY_FIELDS and entry.travels == "crm->pc":
@@ -285,6 +312,16 @@ class CrmMapping(Strict):
         if extra.max_length and extra.type not in ("text", "memo"):
             found.append(((*at, "max_length"), "only text and memo take a max_length"))
         return found
+
+
+def _microsoft_side_problems(at: Path_, name: str, entry: Entry) -> list[tuple[Path_, str]]:
+    """Microsoft's side is Microsoft's: it only ever travels from Partner Center, so nobody else can own it."""
+    found: list[tuple[Path_, str]] = []
+    if entry.direction != "pc->crm":
+        found.append(((*at, "direction"), f'{name} is Microsoft\'s side of the engagement; it must be "pc->crm"'))
+    if entry.owner is not None:
+        found.append(((*at, "owner"), f"{name} only comes from Partner Center; it has no owner"))
+    return found
 
 
 M = TypeVar("M", bound=CrmMapping)
@@ -521,7 +558,13 @@ class Converters:
 
     def values(self, row: Mapping[str, Any], record_id: object = None) -> dict[str, Any]:
         """The neutral values of the mapped fields in a row (fields without a column are left out)."""
-        return {name: self._read(name, entry, row, record_id) for name, entry in self.mapping.mapped()}
+        values = {name: self._read(name, entry, row, record_id) for name, entry in self.mapping.mapped()}
+        unmapped = tuple(
+            (name, f"{entry.label or entry.column} value '{row.get(entry.column)}'")
+            for name, entry in self.mapping.mapped()
+            if name in FREE_TEXT_CHOICES and values[name] is None and row.get(entry.column) is not None
+        )
+        return {**values, "unmapped": unmapped} if unmapped else values
 
     def _write(self, name: str, entry: Entry, value: Any) -> dict[str, Any]:
         kind = entry.type
@@ -547,6 +590,8 @@ class Converters:
         if code is None:
             return None
         if code not in entry.values:
+            if name in FREE_TEXT_CHOICES:
+                return None
             label = f"'{entry.label}'" if entry.label else name
             setting = self.mapping.setting_for(("fields", name, "values"))
             where = f"fields.{name}.values in the mapping" + (f" or {setting}" if setting else "")

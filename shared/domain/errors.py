@@ -41,6 +41,11 @@ class PermanentError(ExternalServiceError):
     """A 4xx the same request will always get (bad request, forbidden): do not retry."""
 
 
+class SetupIncomplete(PermanentError):
+    """The CRM lacks something the connector cannot work without (a column ``setup-crm --apply`` adds). Every job
+    would fail the same way until it is fixed, so jobs wait for the fix instead of retrying into the poison queue."""
+
+
 class AuthenticationError(ExternalServiceError):
     """Credentials missing, expired or refused."""
 

@@ -8,6 +8,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from .checkmark import strip_marks
+from .current_fields import CURRENT_FIELDS, current_fields
 from .opportunity import MAPPED_FIELDS, Contact, CustomerAddress, Opportunity
 from .referral import AssistanceRequestCode, Member, Referral
 
@@ -108,9 +109,11 @@ def referral_to_opportunity(referral: Referral, link_template: str = DEFAULT_REF
         solution_ids=tuple(s.id for s in (requirements.solutions if requirements else [])),
         status=referral.status,
         substatus=referral.substatus,
+        status_reason=_clean(referral.status_reason),
         referral_id=referral.id,
         referral_link=referral_link(referral.id, link_template) if referral.id else None,
         sync_enabled=True,
+        **current_fields(referral),
     )
 
 
@@ -141,6 +144,7 @@ def mapped_values(opportunity: Opportunity) -> dict[str, object]:
             "customer_name": _clean(o.customer_name),
             "customer_address": _clean_address(o.customer_address),
             "customer_contacts": tuple(_clean_contact(c) for c in o.customer_contacts),
+            **{name: _clean(getattr(o, name)) for name in CURRENT_FIELDS},
         }
     )
     return {field: _canonical(getattr(cleaned, field)) for field in MAPPED_FIELDS}

@@ -25,6 +25,7 @@ from .referral import INCOMING, OUTGOING
 from .referral_rules import PATCHABLE_FIELDS
 
 STATUS_FIELDS = ("status", "substatus")
+REASON_FIELD = "status_reason"  # why the deal was declined or lost: it goes to Partner Center with a closing status
 PC_ONLY_FIELDS = ("referral_id", "referral_link")
 PENDING = "pending"  # key in stored base values: {"pc"|"crm": {field: value}} a job was about to write
 PASSING = "passing"  # key in PENDING: {"pc"|"crm": [field]} that the write takes through other values on its way
@@ -159,6 +160,10 @@ def plan_merge(
         # Salesforce's first stage (Prospecting) reads as New: on a deal Partner Center accepted at creation it
         # is where the seller is in the sale, not a move back that Partner Center would refuse on every edit.
         crm_vals["status"], crm_vals["substatus"] = "Active", "Accepted"
+    if _declined_after_acceptance(crm_vals, pc_status, pc_vals, base):
+        # Declining is only possible before acceptance: the CRM's decline state (Canceled, or the lost stage with a
+        # reason) on a referral Partner Center has accepted means the deal was lost.
+        crm_vals["substatus"] = "Lost"
     stored_defaults = base.get(CRM_DEFAULTS) if base is not None else None
     defaults: Mapping[str, object] = stored_defaults if isinstance(stored_defaults, dict) else {}
     plan = Plan(agreed=dict(pc_vals))
@@ -202,7 +207,7 @@ def plan_merge(
         else:
             plan.to_pc.append(name)
             plan.agreed[name] = crm_vals[name]
-    _check_status_move(plan, pc_status, pc_substatus, crm, pc_vals, crm_vals)
+    _check_status_move(plan, pc_status, pc_substatus, pc_vals, crm_vals)
     if plan.to_pc and is_closed(pc_status):
         plan.notes.append(f"referral is closed in Partner Center; not sent: {', '.join(plan.to_pc)}")
         for name in plan.to_pc:
@@ -213,20 +218,39 @@ def plan_merge(
     return plan
 
 
+def _declined_after_acceptance(
+    crm_vals: Mapping[str, object],
+    pc_status: str | None,
+    pc_vals: Mapping[str, object],
+    base: Mapping[str, object] | None,
+) -> bool:
+    """The CRM reads as declined while Partner Center has the referral accepted, or holds the loss both sides
+    agreed on (sent from this same CRM state: without this, its read-back would look like a new decline)."""
+    if (crm_vals["status"], crm_vals["substatus"]) != ("Closed", "Declined"):
+        return False
+    agreed_lost = base is not None and base.get("substatus") == "Lost" and pc_vals["substatus"] == "Lost"
+    return pc_status == "Active" or agreed_lost
+
+
 def _check_status_move(
     plan: Plan,
     pc_status: str | None,
     pc_substatus: str | None,
-    crm: Opportunity,
     pc_vals: dict[str, object],
     crm_vals: dict[str, object],
 ) -> None:
-    """Status and substatus travel together and only along Partner Center's allowed transitions."""
+    """Status and substatus travel together and only along Partner Center's allowed transitions; the reason goes
+    with a closing status and is held back otherwise (Partner Center keeps it for a closed referral only)."""
+    status, substatus = crm_vals["status"], crm_vals["substatus"]
     moving = [f for f in STATUS_FIELDS if f in plan.to_pc]
+    closing = bool(moving) and status == "Closed" and transition_allowed(pc_status, str(status), str(substatus))
+    if REASON_FIELD in plan.to_pc and not closing:
+        plan.to_pc.remove(REASON_FIELD)
+        plan.agreed[REASON_FIELD] = pc_vals[REASON_FIELD]
     if not moving:
         return
-    if transition_allowed(pc_status, crm.status, crm.substatus):
-        for name in STATUS_FIELDS:
+    if transition_allowed(pc_status, str(status), str(substatus)):
+        for name in (*STATUS_FIELDS, *((REASON_FIELD,) if closing else ())):
             if name not in plan.to_pc and pc_vals[name] != crm_vals[name]:
                 plan.to_pc.append(name)
                 if name in plan.to_crm:
@@ -234,7 +258,7 @@ def _check_status_move(
             plan.agreed[name] = crm_vals[name]
         return
     plan.notes.append(
-        f"Partner Center does not allow {pc_status}/{pc_substatus} -> {crm.status}/{crm.substatus}; status not sent"
+        f"Partner Center does not allow {pc_status}/{pc_substatus} -> {status}/{substatus}; status not sent"
     )
     for name in moving:
         plan.to_pc.remove(name)

@@ -45,12 +45,27 @@ class Opportunity(BaseModel):
     solution_ids: tuple[str, ...] = ()
     status: str | None = None
     substatus: str | None = None
+    status_reason: str | None = None  # Partner Center's statusReason: why the deal was declined or lost
     referral_id: str | None = None
     referral_link: str | None = None
+    # Partner Center's current co-sell fields (shared.domain.current_fields): free text passed through as
+    # Partner Center names it, and the marketplace purchase intent code.
+    solution_area: str | None = None
+    solution_play: str | None = None
+    partner_role: str | None = None
+    purchase_intent: str | None = None
+    # Microsoft's side of the engagement, written only from Microsoft's referral (shared.domain.microsoft_side).
+    microsoft_status: str | None = None
+    microsoft_seller_name: str | None = None
+    microsoft_seller_email: str | None = None
+    microsoft_crm_id: str | None = None
+    microsoft_notes: str | None = None
     sync_enabled: bool = False
     audit: str | None = None
     etag: str | None = None
     modified_at: datetime | None = None  # CRM change timestamp (Dataverse modifiedon, Salesforce SystemModstamp)
+    # Choice values the CRM holds that the mapping has no code for: (neutral field, message naming the value).
+    unmapped: tuple[tuple[str, str], ...] = ()
 
 
 MAPPED_FIELDS: tuple[str, ...] = (
@@ -66,9 +81,25 @@ MAPPED_FIELDS: tuple[str, ...] = (
     "solution_ids",
     "status",
     "substatus",
+    "status_reason",
     "referral_id",
     "referral_link",
+    "solution_area",
+    "solution_play",
+    "partner_role",
+    "purchase_intent",
 )
 
-# What a CRM adapter may be asked to write: the synchronised fields plus the connector's own bookkeeping.
-WRITABLE_FIELDS: frozenset[str] = frozenset({*MAPPED_FIELDS, "sync_enabled", "audit"})
+# Microsoft's side of a co-sell engagement: read from Microsoft's referral, written to the CRM only, never part
+# of the pair's fingerprint or merge (the partner's referral does not hold them).
+MICROSOFT_SIDE_FIELDS: tuple[str, ...] = (
+    "microsoft_status",
+    "microsoft_seller_name",
+    "microsoft_seller_email",
+    "microsoft_crm_id",
+    "microsoft_notes",
+)
+
+# What a CRM adapter may be asked to write: the synchronised fields, Microsoft's side and the connector's own
+# bookkeeping.
+WRITABLE_FIELDS: frozenset[str] = frozenset({*MAPPED_FIELDS, *MICROSOFT_SIDE_FIELDS, "sync_enabled", "audit"})

@@ -106,6 +106,7 @@ class Requirements(PcModel):
     products: list[dict] | None = None
     services: list[dict] | None = None
     solutions: list[Solution] = Field(default_factory=list)
+    additional_requirements: dict | None = None  # attributes such as the marketplace purchase intent
 
 
 class Details(PcModel):
@@ -127,6 +128,10 @@ class InviteContext(PcModel):
     invited_by: InvitedBy | None = None
     invited_mpn_id: str | None = None
     assistance_request_code: str | None = None
+
+
+class TrackingInfo(PcModel):
+    microsoft_msx_id: str | None = None  # the Microsoft CRM (MSX) id, filled when Microsoft works the deal
 
 
 class Target(PcModel):
@@ -155,6 +160,7 @@ class Referral(PcModel):
     team: list[Member] = Field(default_factory=list)
     invite_context: InviteContext | None = None
     target: list[Target] = Field(default_factory=list)
+    tracking_info: TrackingInfo | None = None
     e_tag: str | None = Field(default=None, alias="eTag")
 
     def updated_at(self) -> datetime | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from .checkmark import strip_marks
 from .classification import MICROSOFT_ORG_ID
+from .current_fields import current_fields_json, purchase_intent_attributes
 from .opportunity import Opportunity
 from .referral import (
     Address,
@@ -43,6 +44,11 @@ PATCHABLE_FIELDS = frozenset(
         "solution_ids",
         "status",
         "substatus",
+        "status_reason",
+        "solution_area",
+        "solution_play",
+        "partner_role",
+        "purchase_intent",
     }
 )
 
@@ -93,7 +99,13 @@ def referral_created_from(opportunity: Opportunity) -> Referral:
             deal_value=Decimal(str(float(o.deal_value))) if o.deal_value is not None else None,
             currency=o.currency,
             closing_date_time=closing_date_time(o.close_date),
-            requirements=Requirements(solutions=[Solution(id=sid) for sid in o.solution_ids]),
+            requirements=Requirements(
+                solutions=[Solution(id=sid) for sid in o.solution_ids],
+                additional_requirements={"attributes": purchase_intent_attributes(o.purchase_intent, [])}
+                if o.purchase_intent
+                else None,
+            ),
         ),
         invite_context=InviteContext(assistance_request_code=o.help_code) if o.help_code is not None else None,
+        **current_fields_json(o),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from .current_fields import services_cosell_problems
 from .errors import ValidationFailed
 from .opportunity import Opportunity
 
@@ -59,6 +60,7 @@ def problems_for_partner_center(opportunity: Opportunity) -> list[str]:
         problems.append("Set a deal value (estimated revenue) greater than zero.")
     if opportunity.help_code and not any(c.email for c in opportunity.customer_contacts):
         problems.append("Microsoft's help is requested: add a customer contact with an e-mail address.")
+    problems.extend(services_cosell_problems(opportunity))
     for contact in opportunity.customer_contacts:
         if contact.email and not _EMAIL.match(contact.email):
             problems.append(f"Customer contact e-mail '{contact.email}' is not a valid address.")

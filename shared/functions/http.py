@@ -6,7 +6,7 @@ import json
 
 import azure.functions as func
 
-from .. import wiring
+from .. import readiness, wiring
 
 bp = func.Blueprint()
 
@@ -18,21 +18,28 @@ def _json(status: int, body: dict) -> func.HttpResponse:
 @bp.function_name("partner_center_webhook")
 @bp.route(route="webhooks/partner-center", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 def partner_center_webhook(req: func.HttpRequest) -> func.HttpResponse:
-    result = wiring.container().intake.receive(dict(req.headers), req.get_body())
+    if (problem := readiness.not_configured()) is not None:
+        return _json(503, {"status": readiness.summary(problem)})  # nothing enqueued
+    c = wiring.container()
+    result = c.intake.receive(dict(req.headers), req.get_body())
+    if result.status == 202:
+        c.tally.webhook_received()  # kept in memory; written with the counters at most once a minute
     return _json(result.status, result.body)
 
 
 @bp.function_name("health")
 @bp.route(route="health", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
 def health(req: func.HttpRequest) -> func.HttpResponse:
+    if (problem := readiness.not_configured()) is not None:
+        return _json(503, readiness.health_body(problem))
     return _json(200, {"status": "ok"})
 
 
 @bp.function_name("status")
 @bp.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def status(req: func.HttpRequest) -> func.HttpResponse:
-    from ..sync.job_runner import health_status
-    from ..sync.status import build_status
+    from ..console.status_report import current_status
 
-    c = wiring.container()
-    return _json(200, build_status(c.store, c.queue, c.settings.credential_modes(), health_status(c.jobs)))
+    if (problem := readiness.not_configured()) is not None:
+        return _json(503, readiness.status_body(problem))
+    return _json(200, current_status(wiring.container()))

@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from .. import wiring
+from .. import readiness
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -17,7 +17,8 @@ bp = func.Blueprint()
 @bp.function_name("poll_crm")
 @bp.timer_trigger(arg_name="timer", schedule="%CRM_POLL_SCHEDULE%", run_on_startup=False, use_monitor=False)
 def poll_crm(timer: func.TimerRequest) -> None:
-    c = wiring.container()
+    if (c := readiness.configured("poll_crm")) is None:
+        return
     result = c.jobs.poll_crm(c.poller)
     if result is not None:
         log.info("CRM poll: %s changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark)
@@ -26,7 +27,9 @@ def poll_crm(timer: func.TimerRequest) -> None:
 @bp.function_name("reconcile")
 @bp.timer_trigger(arg_name="timer", schedule="%RECONCILE_SCHEDULE%", run_on_startup=False, use_monitor=True)
 def reconcile(timer: func.TimerRequest) -> None:
-    result = wiring.container().reconciler.poll()
+    if (c := readiness.configured("reconcile")) is None:
+        return
+    result = c.reconciler.poll()
     log.info(
         "reconcile: %s referrals changed, %s enqueued, watermark %s", result.seen, result.enqueued, result.watermark
     )

@@ -6,8 +6,9 @@ import logging
 
 import azure.functions as func
 
-from .. import wiring
+from .. import readiness, wiring
 from ..store.queue import JOBS_QUEUE, decode_job
+from ..telemetry import job_span
 
 log = logging.getLogger(__name__)
 bp = func.Blueprint()
@@ -26,5 +27,10 @@ def sync_worker(msg: func.QueueMessage) -> None:
         # A message we can never parse would only cycle to the poison queue: log it and drop it.
         log.error("dropping unreadable job message %s: %s", msg.id, exc)
         return
+    if (problem := readiness.not_configured()) is not None:
+        readiness.park(job, problem)  # back on the queue for later: failing would end in the poison queue
+        return
     dequeue_count = getattr(msg, "dequeue_count", None) or 1
-    wiring.container().jobs.run(job, final_attempt=dequeue_count >= MAX_DEQUEUE_COUNT)
+    final_attempt = dequeue_count >= MAX_DEQUEUE_COUNT
+    with job_span(job, attempt=dequeue_count, final_attempt=final_attempt) as run:
+        run.finished(wiring.container().jobs.run(job, final_attempt=final_attempt))

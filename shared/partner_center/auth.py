@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -70,6 +71,7 @@ class RefreshTokenProvider:
         timeout: float = 30.0,
         clock: Callable[[], float] = time.time,
         on_rotate: Callable[[str], None] | None = None,
+        on_redeemed: Callable[[], None] | None = None,
     ) -> None:
         if not tenant_id or not client_id:
             raise AuthenticationError(SERVICE, "tenant id and client id are required for token refresh")
@@ -91,6 +93,7 @@ class RefreshTokenProvider:
         self._expires_at = 0.0
         self._lock = threading.Lock()
         self._on_rotate = on_rotate
+        self._on_redeemed = on_redeemed
 
     def __repr__(self) -> str:
         return f"RefreshTokenProvider(tenant_id={self.tenant_id!r}, client_id={self.client_id!r}, scope={self.scope!r})"
@@ -109,6 +112,7 @@ class RefreshTokenProvider:
             timeout=self._timeout,
             clock=self._clock,
             on_rotate=self._on_rotate,
+            on_redeemed=self._on_redeemed,
         )
 
     def __call__(self) -> str:
@@ -144,6 +148,12 @@ class RefreshTokenProvider:
                     self._on_rotate(rotated)
         self._access_token = token
         self._expires_at = self._clock() + _expires_in(payload)
+        if self._on_redeemed is not None:
+            # Entra ends a refresh token after 90 days without use; the health check warns from this record.
+            try:
+                self._on_redeemed()
+            except Exception as exc:  # the token works; a missed record must not fail the call that needed it
+                log.warning("the Partner Center refresh token's use was not recorded: %s", type(exc).__name__)
 
     def _post(self, form: dict[str, str]) -> dict[str, Any]:
         try:
@@ -200,13 +210,19 @@ class PartnerCenterCredentials:
     refresh_token: SecretStr | None = None
     client_secret: SecretStr | None = None
     vault: TokenVault | None = None
+    # The file the refresh token was read from (``login`` without a vault): each rotated one is written back there.
+    token_file: Path | None = None
     timeout: float = 30.0
 
 
 def partner_center_token_provider(
-    credentials: PartnerCenterCredentials, scope: str = REFERRALS_SCOPE
+    credentials: PartnerCenterCredentials,
+    scope: str = REFERRALS_SCOPE,
+    *,
+    on_redeemed: Callable[[], None] | None = None,
 ) -> Callable[[], str]:
-    """A static token when one is configured, else the refresh-token exchange."""
+    """A static token when one is configured, else the refresh-token exchange (``on_redeemed`` is told of each
+    successful redemption)."""
     if credentials.access_token is not None and credentials.access_token.get_secret_value():
         # Info, not warning: the app already warns once at start-up about every static token in use.
         log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
@@ -225,13 +241,18 @@ def partner_center_token_provider(
         credentials.client_secret,
         scope,
         timeout=credentials.timeout,
-        on_rotate=_rotation_hook(credentials.vault),
+        on_rotate=_rotation_hook(credentials.vault, credentials.token_file),
+        on_redeemed=on_redeemed,
     )
 
 
-def _rotation_hook(vault: TokenVault | None) -> Callable[[str], None] | None:
-    if vault is None:
-        return None
-    from .keyvault import KeyVaultSecrets, persist_rotated_token
+def _rotation_hook(vault: TokenVault | None, token_file: Path | None) -> Callable[[str], None] | None:
+    if vault is not None:
+        from .keyvault import KeyVaultSecrets, persist_rotated_token
 
-    return persist_rotated_token(KeyVaultSecrets(vault.uri), vault.secret_name)
+        return persist_rotated_token(KeyVaultSecrets(vault.uri), vault.secret_name)
+    if token_file is not None:
+        from .token_file import keep_rotated_token
+
+        return keep_rotated_token(token_file)
+    return None

@@ -6,6 +6,12 @@ from typing import Any
 
 from ..domain.checkmark import strip_marks
 from ..domain.classification import MICROSOFT_ORG_ID
+from ..domain.current_fields import (
+    SERVICES_COSELL_MEMBERS,
+    current_fields_json,
+    existing_attributes,
+    purchase_intent_attributes,
+)
 from ..domain.opportunity import Contact, Opportunity
 from ..domain.referral import Referral
 from ..domain.referral_rules import closing_date_time
@@ -69,6 +75,10 @@ def partner_referral_body(opportunity: Opportunity) -> dict[str, Any]:
     }
     if help_requested:
         body["inviteContext"] = {"assistanceRequestCode": opportunity.help_code}
+    body.update(current_fields_json(opportunity))
+    if opportunity.purchase_intent:
+        attributes = purchase_intent_attributes(opportunity.purchase_intent, [])
+        body["details"]["requirements"]["additionalRequirements"] = {"attributes": attributes}
     return body
 
 
@@ -108,6 +118,7 @@ def patch_operations(opportunity: Opportunity, fields: list[str], referral: Refe
         "customer_contacts": ("/customerProfile/team", [_member(c) for c in o.customer_contacts]),
         "status": ("/status", o.status),
         "substatus": ("/substatus", o.substatus),
+        "status_reason": ("/statusReason", o.status_reason),
     }
     operations: list[dict[str, Any]] = []
     for field in fields:
@@ -118,7 +129,24 @@ def patch_operations(opportunity: Opportunity, fields: list[str], referral: Refe
                 operations.append({"op": "add", "path": "/details/requirements", "value": {"solutions": _solutions(o)}})
         elif field == "help_code" and o.help_code is not None:
             operations.extend(_help_operations(o.help_code, referral))
+        elif field in SERVICES_COSELL_MEMBERS:
+            # "add" sets a member whether or not the referral has it yet (RFC 6902).
+            operations.append({"op": "add", "path": "/" + SERVICES_COSELL_MEMBERS[field], "value": getattr(o, field)})
+        elif field == "purchase_intent":
+            operations.append(_purchase_intent_operation(o.purchase_intent, referral))
         elif field in values:
             path, value = values[field]
             operations.append({"op": "replace", "path": path, "value": value})
     return operations
+
+
+def _purchase_intent_operation(code: str | None, referral: Referral) -> dict[str, Any]:
+    """The intent attribute replaced in the referral's attributes, the other attributes kept. The objects above
+    them are not replaced (the same patch may set the deal value or the solutions in them): Partner Center makes
+    the ones a referral does not have yet, as it does for ``/details/dealValue``."""
+    attributes = purchase_intent_attributes(code, existing_attributes(referral))
+    requirements = referral.details.requirements if referral.details else None
+    if requirements is None or requirements.additional_requirements is None:
+        path, value = "/details/requirements/additionalRequirements", {"attributes": attributes}
+        return {"op": "add", "path": path, "value": value}
+    return {"op": "add", "path": "/details/requirements/additionalRequirements/attributes", "value": attributes}

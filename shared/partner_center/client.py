@@ -95,6 +95,7 @@ class PartnerCenterClient:
         *,
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        extra_headers: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.api = ApiClient(
             SERVICE,
@@ -106,6 +107,7 @@ class PartnerCenterClient:
             default_headers={"Accept": "application/json"},
             session=session,
             sleep=sleep,
+            extra_headers=extra_headers,
         )
         self._base = urlsplit(self.api.base_url)
 

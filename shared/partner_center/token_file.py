@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from platformdirs import user_config_path
@@ -46,6 +47,19 @@ def write_token_file(token: str, path: Path | None = None) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return target
+
+
+def keep_rotated_token(path: Path) -> Callable[[str], None]:
+    """Write each rotated refresh token back to the file it came from; a failed write is logged, never raised,
+    since the exchange it follows has worked (the token in the file stays usable until it expires)."""
+
+    def keep(token: str) -> None:
+        try:
+            write_token_file(token, path)
+        except OSError as exc:
+            log.warning("the rotated refresh token was not written to %s (%s)", path, type(exc).__name__)
+
+    return keep
 
 
 def read_token_file(path: Path) -> str | None:

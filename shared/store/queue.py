@@ -122,6 +122,36 @@ class StorageJobQueue:
                 self.poison.delete_message(message)
         return done
 
+    def peek_poison(self, count: int = PEEK_LIMIT) -> list[PoisonedJob]:
+        """The oldest ``count`` (at most 32) poison messages, left where they are: one peek."""
+        self.ensure()
+        return [_poisoned(m) for m in self.poison.peek_messages(max_messages=max(1, min(count, PEEK_LIMIT)))]
+
+    def replay_poison_message(self, message_id: str) -> Job | None:
+        """Move one poison message, named by its id, back to the job queue; None when it is not there (replayed
+        already) or unreadable. Messages taken out of sight while looking for it are shown again at once."""
+        self.ensure()
+        taken: dict[str, QueueMessage] = {}
+        found: QueueMessage | None = None
+        try:
+            while found is None:
+                batch = list(self.poison.receive_messages(max_messages=PEEK_LIMIT, visibility_timeout=60))
+                fresh = [m for m in batch if m.id not in taken]
+                if not fresh:
+                    break
+                taken.update((m.id, m) for m in fresh)
+                found = taken.pop(message_id, None)
+            job = _readable(found.content) if found is not None else None
+            if found is not None and job is not None:
+                self.enqueue(job)
+                self.poison.delete_message(found)
+            elif found is not None:
+                taken[found.id] = found
+            return job
+        finally:
+            for message in taken.values():
+                self.poison.update_message(message, visibility_timeout=0)
+
     def list_poison(self) -> list[PoisonedJob]:
         """Every message of the poison queue, oldest first, left where it is.
 

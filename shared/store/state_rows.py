@@ -18,9 +18,18 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..domain.bounded import ERROR_MAX_UNITS, cap_utf16
-from ..ports import VERSION_DIGEST_BYTES, CreateFailure, CredentialFailure, FeedWatermark, Health, Pause
+from ..ports import (
+    VERSION_DIGEST_BYTES,
+    CreateFailure,
+    CredentialFailure,
+    FeedWatermark,
+    Health,
+    Pause,
+    WebhookRegistration,
+)
 
 HEALTH_KEY = "health"
+WEBHOOK_REGISTRATION_KEY = "webhook-registration"
 
 VERSION_PROPERTIES = ("Versions", "Versions2")
 VERSION_PROPERTY_BYTES = 28_000
@@ -127,11 +136,21 @@ def pause_columns(pause: Pause) -> dict[str, Any]:
 
 
 def credential_failure_columns(failure: CredentialFailure) -> dict[str, Any]:
-    return {"AuthService": failure.service, "AuthMessage": failure.message, "AuthFailedAt": failure.at}
+    # AuthCause is always written: the row is merged, and a cause must not outlive the failure it explained.
+    return {
+        "AuthService": failure.service,
+        "AuthMessage": failure.message,
+        "AuthFailedAt": failure.at,
+        "AuthCause": failure.cause,
+    }
 
 
 def credential_recovery_columns(recovered_at: datetime) -> dict[str, Any]:
-    return {"AuthService": "", "AuthMessage": "", "AuthRecoveredAt": recovered_at}
+    return {"AuthService": "", "AuthMessage": "", "AuthCause": "", "AuthRecoveredAt": recovered_at}
+
+
+def token_redeemed_columns(at: datetime) -> dict[str, Any]:
+    return {"TokenRedeemedAt": at}
 
 
 def health_from_row(row: Mapping[str, Any]) -> Health:
@@ -139,11 +158,36 @@ def health_from_row(row: Mapping[str, Any]) -> Health:
     pause = Pause(until, str(row.get("Reason", "")), _moment(row.get("Since"))) if until is not None else None
     service = row.get("AuthService")
     failure = (
-        CredentialFailure(str(service), str(row.get("AuthMessage", "")), _moment(row.get("AuthFailedAt")))
+        CredentialFailure(
+            str(service),
+            str(row.get("AuthMessage", "")),
+            _moment(row.get("AuthFailedAt")),
+            str(row.get("AuthCause") or ""),
+        )
         if service
         else None
     )
-    return Health(pause, failure)
+    return Health(pause, failure, _moment(row.get("TokenRedeemedAt")))
+
+
+# -- the webhook registration and the last verified test event: each written on its own into one row ------------
+def webhook_registration_columns(url: str, events: tuple[str, ...], registered_at: datetime) -> dict[str, Any]:
+    return {"WebhookUrl": url, "WebhookEvents": ",".join(events), "RegisteredAt": registered_at}
+
+
+def received_test_event_columns(at: datetime, resource_uri: str) -> dict[str, Any]:
+    return {"LastTestEventAt": at, "LastTestEventUri": cap_utf16(resource_uri, ERROR_MAX_UNITS)}
+
+
+def webhook_registration_from_row(row: Mapping[str, Any]) -> WebhookRegistration:
+    events = str(row.get("WebhookEvents") or "")
+    return WebhookRegistration(
+        url=str(row.get("WebhookUrl") or ""),
+        events=tuple(e for e in events.split(",") if e),
+        registered_at=_moment(row.get("RegisteredAt")),
+        last_test_event_at=_moment(row.get("LastTestEventAt")),
+        last_test_event_uri=str(row.get("LastTestEventUri") or ""),
+    )
 
 
 # -- create failures ----------------------------------------------------------------------------------------------

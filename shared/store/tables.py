@@ -24,7 +24,16 @@ from azure.data.tables import EntityProperty, TableClient, TableServiceClient, U
 
 from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
 from ..domain.errors import PreconditionFailed, StorageRejected
-from ..ports import AuditEntry, CreateFailure, CredentialFailure, FeedWatermark, Health, Link, Pause
+from ..ports import (
+    AuditEntry,
+    CreateFailure,
+    CredentialFailure,
+    FeedWatermark,
+    Health,
+    Link,
+    Pause,
+    WebhookRegistration,
+)
 from ..write_fence import check_write_allowed
 from . import state_rows
 from .state_rows import LeaseRow
@@ -65,6 +74,8 @@ class TableSyncStore:
         self.audit: TableClient = service.get_table_client(audit)
         self._ready = False
         self._lease_etags: dict[tuple[str, str], str] = {}  # (key, owner) -> etag of the lease row we wrote
+        # Told of every link saved (status before, status now, created?): status counts links as they change.
+        self.link_observer: Callable[[str | None, str | None, bool], None] | None = None
 
     def ensure(self) -> None:
         """Create the tables before the first write. Reads of one row do without: a missing table reads as a
@@ -124,6 +135,9 @@ class TableSyncStore:
         except HttpResponseError as exc:
             _raise_if_rejected(exc, what, row)
             raise
+        if self.link_observer is not None:
+            before = link.indexed[2] if link.etag is not None and link.indexed is not None else None
+            self.link_observer(before, link.last_status, link.etag is None)
         indexed = (link.crm_id, link.crm_etag, link.last_status)
         if link.crm_id and indexed != link.indexed:
             index = {
@@ -136,6 +150,8 @@ class TableSyncStore:
             what = f"the CRM index row for referral {link.referral_id}"
             _guarded(what, index, lambda row: self.links.upsert_entity(row, mode=UpdateMode.REPLACE))
             link.indexed = indexed
+        elif not link.crm_id:
+            link.indexed = indexed  # no index row to write; remembers the status saved, for the next save
         link.etag = meta.get("etag")
         return link
 
@@ -272,6 +288,24 @@ class TableSyncStore:
 
     def clear_credential_failure(self, recovered_at: datetime) -> None:
         self.set_state(state_rows.HEALTH_KEY, state_rows.credential_recovery_columns(recovered_at))
+
+    def save_token_redeemed(self, at: datetime) -> None:
+        """The Partner Center refresh token was redeemed at ``at`` (its 90-day inactivity clock restarts)."""
+        self.set_state(state_rows.HEALTH_KEY, state_rows.token_redeemed_columns(at))
+
+    # -- the webhook registration (written by `register-webhook`) and the last verified test event -------------
+    def save_webhook_registration(self, url: str, events: tuple[str, ...], registered_at: datetime) -> None:
+        self.set_state(
+            state_rows.WEBHOOK_REGISTRATION_KEY, state_rows.webhook_registration_columns(url, events, registered_at)
+        )
+
+    def record_test_event(self, at: datetime, resource_uri: str) -> None:
+        """A verified ``test-created`` event reached the webhook at ``at``."""
+        self.set_state(state_rows.WEBHOOK_REGISTRATION_KEY, state_rows.received_test_event_columns(at, resource_uri))
+
+    def webhook_registration(self) -> WebhookRegistration | None:
+        row = self.get_state(state_rows.WEBHOOK_REGISTRATION_KEY)
+        return state_rows.webhook_registration_from_row(row) if row is not None else None
 
     def get_create_failure(self, crm_id: str) -> CreateFailure | None:
         return state_rows.create_failure_from_row(self.get_state(state_rows.create_failure_key(crm_id)) or {})
@@ -450,4 +484,5 @@ _LINK_COLUMNS = {
     "last_error": "LastError",
     "last_synced_at": "LastSyncedAt",
     "last_values": "LastValues",
+    "crm_kind": "CrmKind",
 }

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..domain.opportunity import Opportunity
 from ..ports import CRM_TO_PC, PC_TO_CRM, Clock
+from .leads import LEAD_IN_CRM, LeadSync
 from .merging import Merging
 from .opportunity_creation import OpportunityCreation
 from .pairing import (
@@ -34,7 +35,7 @@ class Preview:
     from ``referral_source`` (and the CRM record then gets the referral's id, link and a success mark)."""
 
     direction: str
-    action: str  # skipped | unchanged | refused | create-opportunity | create-referral | merge | detach
+    action: str  # skipped | unchanged | refused | create-opportunity | create-referral | create-lead | merge | detach
     message: str
     referral_id: str | None = None
     crm_id: str | None = None
@@ -53,14 +54,21 @@ class DryRun:
         opportunities: OpportunityCreation,
         referrals: ReferralCreation,
         clock: Clock,
+        leads: LeadSync | None = None,
     ) -> None:
         self.pairing, self.merging, self.clock = pairing, merging, clock
-        self.opportunities, self.referrals = opportunities, referrals
+        self.opportunities, self.referrals, self.leads = opportunities, referrals, leads
 
     def referral(self, referral_id: str) -> Preview:
         referral = self.pairing.read_referral(referral_id)
         if referral is None:
             return Preview(PC_TO_CRM, "skipped", REFERRAL_NOT_FOUND, referral_id=referral_id)
+        if self.leads is not None:
+            link = self.pairing.store.get_link(referral_id)
+            if self.leads.takes(referral, link):
+                if link is None:
+                    return Preview(PC_TO_CRM, "create-lead", "a lead would be created in the CRM", referral_id)
+                return Preview(PC_TO_CRM, "unchanged", LEAD_IN_CRM, referral_id, link.crm_id)
         return self._preview(self.pairing.for_referral(referral_id, referral))
 
     def opportunity(self, crm_id: str) -> Preview:

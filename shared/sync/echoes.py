@@ -13,13 +13,13 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from ..ports import KIND_CRM, Job, Link
+from ..ports import KIND_CRM, KIND_CRM_LEAD, Job, Link
 
 
 def is_echo(job: Job, link: Link | None) -> bool:
     if not job.version or link is None or link.last_status != "ok":
         return False
-    if job.kind == KIND_CRM:
+    if job.kind in (KIND_CRM, KIND_CRM_LEAD):
         return job.version == link.crm_etag
     return job.version == link.pc_etag or _same_moment(job.version, link.pc_updated_at)
 

@@ -25,11 +25,13 @@ from ..domain.errors import (
     TransientError,
     ValidationFailed,
 )
+from ..domain.microsoft_side import RELATED_REFERRAL_EVENTS, is_microsoft_referral
 from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
 from ..ports import (
     CRM_TO_PC,
     KIND_CRM,
+    KIND_CRM_LEAD,
     KIND_REFERRAL,
     PC_TO_CRM,
     Clock,
@@ -43,8 +45,10 @@ from ..ports import (
 from .clock import SystemClock
 from .deferral import is_deferred
 from .echoes import is_echo
+from .leads import LeadSync
 from .lease import LeaseKeeper
 from .merging import Merging
+from .microsoft_side import MicrosoftSideSync
 from .opportunity_creation import OpportunityCreation
 from .options import EngineOptions
 from .pairing import (
@@ -74,6 +78,11 @@ class _Read:
     """The referral a job read, before its lease or during it: what a failure on its last attempt is marked on."""
 
     referral: Referral | None = None
+    related: bool = False  # a related-referral event: Microsoft's side of the engagement changed
+    link: Link | None = None  # a referral job's link as read before the lease: whether the CRM record is a lead
+    # The partner's referral when the event named Microsoft's, and the engagement listed to find it.
+    record_id: str | None = None
+    engagement: list[Referral] | None = None
 
 
 class SyncEngine:
@@ -100,6 +109,8 @@ class SyncEngine:
             crm, store, self.pairing, self.recorder, self.creator, options, self.clock, self._reconcile
         )
         self.merging = Merging(pc, crm, self.pairing, self.recorder, self.creator, options, self.clock)
+        self.microsoft_side = MicrosoftSideSync(pc, crm, store, self.recorder, options, self.clock)
+        self.leads = LeadSync(pc, crm, store, self.pairing, self.recorder, options, self.clock, self._reconcile)
 
     # -- entry point -------------------------------------------------------------------------------
     def handle(self, job: Job, final_attempt: bool = False) -> Outcome:
@@ -108,15 +119,16 @@ class SyncEngine:
             run = self._referral_job
         elif job.kind == KIND_CRM:
             run = self._crm_job
+        elif job.kind == KIND_CRM_LEAD:
+            run = self._lead_job
         else:
             raise ValueError(f"unknown job kind '{job.kind}'")
-        read = _Read()
-        link = self._link_for(job)
+        read = _Read(related=job.reason in RELATED_REFERRAL_EVENTS)
+        link = read.link = self._link_for(job)
         if is_echo(job, link):
             # Counted, not audited: an audit row per echo would cost a Table write for nothing.
             log.info("%s %s: echo of our own write (version %s); nothing to do", job.kind, job.record_id, job.version)
-            direction = CRM_TO_PC if job.kind == KIND_CRM else PC_TO_CRM
-            return Outcome("echo", job.record_id, direction, message="echo of our own write")
+            return Outcome("echo", job.record_id, job.direction, message="echo of our own write")
         key = self._pair_key(job, read, link)
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)
@@ -125,7 +137,7 @@ class SyncEngine:
             raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
         with lease, self.fence(lease.check):
             try:
-                return run(job.record_id, read)
+                return run(read.record_id or job.record_id, read)
             except (QuotaExceeded, LeaseLost):
                 # Not a failure of this record: the job runner pauses all work, or defers the job while
                 # another worker may own the pair (this one must write nothing more, not even a failure).
@@ -146,25 +158,39 @@ class SyncEngine:
     def _pair_key(self, job: Job, read: _Read, link: Link | None) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
         job for the same pair never run at the same time. None when the referral does not exist."""
-        if job.kind == KIND_CRM:
+        if job.kind in (KIND_CRM, KIND_CRM_LEAD):
             return f"crm:{job.record_id}"
         if link is not None and link.crm_id:
             return f"crm:{link.crm_id}"
         read.referral = self.pairing.read_referral(job.record_id)
         if read.referral is None:
             return None
+        if read.related and is_microsoft_referral(read.referral):
+            # The event named Microsoft's referral: the pair is the partner's referral on the same engagement.
+            read.engagement, partner = self.microsoft_side.partner_of(read.referral)
+            if partner is not None and partner.id:
+                read.referral, read.record_id = partner, partner.id
+                link = self.store.get_link(partner.id)
+                if link is not None and link.crm_id:
+                    return f"crm:{link.crm_id}"
         external = read.referral.external_reference_id
-        return f"crm:{external}" if external else f"referral:{job.record_id}"
+        return f"crm:{external}" if external else f"referral:{read.record_id or job.record_id}"
 
     def _referral_job(self, referral_id: str, read: _Read) -> Outcome:
         if read.referral is None:
             read.referral = self.pairing.read_referral(referral_id)
             if read.referral is None:
                 return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=referral_id)
-        return self._carry_out(self.pairing.for_referral(referral_id, read.referral))
+        if self.leads.takes(read.referral, read.link):
+            return self.leads.for_referral(read.referral, read.link)
+        outcome = self._carry_out(self.pairing.for_referral(referral_id, read.referral))
+        return self.microsoft_side.bring_in(read.referral, outcome, read.engagement) if read.related else outcome
 
     def _crm_job(self, crm_id: str, read: _Read) -> Outcome:
         return self._carry_out(self.pairing.for_opportunity(crm_id))
+
+    def _lead_job(self, lead_id: str, read: _Read) -> Outcome:
+        return self.leads.for_lead(lead_id)
 
     # -- carrying out what pairing decided ---------------------------------------------------------------
     def _carry_out(self, decision: Decision) -> Outcome:
@@ -215,6 +241,5 @@ class SyncEngine:
         except ExternalServiceError:
             record = None  # the CRM itself is what keeps failing
         self.recorder.mark_failure(record, message)
-        direction = CRM_TO_PC if job.kind == KIND_CRM else PC_TO_CRM
         crm_id = record.crm_id if record else None
-        self.recorder.audit(Outcome("failed", job.record_id, direction, crm_id, message=message))
+        self.recorder.audit(Outcome("failed", job.record_id, job.direction, crm_id, message=message))

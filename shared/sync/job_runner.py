@@ -25,11 +25,10 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..domain.errors import AuthenticationError, LeaseLost, QuotaExceeded, TransientError
+from ..domain.credential_causes import CAUSES, cause_of, inactivity_warning
+from ..domain.errors import AuthenticationError, LeaseLost, QuotaExceeded, SetupIncomplete, TransientError
 from ..ports import (
     CRM_TO_PC,
-    KIND_CRM,
-    PC_TO_CRM,
     AuditEntry,
     Clock,
     CredentialFailure,
@@ -42,6 +41,7 @@ from ..ports import (
 from .deferral import throttle_delay
 from .engine import RecordBusy, SyncEngine
 from .poller import ChangeFeed, PollResult
+from .tally import Tally
 
 log = logging.getLogger(__name__)
 # A Storage queue message can stay invisible for at most 7 days; a longer wait is taken in 7-day steps.
@@ -61,6 +61,7 @@ class JobRunner:
         throttle_retry_seconds: int = 60,
         health_cache_seconds: float = 10.0,
         monotonic: Callable[[], float] = time.monotonic,
+        tally: Tally | None = None,
     ) -> None:
         self.engine, self.store, self.queue, self.clock = engine, store, queue, clock
         self.pause_seconds = pause_seconds
@@ -71,6 +72,7 @@ class JobRunner:
         self.health_cache_seconds = health_cache_seconds
         self._monotonic = monotonic
         self._cached: tuple[float, Health] | None = None
+        self.tally = tally  # counts for /api/status, kept as jobs finish
 
     def health(self) -> Health:
         return self.store.get_health()
@@ -88,16 +90,28 @@ class JobRunner:
         return cached[1]
 
     def run(self, job: Job, final_attempt: bool = False) -> str:
+        try:
+            return self._run(job, final_attempt)
+        except Exception as exc:
+            if self.tally is not None:
+                self.tally.job_raised(job, exc, final_attempt)
+            raise
+
+    def _run(self, job: Job, final_attempt: bool) -> str:
         health = self._job_health()
         pause = self.current_pause(health)
         if pause is not None:
             self._defer(job, self._seconds_until(pause.until))
             return "deferred"
         try:
-            action = self.engine.handle(job, final_attempt=final_attempt).action
+            outcome = self.engine.handle(job, final_attempt=final_attempt)
+            action = outcome.action
         except AuthenticationError as exc:
-            log.error("credentials refused by %s: %s", exc.service, exc)
-            failure = CredentialFailure(exc.service, str(exc)[:STORED_TEXT_MAX_CHARS], self.clock.now())
+            cause = cause_of(exc.code, str(exc))
+            log.error("credentials refused by %s: %s%s", exc.service, exc, f"; {cause.action}" if cause else "")
+            failure = CredentialFailure(
+                exc.service, str(exc)[:STORED_TEXT_MAX_CHARS], self.clock.now(), cause.name if cause else ""
+            )
             self.store.save_credential_failure(failure)
             self._cached = None
             raise
@@ -116,6 +130,12 @@ class JobRunner:
             pause = self._pause(exc, job)
             self._defer(job, self._seconds_until(pause.until))
             return "deferred"
+        except SetupIncomplete as exc:
+            # No attempt can succeed before setup-crm --apply runs: the job waits for it instead of counting
+            # attempts towards the poison queue; /api/status names what is missing.
+            log.error("%s %s waits %ss: %s", job.kind, job.record_id, self.pause_seconds, exc)
+            self._defer(job, self.pause_seconds)
+            return "deferred"
         except TransientError as exc:
             delay = throttle_delay(exc, self.throttle_retry_seconds)
             if delay is None:
@@ -127,6 +147,8 @@ class JobRunner:
         if health.credential_failure is not None:
             self.store.clear_credential_failure(self.clock.now())
             self._cached = None
+        if self.tally is not None:
+            self.tally.job_finished(outcome)
         return action
 
     def poll_crm(self, poller: ChangeFeed) -> PollResult | None:
@@ -156,7 +178,7 @@ class JobRunner:
             AuditEntry(
                 record_key=job.record_id if job else "crm",
                 action="paused",
-                direction=CRM_TO_PC if job is None or job.kind == KIND_CRM else PC_TO_CRM,
+                direction=CRM_TO_PC if job is None else job.direction,
                 message=message,
                 at=now,
             )
@@ -174,18 +196,27 @@ class JobRunner:
 
 
 def health_status(runner: JobRunner) -> dict[str, Any]:
-    """The pause (if any) and the last refused credential (until a job succeeds again)."""
+    """The pause (if any), the last refused credential (until a job succeeds again) with its cause and what to do,
+    and a warning when the Partner Center refresh token nears its inactivity expiry."""
     health = runner.health()
     pause = runner.current_pause(health)
     failure = None
     if health.credential_failure is not None:
         refused = health.credential_failure
+        cause = CAUSES.get(refused.cause)
         failure = {
             "service": refused.service,
             "message": refused.message,
             "at": refused.at.isoformat() if refused.at is not None else None,
+            "cause": cause.name if cause else None,
+            "summary": cause.summary if cause else None,
+            "whatToDo": cause.action if cause else None,
         }
     return {
         "paused": {"until": pause.until.isoformat(), "reason": pause.reason} if pause else None,
         "credentialFailure": failure,
+        "refreshToken": {
+            "lastUsedAt": health.token_redeemed_at.isoformat() if health.token_redeemed_at else None,
+            "warning": inactivity_warning(health.token_redeemed_at, runner.clock.now()),
+        },
     }

@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from ..domain.audit_text import audit_line, prepend
+from ..domain.current_fields import SERVICES_COSELL_MEMBERS, services_cosell_problems
 from ..domain.errors import StorageRejected
 from ..domain.mapping import fingerprint, mapped_values
 from ..domain.merge import STATUS_FIELDS, Plan, plan_merge, resolve_pending, with_pending
 from ..domain.opportunity import Opportunity
+from ..domain.seller_actions import reason_left_out, unmapped_reason_problems
 from ..domain.validation import problems_for_partner_center
 from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
@@ -83,7 +85,12 @@ class Merging:
             options.field_directions,
             referral_direction=referral.direction,
         )
+        plan.notes.extend(reason_left_out(pair.mapped, pc_side, plan.to_crm))
         problems = problems_for_partner_center(record) if "help_code" in plan.to_pc else []
+        if not problems and set(plan.to_pc) & set(SERVICES_COSELL_MEMBERS):
+            problems = services_cosell_problems(record)  # Partner Center takes the three only together
+        if not problems:
+            problems = unmapped_reason_problems(record, plan.to_pc)
         return MergePlan(pair, record, pc_side, base, plan, problems, pc_values, crm_values)
 
     def crm_update(self, merge: MergePlan, now: datetime) -> CrmUpdate | None:
@@ -153,7 +160,10 @@ class Merging:
         """What Partner Center receives: the record, with the customer contacts the CRM cannot hold (Dynamics
         keeps only the primary one) taken from the referral, so that a new primary contact replaces only the
         first of Partner Center's contacts and drops none of the others."""
-        record, held = merge.record, len(merge.pc_side.customer_contacts)
+        held = len(merge.pc_side.customer_contacts)
+        # The status as planned: a decline on a referral Partner Center has accepted goes as lost.
+        moving = {f: merge.plan.agreed[f] for f in STATUS_FIELDS if f in merge.plan.to_pc}
+        record = merge.record.model_copy(update=moving) if moving else merge.record
         if "customer_contacts" not in merge.plan.to_pc:
             return record
         emails = {c.email.lower() for c in record.customer_contacts if c.email}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ..domain.leads import LeadRules
 from ..domain.mapping import DEFAULT_REFERRAL_LINK_TEMPLATE
 from ..domain.policies import Direction, Side
 from ..domain.routing import Routing
@@ -28,3 +29,5 @@ class EngineOptions:
     field_directions: Mapping[str, Direction] = field(default_factory=dict)
     # Who owns an opportunity made from a referral (INBOUND_OWNER); no rules: the CRM's default, the integration user.
     inbound_routing: Routing = field(default_factory=Routing)
+    # How the CRM's lead states read (the mapping's [lead] table), for Partner Center leads (sync_cosell_only off).
+    lead_rules: LeadRules = field(default_factory=LeadRules)

@@ -37,6 +37,7 @@ class Outcome:
     referral_id: str | None = None
     fields: tuple[str, ...] = ()
     message: str = ""
+    crm_kind: str | None = None  # Link.crm_kind of the record crm_id names (None: an opportunity)
 
 
 class Recorder:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -52,12 +52,19 @@ def _error(status: int, message: str) -> IntakeResult:
 
 class WebhookIntake:
     def __init__(
-        self, verifier: SignatureVerifier, queue: JobQueue, max_body_bytes: int, referral_id_from_uri: Any
+        self,
+        verifier: SignatureVerifier,
+        queue: JobQueue,
+        max_body_bytes: int,
+        referral_id_from_uri: Any,
+        on_test_event: Callable[[str], None] | None = None,
     ) -> None:
         self.verifier = verifier
         self.queue = queue
         self.max_body_bytes = max_body_bytes
         self._referral_id = referral_id_from_uri
+        # Told the ResourceUri of each verified test event: `register-webhook` waits for that record.
+        self._on_test_event = on_test_event
 
     def receive(self, headers: Mapping[str, str], raw_body: bytes) -> IntakeResult:
         if len(raw_body) > self.max_body_bytes:
@@ -75,6 +82,8 @@ class WebhookIntake:
             missing = ", ".join(str(e["loc"][0]) for e in exc.errors() if e.get("loc"))
             return _error(400, f"event is missing or has invalid fields: {missing}")
         if event.EventName == TEST_EVENT:
+            if self._on_test_event is not None:
+                self._on_test_event(event.ResourceUri)
             return IntakeResult(202, {"status": "ignored", "reason": "test event acknowledged"})
         if event.EventName not in REFERRAL_EVENTS:
             log.info("webhook event %s acknowledged and ignored", event.EventName)

@@ -29,11 +29,13 @@ from ...domain.routing import Owner, OwnerKind
 from ...httpclient import ApiClient, TokenProvider, create_once
 from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
+from ..org_columns import OrgColumns
 from .auth import SERVICE
+from .customer_rows import CustomerFinder
 from .customers import Currencies, Customers, Lookups
+from .leads import DataverseLeads
 from .mapping import (
     OPEN,
-    OPPORTUNITY_COLUMNS,
     WON,
     DataverseMapping,
     account_select,
@@ -45,6 +47,7 @@ from .mapping import (
     row_to_opportunity,
 )
 from .metadata import mapping_problems
+from .org_layout import OrgLayout
 from .row_states import STATE_COLUMNS, RowStates
 from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows
 
@@ -99,18 +102,36 @@ class DataverseCrm:
         )
         self._web = DataverseRows(self.api)
         self._customers = Customers(self._web, self.mapping)
+        self._new_customer = CustomerFinder(self._web, self.mapping)
         self._currencies = Currencies(self._web)
-        self._converters = Converters(self.mapping, Lookups(self._currencies))
-        self._opportunity_select = ",".join(dict.fromkeys([*OPPORTUNITY_COLUMNS, *self._converters.select()]))
         self._account_select = account_select(self.mapping)
         self._contact_select = contact_select()
-        # One request reads the opportunity with its account and primary contact.
-        self._read_params = {
-            "$select": self._opportunity_select,
-            "$expand": f"customerid_account($select={self._account_select}),"
-            f"parentcontactid($select={self._contact_select})",
-        }
+        # The mapping as this organisation's columns allow (optional ones it lacks left out), learned on first use.
+        self._org = OrgLayout(
+            self._web, self.mapping, Lookups(self._currencies), self._account_select, self._contact_select
+        )
         self._states = RowStates()
+
+    @property
+    def _converters(self) -> Converters:
+        return self._org.get().converters
+
+    @property
+    def _opportunity_select(self) -> str:
+        return self._org.get().select
+
+    @property
+    def _read_params(self) -> dict[str, str]:
+        return self._org.get().read_params
+
+    def org_columns(self, learn: bool = True) -> OrgColumns | None:
+        """The mapped columns the organisation lacks (one metadata request per adapter); ``learn=False`` only
+        says what is known already (None before the first read or write)."""
+        return self._org.get().columns if learn else self._org.known()
+
+    def lead_records(self) -> DataverseLeads:
+        """Leads made from Partner Center leads (``SYNC_COSELL_ONLY=false``), over the same client."""
+        return DataverseLeads(self._web, self.mapping.lead)
 
     def check_mapping(self) -> list[str]:
         """What the organisation's metadata says is wrong with the mapping (missing columns, wrong types,
@@ -132,7 +153,7 @@ class DataverseCrm:
         """Only the primary contact is kept on the opportunity (``parentcontactid``), only what the mapping
         stores, and the status as its state and status reason read back (declined and expired are both
         Lost/Canceled, which reads as declined)."""
-        stored = self.mapping.stored(opportunity)
+        stored = self._org.get().mapping.stored(opportunity)
         update: dict[str, Any] = {"customer_contacts": stored.customer_contacts[:1]}
         target = self.mapping.status.target(stored.status, stored.substatus)
         if target is not None:
@@ -159,32 +180,29 @@ class DataverseCrm:
 
     # -- writing --------------------------------------------------------------------------------------------------
     def create_opportunity(self, opportunity: Opportunity, owner: Owner | None = None) -> Opportunity:
-        path = self._key_path(opportunity.referral_id)
-        fields = WRITABLE_FIELDS - STATUS_FIELDS - {"referral_id"}
-        body = self._columns_for(opportunity, fields)  # validates before anything is written
-        # The upsert below only creates (If-None-Match: *), so the owner never moves a row that already exists.
+        fields = WRITABLE_FIELDS - STATUS_FIELDS
+        body = self._columns_for(opportunity, fields)  # validates (the referral-id key too) before any write
+        # The create below never touches a row that exists, so the owner never moves one.
         owner_bind = f"/{OWNER_SETS[owner.kind]}({self._guid(owner.id)})" if owner is not None else None
-        account = self._customers.ensure_account_row(opportunity)
-        if account:
-            body["customerid_account@odata.bind"] = f"/accounts({account['accountid']})"
-        contacts = self._customers.ensure_contact_rows(
-            opportunity.customer_contacts, str(account["accountid"]) if account else None
-        )
-        if contacts:
-            body["parentcontactid@odata.bind"] = f"/contacts({contacts[0]['contactid']})"
+        customer = self._new_customer.prepare(opportunity)
+        body = {k: v for k, v in body.items() if v is not None}
+        body.update(customer.binds())
         if owner_bind is not None:
             body["ownerid@odata.bind"] = owner_bind
-        body = {k: v for k, v in body.items() if v is not None}
         target = self.mapping.status.target(opportunity.status, opportunity.substatus)
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]
         try:
+            # A deep insert (a new primary contact is nested in it) carrying the referral id, an alternate key: it
+            # is sent again after a lost answer, because a second one cannot make a second row, nested ones
+            # included (412, all or nothing).
             response = self.api.request(
-                "PATCH",
-                path,
+                "POST",
+                "opportunities",
                 params={"$select": self._opportunity_select},
                 json=body,
-                headers={"If-None-Match": "*", "Prefer": f"return=representation,{ANNOTATIONS}"},
+                headers={"Prefer": f"return=representation,{ANNOTATIONS}"},
+                idempotent=True,
             )
         except PreconditionFailed:
             # Already there (a retried job, or a concurrent one): the existing row is the answer.
@@ -197,9 +215,10 @@ class DataverseCrm:
                 self._close(existing.crm_id, target, opportunity.deal_value, None)
                 return self._reread(existing.crm_id)
             return existing
-        # The record as a read would give it: the upsert's answer, with the account and contact rows as they
+        # The record as a read would give it: the create's answer, with the account and contact rows as they
         # were just found or written (the answer of a write cannot expand them).
         row: dict[str, Any] = response.json(parse_float=Decimal)
+        account, contacts = customer.account, customer.contacts
         row["customerid_account"] = account if account and row.get("_customerid_value") else None
         row["parentcontactid"] = contacts[0] if contacts and row.get("_parentcontactid_value") else None
         created = self._to_opportunity(row)

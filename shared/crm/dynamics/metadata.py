@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..org_columns import left_out as _left_out
 from .mapping import DataverseMapping
 from .webapi import DataverseRows
 
@@ -44,16 +45,16 @@ def mapping_problems(web: DataverseRows, mapping: DataverseMapping) -> list[str]
     types = {str(a["LogicalName"]): str(a.get("AttributeType")) for a in _definitions(web, "opportunity")}
     problems: list[str] = []
 
-    def check(path: str, column: str, kind: str) -> None:
+    def check(path: str, column: str, kind: str, optional: bool = False) -> None:
         found = types.get(column)
         if found is None:
-            problems.append(f"{path}.column: '{column}' is not a column of the opportunity table")
+            problems.append(f"{path}.column: '{column}' is not a column of the opportunity table{_left_out(optional)}")
         elif found not in ATTRIBUTE_TYPES[kind]:
             wanted = " or ".join(ATTRIBUTE_TYPES[kind])
             problems.append(f"{path}.column: '{column}' is {found} in Dataverse; a {kind} field needs {wanted}")
 
     for name, entry in mapping.mapped():
-        check(f"fields.{name}", entry.column, entry.type)
+        check(f"fields.{name}", entry.column, entry.type, entry.optional)
     for index, extra in enumerate(mapping.extra):
         check(f"extra.{index}", extra.column, extra.type)
 

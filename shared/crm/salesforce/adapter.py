@@ -35,6 +35,7 @@ contact-role and currency records in :mod:`shared.crm.salesforce.customers`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -44,19 +45,23 @@ from urllib.parse import quote
 
 import requests
 
-from ...domain.errors import NotFound, ValidationFailed
+from ...domain.errors import NotFound, OutcomeUnknown, PermanentError, ValidationFailed
 from ...domain.opportunity import Opportunity
 from ...domain.routing import Owner
 from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, writable
+from ..org_columns import OrgColumns, RequiredColumnsMissing, checked, org_columns, without_missing
 from .api import (
+    MAX_COLLECTION_SIZE,
+    MAX_COMPOSITE_SUBREQUESTS,
     QUOTA_RETRY_AFTER_SECONDS,
     DuplicateReferralId,
     SalesforceApi,
     Subrequest,
 )
 from .auth import SERVICE, SalesforceAuth
-from .customers import ContactRoles, Currencies, Customers, Lookups
+from .customers import ContactRoles, Currencies, CustomerPlan, Customers, Lookups, reference
+from .leads import SalesforceLeads
 from .mapping import (
     OPPORTUNITY_FIELDS,
     OPPORTUNITY_PREFIX,
@@ -109,6 +114,8 @@ class _Layout:
     org: OrgCurrency
     converters: Converters
     fields: tuple[str, ...]
+    mapping: SalesforceMapping  # without the optional fields whose field the org lacks
+    columns: OrgColumns
 
 
 class SalesforceCrm:
@@ -140,10 +147,15 @@ class SalesforceCrm:
         self._today = today or (lambda: datetime.now(UTC).date())
         self._customers = Customers(self.api)
         self._roles = ContactRoles(self.api)
+        self._absent = RecentlyAbsent()
         self._currencies = Currencies(self.api)
         self._layout_cache: _Layout | None = None  # built once the org's kind is known (see _layout)
         # The contact roles come with the opportunity, in the order ContactRoles.read gives them.
         self._roles_subquery = subquery(ROLES_RELATIONSHIP, ROLE_FIELDS, ROLE_ORDER)
+
+    def lead_records(self) -> SalesforceLeads:
+        """Leads made from Partner Center leads (``SYNC_COSELL_ONLY=false``), over the same API client."""
+        return SalesforceLeads(self.api, self.mapping.lead)
 
     def check_mapping(self) -> list[str]:
         """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
@@ -155,11 +167,27 @@ class SalesforceCrm:
         layout = self._layout_cache
         if layout is None:
             org = self._currencies.org()
-            converters = Converters(for_org(self.mapping, org), Lookups(self._currencies))
+            mapping = for_org(self.mapping, org)
+            # The same describe says which mapped fields the org has: optional ones it lacks are left out.
+            present = self._currencies.opportunity_fields
+            try:
+                columns = checked(org_columns(mapping, present, SERVICE, "Opportunity", case_sensitive=False))
+            except RequiredColumnsMissing:
+                self._currencies.forget()  # the next job describes the org again: setup-crm may have run since
+                raise
+            mapping = without_missing(mapping, columns)
+            converters = Converters(mapping, Lookups(self._currencies))
             fields = tuple(dict.fromkeys([*OPPORTUNITY_FIELDS, *converters.select()]))
             # Two threads may both get here: they build the same value, so either may be kept.
-            layout = self._layout_cache = _Layout(org, converters, fields)
+            layout = self._layout_cache = _Layout(org, converters, fields, mapping, columns)
         return layout
+
+    def org_columns(self, learn: bool = True) -> OrgColumns | None:
+        """The mapped fields the org's Opportunity lacks (from the describe the adapter makes once anyway);
+        ``learn=False`` only says what is known already (None before the first read or write)."""
+        if learn:
+            return self._layout().columns
+        return self._layout_cache.columns if self._layout_cache is not None else None
 
     # -- public extras ------------------------------------------------------------------------------------------
     @property
@@ -186,6 +214,8 @@ class SalesforceCrm:
         if not referral_id:
             return None
         row = self._find(referral_id)
+        if row is None:
+            self._absent.looked_up(referral_id)
         return self._to_opportunity(row) if row is not None else None
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
@@ -204,7 +234,8 @@ class SalesforceCrm:
         """What reading the opportunity back returns: the status as its stage reads back, one multi-line
         street, products re-split, only contacts that can be stored (once each), no address without an
         account, and in a single-currency org the org's currency where the opportunity has none."""
-        return stored_form(self.mapping, opportunity, self._layout().org)
+        layout = self._layout()
+        return stored_form(layout.mapping, opportunity, layout.org)
 
     def _select(self, where: str, order_by: str | None = None) -> str:
         """The query of whole opportunities: mapped fields, the account's fields and the contact roles."""
@@ -241,21 +272,37 @@ class SalesforceCrm:
         if not opportunity.name:
             raise ValidationFailed(["A Salesforce opportunity needs a name"])
         owner_id = self._owner_id(owner)  # checked before any write too
-        account_id = self._customers.ensure_account(opportunity)
-        contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
         body = {k: v for k, v in body.items() if v is not None}
         stages = self.mapping.status
         body["StageName"] = stages.stage_for(opportunity.status, opportunity.substatus) or stages.stage_for(
             "Active", None
         )
         body.setdefault(self.mapping.column("close_date"), self._default_close_date())
-        if account_id:
-            body["AccountId"] = account_id
         if owner_id is not None and self._find(referral_id) is None:
             # An upsert that finds the record updates it, and an OwnerId in it would take the record from whoever
             # owns it now: the owner is sent only when the record is not there (one query, and only with an owner
             # to give). Should the upsert's answer be lost, its retry finds the record it made, with this owner.
             body["OwnerId"] = owner_id
+        if self._absent.just_looked_up(referral_id):
+            # The caller has just found no record for the referral (the engine always looks first): everything is
+            # created in one call. Otherwise (a retried create) the careful path below finds what is there first.
+            plan = self._customers.plan(opportunity)
+            if fits_one_call(plan):
+                try:
+                    return self._create_in_one_call(referral_id, body, plan)
+                except OutcomeUnknown as exc:
+                    # All or none: nothing was written, or everything was, and the matching rules and the referral
+                    # id find it. The careful path below finds what is there and writes only what is missing.
+                    log.info("the answer to the one-call create was lost (%s); finding what it made", exc.status)
+                except (PermanentError, ValidationFailed) as exc:
+                    # Nothing was written (all or none). A record made meanwhile under the referral id (the upsert
+                    # then answers without an id, or 300) or a refused value: the careful path reports it as a
+                    # request of its own would.
+                    log.info("the one-call create was refused (%s); creating step by step", exc)
+        account_id = self._customers.ensure_account(opportunity)
+        contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
+        if account_id:
+            body["AccountId"] = account_id
         crm_id, created, row = self._upsert(referral_id, body)
         if created:
             # This very request made the record (a repeated upsert answers "created": false), so no contact role
@@ -314,6 +361,45 @@ class SalesforceCrm:
         return current.model_copy(update=changed)
 
     # -- write helpers --------------------------------------------------------------------------------------------
+    def _create_in_one_call(self, referral_id: str, body: dict[str, Any], plan: CustomerPlan) -> Opportunity:
+        """The customer's new records, the opportunity (upserted by the referral id), its contact roles and the
+        read-back, as one all-or-none composite call. It is not sent twice: a lost answer raises OutcomeUnknown.
+        Should the upsert find a record after all (made meanwhile by hand), the roles are put right from it."""
+        field_name = self.mapping.column("referral_id")
+        opportunity = {**body, **({"AccountId": plan.account} if plan.account else {})}
+        calls = [
+            *plan.writes,
+            Subrequest("PATCH", f"sobjects/Opportunity/{field_name}/{quote(referral_id, safe='')}", "opp", opportunity),
+        ]
+        if plan.contacts:
+            roles = [
+                {
+                    "attributes": {"type": "OpportunityContactRole"},
+                    "OpportunityId": reference("opp"),
+                    "ContactId": contact_id,
+                    "IsPrimary": index == 0,
+                }
+                for index, contact_id in enumerate(plan.contacts)
+            ]
+            calls.append(Subrequest("POST", "composite/sobjects", "roles", {"allOrNone": True, "records": roles}))
+        # The reference stays literal in the query string; the service puts the new id there before running it.
+        placeholder = "REFERENCED_OPPORTUNITY_ID"
+        query = quote(self._select(f"Id = '{placeholder}'"), safe="")
+        calls.append(Subrequest("GET", f"query?q={query.replace(placeholder, reference('opp'))}", "read"))
+        answers = self.api.composite(calls, idempotent=False)
+        upsert = answers["opp"].body if isinstance(answers["opp"].body, dict) else {}
+        records = answers["read"].body.get("records") if isinstance(answers["read"].body, dict) else None
+        if not records:
+            raise NotFound(SERVICE, f"opportunity for referral {referral_id} vanished after its create", 404)
+        row = dict(records[0])
+        if upsert.get("created") is False:
+            log.info("opportunity for referral %s already existed; updated instead of created again", referral_id)
+            made = {s.reference_id: answers[s.reference_id].body for s in plan.writes}
+            contact_ids = [_resolved(contact_id, made) for contact_id in plan.contacts]
+            if self._roles.sync(str(row["Id"]), contact_ids, existing=self._roles_of(row)):
+                row = self._require(str(row["Id"]))
+        return self._to_opportunity(row)
+
     def _upsert(self, referral_id: str, body: dict[str, Any]) -> tuple[str, bool, dict[str, Any] | None]:
         """(record id, created, the record when it had to be read) of an upsert by the referral id; 300 means
         duplicates and writes nothing."""
@@ -391,3 +477,40 @@ class SalesforceCrm:
         if not is_record_id(crm_id, OPPORTUNITY_PREFIX):
             raise ValidationFailed([f"'{crm_id}' is not a Salesforce opportunity id"])
         return str(crm_id)
+
+
+def fits_one_call(plan: CustomerPlan) -> bool:
+    """Whether the plan's writes, the upsert, the roles and the read-back fit one composite call."""
+    return len(plan.writes) + 3 <= MAX_COMPOSITE_SUBREQUESTS and len(plan.contacts) <= MAX_COLLECTION_SIZE
+
+
+def _resolved(contact_id: str, made: dict[str, Any]) -> str:
+    """A contact's id, where the plan named it by a reference to its create."""
+    for reference_id, answer in made.items():
+        if contact_id == reference(reference_id) and isinstance(answer, dict):
+            return str(answer["id"])
+    return contact_id
+
+
+class RecentlyAbsent:
+    """Referral ids a lookup has just found no opportunity for, each good for one create soon after."""
+
+    FRESH_SECONDS = 60.0
+    LIMIT = 1000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def looked_up(self, referral_id: str) -> None:
+        with self._lock:
+            if len(self._seen) >= self.LIMIT:
+                horizon = self._clock() - self.FRESH_SECONDS
+                self._seen = {key: at for key, at in self._seen.items() if at >= horizon}
+            self._seen[referral_id] = self._clock()
+
+    def just_looked_up(self, referral_id: str) -> bool:
+        with self._lock:
+            seen = self._seen.pop(referral_id, None)
+        return seen is not None and self._clock() - seen <= self.FRESH_SECONDS

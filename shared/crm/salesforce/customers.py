@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...domain.errors import OutcomeUnknown, TransientError, ValidationFailed
 from ...domain.opportunity import Contact, Opportunity
 from ...httpclient import create_once
 from ..mapping import Entry
-from .api import SalesforceApi, record_error
+from .api import SalesforceApi, Subrequest, record_error
 from .auth import SERVICE
 from .mapping import (
     ACCOUNT_FIELDS,
@@ -60,6 +61,9 @@ class Currencies:
         self._active: set[str] = set()
         self._org: OrgCurrency | None = None
         self._learning = threading.Lock()  # workers share the adapter: the org is described once, not per thread
+        # Opportunity's field names (casefolded) from the same describe: the adapter leaves out the optional
+        # mapped fields an org not yet upgraded by setup-crm lacks (shared.crm.org_columns).
+        self.opportunity_fields: frozenset[str] = frozenset()
 
     def org(self) -> OrgCurrency:
         if self._org is None:
@@ -68,9 +72,14 @@ class Currencies:
                     self._org = self._learn()
         return self._org
 
+    def forget(self) -> None:
+        """Describe the org again on next use (after it was found lacking a column the connector needs)."""
+        self._org = None
+
     def _learn(self) -> OrgCurrency:
         describe = self._api.json(self._api.request("GET", "sobjects/Opportunity/describe"))
         names = {str(field.get("name") or "").casefold() for field in describe.get("fields") or []}
+        self.opportunity_fields = frozenset(names)
         if CURRENCY_FIELD.casefold() in names:
             return OrgCurrency(multi=True)
         row = next(iter(self._api.query(soql("Organization", ["DefaultCurrencyIsoCode"]))), None) or {}
@@ -126,16 +135,77 @@ class Lookups:
         return str(code).upper() if code else None
 
 
+@dataclass(frozen=True)
+class CustomerPlan:
+    """What a new opportunity's customer needs, found by the matching rules: the account and the contacts (primary
+    first, once each) as record ids, or as ``@{ref.id}`` references to the creates in ``writes``, the composite
+    subrequests that create or fill in what is missing."""
+
+    account: str | None
+    contacts: list[str]
+    writes: list[Subrequest] = field(default_factory=list)
+
+
+def reference(reference_id: str) -> str:
+    """The id a composite subrequest answers with, used in a later subrequest of the same call."""
+    return f"@{{{reference_id}.id}}"
+
+
 class Customers:
     """Find-or-create of the customer's account and contacts."""
 
     def __init__(self, api: SalesforceApi) -> None:
         self._api = api
 
-    def ensure_account(self, opportunity: Opportunity) -> str | None:
-        """Find the customer's account by name and postal code, else create it; fill in missing address parts."""
-        if not opportunity.customer_name:
-            return None
+    def plan(self, opportunity: Opportunity) -> CustomerPlan:
+        """The account and contacts found as :meth:`ensure_account` and :meth:`ensure_contacts` find them (one
+        query each), and the writes those would send, as subrequests of one composite call, unsent."""
+        writes: list[Subrequest] = []
+        account_id: str | None = None
+        if opportunity.customer_name:
+            statement, wanted = self._account_lookup(opportunity)
+            row = self._first(statement)
+            if row is None:
+                body = {"Name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
+                writes.append(Subrequest("POST", "sobjects/Account", "account", body=body))
+                account_id = reference("account")
+            else:
+                account_id = str(row["Id"])
+                changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+                if changes:
+                    writes.append(Subrequest("PATCH", f"sobjects/Account/{account_id}", "accountFill", body=changes))
+        new_account = bool(writes) and writes[0].reference_id == "account"
+        contacts = unique_contacts(opportunity.customer_contacts, bool(account_id))
+        # Nothing can be found by its name at an account that does not exist yet.
+        lookup = [c for c in contacts if c.email or not new_account]
+        known = self._known_contacts(lookup, account_id) if lookup else []
+        ids: list[str] = []
+        for index, contact in enumerate(contacts):
+            wanted_fields = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
+            row = next((r for r in known if _matches(contact, account_id, r)), None)
+            if row is None:
+                body: dict[str, Any] = {k: v for k, v in wanted_fields.items() if v is not None}
+                body.setdefault("LastName", MISSING_LAST_NAME)
+                if account_id:
+                    body["AccountId"] = account_id
+                writes.append(Subrequest("POST", "sobjects/Contact", f"contact{index}", body=body))
+                contact_id = reference(f"contact{index}")
+                known.append({"Id": contact_id, **body})  # found by the contacts after it, as a query would
+            else:
+                contact_id = str(row["Id"])
+                changes = {k: v for k, v in wanted_fields.items() if v is not None and row.get(k) != v}
+                if account_id and not row.get("AccountId"):
+                    changes["AccountId"] = account_id
+                if changes:
+                    fill = Subrequest("PATCH", f"sobjects/Contact/{contact_id}", f"contactFill{index}", body=changes)
+                    writes.append(fill)
+                    row.update(changes)
+            if contact_id not in ids:
+                ids.append(contact_id)
+        return CustomerPlan(account_id, ids, writes)
+
+    def _account_lookup(self, opportunity: Opportunity) -> tuple[str, dict[str, Any]]:
+        """The query that finds the customer's account, and the address fields it should hold."""
         address = opportunity.customer_address
         wanted = {name: getattr(address, attr) for attr, name in ACCOUNT_FIELDS}
         wanted["BillingStreet"] = street(address)
@@ -147,6 +217,13 @@ class Customers:
             "CreatedDate, Id",
             limit=1,
         )
+        return statement, wanted
+
+    def ensure_account(self, opportunity: Opportunity) -> str | None:
+        """Find the customer's account by name and postal code, else create it; fill in missing address parts."""
+        if not opportunity.customer_name:
+            return None
+        statement, wanted = self._account_lookup(opportunity)
         row = self._first(statement)
         if row is None:
             body = {"Name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}

@@ -78,10 +78,19 @@ class SalesforceStatus(Strict):
         closed = any(parse_status_key(key)[0] == "Closed" for key, name in self.stages.items() if name == stage)
         return closed, closed and self.stages.get("Closed/Won") == stage
 
-    def status_of(self, stage: str | None, is_closed: bool, is_won: bool) -> tuple[str, str]:
-        """(status, substatus) read from an opportunity; IsClosed / IsWon come from the org's stage settings."""
+    def status_of(self, stage: str | None, is_closed: bool, is_won: bool, reason: str | None = None) -> tuple[str, str]:
+        """(status, substatus) read from an opportunity; IsClosed / IsWon come from the org's stage settings. A closed
+        stage of its own for Declined or Expired reads as that; the lost stage reads as Declined when it is also the
+        decline stage and a decline ``reason`` is set."""
         if is_closed:
-            return ("Closed", "Won") if is_won else ("Closed", "Lost")
+            if is_won:
+                return ("Closed", "Won")
+            lost = self.stage_for("Closed", "Lost")
+            for substatus in ("Declined", "Expired"):
+                if stage == self.stage_for("Closed", substatus) and stage != lost:
+                    return ("Closed", substatus)
+            declines_here = stage == lost == self.stage_for("Closed", "Declined")
+            return ("Closed", "Declined") if declines_here and reason else ("Closed", "Lost")
         for key, name in self.stages.items():
             status, substatus = parse_status_key(key)
             if name == stage and status in OPEN_SUBSTATUS:
@@ -303,7 +312,7 @@ def record_to_opportunity(
     its account and the contacts of its contact roles in the order given."""
     account = row.get("Account") or None
     status, substatus = mapping.status.status_of(
-        row.get("StageName"), bool(row.get("IsClosed")), bool(row.get("IsWon"))
+        row.get("StageName"), bool(row.get("IsClosed")), bool(row.get("IsWon")), values.get("status_reason")
     )
     contacts = []
     for role in roles:
@@ -348,7 +357,7 @@ def stored_form(mapping: SalesforceMapping, opportunity: Opportunity, org: OrgCu
     stage = mapping.status.stage_for(o.status, o.substatus)
     if stage is not None:
         closed, won = mapping.status.flags(stage)
-        update["status"], update["substatus"] = mapping.status.status_of(stage, closed, won)
+        update["status"], update["substatus"] = mapping.status.status_of(stage, closed, won, o.status_reason)
     has_account = bool(o.customer_name)
     if has_account:
         line1, line2 = split_street(street(o.customer_address))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..org_columns import left_out as _left_out
 from .api import SalesforceApi
 from .mapping import CURRENCY_FIELD, SalesforceMapping
 
@@ -37,10 +38,10 @@ def mapping_problems(api: SalesforceApi, mapping: SalesforceMapping) -> list[str
     fields = {str(d["name"]).casefold(): d for d in describe.get("fields") or []}
     problems: list[str] = []
 
-    def check(path: str, column: str, kind: str) -> dict[str, Any] | None:
+    def check(path: str, column: str, kind: str, optional: bool = False) -> dict[str, Any] | None:
         found = fields.get(column.casefold())
         if found is None:
-            problems.append(f"{path}.column: '{column}' is not a field of Opportunity")
+            problems.append(f"{path}.column: '{column}' is not a field of Opportunity{_left_out(optional)}")
         elif found.get("type") not in FIELD_TYPES[kind]:
             wanted = " or ".join(FIELD_TYPES[kind])
             problems.append(
@@ -58,7 +59,7 @@ def mapping_problems(api: SalesforceApi, mapping: SalesforceMapping) -> list[str
                     "the currency of every opportunity"
                 )
             continue
-        definition = check(f"fields.{name}", entry.column, entry.type)
+        definition = check(f"fields.{name}", entry.column, entry.type, entry.optional)
         if definition is not None and entry.type == "choice":
             allowed = _values(definition)
             for code, value in entry.values.items():

@@ -1,0 +1,44 @@
+"""The CRM poll with leads: flagged opportunities first, then leads made from Partner Center leads, each a change
+feed with its own watermark. Wired only when ``SYNC_COSELL_ONLY`` is off, so an org without leads pays nothing."""
+
+from __future__ import annotations
+
+from ..ports import KIND_CRM_LEAD, Clock, Crm, JobQueue
+from .poller import ChangeFeed, FeedState, PollResult
+
+LEAD_POLL_STATE_KEY = "crm-lead-poll"
+
+
+class PollWithLeads:
+    """Polls both feeds as one: the counts add up, the watermark is the opportunities' (what the status page shows).
+    A throttled opportunity feed stops the run before the leads: the next run carries on with both."""
+
+    def __init__(self, opportunities: ChangeFeed, leads: ChangeFeed) -> None:
+        self.opportunities, self.leads = opportunities, leads
+
+    def poll(self) -> PollResult:
+        first = self.opportunities.poll()
+        if first.throttled:
+            return first
+        second = self.leads.poll()
+        return PollResult(
+            first.seen + second.seen,
+            first.enqueued + second.enqueued,
+            first.watermark,
+            second.throttled,
+            second.retry_after,
+        )
+
+
+def lead_poller(
+    crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300, page_size: int = 500
+) -> ChangeFeed:
+    return ChangeFeed(
+        LEAD_POLL_STATE_KEY,
+        KIND_CRM_LEAD,
+        lambda since: crm.lead_records().lead_changes_since(since, page_size),
+        state,
+        queue,
+        clock,
+        overlap_seconds,
+    )
