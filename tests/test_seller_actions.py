@@ -323,3 +323,13 @@ def test_the_decline_state_on_an_accepted_referral_goes_as_lost_and_its_read_bac
     assert (plan.agreed["status"], plan.agreed["substatus"]) == ("Closed", "Lost")
     after = plan_merge(_deal("Closed", "Lost"), _deal("Closed", "Declined"), plan.agreed, {}, "Closed", "Lost")
     assert after.changed == [] and after.notes == []
+
+
+def test_a_reason_partner_center_set_is_kept_when_the_seller_declines_without_one():
+    # Found by Hypothesis (test_properties): the CRM's close carried its empty reason over the one Partner Center
+    # held, so Partner Center's reason was lost and the two sides never agreed on it.
+    base = mapped_values(_deal("New", "Pending"))
+    pc = _deal("New", "Pending", REASON)
+    plan = plan_merge(pc, _deal("Closed", "Declined"), base, {}, "New", "Pending")
+    assert sorted(plan.to_pc) == ["status", "substatus"]
+    assert plan.to_crm == ["status_reason"] and plan.agreed["status_reason"] == REASON

@@ -251,6 +251,8 @@ def _check_status_move(
         return
     if transition_allowed(pc_status, str(status), str(substatus)):
         for name in (*STATUS_FIELDS, *((REASON_FIELD,) if closing else ())):
+            if name == REASON_FIELD and name in plan.to_crm:
+                continue  # a reason Partner Center changed and the CRM did not: the close keeps it, the CRM learns it
             if name not in plan.to_pc and pc_vals[name] != crm_vals[name]:
                 plan.to_pc.append(name)
                 if name in plan.to_crm:
