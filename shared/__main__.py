@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import wiring
+from .cli_table import Command, add_commands, arg
 from .domain.errors import ExternalServiceError
 from .local_settings import SETTINGS_FILE, LocalSettingsError, apply_local_settings
 from .settings import Settings, SettingsError, load_settings
@@ -353,6 +354,204 @@ def _setup_crm(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+REPLAY_LIMIT = arg("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
+
+COMMANDS = (
+    Command(
+        "status",
+        "sync counts, queue and poison depth, last poll, credential modes",
+        _status,
+        description=(
+            "The app's state as JSON, as /api/status shows it: links by status, queue and poison depth, the last "
+            "CRM poll and reconciliation, pauses, credential problems. Needs the storage settings only."
+        ),
+    ),
+    Command(
+        "history",
+        "one record's audit trail, oldest first",
+        _history,
+        description=(
+            "Every audit entry (SyncAudit) of one record, oldest first: what each job did, which way, which fields, "
+            "and why it skipped or failed. Give the CRM opportunity id or the Partner Center referral id: the "
+            "entries of both ids of a linked pair are shown. Needs the storage settings only. Exits 1 when nothing "
+            "is known about the id."
+        ),
+        args=(
+            arg("record_id", metavar="crm-id|referral-id", help="a CRM opportunity id or a referral id"),
+            arg("--limit", type=int, default=200, help="show at most the newest N entries (default: 200)"),
+        ),
+    ),
+    Command(
+        "backfill",
+        "day-one load: enqueue every flagged CRM opportunity, or every open Partner Center referral, once",
+        _backfill,
+        description=(
+            "Day-one load. --from crm (the default) enqueues every CRM opportunity flagged 'Sync with Partner "
+            "Center'; --from partner-center enqueues every open referral of the partner in Partner Center (New or "
+            "Active; never Microsoft's copy of an engagement; only co-sell opportunities while SYNC_COSELL_ONLY is "
+            "on), optionally only those updated since --since. One job each on 'sync-jobs', progress every 100. "
+            "Safe to run again: every record is enqueued again, and one already linked and unchanged is a no-op for "
+            "the worker (no second record, nothing written to either side)."
+        ),
+        args=(
+            arg(
+                "--from",
+                dest="source",
+                choices=("crm", "partner-center"),
+                default="crm",
+                help="where to read the records from (default: crm)",
+            ),
+            arg(
+                "--since",
+                type=_since,
+                metavar="DATE",
+                help="with --from partner-center: only referrals updated at or after this ISO 8601 date or date-time "
+                "(UTC unless it has an offset), e.g. 2024-05-01 or 2024-05-01T08:30:00Z",
+            ),
+        ),
+    ),
+    Command(
+        "reconcile",
+        "enqueue referrals changed since the last reconciliation, or since --since",
+        _reconcile,
+        description=(
+            "Run the hourly reconciliation now: one job per referral Partner Center changed since the last run. "
+            "With --since DATE, every referral changed since DATE instead (after an outage longer than the "
+            "reconciliation's overlap, or webhooks lost before the app was configured); that run leaves the "
+            "schedule's watermark alone. Needs the storage and Partner Center settings, not the CRM's."
+        ),
+        args=(
+            arg(
+                "--since",
+                type=_since,
+                metavar="DATE",
+                help="read referrals changed at or after this ISO 8601 date or date-time (UTC unless it has an offset)",
+            ),
+        ),
+    ),
+    Command(
+        "replay-poison",
+        "move jobs from 'sync-jobs-poison' back to 'sync-jobs'",
+        _replay_poison,
+        description=(
+            "Move jobs from the poison queue back to 'sync-jobs' once their cause is fixed (see `poison list`); "
+            "unreadable messages are dropped and printed. Needs the storage settings only."
+        ),
+        args=(REPLAY_LIMIT,),
+    ),
+    Command(
+        "poison",
+        "the jobs in 'sync-jobs-poison': list or replay them",
+        description="The jobs in 'sync-jobs-poison': list them with each record's last error, or replay them.",
+        subcommands=(
+            Command(
+                "list",
+                "each poisoned job: kind, record, when it was poisoned, the record's last error",
+                _poison_list,
+                args=(arg("--json", action="store_true", help="print JSON instead of a table"),),
+            ),
+            Command("replay", "the same as replay-poison", _replay_poison, args=(REPLAY_LIMIT,)),
+        ),
+    ),
+    Command(
+        "dry-run",
+        "what syncing one record would send to each side, without writing anything anywhere",
+        _dry_run,
+        one_of=(
+            arg("--crm-id", help="a CRM opportunity id"),
+            arg("--referral-id", help="a Partner Center referral id"),
+        ),
+    ),
+    Command(
+        "register-webhook",
+        "register this app's webhook with Partner Center and check that a test event arrives verified",
+        _register_webhook,
+        description=(
+            "Shows the tenant's current registration, then registers --url for the referral events and "
+            "test-created. Partner Center keeps one registration per tenant: one that points elsewhere (production, "
+            "another app, Microsoft's co-sell connector) is replaced only with --force. Then it sends a test event "
+            "and waits until the app has received it and verified its signature (--check does only that)."
+        ),
+        args=(
+            arg("--url", help="https://<app>.azurewebsites.net/api/webhooks/partner-center"),
+            arg("--show", action="store_true", help="print the current registration and exit"),
+            arg("--force", action="store_true", help="replace a registration that points elsewhere"),
+            arg("--check", action="store_true", help="only send a test event and check that it arrives"),
+            arg("--no-check", action="store_true", help="register without sending a test event"),
+            arg("--wait", type=float, default=60.0, help="seconds to wait for the test event to arrive (default: 60)"),
+            arg(
+                "--ms-signature-header",
+                action="store_true",
+                help="ask Partner Center to send the signature in x-ms-signature instead of Authorization",
+            ),
+        ),
+    ),
+    Command(
+        "mapping",
+        "the CRM field mapping: show it, or check it against the CRM",
+        subcommands=(
+            Command(
+                "show",
+                "print the effective mapping (defaults, CRM_MAPPING_FILE, settings) as TOML, overrides marked",
+                _mapping_show,
+            ),
+            Command(
+                "check",
+                "validate the mapping, and check every mapped column against the CRM's metadata when reachable",
+                _mapping_check,
+            ),
+        ),
+    ),
+    Command(
+        "setup-crm",
+        "check (or with --apply create) the CRM's custom fields, key and the integration identity's access",
+        _setup_crm,
+        description=(
+            "Checks that the CRM has every custom field the effective mapping names (type, choice or picklist values), "
+            "the referral id's alternate key (Dynamics 365) or External ID (Salesforce), and a security role "
+            "(Dynamics 365) or permission set (Salesforce) with what the connector does, given to the integration "
+            "identity. Nothing changes without --apply; --apply creates what is missing and is safe to run again. "
+            "Run it as an admin (Dataverse: System Customizer and security-role rights; Salesforce: Customize "
+            "Application and Manage Users). Exit 1 when something required is missing or could not be created."
+        ),
+        args=(
+            arg("--apply", action="store_true", help="create what is missing (default: check only)"),
+            arg(
+                "--application-id",
+                help="Dynamics 365: the client id of the app's identity whose application user gets the role "
+                "(default: DATAVERSE_CLIENT_ID)",
+            ),
+            arg("--role", default="Co-sell connector", help="Dynamics 365: the security role's name"),
+            arg("--run-as-user", help="Salesforce: the integration user's username (default: SALESFORCE_USERNAME)"),
+            arg("--permission-set", default="Cosell_Connector", help="Salesforce: the permission set's API name"),
+        ),
+    ),
+    Command(
+        "login",
+        "sign in to Partner Center as a Referrals admin (device code, or --browser), with MFA",
+        _login,
+        description=(
+            "Sign in once as a Referrals admin with an MFA-capable account; the app lives on the refresh token this "
+            "stores (Key Vault, or a private file). Device code by default: open the address shown on any device "
+            "and enter the code. Where Conditional Access blocks the device code flow, use --browser on a machine "
+            "with a browser (the answer comes back to http://localhost, which the app registration must list)."
+        ),
+        args=(
+            arg("--browser", action="store_true", help="sign in with a browser here (auth code + PKCE)"),
+            arg("--port", type=int, help="with --browser: the localhost port for the answer (default: any free)"),
+            arg("--tenant", help="Partner Center tenant id (default: PARTNER_CENTER_TENANT_ID)"),
+            arg("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)"),
+            arg("--key-vault-uri", help="store the refresh token in this vault (default: KEY_VAULT_URI)"),
+            arg("--secret-name", default="partner-center-refresh-token", help="Key Vault secret name"),
+            arg(
+                "--output",
+                help="file for the token when no vault is given (default: refresh-token.txt in your config folder)",
+            ),
+        ),
+    ),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cosell",
@@ -368,197 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a local.settings.json whose Values fill the settings the environment leaves unset (default: "
         f"./{SETTINGS_FILE} when there is one)",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser(
-        "status",
-        help="sync counts, queue and poison depth, last poll, credential modes",
-        description=(
-            "The app's state as JSON, as /api/status shows it: links by status, queue and poison depth, the last "
-            "CRM poll and reconciliation, pauses, credential problems. Needs the storage settings only."
-        ),
-    )
-    status.set_defaults(run=_status)
-    history = commands.add_parser(
-        "history",
-        help="one record's audit trail, oldest first",
-        description=(
-            "Every audit entry (SyncAudit) of one record, oldest first: what each job did, which way, which fields, "
-            "and why it skipped or failed. Give the CRM opportunity id or the Partner Center referral id: the "
-            "entries of both ids of a linked pair are shown. Needs the storage settings only. Exits 1 when nothing "
-            "is known about the id."
-        ),
-    )
-    history.add_argument("record_id", metavar="crm-id|referral-id", help="a CRM opportunity id or a referral id")
-    history.add_argument("--limit", type=int, default=200, help="show at most the newest N entries (default: 200)")
-    history.set_defaults(run=_history)
-    backfill = commands.add_parser(
-        "backfill",
-        help="day-one load: enqueue every flagged CRM opportunity, or every open Partner Center referral, once",
-        description=(
-            "Day-one load. --from crm (the default) enqueues every CRM opportunity flagged 'Sync with Partner "
-            "Center'; --from partner-center enqueues every open referral of the partner in Partner Center (New or "
-            "Active; never Microsoft's copy of an engagement; only co-sell opportunities while SYNC_COSELL_ONLY is "
-            "on), optionally only those updated since --since. One job each on 'sync-jobs', progress every 100. "
-            "Safe to run again: every record is enqueued again, and one already linked and unchanged is a no-op for "
-            "the worker (no second record, nothing written to either side)."
-        ),
-    )
-    backfill.add_argument(
-        "--from",
-        dest="source",
-        choices=("crm", "partner-center"),
-        default="crm",
-        help="where to read the records from (default: crm)",
-    )
-    backfill.add_argument(
-        "--since",
-        type=_since,
-        metavar="DATE",
-        help="with --from partner-center: only referrals updated at or after this ISO 8601 date or date-time "
-        "(UTC unless it has an offset), e.g. 2024-05-01 or 2024-05-01T08:30:00Z",
-    )
-    backfill.set_defaults(run=_backfill)
-    reconcile = commands.add_parser(
-        "reconcile",
-        help="enqueue referrals changed since the last reconciliation, or since --since",
-        description=(
-            "Run the hourly reconciliation now: one job per referral Partner Center changed since the last run. "
-            "With --since DATE, every referral changed since DATE instead (after an outage longer than the "
-            "reconciliation's overlap, or webhooks lost before the app was configured); that run leaves the "
-            "schedule's watermark alone. Needs the storage and Partner Center settings, not the CRM's."
-        ),
-    )
-    reconcile.add_argument(
-        "--since",
-        type=_since,
-        metavar="DATE",
-        help="read referrals changed at or after this ISO 8601 date or date-time (UTC unless it has an offset)",
-    )
-    reconcile.set_defaults(run=_reconcile)
-    replay = commands.add_parser(
-        "replay-poison",
-        help="move jobs from 'sync-jobs-poison' back to 'sync-jobs'",
-        description=(
-            "Move jobs from the poison queue back to 'sync-jobs' once their cause is fixed (see `poison list`); "
-            "unreadable messages are dropped and printed. Needs the storage settings only."
-        ),
-    )
-    replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
-    replay.set_defaults(run=_replay_poison)
-    poison = commands.add_parser(
-        "poison",
-        help="the jobs in 'sync-jobs-poison': list or replay them",
-        description="The jobs in 'sync-jobs-poison': list them with each record's last error, or replay them.",
-    )
-    poison_commands = poison.add_subparsers(dest="poison_command", required=True)
-    listing = poison_commands.add_parser(
-        "list", help="each poisoned job: kind, record, when it was poisoned, the record's last error"
-    )
-    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    listing.set_defaults(run=_poison_list)
-    poison_replay = poison_commands.add_parser("replay", help="the same as replay-poison")
-    poison_replay.add_argument("--limit", type=int, default=0, help="replay at most N jobs (0: all)")
-    poison_replay.set_defaults(run=_replay_poison)
-    dry_run = commands.add_parser(
-        "dry-run", help="what syncing one record would send to each side, without writing anything anywhere"
-    )
-    record = dry_run.add_mutually_exclusive_group(required=True)
-    record.add_argument("--crm-id", help="a CRM opportunity id")
-    record.add_argument("--referral-id", help="a Partner Center referral id")
-    dry_run.set_defaults(run=_dry_run)
-    register = commands.add_parser(
-        "register-webhook",
-        help="register this app's webhook with Partner Center and check that a test event arrives verified",
-        description=(
-            "Shows the tenant's current registration, then registers --url for the referral events and "
-            "test-created. Partner Center keeps one registration per tenant: one that points elsewhere (production, "
-            "another app, Microsoft's co-sell connector) is replaced only with --force. Then it sends a test event "
-            "and waits until the app has received it and verified its signature (--check does only that)."
-        ),
-    )
-    register.add_argument("--url", help="https://<app>.azurewebsites.net/api/webhooks/partner-center")
-    register.add_argument("--show", action="store_true", help="print the current registration and exit")
-    register.add_argument("--force", action="store_true", help="replace a registration that points elsewhere")
-    register.add_argument("--check", action="store_true", help="only send a test event and check that it arrives")
-    register.add_argument("--no-check", action="store_true", help="register without sending a test event")
-    register.add_argument(
-        "--wait", type=float, default=60.0, help="seconds to wait for the test event to arrive (default: 60)"
-    )
-    register.add_argument(
-        "--ms-signature-header",
-        action="store_true",
-        help="ask Partner Center to send the signature in x-ms-signature instead of Authorization",
-    )
-    register.set_defaults(run=_register_webhook)
-    mapping = commands.add_parser("mapping", help="the CRM field mapping: show it, or check it against the CRM")
-    mapping_commands = mapping.add_subparsers(dest="mapping_command", required=True)
-    show = mapping_commands.add_parser(
-        "show", help="print the effective mapping (defaults, CRM_MAPPING_FILE, settings) as TOML, overrides marked"
-    )
-    show.set_defaults(run=_mapping_show)
-    check = mapping_commands.add_parser(
-        "check", help="validate the mapping, and check every mapped column against the CRM's metadata when reachable"
-    )
-    check.set_defaults(run=_mapping_check)
-    setup_crm = commands.add_parser(
-        "setup-crm",
-        help="check (or with --apply create) the CRM's custom fields, key and the integration identity's access",
-        description=(
-            "Checks that the CRM has every custom field the effective mapping names (type, choice or picklist values), "
-            "the referral id's alternate key (Dynamics 365) or External ID (Salesforce), and a security role "
-            "(Dynamics 365) or permission set (Salesforce) with what the connector does, given to the integration "
-            "identity. Nothing changes without --apply; --apply creates what is missing and is safe to run again. "
-            "Run it as an admin (Dataverse: System Customizer and security-role rights; Salesforce: Customize "
-            "Application and Manage Users). Exit 1 when something required is missing or could not be created."
-        ),
-    )
-    setup_crm.add_argument("--apply", action="store_true", help="create what is missing (default: check only)")
-    setup_crm.add_argument(
-        "--application-id",
-        help="Dynamics 365: the client id of the app's identity whose application user gets the role "
-        "(default: DATAVERSE_CLIENT_ID)",
-    )
-    setup_crm.add_argument("--role", default="Co-sell connector", help="Dynamics 365: the security role's name")
-    setup_crm.add_argument(
-        "--run-as-user", help="Salesforce: the integration user's username (default: SALESFORCE_USERNAME)"
-    )
-    setup_crm.add_argument(
-        "--permission-set", default="Cosell_Connector", help="Salesforce: the permission set's API name"
-    )
-    setup_crm.set_defaults(run=_setup_crm)
-    login = commands.add_parser(
-        "login",
-        help="sign in to Partner Center as a Referrals admin (device code, or --browser), with MFA",
-        description=(
-            "Sign in once as a Referrals admin with an MFA-capable account; the app lives on the refresh token this "
-            "stores (Key Vault, or a private file). Device code by default: open the address shown on any device "
-            "and enter the code. Where Conditional Access blocks the device code flow, use --browser on a machine "
-            "with a browser (the answer comes back to http://localhost, which the app registration must list)."
-        ),
-    )
-    login.add_argument("--browser", action="store_true", help="sign in with a browser here (auth code + PKCE)")
-    login.add_argument("--port", type=int, help="with --browser: the localhost port for the answer (default: any free)")
-    login.add_argument("--tenant", help="Partner Center tenant id (default: PARTNER_CENTER_TENANT_ID)")
-    login.add_argument("--client-id", help="Entra application id (default: PARTNER_CENTER_CLIENT_ID)")
-    login.add_argument("--key-vault-uri", help="store the refresh token in this vault (default: KEY_VAULT_URI)")
-    login.add_argument("--secret-name", default="partner-center-refresh-token", help="Key Vault secret name")
-    login.add_argument(
-        "--output", help="file for the token when no vault is given (default: refresh-token.txt in your config folder)"
-    )
-    login.set_defaults(run=_login)
-    _describe_every_command(parser)
+    add_commands(parser, "command", COMMANDS)
     return parser
-
-
-def _describe_every_command(parser: argparse.ArgumentParser) -> None:
-    """A command's --help starts with its description; one given only a one-line help shows that instead."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: choice.help for choice in action._choices_actions}
-            for name, command in action.choices.items():
-                if not command.description and helps.get(name):
-                    command.description = str(helps[name])[:1].upper() + str(helps[name])[1:] + "."
-                _describe_every_command(command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

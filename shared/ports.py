@@ -93,8 +93,18 @@ class LeadRecords(Protocol):
         """The lead with its state and, once a seller converted it, the opportunity that made."""
         ...
 
-    def create_lead(self, lead: Lead) -> Lead:
-        """Create keyed by ``lead.referral_id``, so that a retry never makes a second lead."""
+    def create_lead(self, lead: Lead, owner: Owner | None = None) -> Lead:
+        """Create keyed by ``lead.referral_id``, so that a retry never makes a second lead; ``owner`` owns it when
+        this call creates it (None: the CRM's default), a lead that already existed keeps its owner."""
+        ...
+
+    def stored_lead(self, lead: Lead) -> Lead:
+        """``lead`` as this CRM stores and reads it back (what a comparison must use)."""
+        ...
+
+    def update_lead(self, current: Lead, desired: Lead, fields: list[str], state: str | None) -> Lead:
+        """Write ``fields`` (Lead attributes) of ``desired`` and, unless None, the ``state`` (as the lead reads it),
+        conditioned on ``current`` not having changed since it was read (PreconditionFailed)."""
         ...
 
     def lead_changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:

@@ -17,10 +17,11 @@ import requests
 from emulators.salesforce.schema import SalesforceError
 from shared import wiring
 from shared.__main__ import main
-from shared.domain.leads import LeadOutcome, LeadRules, conversion_base, referral_move
+from shared.domain.leads import LeadOutcome, LeadRules, conversion_base, plan_lead_update, referral_move
 from shared.ports import LINK_KIND_LEAD
 from tests.crm_view import DV_TOKEN, SELLER_USERNAME
 from tests.e2e_stack import CRMS, Stack
+from tests.test_routing import CASTS, DATAVERSE_SETS, ELSEWHERE
 
 DV_API = "/api/data/v9.2"
 SF_API = "/services/data/v62.0"
@@ -95,6 +96,32 @@ class LeadDesk:
             headers = self._dv_headers()
         else:
             path, body = f"{SF_API}/sobjects/Lead/{lead_id}", {"Status": "Closed - Not Converted"}
+            headers = {"Authorization": f"Bearer {self.emulator.issue_token(SELLER_USERNAME)}"}
+        response = requests.patch(f"{self.emulator.url}{path}", json=body, headers=headers, timeout=10)
+        assert response.status_code == 204, response.text
+
+    def lead(self, lead_id: str) -> dict[str, Any]:
+        """One lead as {state, topic, notes, deal_value} (Salesforce's notes: the whole Description)."""
+        if self.crm == "dynamics":
+            row = self.emulator.record("leads", lead_id)
+            amount = row.get("estimatedamount")
+            return {
+                "state": f"{row['statecode']}/{row['statuscode']}",
+                "topic": row.get("subject"),
+                "notes": row.get("description"),
+                "deal_value": float(amount) if amount is not None else None,
+            }
+        row = self.emulator.record("Lead", lead_id)
+        description = row.get("Description") or ""
+        return {"state": row.get("Status"), "topic": description.split("\n", 1)[0], "notes": description}
+
+    def edit_notes(self, lead_id: str, notes: str) -> None:
+        """The seller rewrites the lead's notes (Salesforce: the Description the topic heads)."""
+        if self.crm == "dynamics":
+            path, body = f"{DV_API}/leads({lead_id})", {"description": notes}
+            headers = self._dv_headers()
+        else:
+            path, body = f"{SF_API}/sobjects/Lead/{lead_id}", {"Description": notes}
             headers = {"Authorization": f"Bearer {self.emulator.issue_token(SELLER_USERNAME)}"}
         response = requests.patch(f"{self.emulator.url}{path}", json=body, headers=headers, timeout=10)
         assert response.status_code == 204, response.text
@@ -323,3 +350,191 @@ def test_a_dry_run_shows_a_lead_not_an_opportunity(make_stack, crm, capsys):
     shown = json.loads(capsys.readouterr().out)
     assert (shown["action"], shown["direction"]) == ("create-lead", "pc->crm")
     assert LeadDesk(stack).leads() == [] and stack.opportunities() == []
+
+
+# -- who owns a new lead (INBOUND_OWNER) ---------------------------------------------------------------------------
+def _lead_owner(stack: Stack, lead_id: str) -> str:
+    """The lead's owner as ``user:<id>`` or ``team:<id>``, read over the CRM's own API."""
+    emulator: Any = stack.view.emulator  # type: ignore[attr-defined]
+    if stack.crm_name == "dynamics":
+        response = requests.get(
+            f"{emulator.url}{DV_API}/leads({lead_id})",
+            params={"$select": "_ownerid_value"},
+            headers={**LeadDesk._dv_headers(), "Prefer": 'odata.include-annotations="*"'},
+            timeout=10,
+        )
+        assert response.status_code == 200, response.text
+        row = response.json()
+        kind = {"systemuser": "user", "team": "team"}[row["_ownerid_value@Microsoft.Dynamics.CRM.lookuplogicalname"]]
+        return f"{kind}:{row['_ownerid_value']}"
+    return f"user:{emulator.record('Lead', lead_id)['OwnerId']}"
+
+
+def test_a_new_lead_goes_to_the_owner_inbound_owner_names_and_keeps_a_sellers_reassignment(make_stack, crm):
+    cast = CASTS[crm]
+    stack = make_stack(**LEADS_ON, INBOUND_OWNER=cast.rules)
+    us = stack.pc.seed_referral(kind="lead", customerProfile={"address": {"country": "US"}})
+    elsewhere = stack.pc.seed_referral(kind="lead", customerProfile={"address": {"country": ELSEWHERE}})
+    stack.deliver_and_drain(2)
+    by_referral = {lead["referral_id"]: lead["id"] for lead in LeadDesk(stack).leads()}
+
+    assert _lead_owner(stack, by_referral[us["id"]]) == cast.us
+    assert _lead_owner(stack, by_referral[elsewhere["id"]]) == cast.rest
+    assert f"routed to {cast.us} by INBOUND_OWNER rule 'country:US={cast.us}'" in _messages(us["id"])[0]
+
+    # Applied on create only: a seller hands the lead on, and Partner Center's next change leaves it there.
+    lead_id = by_referral[us["id"]]
+    kind, _, owner_id = cast.seller.partition(":")
+    if crm == "dynamics":
+        path, body = f"{DV_API}/leads({lead_id})", {"ownerid@odata.bind": f"/{DATAVERSE_SETS[kind]}({owner_id})"}
+        headers = LeadDesk._dv_headers()
+    else:
+        path, body = f"{SF_API}/sobjects/Lead/{lead_id}", {"OwnerId": owner_id}
+        headers = {"Authorization": f"Bearer {stack.view.emulator.issue_token(SELLER_USERNAME)}"}  # type: ignore[attr-defined]
+    emulator: Any = stack.view.emulator  # type: ignore[attr-defined]
+    response = requests.patch(f"{emulator.url}{path}", json=body, headers=headers, timeout=10)
+    assert response.status_code == 204, response.text
+    stack.pc.portal_update(us["id"], {"details": {"notes": "Budget approved"}})
+    stack.deliver_and_drain(3)
+
+    assert "Budget approved" in (LeadDesk(stack).lead(lead_id)["notes"] or "")
+    assert _lead_owner(stack, lead_id) == cast.seller
+
+
+def test_without_inbound_owner_a_lead_stays_with_the_integration_user(make_stack, crm):
+    stack, _desk, _referral, lead = _lead_in_crm(make_stack)
+    assert _lead_owner(stack, lead["id"]) == CASTS[crm].integration
+
+
+# -- Partner Center's changes to a lead that exists --------------------------------------------------------------------
+# What a lead Partner Center closed as Expired shows, and the reason Partner Center is told if it reads back.
+EXPIRED_STATE = {"dynamics": "2/7", "salesforce": "Closed - Not Converted"}  # Canceled / Closed - Not Converted
+
+
+def _audit_count(referral_id: str) -> int:
+    return len(wiring.container().store.audit_trail(referral_id))
+
+
+@pytest.mark.parametrize("substatus", ["Expired", "Declined"])
+def test_partner_center_closing_a_lead_referral_disqualifies_the_lead_once(make_stack, crm, substatus):
+    stack, desk, referral, lead = _lead_in_crm(make_stack)
+    stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": substatus})
+    pc_writes = stack.pc.writes
+
+    stack.deliver_and_drain(2)
+
+    assert desk.lead(lead["id"])["state"] == EXPIRED_STATE[crm]
+    message = _messages(referral["id"])[0]
+    assert f"lead disqualified ({EXPIRED_STATE[crm]}): Partner Center closed the referral as Closed/{substatus}" in (
+        message
+    )
+    assert stack.audit_actions(referral["id"])[0] == "updated"
+    # The disqualified lead comes back through the lead poll: it is Partner Center's own close, nothing is sent back.
+    _poll_and_drain(stack)
+    assert stack.pc.writes == pc_writes
+    after = stack.pc.referral(referral["id"])
+    assert (after["status"], after["substatus"]) == ("Closed", substatus)
+    # A repeated webhook writes nothing and adds no audit line.
+    crm_writes, lines = stack.crm_writes(), _audit_count(referral["id"])
+    stack.pc.redeliver(referral["id"])
+    stack.deliver_and_drain(3)
+    assert stack.crm_writes() == crm_writes
+    assert _audit_count(referral["id"]) == lines
+
+
+def test_partner_center_notes_and_value_changes_reach_the_open_lead(make_stack, crm):
+    stack, desk, referral, lead = _lead_in_crm(make_stack)
+    stack.pc.portal_update(referral["id"], {"details": {"dealValue": 52000, "notes": "Second site added"}})
+    stack.deliver_and_drain(2)
+
+    after = desk.lead(lead["id"])
+    assert after["notes"].endswith("Second site added")
+    if crm == "dynamics":  # a stock Salesforce Lead has no deal value field (the mapping's deal_value is "")
+        assert after["deal_value"] == 52000
+    assert after["state"] == lead["state"]  # still open: the seller's worklist
+    assert stack.audit_actions(referral["id"])[0] == "updated"
+    assert "Updated from Partner Center: " in _messages(referral["id"])[0]
+
+    crm_writes, lines = stack.crm_writes(), _audit_count(referral["id"])
+    stack.pc.redeliver(referral["id"])
+    stack.deliver_and_drain(3)
+    _poll_and_drain(stack)  # the lead's own echo
+    assert stack.crm_writes() == crm_writes and _audit_count(referral["id"]) == lines
+    assert stack.pc.referral(referral["id"])["status"] == "New"
+
+
+def test_a_sellers_edit_to_the_lead_is_not_overwritten_by_partner_center(make_stack, crm):
+    stack, desk, referral, lead = _lead_in_crm(make_stack)
+    desk.edit_notes(lead["id"], "Called: wants a pilot in May")
+
+    # Partner Center changes something else: the seller's notes stay.
+    stack.pc.portal_update(referral["id"], {"details": {"dealValue": 61000}, "name": "Fabrikam - field service pilot"})
+    stack.deliver_and_drain(2)
+    assert desk.lead(lead["id"])["notes"] == "Called: wants a pilot in May"
+    if crm == "dynamics":
+        assert desk.lead(lead["id"])["deal_value"] == 61000
+        assert desk.lead(lead["id"])["topic"] == "Fabrikam - field service pilot"
+
+    # Partner Center changes the notes too: both sides changed them, and the mapping gives notes to the CRM.
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Microsoft: customer asked for a call"}})
+    stack.deliver_and_drain(3)
+    assert desk.lead(lead["id"])["notes"] == "Called: wants a pilot in May"
+    assert "notes changed on both sides; the CRM wins" in _messages(referral["id"])[0]
+    lines = _audit_count(referral["id"])
+    stack.pc.redeliver(referral["id"])
+    stack.deliver_and_drain(4)
+    assert _audit_count(referral["id"]) == lines  # said once
+
+
+def test_a_lead_plan_takes_partner_centers_changes_and_keeps_the_sellers():
+    rules = LeadRules(disqualified={"2/7": "Other"}, closed={"Expired": "2/7"})
+    fields = ("name", "customer_name", "customer_address", "customer_contacts", "deal_value", "notes")
+    base = {**dict.fromkeys(fields), "notes": "old", "deal_value": "100", "referral_status": "New/Pending"}
+    pc = {**base, "notes": "new", "deal_value": "200"}
+    crm = {**base, "notes": "seller's"}
+    owners = {"notes": "crm", "deal_value": "crm"}
+
+    plan = plan_lead_update(pc, crm, base, owners, ("New", "Pending"), LeadOutcome.OPEN, rules)
+    assert plan.fields == ["deal_value"] and plan.state is None
+    assert plan.notes == ["notes changed on both sides; the CRM wins"]
+    assert plan_lead_update(pc, crm, base, {}, ("New", "Pending"), LeadOutcome.OPEN, rules).fields == [
+        "deal_value",
+        "notes",
+    ]  # Partner Center owns notes: its newer change wins
+    closed = plan_lead_update(base, base, base, owners, ("Closed", "Expired"), LeadOutcome.OPEN, rules)
+    assert closed.state == "2/7" and closed.fields == []
+    won = plan_lead_update(base, base, base, owners, ("Closed", "Won"), LeadOutcome.OPEN, rules)
+    assert won.state is None and "no lead state is mapped for Won" in won.notes[0]
+    done = plan_lead_update(pc, base, base, owners, ("Closed", "Expired"), LeadOutcome.DISQUALIFIED, rules)
+    assert not done.writes and done.notes == ["the lead is disqualified in the CRM; not written: deal_value, notes"]
+    seen = {**pc, "referral_status": "Closed/Expired"}
+    assert not plan_lead_update(pc, crm, seen, owners, ("Closed", "Expired"), LeadOutcome.OPEN, rules).writes
+
+
+def test_a_dry_run_shows_what_partner_centers_change_would_do_to_the_lead(make_stack, crm, capsys):
+    stack, desk, referral, lead = _lead_in_crm(make_stack)
+    stack.pc.portal_update(referral["id"], {"status": "Closed", "substatus": "Expired"}, raise_event=False)
+    crm_writes = stack.crm_writes()
+    capsys.readouterr()
+
+    assert main(["dry-run", "--referral-id", referral["id"]]) == 0
+
+    shown = json.loads(capsys.readouterr().out)
+    assert (shown["action"], shown["direction"]) == ("update-lead", "pc->crm")
+    assert "Partner Center closed the referral as Closed/Expired" in shown["message"]
+    assert stack.crm_writes() == crm_writes and desk.lead(lead["id"])["state"] == lead["state"]
+
+
+def test_a_sellers_disqualification_still_reaches_partner_center_after_a_partner_center_change(make_stack, crm):
+    """Partner Center's job reads the lead the seller has just disqualified: that version is not its echo, so the
+    lead's own job on the next poll still declines the referral."""
+    stack, desk, referral, lead = _lead_in_crm(make_stack)
+    desk.disqualify(lead["id"])
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "Microsoft: customer asked for a call"}})
+    stack.deliver_and_drain(2)  # before the CRM poll
+
+    _poll_and_drain(stack)
+
+    after = stack.pc.referral(referral["id"])
+    assert (after["status"], after["substatus"]) == ("Closed", "Declined")
+    assert after["statusReason"] == DISQUALIFIED_REASON[crm]

@@ -37,7 +37,12 @@ LEAD_REFERRAL = {
     "salesforce": ("field Lead.Referral_Identfier__c", "field Lead.Referral_Identfier__c (Referral Identifier): Text"),
 }
 LEAD_GRANTS = {
-    "dynamics": ("privilege prvReadLead", "privilege prvCreateLead", "privilege prvWriteLead"),
+    "dynamics": (
+        "privilege prvReadLead",
+        "privilege prvCreateLead",
+        "privilege prvWriteLead",
+        "privilege prvAssignLead",  # a new lead goes to the owner INBOUND_OWNER names
+    ),
     "salesforce": ("object permissions on Lead", "field access to Lead.Referral_Identfier__c"),
 }
 

@@ -10,14 +10,17 @@ qualified and which disqualified, and why Partner Center is told a disqualified 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .bounded import same_value
+from .mapping import mapped_values
 from .opportunity import Contact, CustomerAddress, Opportunity
-from .policies import is_closed
+from .policies import Direction, Side, is_closed, travels_to, winner
 
 
 class LeadOutcome(StrEnum):
@@ -49,12 +52,15 @@ class Lead(BaseModel):
 class LeadRules(BaseModel):
     """How lead states read: ``qualified`` lists states (or Dynamics statecodes) that mean qualified,
     ``disqualified`` maps a state (or statecode) to the ``statusReason`` a decline sends; the more specific key
-    wins. Any other state is open."""
+    wins. Any other state is open. ``closed`` maps the substatus of a referral Partner Center closed (``Expired``,
+    ``Declined``, ``Lost``, ``Won``) to the disqualified state its open lead is given; a substatus not listed leaves
+    the lead open and says so in the audit trail."""
 
     model_config = ConfigDict(frozen=True)
 
     qualified: tuple[str, ...] = ()
     disqualified: Mapping[str, str] = Field(default_factory=dict)
+    closed: Mapping[str, str] = Field(default_factory=dict)
 
     def outcome(self, state: str | None) -> tuple[LeadOutcome, str | None]:
         """The outcome of ``state`` and, for a disqualified lead, the reason Partner Center is given."""
@@ -120,3 +126,104 @@ def _empty(value: object) -> bool:
     if isinstance(value, Mapping):
         return all(_empty(v) for v in value.values())
     return False
+
+
+# -- Partner Center's changes to a lead that exists ------------------------------------------------------------------
+# The lead's synchronised values, named as the opportunity's fields they come from, so that CONFLICT_RULES and the
+# mapping's owners decide a field both sides changed as they do for opportunities.
+LEAD_FIELDS: dict[str, str] = {
+    "topic": "name",
+    "company": "customer_name",
+    "address": "customer_address",
+    "contact": "customer_contacts",
+    "deal_value": "deal_value",
+    "notes": "notes",
+}
+REFERRAL_STATE = "referral_status"  # key in a lead's base values: the referral's "status/substatus" last seen
+
+
+def lead_values(lead: Lead) -> dict[str, object]:
+    """The lead's synchronised values in the canonical, JSON-able form opportunities are compared in (text cleaned,
+    amounts normalised), keyed by the opportunity field each comes from."""
+    as_opportunity = Opportunity(
+        name=lead.topic,
+        customer_name=lead.company,
+        customer_address=lead.address,
+        customer_contacts=(lead.contact,),
+        deal_value=lead.deal_value,
+        notes=lead.notes,
+    )
+    values = mapped_values(as_opportunity)
+    return {name: values[name] for name in LEAD_FIELDS.values()}
+
+
+def lead_base(pc_values: Mapping[str, object], status: str | None, substatus: str | None) -> dict[str, object]:
+    """What a lead job records as seen in Partner Center: the referral's values as the lead stores them, and its
+    status. The next job compares against it to tell Partner Center's changes from the seller's."""
+    return {**pc_values, REFERRAL_STATE: f"{status}/{substatus}"}
+
+
+@dataclass
+class LeadPlan:
+    """What a change of the referral does to its open lead: ``fields`` (lead attribute names) take Partner Center's
+    values, ``state`` is the disqualified state the lead moves to (None: it keeps its own), ``notes`` say what was
+    left and why."""
+
+    fields: list[str] = field(default_factory=list)
+    state: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.fields or self.state)
+
+
+def plan_lead_update(
+    pc_values: Mapping[str, object],
+    crm_values: Mapping[str, object],
+    base: Mapping[str, object] | None,
+    owners: Mapping[str, Side],
+    referral_status: tuple[str | None, str | None],
+    outcome: LeadOutcome,
+    rules: LeadRules,
+    directions: Mapping[str, Direction] | None = None,
+) -> LeadPlan:
+    """Partner Center's changes since ``base`` (None: a lead made before bases were kept) for a lead whose seller
+    has the last word on what Partner Center did not change.
+
+    A field Partner Center changed goes to the lead unless the seller changed it too and the field's owner is the
+    CRM; a field only the seller changed stays. A referral Partner Center closed disqualifies an open lead with the
+    state ``rules.closed`` gives its substatus. A lead the seller closed (qualified or disqualified) takes nothing:
+    the notes say what Partner Center changed. Each change is acted on once: the base then holds it."""
+    plan = LeadPlan()
+    status, substatus = referral_status
+    moved = base is None or base.get(REFERRAL_STATE) != f"{status}/{substatus}"
+    changed: list[str] = []
+    for attribute, name in LEAD_FIELDS.items():
+        if not travels_to(name, "crm", directions or {}):
+            continue  # the mapping sends it to Partner Center only
+        if base is not None and same_value(pc_values[name], base.get(name)):
+            continue  # Partner Center did not change it: the lead keeps whatever the seller made of it
+        if pc_values[name] == crm_values[name]:
+            continue
+        seller_changed = base is None or not same_value(crm_values[name], base.get(name))
+        if seller_changed and winner(name, owners) == "crm":
+            if base is not None:
+                plan.notes.append(f"{name} changed on both sides; the CRM wins")
+            continue
+        changed.append(attribute)
+    if outcome is not LeadOutcome.OPEN:
+        if changed:
+            plan.notes.append(f"the lead is {outcome.value} in the CRM; not written: {', '.join(changed)}")
+        if moved and is_closed(status) and outcome is LeadOutcome.QUALIFIED:
+            plan.notes.append(f"Partner Center closed the referral as {status}/{substatus}; the lead is left qualified")
+        return plan
+    plan.fields = changed
+    if moved and is_closed(status):
+        plan.state = rules.closed.get(str(substatus)) or None
+        if plan.state is None:
+            plan.notes.append(
+                f"Partner Center closed the referral as {status}/{substatus}; no lead state is mapped for "
+                f"{substatus} ([lead.closed]), so the lead stays open"
+            )
+    return plan

@@ -9,8 +9,9 @@ from decimal import Decimal
 
 from .checkmark import strip_marks
 from .current_fields import CURRENT_FIELDS, current_fields
+from .customer_fields import contact, customer_address
 from .opportunity import MAPPED_FIELDS, Contact, CustomerAddress, Opportunity
-from .referral import AssistanceRequestCode, Member, Referral
+from .referral import AssistanceRequestCode, Referral
 
 DEFAULT_REFERRAL_LINK_TEMPLATE = "https://partner.microsoft.com/dashboard/referrals/v2/opportunities/{referral_id}"
 
@@ -56,18 +57,6 @@ def _clean_address(address: CustomerAddress) -> CustomerAddress:
     )
 
 
-def _contact(member: Member) -> Contact:
-    return _clean_contact(
-        Contact(
-            first_name=member.first_name,
-            last_name=member.last_name,
-            email=member.email,
-            phone=member.phone_number,
-            title=member.title,
-        )
-    )
-
-
 def _help_code(raw: str | None) -> str | None:
     # "Unknown" means no help was asked for: the CRM picklist stays empty.
     if not raw or raw == AssistanceRequestCode.UNKNOWN:
@@ -92,19 +81,8 @@ def referral_to_opportunity(referral: Referral, link_template: str = DEFAULT_REF
         close_date=_close_date(details.closing_date_time) if details else None,
         notes=_clean(details.notes) if details else None,
         customer_name=_clean(profile.name) if profile else None,
-        customer_address=_clean_address(
-            CustomerAddress(
-                line1=address.address_line1,
-                line2=address.address_line2,
-                city=address.city,
-                state=address.state,
-                postal_code=address.postal_code,
-                country=address.country,
-            )
-        )
-        if address
-        else CustomerAddress(),
-        customer_contacts=tuple(_contact(m) for m in (profile.team if profile else [])),
+        customer_address=_clean_address(customer_address(address)) if address else CustomerAddress(),
+        customer_contacts=tuple(_clean_contact(contact(m)) for m in (profile.team if profile else [])),
         help_code=_help_code(invite.assistance_request_code if invite else None),
         solution_ids=tuple(s.id for s in (requirements.solutions if requirements else [])),
         status=referral.status,

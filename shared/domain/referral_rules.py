@@ -15,13 +15,12 @@ from typing import Any
 from .checkmark import strip_marks
 from .classification import MICROSOFT_ORG_ID
 from .current_fields import current_fields_json, purchase_intent_attributes
+from .customer_fields import member, referral_address
 from .opportunity import Opportunity
 from .referral import (
-    Address,
     CustomerProfile,
     Details,
     InviteContext,
-    Member,
     Referral,
     ReferralStatus,
     ReferralSubstatus,
@@ -70,7 +69,6 @@ def referral_created_from(opportunity: Opportunity) -> Referral:
     """The partner's referral as Partner Center holds it right after creating it from ``opportunity``, in every
     field the mapping reads (new referrals start New/Pending; the id and engagement are Partner Center's own)."""
     o = opportunity
-    address = o.customer_address
     return Referral(
         name=strip_marks(o.name or ""),
         external_reference_id=o.crm_id,
@@ -78,20 +76,8 @@ def referral_created_from(opportunity: Opportunity) -> Referral:
         substatus=ReferralSubstatus.PENDING,
         customer_profile=CustomerProfile(
             name=o.customer_name,
-            address=Address(
-                address_line1=address.line1,
-                address_line2=address.line2,
-                city=address.city,
-                state=address.state,
-                postal_code=address.postal_code,
-                country=address.country,
-            ),
-            team=[
-                Member(
-                    first_name=c.first_name, last_name=c.last_name, email=c.email, phone_number=c.phone, title=c.title
-                )
-                for c in o.customer_contacts
-            ],
+            address=referral_address(o.customer_address),
+            team=[member(c) for c in o.customer_contacts],
         ),
         details=Details(
             notes=o.notes,

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..domain.opportunity import Opportunity
 from ..ports import CRM_TO_PC, PC_TO_CRM, Clock
-from .leads import LEAD_IN_CRM, LeadSync
+from .leads import LeadSync
 from .merging import Merging
 from .opportunity_creation import OpportunityCreation
 from .pairing import (
@@ -68,7 +68,8 @@ class DryRun:
             if self.leads.takes(referral, link):
                 if link is None:
                     return Preview(PC_TO_CRM, "create-lead", "a lead would be created in the CRM", referral_id)
-                return Preview(PC_TO_CRM, "unchanged", LEAD_IN_CRM, referral_id, link.crm_id)
+                action, message = self.leads.preview(referral, link)
+                return Preview(PC_TO_CRM, action, message, referral_id, link.crm_id)
         return self._preview(self.pairing.for_referral(referral_id, referral))
 
     def opportunity(self, crm_id: str) -> Preview:

@@ -3,7 +3,10 @@ feed with its own watermark. Wired only when ``SYNC_COSELL_ONLY`` is off, so an 
 
 from __future__ import annotations
 
-from ..ports import KIND_CRM_LEAD, Clock, Crm, JobQueue
+from collections.abc import Iterable
+from datetime import datetime
+
+from ..ports import KIND_CRM_LEAD, Change, Clock, Crm, JobQueue
 from .poller import ChangeFeed, FeedState, PollResult
 
 LEAD_POLL_STATE_KEY = "crm-lead-poll"
@@ -30,15 +33,10 @@ class PollWithLeads:
         )
 
 
-def lead_poller(
-    crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300, page_size: int = 500
-) -> ChangeFeed:
-    return ChangeFeed(
-        LEAD_POLL_STATE_KEY,
-        KIND_CRM_LEAD,
-        lambda since: crm.lead_records().lead_changes_since(since, page_size),
-        state,
-        queue,
-        clock,
-        overlap_seconds,
-    )
+def lead_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300) -> ChangeFeed:
+    """Leads made from Partner Center leads, read a page of the adapter's default size at a time."""
+
+    def changes(since: datetime | None) -> Iterable[Change]:
+        return crm.lead_records().lead_changes_since(since)
+
+    return ChangeFeed(LEAD_POLL_STATE_KEY, KIND_CRM_LEAD, changes, state, queue, clock, overlap_seconds)

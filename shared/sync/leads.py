@@ -10,12 +10,16 @@ row names the lead (``crm_kind`` lead). What the seller then does travels to the
   opportunity gets the referral id, link and the sync flag, and from then on it is an ordinary pair, so its edits
   update the same referral and no second one is made.
 
-Changes Partner Center makes to a lead referral after the lead exists are left to the seller: the CRM lead is the
-seller's worklist and is not rewritten.
+Changes Partner Center makes to a lead referral after the lead exists reach the open lead with the two-sided rules
+of opportunities (:func:`~shared.domain.leads.plan_lead_update`): a field Partner Center changed is written unless
+the seller changed it too and the CRM owns it; a referral Partner Center closed (expired, declined, lost)
+disqualifies the lead. The link's base values hold what Partner Center had at the last sync, so each change is
+written once and a repeated or echoed event writes nothing. The lead gets the ``INBOUND_OWNER`` owner on create.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from functools import cached_property
@@ -25,7 +29,18 @@ from ..domain.bounded import encode_agreed
 from ..domain.classification import classify
 from ..domain.deletions import LINK_DETACHED
 from ..domain.errors import NotFound, PermanentError, PreconditionFailed, TransientError, ValidationFailed
-from ..domain.leads import Lead, LeadOutcome, conversion_base, lead_from_referral, referral_move
+from ..domain.leads import (
+    REFERRAL_STATE,
+    Lead,
+    LeadOutcome,
+    LeadPlan,
+    conversion_base,
+    lead_base,
+    lead_from_referral,
+    lead_values,
+    plan_lead_update,
+    referral_move,
+)
 from ..domain.mapping import fingerprint, mapped_values
 from ..domain.opportunity import Opportunity
 from ..domain.policies import is_closed
@@ -49,7 +64,8 @@ from .recording import Outcome, Recorder
 log = logging.getLogger(__name__)
 
 LEAD_CREATED = "lead created in the CRM (a Partner Center lead; SYNC_COSELL_ONLY is off)"
-LEAD_IN_CRM = "the lead is in the CRM; Partner Center's changes to a lead are left to the seller"
+LEAD_IN_STEP = "the lead holds Partner Center's values already"
+LEAD_GONE = "the lead is not found in the CRM; it is not made again"
 LEAD_OPEN = "the lead is still open; nothing to send"
 LEAD_NOT_OURS = "a lead the connector did not make from a Partner Center referral"
 CLOSED_LEAD = "a closed Partner Center lead is not brought into the CRM"
@@ -100,30 +116,110 @@ class LeadSync:
         if link is not None:
             if link.last_status == LINK_DETACHED:
                 return self.recorder.note(LINK_DETACHED, PC_TO_CRM, LINK_DETACHED, link.crm_id, referral.id)
-            return self.recorder.note("unchanged", PC_TO_CRM, LEAD_IN_CRM, link.crm_id, referral.id)
+            return self._update_lead(referral, link)
         if is_closed(referral.status):
             return self.recorder.note("skipped", PC_TO_CRM, CLOSED_LEAD, referral_id=referral.id)
         mapped = self.pairing.map(referral)
+        new_lead = lead_from_referral(mapped)
+        # Routed as an opportunity would be (INBOUND_OWNER), on create only: a seller's reassignment sticks.
+        rule = self.options.inbound_routing.rule_for(mapped)
         try:
-            created = self.leads.create_lead(lead_from_referral(mapped))
+            created = self.leads.create_lead(new_lead, rule.owner if rule is not None else None)
         except (PermanentError, ValidationFailed) as exc:
             reasons = exc.reasons if isinstance(exc, ValidationFailed) else [str(exc)]
             message = f"{CREATE_REFUSED} {' '.join(reasons)}"
             return self.recorder.audit(Outcome("failed", referral.id, PC_TO_CRM, None, referral.id, (), message))
-        self._record(Link(referral.id), referral, created, fingerprint(mapped))
-        category = classify(referral).value
+        link = Link(referral.id)
+        link.last_values = encode_agreed(self._base(referral, new_lead))
+        self._record(link, referral, created, fingerprint(mapped))
+        message = f"{classify(referral).value}: {LEAD_CREATED}"
+        if rule is not None:
+            message += f"; routed to {rule.owner} by INBOUND_OWNER rule '{rule.text}'"
+        return self.recorder.audit(
+            Outcome("created", referral.id, PC_TO_CRM, created.crm_id, referral.id, ("all",), message, LINK_KIND_LEAD)
+        )
+
+    def _base(self, referral: Referral, pc_lead: Lead) -> dict[str, object]:
+        """What Partner Center holds, as the lead stores it: the next job's base."""
+        return lead_base(lead_values(self.leads.stored_lead(pc_lead)), referral.status, referral.substatus)
+
+    def _update_lead(self, referral: Referral, link: Link) -> Outcome:
+        """Partner Center's changes since the last sync, written to the lead as :func:`plan_lead_update` decides,
+        conditioned on the lead as read; a lead a seller changed meanwhile is read again and the plan made anew."""
+        assert referral.id is not None and link.crm_id is not None
+        mapped = self.pairing.map(referral)
+        pc_lead = lead_from_referral(mapped)
+        base = self._base(referral, pc_lead)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            planned = self._plan(referral, link, base)
+            if planned is None:
+                return self.recorder.note("unchanged", PC_TO_CRM, LEAD_GONE, link.crm_id, referral.id)
+            lead, plan = planned
+            if not plan.writes:
+                break
+            try:
+                lead = self.leads.update_lead(lead, pc_lead, plan.fields, plan.state)
+            except PreconditionFailed:
+                log.info("lead %s changed while Partner Center's changes were written; reading it again", lead.crm_id)
+                continue
+            break
+        else:
+            raise TransientError("sync", f"lead {link.crm_id} kept changing while Partner Center's changes were sent")
+        new_values = encode_agreed(base)
+        if not plan.writes:
+            # Only a version we wrote is an echo: the lead as read may hold a seller's change its own job must see.
+            lead = lead.model_copy(update={"etag": link.crm_etag})
+        if not (plan.writes or plan.notes):
+            if new_values != link.last_values:
+                link.last_values = new_values
+                self._record(link, referral, lead, fingerprint(mapped))
+            return self.recorder.note("unchanged", PC_TO_CRM, LEAD_IN_STEP, link.crm_id, referral.id)
+        link.last_values = new_values
+        self._record(link, referral, lead, fingerprint(mapped))
         return self.recorder.audit(
             Outcome(
-                "created",
+                "updated" if plan.writes else "unchanged",
                 referral.id,
                 PC_TO_CRM,
-                created.crm_id,
+                lead.crm_id,
                 referral.id,
-                ("all",),
-                f"{category}: {LEAD_CREATED}",
-                crm_kind=LINK_KIND_LEAD,
+                tuple([*plan.fields, *(["status"] if plan.state else [])]),
+                _lead_summary(plan, referral),
+                LINK_KIND_LEAD,
             )
         )
+
+    def preview(self, referral: Referral, link: Link) -> tuple[str, str]:
+        """(action, message) a job for ``referral`` would take on its lead, writing nothing."""
+        if link.last_status == LINK_DETACHED or link.crm_id is None:
+            return "unchanged", LINK_DETACHED
+        planned = self._plan(referral, link, self._base(referral, lead_from_referral(self.pairing.map(referral))))
+        if planned is None:
+            return "unchanged", LEAD_GONE
+        plan = planned[1]
+        if not (plan.writes or plan.notes):
+            return "unchanged", LEAD_IN_STEP
+        return ("update-lead" if plan.writes else "unchanged"), _lead_summary(plan, referral)
+
+    def _plan(self, referral: Referral, link: Link, base: dict[str, object]) -> tuple[Lead, LeadPlan] | None:
+        """The lead as it is now and what Partner Center's changes since the link's base do to it (None: the lead
+        is gone)."""
+        assert link.crm_id is not None
+        lead = self.leads.get_lead(link.crm_id)
+        if lead is None:
+            return None
+        outcome, _reason = self.options.lead_rules.outcome(lead.state)
+        plan = plan_lead_update(
+            base,
+            lead_values(lead),
+            json.loads(link.last_values) if link.last_values else None,
+            self.options.field_owners,
+            (referral.status, referral.substatus),
+            outcome,
+            self.options.lead_rules,
+            self.options.field_directions,
+        )
+        return lead, plan
 
     # -- a lead changed -----------------------------------------------------------------------------------------------
     def for_lead(self, lead_id: str) -> Outcome:
@@ -155,6 +251,11 @@ class LeadSync:
             return self._follow_conversion(link, referral, lead, move)
         if move is None:
             return self.recorder.note("unchanged", CRM_TO_PC, f"lead {outcome.value}; the referral is there already")
+        if link.last_values:
+            # The referral's new status is ours: its echo is no change of Partner Center's. The fields keep their
+            # base, so a change Partner Center made meanwhile still reaches the lead.
+            moved = json.loads(link.last_values) | {REFERRAL_STATE: f"{referral.status}/{referral.substatus}"}
+            link.last_values = encode_agreed(moved)
         self._record(link, referral, lead, fingerprint(self.pairing.map(referral)))
         return self.recorder.audit(
             Outcome(
@@ -228,6 +329,18 @@ class LeadSync:
     def _record(self, link: Link, referral: Referral, lead: Lead, pc_fingerprint: str) -> None:
         link.crm_id, link.crm_kind, link.crm_etag = lead.crm_id, LINK_KIND_LEAD, lead.etag
         self.recorder.record_link(link, referral, pc_fingerprint, None, "ok")
+
+
+def _lead_summary(plan: LeadPlan, referral: Referral) -> str:
+    parts = [f"Updated from Partner Center: {', '.join(plan.fields)}"] if plan.fields else []
+    if plan.state:
+        because = f" ({referral.status_reason})" if referral.status_reason else ""
+        parts.append(
+            f"lead disqualified ({plan.state}): Partner Center closed the referral as "
+            f"{referral.status}/{referral.substatus}{because}"
+        )
+    text = "; ".join(parts) or "Lead not changed"
+    return text + (" (" + "; ".join(plan.notes) + ")" if plan.notes else "")
 
 
 def _moved(outcome: LeadOutcome, move: tuple[str, str, str | None]) -> str:

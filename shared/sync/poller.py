@@ -182,18 +182,9 @@ class _Run:
     enqueued: int = 0
 
 
-def crm_poller(
-    crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300, page_size: int = 500
-) -> ChangeFeed:
-    return ChangeFeed(
-        POLL_STATE_KEY,
-        KIND_CRM,
-        lambda since: crm.changes_since(since, page_size),
-        state,
-        queue,
-        clock,
-        overlap_seconds,
-    )
+def crm_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300) -> ChangeFeed:
+    """Flagged opportunities, read a page of the adapter's default size at a time."""
+    return ChangeFeed(POLL_STATE_KEY, KIND_CRM, crm.changes_since, state, queue, clock, overlap_seconds)
 
 
 def partner_center_reconciler(

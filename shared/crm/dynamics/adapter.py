@@ -25,12 +25,13 @@ import requests
 
 from ...domain.errors import NotFound, PermanentError, PreconditionFailed, ValidationFailed
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
-from ...domain.routing import Owner, OwnerKind
+from ...domain.routing import Owner
 from ...httpclient import ApiClient, TokenProvider, create_once
 from ...ports import Change
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
 from ..org_columns import OrgColumns
 from .auth import SERVICE
+from .changes import modified_changes
 from .customer_rows import CustomerFinder
 from .customers import Currencies, Customers, Lookups
 from .leads import DataverseLeads
@@ -42,23 +43,19 @@ from .mapping import (
     check_referral_id,
     contact_select,
     default_mapping,
-    odata_datetime,
-    parse_datetime,
     row_to_opportunity,
 )
 from .metadata import mapping_problems
 from .org_layout import OrgLayout
+from .owners import owner_bind
 from .row_states import STATE_COLUMNS, RowStates
-from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows
+from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows, web_api_root
 
 log = logging.getLogger(__name__)
 ANNOTATIONS = f'odata.include-annotations="{LOOKUP_ANNOTATION}"'
-ORDER = "modifiedon asc,opportunityid asc"
 
 CLOSE_SUBJECT = "Closed by the Partner Center co-sell connector"
 ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed: "The opportunity is already closed."
-# The tables an opportunity's owner lookup (``ownerid``) may point at, by kind of owner.
-OWNER_SETS: dict[OwnerKind, str] = {"user": "systemusers", "team": "teams"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,7 @@ class DataverseCrm:
         self.mapping = config.mapping.bounded("audit", config.audit_max_chars)
         self.api = ApiClient(
             SERVICE,
-            f"{config.org_url.rstrip('/')}/api/data/{config.api_version}",
+            web_api_root(config.org_url, config.api_version),
             token,
             timeout=config.timeout,
             max_inline_wait=config.max_inline_wait,
@@ -161,16 +158,9 @@ class DataverseCrm:
         return stored.model_copy(update=update)
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
-        """Flagged opportunities modified at or after ``since``, oldest change first: the id, the etag (the row
-        version) and ``modifiedon``, nothing else."""
-        odata_filter = f"{self.mapping.column('sync_enabled')} eq true"
-        if since is not None:
-            odata_filter += f" and modifiedon ge {odata_datetime(since)}"
-        params = {"$select": "opportunityid,modifiedon", "$filter": odata_filter, "$orderby": ORDER}
-        for row in self._web.rows("opportunities", params, page_size):
-            yield Change(
-                str(row["opportunityid"]), str(row.get("@odata.etag") or ""), parse_datetime(row.get("modifiedon"))
-            )
+        """Flagged opportunities modified at or after ``since`` (see :func:`modified_changes`)."""
+        flagged = f"{self.mapping.column('sync_enabled')} eq true"
+        return modified_changes(self._web, "opportunities", "opportunityid", flagged, since, page_size)
 
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
         """``row`` read with its account and primary contact expanded (null when the customer is a contact)."""
@@ -183,12 +173,12 @@ class DataverseCrm:
         fields = WRITABLE_FIELDS - STATUS_FIELDS
         body = self._columns_for(opportunity, fields)  # validates (the referral-id key too) before any write
         # The create below never touches a row that exists, so the owner never moves one.
-        owner_bind = f"/{OWNER_SETS[owner.kind]}({self._guid(owner.id)})" if owner is not None else None
+        bind = owner_bind(owner) if owner is not None else None
         customer = self._new_customer.prepare(opportunity)
         body = {k: v for k, v in body.items() if v is not None}
         body.update(customer.binds())
-        if owner_bind is not None:
-            body["ownerid@odata.bind"] = owner_bind
+        if bind is not None:
+            body["ownerid@odata.bind"] = bind
         target = self.mapping.status.target(opportunity.status, opportunity.substatus)
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]

@@ -17,8 +17,8 @@ from typing import Any
 
 from ...domain.errors import PreconditionFailed
 from ...domain.opportunity import Contact, Opportunity
-from .mapping import ACCOUNT_ADDRESS, CONTACT_COLUMNS, DataverseMapping, account_select, contact_select, odata_string
-from .webapi import DataverseRows
+from .customer_match import CustomerReads, account_bind, contact_changes, contact_filter, contact_values
+from .mapping import CONTACT_COLUMNS
 
 # The collection-valued navigation property from an account to the contacts whose company it is.
 ACCOUNT_CONTACTS = "contact_customer_accounts"
@@ -59,18 +59,11 @@ class _Wanted:
     @property
     def row_body(self) -> dict[str, Any]:
         """The body that creates it."""
-        values = {col: getattr(self.contact, attr) for attr, col in CONTACT_COLUMNS}
-        return {"contactid": self.new_id, **{k: v for k, v in values.items() if v is not None}}
+        return {"contactid": self.new_id, **contact_values(self.contact)}
 
 
-class CustomerFinder:
+class CustomerFinder(CustomerReads):
     """Find-or-create of the customer's rows for a new opportunity."""
-
-    def __init__(self, web: DataverseRows, mapping: DataverseMapping) -> None:
-        self._web = web
-        self._country_column = mapping.customer.account_country
-        self._account_select = account_select(mapping)
-        self._contact_select = contact_select()
 
     def prepare(self, opportunity: Opportunity) -> CustomerRows:
         account, address_changes = self._find_account(opportunity)
@@ -96,49 +89,20 @@ class CustomerFinder:
                 rows[item.key] = _as_read(item.row_body, account_id)  # created nested in the account
             elif not rows:
                 # The primary contact is created with the opportunity, nested in its create.
-                nested = dict(item.row_body)
-                if account_id:
-                    nested["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+                nested = item.row_body | (account_bind(account_id) if account_id else {})
                 rows[item.key] = _as_read(item.row_body, account_id)
             else:
-                body = {k: v for k, v in item.row_body.items() if k != "contactid"}
-                if account_id:
-                    body["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+                body = contact_values(item.contact) | (account_bind(account_id) if account_id else {})
                 rows[item.key] = self._web.create("contacts", body, self._contact_select)
         contacts = list({str(row["contactid"]): row for row in rows.values()}.values())
         return CustomerRows(account, contacts, nested)
 
     # -- the account ----------------------------------------------------------------------------------------------
-    def _wanted_address(self, opportunity: Opportunity) -> dict[str, Any]:
-        address = opportunity.customer_address
-        wanted = {col: getattr(address, attr) for attr, col in ACCOUNT_ADDRESS}
-        wanted[self._country_column] = address.country
-        return wanted
-
-    def _find_account(self, opportunity: Opportunity) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """The account as it reads and the address parts it lacks; (None, {}) when there is none."""
-        if not opportunity.customer_name:
-            return None, {}
-        odata_filter = (
-            f"name eq {odata_string(opportunity.customer_name)} and "
-            f"address1_postalcode eq {odata_string(opportunity.customer_address.postal_code)}"
-        )
-        row = self._web.first("accounts", self._account_select, odata_filter)
-        if row is None:
-            return None, {}
-        # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
-        wanted = self._wanted_address(opportunity)
-        return row, {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
-
     def _create_account(self, opportunity: Opportunity, contacts: list[_Wanted]) -> dict[str, Any]:
         """One deep insert: the account with its new contacts. Sent again after a lost answer it fails on the
         chosen id (412) when the first one took effect; the account read under that id is then the answer."""
         account_id = str(uuid.uuid4())
-        body: dict[str, Any] = {
-            "accountid": account_id,
-            "name": opportunity.customer_name,
-            **{k: v for k, v in self._wanted_address(opportunity).items() if v is not None},
-        }
+        body: dict[str, Any] = {"accountid": account_id, **self._new_account(opportunity)}
         if contacts:
             body[ACCOUNT_CONTACTS] = [item.row_body for item in contacts]
         try:
@@ -167,15 +131,12 @@ class CustomerFinder:
         for contact in contacts:
             if contact.email:
                 wanted.append(_Wanted(contact, ("email", contact.email.casefold())))
-                clauses.append(f"emailaddress1 eq {odata_string(contact.email)}")
+                clauses.append(str(contact_filter(contact, account_id)))
             elif contact.last_name and (account_id or new_account):
                 key = ("name", _fold(contact.first_name), _fold(contact.last_name))
                 wanted.append(_Wanted(contact, key))
                 if account_id:
-                    clauses.append(
-                        f"(firstname eq {odata_string(contact.first_name)} and lastname eq "
-                        f"{odata_string(contact.last_name)} and _parentcustomerid_value eq {account_id})"
-                    )
+                    clauses.append(f"({contact_filter(contact, account_id)})")
         distinct = list(dict.fromkeys(clauses))
         found: list[dict[str, Any]] = []
         for start in range(0, len(distinct), CLAUSES_PER_READ):
@@ -194,10 +155,7 @@ class CustomerFinder:
     def _update_contact(self, item: _Wanted, account_id: str | None) -> dict[str, Any]:
         row = item.row
         assert row is not None
-        wanted = {col: getattr(item.contact, attr) for attr, col in CONTACT_COLUMNS}
-        changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
-        if account_id and not row.get("_parentcustomerid_value"):
-            changes["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+        changes = contact_changes(item.contact, row, account_id)
         if not changes:
             return row
         return self._web.patch("contacts", str(row["contactid"]), changes, row.get("@odata.etag"), self._contact_select)

@@ -16,14 +16,7 @@ from typing import Any
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import Contact, Opportunity
 from ..mapping import Entry
-from .mapping import (
-    ACCOUNT_ADDRESS,
-    CONTACT_COLUMNS,
-    DataverseMapping,
-    account_select,
-    contact_select,
-    odata_string,
-)
+from .customer_match import CustomerReads, account_bind, contact_changes, contact_filter, contact_values
 from .webapi import DataverseRows
 
 
@@ -83,14 +76,8 @@ class Lookups:
         return self._tables[entry.target].code_of(row.get(f"_{entry.column}_value"))
 
 
-class Customers:
+class Customers(CustomerReads):
     """Find-or-create of the customer's account and contacts."""
-
-    def __init__(self, web: DataverseRows, mapping: DataverseMapping) -> None:
-        self._web = web
-        self._country_column = mapping.customer.account_country
-        self._account_select = account_select(mapping)
-        self._contact_select = contact_select()
 
     def ensure_account(self, opportunity: Opportunity) -> str | None:
         row = self.ensure_account_row(opportunity)
@@ -101,19 +88,9 @@ class Customers:
         The row as it now reads (the columns of ``account_select``), so nothing needs reading again."""
         if not opportunity.customer_name:
             return None
-        address = opportunity.customer_address
-        wanted = {col: getattr(address, attr) for attr, col in ACCOUNT_ADDRESS}
-        wanted[self._country_column] = address.country
-        odata_filter = (
-            f"name eq {odata_string(opportunity.customer_name)} and "
-            f"address1_postalcode eq {odata_string(address.postal_code)}"
-        )
-        row = self._web.first("accounts", self._account_select, odata_filter)
+        row, changes = self._find_account(opportunity)
         if row is None:
-            body = {"name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
-            return self._web.create("accounts", body, self._account_select)
-        # Only values we have overwrite: a blank from Partner Center must not erase what sellers entered.
-        changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+            return self._web.create("accounts", self._new_account(opportunity), self._account_select)
         if changes:
             return self._web.patch(
                 "accounts", str(row["accountid"]), changes, row.get("@odata.etag"), self._account_select
@@ -133,26 +110,14 @@ class Customers:
         return list(rows.values())
 
     def _ensure_contact(self, contact: Contact, account_id: str | None) -> dict[str, Any] | None:
-        if contact.email:
-            odata_filter = f"emailaddress1 eq {odata_string(contact.email)}"
-        elif contact.last_name and account_id:
-            odata_filter = (
-                f"firstname eq {odata_string(contact.first_name)} and lastname eq "
-                f"{odata_string(contact.last_name)} and _parentcustomerid_value eq {account_id}"
-            )
-        else:
-            # Without an email or a name at a known account a retry could not find it again: skip, not duplicate.
+        odata_filter = contact_filter(contact, account_id)
+        if odata_filter is None:
             return None
-        wanted = {col: getattr(contact, attr) for attr, col in CONTACT_COLUMNS}
         row = self._web.first("contacts", self._contact_select, odata_filter)
         if row is None:
-            body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
-            if account_id:
-                body["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+            body = contact_values(contact) | (account_bind(account_id) if account_id else {})
             return self._web.create("contacts", body, self._contact_select)
-        changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
-        if account_id and not row.get("_parentcustomerid_value"):
-            changes["parentcustomerid_account@odata.bind"] = f"/accounts({account_id})"
+        changes = contact_changes(contact, row, account_id)
         if changes:
             return self._web.patch(
                 "contacts", str(row["contactid"]), changes, row.get("@odata.etag"), self._contact_select

@@ -31,7 +31,7 @@ from ...httpclient import ApiClient, TokenProvider, create_once
 from ..setup_report import CustomField, SetupReport, custom_fields, guarded, lead_custom_fields
 from .auth import SERVICE
 from .mapping import DataverseMapping
-from .webapi import ODATA_HEADERS, DataverseRows
+from .webapi import ODATA_HEADERS, DataverseRows, web_api_root
 
 OPPORTUNITY = "opportunity"
 LEAD = "lead"
@@ -72,7 +72,8 @@ PRIVILEGES: dict[str, str] = {
     "prvReadTeam": "check the team INBOUND_OWNER names",
     "prvReadLead": "poll the leads made from Partner Center leads (SYNC_COSELL_ONLY=false)",
     "prvCreateLead": "create a lead for each new Partner Center lead",
-    "prvWriteLead": "find a lead whose create was retried (a create-only upsert on the referral-id key)",
+    "prvWriteLead": "write Partner Center's changes to a lead, and find a lead whose create was retried",
+    "prvAssignLead": "give a new lead to the owner INBOUND_OWNER names",
 }
 DEPTHS = ("Basic", "Local", "Deep", "Global")
 
@@ -112,7 +113,7 @@ class DataverseSetup:
         self.config = config
         self.api = ApiClient(
             SERVICE,
-            f"{config.org_url.rstrip('/')}/api/data/{config.api_version}",
+            web_api_root(config.org_url, config.api_version),
             token,
             timeout=config.timeout,
             default_headers=ODATA_HEADERS,

@@ -23,6 +23,11 @@ _DEFAULT_PORTS = {"https": 443, "http": 80}
 PRIMARY_KEYS = {"opportunities": "opportunityid", "accounts": "accountid", "contacts": "contactid"}
 
 
+def web_api_root(org_url: str, api_version: str) -> str:
+    """The Web API's address in an organisation, e.g. ``https://org.crm.dynamics.com/api/data/v9.2``."""
+    return f"{org_url.rstrip('/')}/api/data/{api_version}"
+
+
 class DataverseRows:
     """GET, paged reads, create and conditional update of rows through one :class:`ApiClient`."""
 

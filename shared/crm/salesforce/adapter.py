@@ -60,6 +60,7 @@ from .api import (
     Subrequest,
 )
 from .auth import SERVICE, SalesforceAuth
+from .changes import modstamp_changes
 from .customers import ContactRoles, Currencies, CustomerPlan, Customers, Lookups, reference
 from .leads import SalesforceLeads
 from .mapping import (
@@ -79,7 +80,6 @@ from .mapping import (
     parse_modstamp,
     record_to_opportunity,
     soql,
-    soql_datetime,
     soql_string,
     stored_form,
     subquery,
@@ -219,16 +219,9 @@ class SalesforceCrm:
         return self._to_opportunity(row) if row is not None else None
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
-        """Flagged opportunities with ``SystemModstamp`` at or after ``since`` (whole seconds), oldest first,
-        ties broken by Id so that paging is stable: the Id and the stamp (also the version), nothing else."""
-        where = f"{self.mapping.column('sync_enabled')} = true"
-        if since is not None:
-            where += f" AND SystemModstamp >= {soql_datetime(since)}"
-        query = soql("Opportunity", ["Id", "SystemModstamp"], where, "SystemModstamp ASC, Id ASC")
-        for page in self.api.query_pages(query, page_size):
-            for row in page:
-                stamp = row.get("SystemModstamp")
-                yield Change(str(row["Id"]), str(stamp or ""), parse_modstamp(stamp) if stamp else None)
+        """Flagged opportunities changed at or after ``since`` (see :func:`modstamp_changes`)."""
+        flagged = f"{self.mapping.column('sync_enabled')} = true"
+        return modstamp_changes(self.api, "Opportunity", flagged, since, page_size)
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
         """What reading the opportunity back returns: the status as its stage reads back, one multi-line

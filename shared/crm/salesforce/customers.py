@@ -181,21 +181,13 @@ class Customers:
         known = self._known_contacts(lookup, account_id) if lookup else []
         ids: list[str] = []
         for index, contact in enumerate(contacts):
-            wanted_fields = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
-            row = next((r for r in known if _matches(contact, account_id, r)), None)
+            row, changes = _contact_write(contact, account_id, known)
             if row is None:
-                body: dict[str, Any] = {k: v for k, v in wanted_fields.items() if v is not None}
-                body.setdefault("LastName", MISSING_LAST_NAME)
-                if account_id:
-                    body["AccountId"] = account_id
-                writes.append(Subrequest("POST", "sobjects/Contact", f"contact{index}", body=body))
+                writes.append(Subrequest("POST", "sobjects/Contact", f"contact{index}", body=changes))
                 contact_id = reference(f"contact{index}")
-                known.append({"Id": contact_id, **body})  # found by the contacts after it, as a query would
+                known.append({"Id": contact_id, **changes})  # found by the contacts after it, as a query would
             else:
                 contact_id = str(row["Id"])
-                changes = {k: v for k, v in wanted_fields.items() if v is not None and row.get(k) != v}
-                if account_id and not row.get("AccountId"):
-                    changes["AccountId"] = account_id
                 if changes:
                     fill = Subrequest("PATCH", f"sobjects/Contact/{contact_id}", f"contactFill{index}", body=changes)
                     writes.append(fill)
@@ -265,21 +257,13 @@ class Customers:
     def _ensure_contact(self, contact: Contact, account_id: str | None, known: list[dict[str, Any]]) -> str:
         """The contact's id: the oldest of ``known`` it matches (updated with what it lacks), else a new contact.
         ``known`` follows the writes, so the next contact sees them as a query sent now would."""
-        wanted = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
-        row = next((r for r in known if _matches(contact, account_id, r)), None)
+        row, changes = _contact_write(contact, account_id, known)
         if row is None:
-            body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
-            body.setdefault("LastName", MISSING_LAST_NAME)
-            if account_id:
-                body["AccountId"] = account_id
             statement = soql("Contact", CONTACT_SELECT, _matching(contact, account_id), "CreatedDate, Id", limit=1)
-            contact_id = self._create("Contact", body, statement)
-            known.append({"Id": contact_id, **body})  # the newest: last in CreatedDate order
+            contact_id = self._create("Contact", changes, statement)
+            known.append({"Id": contact_id, **changes})  # the newest: last in CreatedDate order
             return contact_id
         contact_id = str(row["Id"])
-        changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
-        if account_id and not row.get("AccountId"):
-            changes["AccountId"] = account_id
         if changes:
             self._api.request("PATCH", f"sobjects/Contact/{contact_id}", json=changes)
             row.update(changes)
@@ -317,6 +301,25 @@ def _same(stored: Any, value: str | None) -> bool:
     if stored is None or value is None:
         return stored is None and value is None
     return str(stored).casefold() == value.casefold()
+
+
+def _contact_write(
+    contact: Contact, account_id: str | None, known: list[dict[str, Any]]
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The oldest of ``known`` that ``contact`` matches and what it lacks, or None and the new contact's fields.
+    Only values we have are written: a blank from Partner Center must not erase what sellers entered."""
+    wanted = {name: getattr(contact, attr) for attr, name in CONTACT_FIELDS}
+    row = next((r for r in known if _matches(contact, account_id, r)), None)
+    if row is None:
+        body: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None}
+        body.setdefault("LastName", MISSING_LAST_NAME)
+        if account_id:
+            body["AccountId"] = account_id
+        return None, body
+    changes: dict[str, Any] = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
+    if account_id and not row.get("AccountId"):
+        changes["AccountId"] = account_id
+    return row, changes
 
 
 def _matches(contact: Contact, account_id: str | None, row: Mapping[str, Any]) -> bool:

@@ -3,7 +3,8 @@
 A lead is created by an upsert on the Referral Identifier external id of Lead, so a retried create updates the lead
 the first attempt made instead of adding one. Its state reads as its ``Status``; a seller converts it in the UI,
 which sets ``IsConverted`` and ``ConvertedOpportunityId`` (read with the lead, no extra request) and leaves the lead
-read-only.
+read-only. Partner Center's later changes are written with ``If-Unmodified-Since`` the lead's ``SystemModstamp``, as
+opportunities are.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from urllib.parse import quote
 from ...domain.errors import NotFound, ValidationFailed
 from ...domain.leads import Lead
 from ...domain.opportunity import Contact, CustomerAddress
+from ...domain.routing import Owner
 from ...ports import Change
 from ..lead_mapping import LeadMapping
 from .api import SalesforceApi
 from .auth import SERVICE
-from .mapping import is_record_id, parse_modstamp, soql, soql_datetime, soql_string
+from .changes import modstamp_changes
+from .mapping import http_date, is_record_id, parse_modstamp, soql, soql_string
 
 LEAD_PREFIX = "00Q"
+USER_PREFIX = "005"  # INBOUND_OWNER names Users on Salesforce (the setting refuses queues for opportunities)
 CONTACT_FIELDS = {
     "FirstName": "first_name",
     "LastName": "last_name",
@@ -50,13 +54,21 @@ class SalesforceLeads:
         row = next(iter(self.api.query(soql("Lead", self.fields, f"Id = {soql_string(crm_id)}"))), None)
         return self._to_lead(row) if row is not None else None
 
-    def create_lead(self, lead: Lead) -> Lead:
+    def create_lead(self, lead: Lead, owner: Owner | None = None) -> Lead:
         if not lead.referral_id:
             raise ValidationFailed(["a lead needs the referral id it is made from"])
+        body = {k: v for k, v in self._fields_for(lead).items() if v is not None}
+        if owner is not None:
+            if owner.kind != "user" or not is_record_id(owner.id, USER_PREFIX):
+                raise ValidationFailed([f"'{owner}' cannot own a lead made by the connector: name a User (005...)"])
+            if self._find(lead.referral_id) is None:
+                # An upsert that finds the lead updates it, and an OwnerId would take it from whoever owns it now:
+                # the owner goes only with a real create (a retry after a lost answer finds the lead it made).
+                body["OwnerId"] = owner.id
         response = self.api.request(
             "PATCH",
             f"sobjects/Lead/{self.mapping.referral_id}/{quote(lead.referral_id, safe='')}",
-            json=self._fields_for(lead),
+            json=body,
         )
         answer = self.api.json(response) if response.content else {}
         lead_id = answer.get("id") if isinstance(answer, dict) else None
@@ -70,25 +82,41 @@ class SalesforceLeads:
             raise NotFound(SERVICE, f"lead for referral {lead.referral_id} vanished after the upsert", 404)
         return self._to_lead(row)
 
+    def stored_lead(self, lead: Lead) -> Lead:
+        return self._to_lead({k: v for k, v in self._fields_for(lead).items() if v is not None}, read=False)
+
+    def update_lead(self, current: Lead, desired: Lead, fields: list[str], state: str | None) -> Lead:
+        crm_id = str(current.crm_id)
+        if not is_record_id(crm_id, LEAD_PREFIX):
+            raise ValidationFailed([f"'{crm_id}' is not a Salesforce Lead id"])
+        written = self._fields_for(desired)
+        body = {name: written.get(name) for attribute in fields for name in self._fields_of(attribute)}
+        if state is not None:
+            body["Status"] = state
+        headers = {"If-Unmodified-Since": http_date(current.modified_at)} if current.modified_at else {}
+        self.api.request("PATCH", f"sobjects/Lead/{crm_id}", json=body, headers=headers)
+        row = next(iter(self.api.query(soql("Lead", self.fields, f"Id = {soql_string(crm_id)}"))), None)
+        if row is None:
+            raise NotFound(SERVICE, f"lead {crm_id} disappeared while it was being written", 404)
+        return self._to_lead(row)
+
     def lead_changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
-        where = f"{self.mapping.referral_id} != null"
-        if since is not None:
-            where += f" AND SystemModstamp >= {soql_datetime(since)}"
-        query = soql("Lead", ["Id", "SystemModstamp"], where, "SystemModstamp ASC, Id ASC")
-        for page in self.api.query_pages(query, page_size):
-            for row in page:
-                stamp = row.get("SystemModstamp")
-                yield Change(str(row["Id"]), str(stamp or ""), parse_modstamp(stamp) if stamp else None)
+        return modstamp_changes(self.api, "Lead", f"{self.mapping.referral_id} != null", since, page_size)
 
     # -- records ------------------------------------------------------------------------------------------------------
-    def _to_lead(self, row: dict[str, Any]) -> Lead:
+    def _find(self, referral_id: str) -> dict[str, Any] | None:
+        where = f"{self.mapping.referral_id} = {soql_string(referral_id)}"
+        return next(iter(self.api.query(soql("Lead", ["Id"], where))), None)
+
+    def _to_lead(self, row: dict[str, Any], read: bool = True) -> Lead:
+        """``row`` as read (``read``), or the fields of a write as they would read back."""
         street = str(row.get("Street") or "").split("\n", 1)
         address = {part: row.get(name) for name, part in ADDRESS_FIELDS.items()}
         address |= {"line1": street[0] or None, "line2": street[1] if len(street) > 1 else None}
         amount = row.get(self.mapping.deal_value) if self.mapping.deal_value else None
         stamp = row.get("SystemModstamp")
         return Lead(
-            crm_id=str(row["Id"]),
+            crm_id=str(row["Id"]) if read else None,
             referral_id=row.get(self.mapping.referral_id),
             topic=None,  # a stock Lead has no topic field (it heads the description)
             company=None if row.get("Company") == NO_COMPANY else row.get("Company"),
@@ -96,13 +124,21 @@ class SalesforceLeads:
             contact=Contact(**{part: row.get(name) for name, part in CONTACT_FIELDS.items()}),
             deal_value=Decimal(str(amount)) if amount is not None else None,
             notes=row.get("Description"),
-            state=row.get("Status"),
+            state=row.get("Status") if read else None,
             converted_opportunity_id=row.get("ConvertedOpportunityId") if row.get("IsConverted") else None,
             etag=str(stamp or ""),
             modified_at=parse_modstamp(stamp) if stamp else None,
         )
 
+    def _fields_of(self, attribute: str) -> tuple[str, ...]:
+        """The Lead fields holding the attribute ``attribute`` (the topic heads the Description)."""
+        deal = (self.mapping.deal_value,) if self.mapping.deal_value else ()
+        owned = {"topic": ("Description",), "notes": ("Description",), "company": ("Company",), "deal_value": deal}
+        owned |= {"contact": tuple(CONTACT_FIELDS), "address": ("Street", *ADDRESS_FIELDS)}
+        return owned[attribute]
+
     def _fields_for(self, lead: Lead) -> dict[str, Any]:
+        """Every field ``lead`` sets, None where it has no value."""
         contact, address = lead.contact, lead.address
         street = "\n".join(line for line in (address.line1, address.line2) if line)
         body: dict[str, Any] = {
@@ -116,9 +152,9 @@ class SalesforceLeads:
         body["LastName"] = contact.last_name or lead.company or lead.topic
         if self.mapping.new_status:
             body["Status"] = self.mapping.new_status
-        if self.mapping.deal_value and lead.deal_value is not None:
-            body[self.mapping.deal_value] = float(lead.deal_value)
-        return {k: v for k, v in body.items() if v is not None}
+        if self.mapping.deal_value:
+            body[self.mapping.deal_value] = float(lead.deal_value) if lead.deal_value is not None else None
+        return body
 
 
 def _description(lead: Lead) -> str | None:
