@@ -171,6 +171,22 @@ def parse_status_key(text: str) -> tuple[str, str | None]:
     return status, substatus or None
 
 
+# The custom columns every CRM has a ``<PREFIX>_FIELD_<NAME>`` setting for, by neutral field.
+FIELD_SETTINGS = {
+    "SYNC": "sync_enabled",
+    "REFERRAL_ID": "referral_id",
+    "REFERRAL_LINK": "referral_link",
+    "HELP": "help_code",
+    "PRODUCTS": "solution_ids",
+    "AUDIT": "audit",
+}
+
+
+def column_settings(prefix: str) -> dict[str, Path_]:
+    """The column-override settings of one CRM (``DATAVERSE``, ``SALESFORCE``): setting name -> mapping path."""
+    return {f"{prefix}_FIELD_{name}": ("fields", field, "column") for name, field in FIELD_SETTINGS.items()}
+
+
 class CrmMapping(Strict):
     """The fields and extra columns every CRM declares; a CRM's subclass adds its status table."""
 

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import Contact, CustomerAddress, Opportunity
-from ..mapping import CrmMapping, Loaded, Override, Path_, Strict, load, parse_status_key
+from ..mapping import CrmMapping, Loaded, Override, Path_, Strict, column_settings, load, parse_status_key
 
 DEFAULT_FILE = Path(__file__).with_name("mapping.toml")
 
@@ -127,12 +127,7 @@ class DataverseMapping(CrmMapping):
     choice_value_type: ClassVar[type] = int
     lookup_targets: ClassVar[tuple[str, ...]] = ("transactioncurrencies",)
     settings: ClassVar[Mapping[str, Path_]] = {
-        "DATAVERSE_FIELD_SYNC": ("fields", "sync_enabled", "column"),
-        "DATAVERSE_FIELD_REFERRAL_ID": ("fields", "referral_id", "column"),
-        "DATAVERSE_FIELD_REFERRAL_LINK": ("fields", "referral_link", "column"),
-        "DATAVERSE_FIELD_HELP": ("fields", "help_code", "column"),
-        "DATAVERSE_FIELD_PRODUCTS": ("fields", "solution_ids", "column"),
-        "DATAVERSE_FIELD_AUDIT": ("fields", "audit", "column"),
+        **column_settings("DATAVERSE"),
         "DATAVERSE_HELP_OPTION_VALUES": ("fields", "help_code", "values"),
         "DATAVERSE_ACCOUNT_COUNTRY_FIELD": ("customer", "account_country"),
     }

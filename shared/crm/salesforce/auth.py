@@ -87,18 +87,19 @@ class OAuthToken(SalesforceAuth):
         self._instance_url: str | None = None
 
     def token(self) -> str:
-        with self._lock:
-            if self._token is None:
-                self._fetch()
-            assert self._token is not None
-            return self._token
+        return self._signed_in(lambda: self._token)
 
     def instance_url(self) -> str:
+        return self._signed_in(lambda: self._instance_url)
+
+    def _signed_in(self, held: Callable[[], str | None]) -> str:
+        """What the sign-in gave (token or instance URL), signing in first when there is none yet."""
         with self._lock:
-            if self._instance_url is None:
+            if held() is None:
                 self._fetch()
-            assert self._instance_url is not None
-            return self._instance_url
+            value = held()
+            assert value is not None
+            return value
 
     def invalidate(self, token: str) -> None:
         with self._lock:

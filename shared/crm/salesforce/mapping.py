@@ -29,6 +29,7 @@ from ..mapping import (
     Override,
     Path_,
     Strict,
+    column_settings,
     load,
     parse_status_key,
     split_list,
@@ -125,12 +126,7 @@ class SalesforceMapping(CrmMapping):
     choice_value_type: ClassVar[type] = str
     lookup_targets: ClassVar[tuple[str, ...]] = ("CurrencyType",)
     settings: ClassVar[Mapping[str, Path_]] = {
-        "SALESFORCE_FIELD_SYNC": ("fields", "sync_enabled", "column"),
-        "SALESFORCE_FIELD_REFERRAL_ID": ("fields", "referral_id", "column"),
-        "SALESFORCE_FIELD_REFERRAL_LINK": ("fields", "referral_link", "column"),
-        "SALESFORCE_FIELD_HELP": ("fields", "help_code", "column"),
-        "SALESFORCE_FIELD_PRODUCTS": ("fields", "solution_ids", "column"),
-        "SALESFORCE_FIELD_AUDIT": ("fields", "audit", "column"),
+        **column_settings("SALESFORCE"),
         "SALESFORCE_CURRENCY_FIELD": ("fields", "currency", "column"),
         "SALESFORCE_HELP_PICKLIST_VALUES": ("fields", "help_code", "values"),
         "SALESFORCE_ON_HOLD_STAGE": ("status", "stages", "New"),
