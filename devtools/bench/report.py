@@ -21,6 +21,8 @@ CALL_GOALS = {
     "crm_update": (1, 2, "<= 2 PC (1 read + 1 write) and <= 1 CRM read"),
     "echo": (0, 0, "0 API calls per echoed record"),
 }
+# The path whose Partner Center allowance grows by one call per record that asks for Microsoft's help (its referral).
+HELP_PATH = "crm_to_pc_create"
 MAX_TABLE_OPS_PER_JOB = 4
 MAX_PEAK_RSS_MB = 150
 MAX_WEBHOOK_TO_CRM_P95_S = 2.0
@@ -93,6 +95,7 @@ class Results:
     phases: list[Phase] = field(default_factory=list)
     idle_poll: Reading | None = None  # what the last poll, with nothing changed, cost
     unchanged_poll_flagged: int = 0
+    help_share: float = 0.0  # of the CRM-born records, the share asking for Microsoft's help
     latencies: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in LATENCIES})
     rss_mb: dict[str, float] = field(default_factory=dict)
     duplicates: int = 0
@@ -128,13 +131,15 @@ class Results:
     def goals(self) -> dict[str, tuple[bool, str]]:
         """name -> (met, what it asks and what was measured); per-record figures compared as printed (2 places)."""
         c = {path: {k: round(v, 2) for k, v in costs.items()} for path, costs in self.per_record().items()}
-        goals = {
-            path: (
-                c[path]["crm"] <= most_crm and c[path]["pc"] <= most_pc,
+        goals = {}
+        for path, (most_crm, most_pc, asked) in CALL_GOALS.items():
+            allowed_pc = most_pc + (self.help_share if path == HELP_PATH else 0.0)
+            if path == HELP_PATH:
+                asked += f" (+1 per record asking for help: {allowed_pc:.2f})"
+            goals[path] = (
+                c[path]["crm"] <= most_crm and c[path]["pc"] <= round(allowed_pc, 2),
                 f"{asked} ({c[path]['crm']:.2f} CRM, {c[path]['pc']:.2f} PC)",
             )
-            for path, (most_crm, most_pc, asked) in CALL_GOALS.items()
-        }
         per_job = [(path, cost.table_per_job) for path, cost in self.paths().items() if cost.jobs]
         worst_path, worst_table = max(per_job, key=_second, default=("-", 0.0))
         p95 = self.latency("webhook_to_crm")["p95"]

@@ -415,6 +415,7 @@ class Bench:
         n = self.o.records
         self.webhooks("hold")
         crm_born = self.new_records(CRM, n)
+        self.results.help_share = sum(1 for r in crm_born if r.help_code) / len(crm_born) if crm_born else 0.0
         self.network(False)  # the seller's own typing is not what is measured, and not at 100 ms a field
         self.create_all(crm_born)
         self.network(True)
