@@ -251,6 +251,16 @@ class CreateFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class CreateIntent:
+    """What a CRM -> Partner Center create is about to send, recorded before the create: the values both sides
+    will hold once it lands (encoded as a link's agreed values), without what only Partner Center sets. A job
+    that dies after the create and before the pair is recorded leaves this as the only account of what was
+    sent; the opportunity and the referral as found later may both have been edited since."""
+
+    agreed: str
+
+
 class SyncStore(Protocol):
     def get_link(self, referral_id: str) -> Link | None: ...
 
@@ -297,7 +307,18 @@ class SyncStore(Protocol):
 
     def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None: ...
 
-    def clear_create_failure(self, crm_id: str) -> None: ...
+    def clear_create_failure(self, crm_id: str) -> None:
+        """Forget the failure and the create intent (one write)."""
+        ...
+
+    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
+        """The create failure and the create intent of an opportunity without a link (one read)."""
+        ...
+
+    def save_create_intent(self, crm_id: str, intent: CreateIntent) -> None:
+        """Record (replacing any earlier one) what the create about to be sent carries; the failure, if any,
+        stays."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ class TableOps:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.made: list[str] = []
         store = wiring.container().store
+        self.state_table: str = store.state.table_name
         for client in (store.links, store.state, store.audit):
             for name in OPERATIONS:
                 original = getattr(client, name)
@@ -65,3 +66,20 @@ def test_a_job_with_nothing_to_do_writes_no_audit_row_and_health_is_read_once(st
     assert len(ops.made) <= 3 * 4 + 1, ops.made
     state_reads = [op for op in ops.made if "get_entity" in op and "state" in op.lower()]
     assert len(state_reads) <= 1, ops.made
+
+
+def test_a_crm_to_partner_center_create_costs_one_write_for_its_intent(stack, monkeypatch):
+    # Issue 10's budget for the create intent (see referral_creation.py): one state write, no extra read (the
+    # intent shares the create-failure row the job reads anyway). Before it, the create cost 11 operations:
+    # the health and create-failure rows, the link twice, the lease taken and released, the link and its CRM
+    # index row written twice (pending, then synchronised), and the audit row.
+    stack.pc.dispatch_mode = "off"
+    crm_id = stack.seller().create_flagged(help_code=None)
+    stack.poll()
+    ops = TableOps(monkeypatch)
+    run = stack.host.drain(max_rounds=1)
+    assert run.failed == 0, run.errors
+    assert _ours(stack, crm_id)
+    assert len(ops.made) <= 12, ops.made
+    state_merges = [op for op in ops.made if ".upsert_entity" in op and op.startswith(ops.state_table)]
+    assert len(state_merges) == 1, ops.made

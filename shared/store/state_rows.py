@@ -21,6 +21,7 @@ from ..domain.bounded import ERROR_MAX_UNITS, cap_utf16
 from ..ports import (
     VERSION_DIGEST_BYTES,
     CreateFailure,
+    CreateIntent,
     CredentialFailure,
     FeedWatermark,
     Health,
@@ -201,6 +202,19 @@ def create_failure_columns(failure: CreateFailure | None) -> dict[str, Any]:
 def create_failure_from_row(row: Mapping[str, Any]) -> CreateFailure | None:
     fingerprint = row.get("CrmFingerprint")
     return CreateFailure(str(fingerprint), str(row.get("Reason", ""))) if fingerprint else None
+
+
+# -- create intents: in the create-failure row, so the read that looks for a failure finds the intent too ---------
+# The agreed values come encoded within 4,000 UTF-16 units (a digest stands for a long text; see
+# referral_creation.py), the reason within ERROR_MAX_UNITS: the merged row stays near 16 KiB.
+def create_intent_columns(intent: CreateIntent | None) -> dict[str, Any]:
+    """A cleared intent leaves its column empty (the row is merged, not replaced)."""
+    return {"IntentValues": intent.agreed if intent is not None else ""}
+
+
+def create_intent_from_row(row: Mapping[str, Any]) -> CreateIntent | None:
+    values = row.get("IntentValues")
+    return CreateIntent(values) if isinstance(values, str) and values else None
 
 
 # -- leases ---------------------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..domain.errors import PreconditionFailed, StorageRejected
 from ..ports import (
     AuditEntry,
     CreateFailure,
+    CreateIntent,
     CredentialFailure,
     FeedWatermark,
     Health,
@@ -314,7 +315,15 @@ class TableSyncStore:
         self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_failure_columns(failure))
 
     def clear_create_failure(self, crm_id: str) -> None:
-        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_failure_columns(None))
+        columns = state_rows.create_failure_columns(None) | state_rows.create_intent_columns(None)
+        self.set_state(state_rows.create_failure_key(crm_id), columns)
+
+    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
+        row = self.get_state(state_rows.create_failure_key(crm_id)) or {}
+        return state_rows.create_failure_from_row(row), state_rows.create_intent_from_row(row)
+
+    def save_create_intent(self, crm_id: str, intent: CreateIntent) -> None:
+        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_intent_columns(intent))
 
     # -- state rows as stored (each merged into the row, so records sharing a row keep each other's columns) ------
     def get_state(self, key: str) -> dict[str, Any] | None:

@@ -19,7 +19,7 @@ from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
 from ..domain.referral_rules import is_microsoft_copy
 from ..domain.validation import problems_for_crm, problems_for_partner_center
-from ..ports import CRM_TO_PC, PC_TO_CRM, CreateFailure, Crm, Link, PartnerCenter, SyncStore
+from ..ports import CRM_TO_PC, PC_TO_CRM, CreateFailure, CreateIntent, Crm, Link, PartnerCenter, SyncStore
 from .options import EngineOptions
 
 ALREADY_SYNCED = "mapped fields already synchronised"
@@ -77,10 +77,12 @@ class RefusedOpportunity:
 
 @dataclass(frozen=True)
 class NewReferral:
-    """A flagged opportunity without a referral; ``earlier_failure`` is the refusal of an earlier version of it."""
+    """A flagged opportunity without a referral; ``earlier_failure`` is the refusal of an earlier version of it,
+    ``intent`` what an earlier attempt recorded it was about to send (its create may have landed)."""
 
     record: Opportunity
     earlier_failure: CreateFailure | None
+    intent: CreateIntent | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,23 @@ class Pairing:
         problems = problems_for_crm(pair.mapped)
         if problems:
             return RefusedReferral(pair, problems)
-        return Reconcile(pair.with_record(self.find_record(link, referral), link), PC_TO_CRM)
+        record = self.find_record(link, referral)
+        if link is None and record is not None:
+            link = self._unrecorded_create(referral, record)
+        return Reconcile(pair.with_record(record, link), PC_TO_CRM)
+
+    def _unrecorded_create(self, referral: Referral, record: Opportunity) -> Link | None:
+        """For a referral made from ``record`` by a job that died before it recorded the pair, a link (not saved
+        yet) whose agreed values are what that job recorded it was sending: both sides may have been edited
+        since, and each edit must reach the other side. Only a referral whose external reference names the
+        record, which has no other referral, costs the read."""
+        crm_id = referral.external_reference_id
+        if not crm_id or record.crm_id != crm_id or record.referral_id not in (None, "", referral.id):
+            return None
+        _, intent = self.store.get_create_state(crm_id)
+        if intent is None or referral.id is None:
+            return None
+        return Link(referral_id=referral.id, crm_id=crm_id, last_values=intent.agreed)
 
     # -- a CRM opportunity changed -----------------------------------------------------------------------
     def for_opportunity(self, crm_id: str) -> Decision:
@@ -180,14 +198,14 @@ class Pairing:
 
     def _new_referral(self, record: Opportunity, crm_fingerprint: str) -> Decision:
         assert record.crm_id is not None
-        failure = self.store.get_create_failure(record.crm_id)
+        failure, intent = self.store.get_create_state(record.crm_id)
         if failure is not None and failure.crm_fingerprint == crm_fingerprint:
             message = "still invalid; waiting for the opportunity to change"
             return Settled("unchanged", CRM_TO_PC, message, record.crm_id)
         problems = problems_for_partner_center(record)
         if problems:
             return RefusedOpportunity(record, None, problems)
-        return NewReferral(record, failure)
+        return NewReferral(record, failure, intent)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def reread(self, pair: Pair) -> Pair:

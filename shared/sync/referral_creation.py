@@ -7,22 +7,29 @@ Each is looked up by a key chosen for that purpose before it is created, and loo
 same key when the answer to its create is lost (the create may have taken effect): the partner's
 referral by its external reference (the CRM id, Microsoft's copies excluded) and Microsoft's by the
 engagement and Microsoft's target. A create is sent a second time only when nothing is found.
+
+What the partner's referral is made with is recorded before it is created (a create intent, in the row that
+keeps the opportunity's create failure). A job that dies after the create and before it records the pair leaves
+only that record of what was sent: the job that finds the referral again takes it as what both sides agreed on,
+and merges, so that an edit made on either side in between is sent to the other one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..domain.audit_text import audit_line, prepend
+from ..domain.bounded import encode_agreed
 from ..domain.errors import PreconditionFailed, StorageRejected
 from ..domain.mapping import fingerprint, mapped_values
 from ..domain.opportunity import Opportunity
 from ..domain.policies import only_what_travels
 from ..domain.referral import Referral
 from ..domain.referral_rules import is_microsoft_copy, referral_created_from
-from ..ports import CRM_TO_PC, Clock, Crm, Link, PartnerCenter, SyncStore
+from ..ports import CRM_TO_PC, Clock, CreateIntent, Crm, Link, PartnerCenter, SyncStore
 from .options import EngineOptions
 from .pairing import NewReferral, Pair, Pairing
 from .recording import Outcome, Recorder
@@ -30,6 +37,9 @@ from .recording import Outcome, Recorder
 log = logging.getLogger(__name__)
 
 WRITE_BACK = ["referral_id", "referral_link", "name", "audit"]
+# The create intent shares its row with a create failure's reason; a longer text is kept as its digest, which is
+# all a merge needs to tell whether a side changed it.
+INTENT_MAX_UNITS = 4_000
 
 
 @dataclass(frozen=True)
@@ -43,10 +53,14 @@ class ReferralCreator:
     def __init__(self, pc: PartnerCenter) -> None:
         self.pc = pc
 
-    def ensure(self, record: Opportunity) -> CreatedReferral:
+    def ensure(self, record: Opportunity, before_create: Callable[[], None] | None = None) -> CreatedReferral:
+        """The partner's referral for ``record``, created unless it exists; ``before_create`` runs only when a
+        create is about to be sent (it raises to stop it)."""
         crm_id = record.crm_id
         assert crm_id is not None
         existing = self.partner_referral(crm_id)
+        if existing is None and before_create is not None:
+            before_create()
         referral = existing or self.pc.create(record, find=lambda: self.partner_referral(crm_id))
         microsoft_id = None
         if record.help_code:
@@ -99,7 +113,10 @@ class ReferralCreation:
         record = new.record
         assert record.crm_id is not None
         outgoing = self.outgoing(record)
-        created = self.creator.ensure(outgoing)
+        intent = CreateIntent(encode_agreed(self._sent_values(outgoing), INTENT_MAX_UNITS))
+        # Recorded before the create, once nothing is found: if this write fails, nothing is made and the job
+        # is retried; if the job dies after the create, the next one finds the referral and this intent.
+        created = self.creator.ensure(outgoing, lambda: self.store.save_create_intent(record.crm_id or "", intent))
         pair = self.pairing.pair(created.referral)
         referral = pair.referral
         assert referral.id is not None
@@ -115,7 +132,11 @@ class ReferralCreation:
                 "audit": audit,
             }
         )
-        agreed, pc_fingerprint = self._agreed_on_create(outgoing, pair)
+        recovered = new.intent if created.reused else None
+        if recovered is not None:
+            agreed, pc_fingerprint = self._agreed_as_intended(recovered, pair), pair.pc_fingerprint
+        else:
+            agreed, pc_fingerprint = self._agreed_on_create(outgoing, pair)
         try:
             # The pair is recorded before the write-back: if that fails (a seller's edit in between, a crash),
             # the next job merges the pair instead of creating anything again.
@@ -136,14 +157,36 @@ class ReferralCreation:
             fresh = self.pairing.safe_get(record.crm_id)
             if fresh is None:
                 raise
-            return self.reconcile(pair.with_record(fresh, link), CRM_TO_PC)
+            # Both sides fresh: Partner Center may have been edited since the create too, and a merge with the
+            # referral as made would take such an edit for the value it carried (see resolve_pending).
+            current = self.pairing.read_referral(referral.id) or referral
+            return self.reconcile(self.pairing.pair(current, fresh, link), CRM_TO_PC)
+        if recovered is not None:
+            # Either side may have been edited since the create: the merge from what was sent tells which.
+            self.recorder.audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
+            merged = self.reconcile(pair.with_record(written, link), CRM_TO_PC)
+            self.store.clear_create_failure(record.crm_id)  # and the intent, now that the pair is recorded
+            return merged
         crm_fingerprint = self.recorder.written_fingerprint(target)
         self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint)
         if new.earlier_failure is not None:
+            # The intent goes with it. Otherwise it stays, to spare a write per create: it is read only for an
+            # opportunity without a link, and replaced before any other create for it.
             self.store.clear_create_failure(record.crm_id)
         return self.recorder.audit(
             Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text)
         )
+
+    def _sent_values(self, record: Opportunity) -> dict[str, object]:
+        """The values a referral made from ``record`` holds, read as Partner Center reads them, in the CRM's
+        stored form; Partner Center's own id and link are not known before the create."""
+        return mapped_values(self.crm.stored_form(self.pairing.map(referral_created_from(record))))
+
+    def _agreed_as_intended(self, intent: CreateIntent, pair: Pair) -> dict[str, object]:
+        """The recorded intent with the id and link of the referral it made, which no one edits."""
+        found = mapped_values(self.crm.stored_form(pair.mapped))
+        own = {name: found[name] for name in ("referral_id", "referral_link")}
+        return json.loads(intent.agreed) | own
 
     def _agreed_on_create(self, record: Opportunity, pair: Pair) -> tuple[dict[str, object], str]:
         """What both sides held when the referral was made: the values we sent, read as Partner Center reads
