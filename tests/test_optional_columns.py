@@ -21,7 +21,7 @@ import requests
 
 from emulators.dataverse import DataverseEmulator
 from emulators.dataverse.schema import INTEGRATION_APP_ID
-from emulators.package_mapping import column
+from emulators.package_mapping import CURRENT_AND_MICROSOFT_FIELDS, column
 from emulators.salesforce import SalesforceEmulator
 from emulators.salesforce.schema import USER_ID, USERS
 from shared import wiring
@@ -34,18 +34,7 @@ from tests.e2e_stack import CRMS
 from tests.test_crm_to_pc import _flag_and_sync, _ours, _settle
 from tests.test_current_fields import SERVICES
 
-OPTIONAL = (
-    "solution_area",
-    "solution_play",
-    "partner_role",
-    "purchase_intent",
-    "microsoft_status",
-    "microsoft_seller_name",
-    "microsoft_seller_email",
-    "microsoft_crm_id",
-    "microsoft_notes",
-    "status_reason",
-)
+OPTIONAL = (*CURRENT_AND_MICROSOFT_FIELDS, "status_reason")
 SETUP = "setup-crm --apply"
 IDENTITY = {
     "dynamics": ["--application-id", INTEGRATION_APP_ID],
