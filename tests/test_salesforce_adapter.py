@@ -506,3 +506,35 @@ def test_query_iterator_and_foreign_ids(emu: SalesforceEmulator, crm: Salesforce
     assert crm.get_opportunity("0015g00000AAAAAAAA") is None  # an account id
     assert crm.find_by_referral_id("") is None
     assert _requests(emu) == before
+
+
+def test_an_edit_saved_in_the_second_of_the_version_read_is_not_overwritten(emu: SalesforceEmulator) -> None:
+    # Found by make chaos (seed 16) and the 50-record Salesforce chaos test: If-Unmodified-Since has whole seconds,
+    # so a seller's edit saved after our read but in the same second as the version read passed the condition,
+    # and our write (the ✔ mark, or Partner Center's older value) overwrote it.
+    import time
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        CLOCK.advance(seconds)
+
+    crm = from_settings(settings(emu), sleep=sleep, today=lambda: TODAY, now=CLOCK)
+    time.sleep(1.01 - CLOCK().microsecond / 1e6)  # early in a second: the create and the edit share it
+    current = crm.create_opportunity(full_opportunity())
+    emu.update_record("Opportunity", current.crm_id or "", {"Amount": 777})
+    with pytest.raises(PreconditionFailed):
+        crm.set_sync_outcome(current, "Contoso Azure migration ✔", "audit")
+    with pytest.raises(PreconditionFailed):
+        crm.update_opportunity(current, current.model_copy(update={"notes": "ours"}), ["notes"])
+    record = emu.record("Opportunity", current.crm_id or "")
+    assert record is not None and record["Amount"] == 777 and record["Name"] == "Contoso Azure migration"
+    assert waits and all(0 < w <= 2.0 for w in waits)
+    # Read again, the record is written; a version older than a job takes from read to write costs nothing more.
+    fresh = crm.get_opportunity(current.crm_id or "")
+    assert fresh is not None
+    CLOCK.advance(6)
+    before, waited = _requests(emu), len(waits)
+    assert crm.set_sync_outcome(fresh, "Contoso Azure migration ✔", "audit").name == "Contoso Azure migration ✔"
+    assert len(waits) == waited and _requests(emu) == before + 1

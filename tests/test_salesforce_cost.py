@@ -41,7 +41,12 @@ def emu(server: SalesforceEmulator) -> SalesforceEmulator:
 
 @pytest.fixture
 def crm(emu: SalesforceEmulator) -> SalesforceCrm:
-    return from_settings(settings(emu), sleep=_no_sleep, today=lambda: TODAY)
+    return from_settings(settings(emu), sleep=_no_sleep, today=lambda: TODAY, now=CLOCK)
+
+
+# The poll and the queue put seconds between a seller's save and our write; a version younger than a job's read
+# to write is looked at once more before the write (test_salesforce_adapter: the second of the version read).
+SETTLED = 7
 
 
 class Calls:
@@ -122,6 +127,7 @@ def test_an_update_of_plain_fields_is_one_call_that_answers_what_a_fresh_read_re
 ) -> None:
     current = crm.create_opportunity(full_opportunity())
     desired = current.model_copy(update={"deal_value": Decimal("99.95"), "notes": "Scope doubled"})
+    CLOCK.advance(SETTLED)
 
     calls = Calls(emu)
     updated = crm.update_opportunity(current, desired, ["deal_value", "notes"])
@@ -131,6 +137,7 @@ def test_an_update_of_plain_fields_is_one_call_that_answers_what_a_fresh_read_re
     assert updated == crm.get_opportunity(current.crm_id or "")
     assert [(w["fields"], "ifUnmodifiedSince" in w) for w in emu.writes()[-1:]] == [(["Amount", "Description"], True)]
 
+    CLOCK.advance(SETTLED)
     calls = Calls(emu)
     closed = crm.update_opportunity(
         updated, updated.model_copy(update={"status": "Closed", "substatus": "Won"}), ["status", "substatus"]
@@ -142,6 +149,7 @@ def test_an_update_of_plain_fields_is_one_call_that_answers_what_a_fresh_read_re
 
 def test_setting_the_sync_outcome_is_one_call(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
     current = crm.create_opportunity(full_opportunity())
+    CLOCK.advance(SETTLED)
     calls = Calls(emu)
     marked = crm.set_sync_outcome(current, "✔ Contoso Azure migration", "new line\ncreated")
     assert calls() == ["POST composite"] and calls.charged() == 1  # was: PATCH, then a GET of the stamp
@@ -152,15 +160,18 @@ def test_setting_the_sync_outcome_is_one_call(emu: SalesforceEmulator, crm: Sale
 def test_a_change_within_the_second_of_the_read_comes_back_with_the_write(
     emu: SalesforceEmulator, crm: SalesforceCrm
 ) -> None:
-    """If-Unmodified-Since has whole seconds: a seller's edit in the second of our read is not refused, and the
-    answer must show it (the record as it is after the write, not the caller's copy plus what was written)."""
+    """If-Unmodified-Since has whole seconds: a seller's edit in the second of our read passes the condition. The
+    record is read once more before the write, and the edit makes it a precondition failure: nothing written."""
     created = crm.create_opportunity(full_opportunity())
     renamed = emu.update_record("Opportunity", created.crm_id or "", {"Name": "Renamed by the seller"})
     # Our read, as if made earlier in the second of the seller's save: the condition cannot tell them apart.
     current = created.model_copy(update={"modified_at": parse_modstamp(renamed["SystemModstamp"])})
-    updated = crm.update_opportunity(current, current.model_copy(update={"notes": "ours"}), ["notes"])
-    assert (updated.name, updated.notes) == ("Renamed by the seller", "ours")
-    assert updated == crm.get_opportunity(current.crm_id or "")
+    writes = len(emu.writes())
+    with pytest.raises(PreconditionFailed):
+        crm.update_opportunity(current, current.model_copy(update={"notes": "ours"}), ["notes"])
+    assert len(emu.writes()) == writes
+    kept = crm.get_opportunity(current.crm_id or "")
+    assert kept is not None and (kept.name, kept.notes) == ("Renamed by the seller", created.notes)
 
 
 # -- creating -----------------------------------------------------------------------------------------------------
@@ -263,7 +274,7 @@ def test_a_refused_condition_in_the_composite_call_is_precondition_failed_and_wr
     emu: SalesforceEmulator, crm: SalesforceCrm
 ) -> None:
     current = crm.create_opportunity(full_opportunity())
-    CLOCK.advance(2)
+    CLOCK.advance(SETTLED)
     emu.update_record("Opportunity", current.crm_id or "", {"Description": "a seller's edit"})
     writes = len(emu.writes())
     calls = Calls(emu)

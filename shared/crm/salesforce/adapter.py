@@ -45,7 +45,8 @@ from urllib.parse import quote
 
 import requests
 
-from ...domain.errors import NotFound, OutcomeUnknown, PermanentError, ValidationFailed
+from ...domain.errors import NotFound, OutcomeUnknown, PermanentError, PreconditionFailed, ValidationFailed
+from ...domain.mapping import mapped_values
 from ...domain.opportunity import Opportunity
 from ...domain.routing import Owner
 from ...ports import Change
@@ -87,6 +88,12 @@ from .mapping import (
 from .metadata import mapping_problems
 
 log = logging.getLogger(__name__)
+VERSION_SECOND = timedelta(seconds=1)
+# Allowance for the clocks of the app and Salesforce differing, and the most a write waits for a second to end.
+VERSION_SECOND_MARGIN = timedelta(milliseconds=250)
+MAX_VERSION_WAIT_S = 2.0
+# A version whose second ended longer ago than this was read after it ended: the write condition suffices.
+READ_TO_WRITE_WINDOW = timedelta(seconds=5)
 
 # A referral without a closing date still needs one: Salesforce requires CloseDate on every opportunity.
 DEFAULT_CLOSE_DAYS = 30
@@ -132,8 +139,11 @@ class SalesforceCrm:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         today: Callable[[], date] | None = None,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
+        self._sleep = sleep
+        self._now = now or (lambda: datetime.now(UTC))
         self.mapping = config.mapping.bounded("audit", config.audit_max_chars)
         self.api = SalesforceApi(
             auth,
@@ -327,6 +337,8 @@ class SalesforceCrm:
             else None
         )
         # The write and the read of the record as written are one call; without fields to write, one read.
+        if body:
+            self._wait_out_the_version_second(current)
         row = self._patch_and_read(crm_id, body, current.modified_at) if body else self._require(crm_id)
         if contact_ids is not None and self._roles.sync(crm_id, contact_ids, existing=self._roles_of(row)):
             row = self._require(crm_id)
@@ -343,6 +355,7 @@ class SalesforceCrm:
             body[self.mapping.column("audit")] = audit
         if not body:
             return current
+        self._wait_out_the_version_second(current)
         # Only the new stamp is needed back: the rest of the record is what the caller holds plus what was written.
         stamp_read = Subrequest("GET", f"sobjects/Opportunity/{crm_id}", "stamp", params={"fields": "SystemModstamp"})
         answers = self.api.composite([self._patch(crm_id, body, current.modified_at), stamp_read], idempotent=True)
@@ -354,6 +367,27 @@ class SalesforceCrm:
         return current.model_copy(update=changed)
 
     # -- write helpers --------------------------------------------------------------------------------------------
+    def _wait_out_the_version_second(self, current: Opportunity) -> None:
+        """``If-Unmodified-Since`` has whole seconds: an edit saved after our read, in the same second as the
+        version we read, passes it and would be overwritten. For a version that recent (within the time a job
+        takes from its read to its write), wait until its second is over and read the record again; a change
+        since is a precondition failure, as a finer condition would have said. An older version (nearly always:
+        the poll and the queue take longer) costs nothing."""
+        stamp = current.modified_at
+        if stamp is None or current.crm_id is None:
+            return
+        second_over = stamp.replace(microsecond=0) + VERSION_SECOND + VERSION_SECOND_MARGIN
+        now = self._now()
+        if now >= second_over + READ_TO_WRITE_WINDOW:
+            return
+        if now < second_over:
+            self._sleep(min((second_over - now).total_seconds(), MAX_VERSION_WAIT_S))
+        fresh = self._to_opportunity(self._require(current.crm_id))
+        if fresh.modified_at != stamp or mapped_values(fresh) != mapped_values(current):
+            raise PreconditionFailed(
+                SERVICE, f"opportunity {current.crm_id} changed in the second of the version read", 412
+            )
+
     def _create_in_one_call(self, referral_id: str, body: dict[str, Any], plan: CustomerPlan) -> Opportunity:
         """The customer's new records, the opportunity (upserted by the referral id), its contact roles and the
         read-back, as one all-or-none composite call. It is not sent twice: a lost answer raises OutcomeUnknown.
