@@ -102,6 +102,15 @@ def doc_steps() -> list[str]:
     return steps
 
 
+def _queue_empty(workdir: Path) -> bool:
+    """The app's queue holds nothing, in flight included (the approximate count has invisible messages too)."""
+    from azure.storage.queue import QueueClient
+
+    values = json.loads((workdir / "local.settings.json").read_text())["Values"]
+    queue = QueueClient.from_connection_string(values["AzureWebJobsStorage"], "sync-jobs")
+    return queue.get_queue_properties().approximate_message_count == 0
+
+
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, log: Callable[[], str] = str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -423,6 +432,8 @@ def test_first_day_on_the_local_path(first_day: FirstDay) -> None:
     assert "referral created in Partner Center" in (flagged["audit"] or ""), flagged
 
     # 9. Verify it works: status counts both pairs, nothing waits or failed; history tells each record's story.
+    # (What a person does: look once the app has worked the jobs the write-back's echo made.)
+    wait_until(lambda: _queue_empty(day.workdir), 60, "the app to work every job", app.log)
     status = day.cli("status")
     assert status.returncode == 0, status.stderr
     shown_status = json.loads(status.stdout)
