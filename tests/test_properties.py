@@ -520,6 +520,19 @@ def _held_reason(plan: Plan, name: str) -> bool:
     return name == "status_reason" and not closing
 
 
+def _loss_read_back(
+    agreed: Mapping[str, object], pc: Mapping[str, object], crm: Mapping[str, object], name: str
+) -> bool:
+    """A deal both sides agreed is lost may show the CRM's decline state (Canceled; Closed Lost with a reason): the
+    seller's guide sends a decline after acceptance as a loss, so that is how the loss reads back, not a change."""
+    return (
+        name == "substatus"
+        and (crm["status"], crm["substatus"]) == ("Closed", "Declined")
+        and agreed["substatus"] == "Lost"
+        and pc["substatus"] == "Lost"
+    )
+
+
 def _changes(before: Mapping[str, object], after: Opportunity) -> set[str]:
     values = mapped_values(after)
     return {name for name in MAPPED_FIELDS if values[name] != before[name]}
@@ -551,6 +564,8 @@ def test_a_change_on_one_side_goes_to_the_other_side_and_never_back(scenario: tu
             assert name in plan.to_crm and name not in plan.to_pc, name  # only Partner Center sets its id and link
         elif name in crm_changed - pc_changed and _held_reason(plan, name):
             assert name not in plan.changed, name  # the reason goes with the close, not before it
+        elif name in crm_changed - pc_changed and _loss_read_back(agreed, pc_values, crm_values, name):
+            assert name not in plan.changed, name
         elif name in crm_changed - pc_changed:
             assert name not in plan.to_crm, name
             assert (name in plan.to_pc) != _explained(plan, name), name
@@ -604,7 +619,9 @@ def test_carrying_out_the_plan_converges(scenario: tuple) -> None:
     """Once both sides hold what the plan wrote, the next merge has nothing to send: no echo loops."""
     base, pc, crm, owners = scenario
     plan = _plan(pc, crm, mapped_values(base), owners)
-    new_pc = pc.model_copy(update={name: getattr(crm, name) for name in plan.to_pc})
+    # Partner Center is sent the plan's status (a decline after acceptance goes as Lost), the CRM's value otherwise.
+    sent = {name: plan.agreed[name] if name in STATUS_FIELDS else getattr(crm, name) for name in plan.to_pc}
+    new_pc = pc.model_copy(update=sent)
     new_crm = crm.model_copy(update={name: getattr(pc, name) for name in plan.to_crm})
     again = _plan(new_pc, new_crm, plan.agreed, owners)
     assert (again.to_crm, again.to_pc) == ([], []), again.summary()
