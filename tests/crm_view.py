@@ -60,6 +60,14 @@ class CrmView(Protocol):
     def secrets(self) -> list[str]: ...
 
 
+def stored_row(stack: Any, crm_id: str) -> dict[str, Any]:
+    """The opportunity's row as the emulated CRM stores it (its own column names), for asserting raw columns."""
+    table = "opportunities" if stack.crm_name == "dynamics" else "Opportunity"
+    row = stack.view.emulator.record(table, crm_id)
+    assert row is not None
+    return row
+
+
 def _float(value: Any) -> float | None:
     return None if value is None else float(value)
 

@@ -10,6 +10,7 @@ import pytest
 import requests
 
 from emulators.package_mapping import column, entry
+from tests.crm_view import stored_row
 from tests.e2e_stack import CRMS
 from tests.test_crm_to_pc import _ours, _settle
 
@@ -27,20 +28,13 @@ def crm(request) -> str:
     return request.param
 
 
-def _row(stack, crm_id: str) -> dict[str, Any]:
-    table = "opportunities" if stack.crm_name == "dynamics" else "Opportunity"
-    row = stack.view.emulator.record(table, crm_id)
-    assert row is not None
-    return row
-
-
 def _intent_value(stack, code: str) -> Any:
     """The CRM's own choice / picklist value of a purchase intent code."""
     return entry(stack.crm_name, "purchase_intent")["values"][code]
 
 
 def _shown(stack, crm_id: str) -> dict[str, Any]:
-    row = _row(stack, crm_id)
+    row = stored_row(stack, crm_id)
     names = ("solution_area", "solution_play", "partner_role", "purchase_intent")
     return {name: row.get(column(stack.crm_name, name)) for name in names}
 

@@ -16,6 +16,7 @@ import requests
 from emulators.package_mapping import column
 from shared.crm.dynamics.mapping import load_mapping
 from shared.crm.mapping import MappingError
+from tests.crm_view import stored_row
 from tests.e2e_stack import CRMS
 from tests.test_crm_to_pc import _flag_and_sync, _ours, _settle
 
@@ -35,16 +36,9 @@ def crm(request) -> str:
     return request.param
 
 
-def _row(stack, crm_id: str) -> dict[str, Any]:
-    table = "opportunities" if stack.crm_name == "dynamics" else "Opportunity"
-    row = stack.view.emulator.record(table, crm_id)
-    assert row is not None
-    return row
-
-
 def _shown(stack, crm_id: str) -> dict[str, Any]:
     """Microsoft's side as the CRM's own columns hold it."""
-    row = _row(stack, crm_id)
+    row = stored_row(stack, crm_id)
     fields = ("microsoft_status", "microsoft_seller_name", "microsoft_seller_email", "microsoft_crm_id")
     shown = {name: row.get(column(stack.crm_name, name)) for name in fields}
     shown["microsoft_notes"] = row.get(column(stack.crm_name, "microsoft_notes"))

@@ -29,7 +29,7 @@ from shared.__main__ import main
 from shared.crm.dynamics.mapping import load_mapping
 from shared.crm.mapping import MappingError
 from tests.console_http import serve
-from tests.crm_view import DV_TOKEN
+from tests.crm_view import DV_TOKEN, stored_row
 from tests.e2e_stack import CRMS
 from tests.test_crm_to_pc import _flag_and_sync, _ours, _settle
 from tests.test_current_fields import SERVICES
@@ -94,13 +94,6 @@ def _missing(stack, names: list[str]) -> list[str]:
     return [name for name in names if emulator.objects["Opportunity"].field(name) is None]
 
 
-def _row(stack, crm_id: str) -> dict[str, Any]:
-    table = "opportunities" if stack.crm_name == "dynamics" else "Opportunity"
-    row = stack.view.emulator.record(table, crm_id)
-    assert row is not None
-    return row
-
-
 def _describes(stack) -> int:
     """Requests for the opportunity's column list: Dataverse's attribute metadata, Salesforce's describe."""
     wanted = (
@@ -148,7 +141,7 @@ def test_an_org_without_the_new_columns_still_syncs_both_ways_and_status_names_t
     # Microsoft's side arrives: the columns are not there, so nothing is written to them and nothing fails.
     _microsoft_acts(stack, shared["id"])
     stack.host.drain()
-    assert not set(removed) & set(_row(stack, crm_id))
+    assert not set(removed) & set(stored_row(stack, crm_id))
     _no_poison(stack)
 
     status = stack.status()["crm"]
@@ -196,7 +189,7 @@ def test_after_setup_crm_apply_a_new_process_uses_the_columns(make_stack, crm, c
     }
     _microsoft_acts(stack, shared["id"])
     stack.host.drain()
-    row = _row(stack, crm_id)
+    row = stored_row(stack, crm_id)
     assert row[column(crm, "microsoft_status")] == "Active/Accepted"
     assert row[column(crm, "microsoft_crm_id")] == "7-3FJ9K2QX1"
     _no_poison(stack)
