@@ -142,18 +142,56 @@ def test_a_lease_taken_over_is_not_released_by_its_old_owner(store):
 
 def test_saving_a_link_rewrites_the_crm_index_only_when_it_changes(store, monkeypatch):
     link = store.save_link(Link(referral_id="ref-9", crm_id="crm-9", crm_etag='W/"1"', last_status="ok"))
-    calls = _Calls(monkeypatch, store.links, "upsert_entity")
+    written: list[list[str]] = []  # per request: the rows it writes
+    original = store.links.submit_transaction
+
+    def counted(operations, **kwargs):
+        written.append([str(entity["RowKey"]) for _, entity, *_ in operations])
+        return original(operations, **kwargs)
+
+    monkeypatch.setattr(store.links, "submit_transaction", counted)
     link.last_values = '{"name": "x"}'
     link = store.save_link(link)
     again = store.get_link("ref-9")
     assert again is not None
     again.pc_fingerprint = "changed"
     store.save_link(again)
-    assert calls.made == []  # neither save changed the crm id, its version or the status
+    assert written == [["ref-9"], ["ref-9"]]  # neither save changed the crm id, its version or the status
     again.crm_etag = 'W/"2"'
     store.save_link(again)
-    assert calls.made == ["upsert_entity"]
+    assert written[-1] == ["ref-9", "~crm~crm-9"]  # the link and its index row, in one request
     state = store.crm_link_state("crm-9")
     assert state is not None and (state.referral_id, state.crm_etag, state.last_status) == ("ref-9", 'W/"2"', "ok")
     found = store.find_link_by_crm_id("crm-9")
     assert found is not None and found.pc_fingerprint == "changed"
+
+
+def test_a_link_refused_for_a_stale_etag_leaves_its_crm_index_as_it_was(store):
+    store.save_link(Link(referral_id="ref-10", crm_id="crm-10", crm_etag='W/"1"', last_status="ok"))
+    stale = store.get_link("ref-10")
+    fresh = store.get_link("ref-10")
+    fresh.crm_etag = 'W/"2"'
+    store.save_link(fresh)
+    stale.crm_etag, stale.last_status = 'W/"3"', "pending"
+    with pytest.raises(PreconditionFailed):
+        store.save_link(stale)
+    # Written together or not at all: an echo check never meets an index that names a version the link does not.
+    state = store.crm_link_state("crm-10")
+    assert state is not None and (state.crm_etag, state.last_status) == ('W/"2"', "ok")
+
+
+def test_crm_index_rows_of_an_earlier_version_move_beside_the_links_on_first_start(settings):
+    service = table_service(storage_config(settings))
+    links = service.get_table_client(settings.links_table)
+    try:
+        links.create_table()
+    except Exception:
+        pass
+    links.create_entity({"PartitionKey": "crm", "RowKey": "crm-old", "ReferralId": "ref-old", "CrmEtag": 'W/"7"'})
+    links.create_entity({"PartitionKey": "referral", "RowKey": "ref-old", "ReferralId": "ref-old", "CrmId": "crm-old"})
+    upgraded = TableSyncStore(service, settings.links_table, settings.state_table, settings.audit_table)
+    upgraded.ensure()
+    state = upgraded.crm_link_state("crm-old")
+    assert state is not None and (state.referral_id, state.crm_etag) == ("ref-old", 'W/"7"')
+    assert list(links.query_entities("PartitionKey eq 'crm'")) == []
+    assert [link.referral_id for link in upgraded.iter_links()] == ["ref-old"]  # index rows are not links

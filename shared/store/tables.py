@@ -20,7 +20,7 @@ from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import EntityProperty, TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
 from ..domain.errors import PreconditionFailed, StorageRejected
@@ -41,7 +41,10 @@ from .state_rows import LeaseRow
 
 _FORBIDDEN = {"/": "%2F", "\\": "%5C", "#": "%23", "?": "%3F", "%": "%25"}
 LINK_PARTITION = "referral"
-CRM_INDEX_PARTITION = "crm"
+# The CRM index rows (CRM id -> referral id, with what an echo check needs) share the links' partition, so a
+# link and its index row are written together in one entity group transaction: one request, all or nothing.
+CRM_INDEX_PREFIX = "~crm~"  # "~" sorts after every character of a referral id (a GUID)
+LEGACY_CRM_INDEX_PARTITION = "crm"  # where versions before 0.15 kept the index rows; moved on first start
 LEASE_PARTITION = "lease"
 STATE_PARTITION = "state"
 
@@ -88,7 +91,22 @@ class TableSyncStore:
                 table.create_table()
             except ResourceExistsError:
                 pass
+        self._move_legacy_index_rows()
         self._ready = True
+
+    def _move_legacy_index_rows(self) -> None:
+        """Index rows written by a version before 0.15 move beside the links: one query per process start, which
+        finds nothing once they have moved. A row a job has rewritten in the new place meanwhile is kept."""
+        for row in self.links.query_entities(f"PartitionKey eq '{LEGACY_CRM_INDEX_PARTITION}'"):
+            moved = {k: v for k, v in row.items() if k not in ("PartitionKey", "RowKey")}
+            try:
+                self.links.create_entity({"PartitionKey": LINK_PARTITION, "RowKey": _index_key(row["RowKey"]), **moved})
+            except ResourceExistsError:
+                pass
+            try:
+                self.links.delete_entity(LEGACY_CRM_INDEX_PARTITION, row["RowKey"])
+            except ResourceNotFoundError:
+                pass
 
     # -- links ---------------------------------------------------------------------------------
     def get_link(self, referral_id: str) -> Link | None:
@@ -100,14 +118,14 @@ class TableSyncStore:
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None:
         try:
-            row = self.links.get_entity(CRM_INDEX_PARTITION, safe_key(crm_id))
+            row = self.links.get_entity(LINK_PARTITION, _index_key(safe_key(crm_id)))
         except ResourceNotFoundError:
             return None
         return self.get_link(str(row["ReferralId"]))
 
     def crm_link_state(self, crm_id: str) -> Link | None:
         try:
-            row = self.links.get_entity(CRM_INDEX_PARTITION, safe_key(crm_id))
+            row = self.links.get_entity(LINK_PARTITION, _index_key(safe_key(crm_id)))
         except ResourceNotFoundError:
             return None
         return Link(
@@ -118,47 +136,50 @@ class TableSyncStore:
         )
 
     def save_link(self, link: Link) -> Link:
+        """Write the link, conditional on the etag it was read with (or as new), and its CRM index row when what
+        the index holds changed: both in one transaction, so they never disagree after a crash."""
         check_write_allowed()
         self.ensure()
         what = f"the link row for referral {link.referral_id}"
         row = check_limits(what, _row_from_link(link))
+        indexed = (link.crm_id, link.crm_etag, link.last_status)
+        index = _index_row(link) if link.crm_id and indexed != link.indexed else None
+        if link.etag is None:
+            operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("create", row, {})]
+        else:
+            condition = {
+                "mode": UpdateMode.REPLACE,
+                "etag": link.etag,
+                "match_condition": MatchConditions.IfNotModified,
+            }
+            operations = [("update", row, condition)]
+        if index is not None:
+            check_limits(f"the CRM index row for referral {link.referral_id}", index)
+            operations.append(("upsert", index, {"mode": UpdateMode.REPLACE}))
         try:
-            if link.etag is None:
-                meta = self.links.create_entity(row)
-            else:
-                meta = self.links.update_entity(
-                    row, mode=UpdateMode.REPLACE, etag=link.etag, match_condition=MatchConditions.IfNotModified
-                )
-        except (ResourceExistsError, ResourceModifiedError) as exc:
-            raise PreconditionFailed(
-                "Table Storage", f"link for referral {link.referral_id} changed concurrently", 412
-            ) from exc
+            meta = self.links.submit_transaction(operations)[0]
+        except TableTransactionError as exc:
+            code = getattr(exc.error_code, "value", exc.error_code)
+            if code in _CONFLICT_CODES or exc.status_code in (404, 409, 412):
+                raise PreconditionFailed(
+                    "Table Storage", f"link for referral {link.referral_id} changed concurrently", 412
+                ) from exc
+            _raise_if_rejected(exc, what, operations[exc.index][1] if exc.index < len(operations) else row)
+            raise
         except HttpResponseError as exc:
             _raise_if_rejected(exc, what, row)
             raise
         if self.link_observer is not None:
             before = link.indexed[2] if link.etag is not None and link.indexed is not None else None
             self.link_observer(before, link.last_status, link.etag is None)
-        indexed = (link.crm_id, link.crm_etag, link.last_status)
-        if link.crm_id and indexed != link.indexed:
-            index = {
-                "PartitionKey": CRM_INDEX_PARTITION,
-                "RowKey": safe_key(link.crm_id),
-                "ReferralId": link.referral_id,
-                **({"CrmEtag": link.crm_etag} if link.crm_etag else {}),
-                **({"LastStatus": link.last_status} if link.last_status else {}),
-            }
-            what = f"the CRM index row for referral {link.referral_id}"
-            _guarded(what, index, lambda row: self.links.upsert_entity(row, mode=UpdateMode.REPLACE))
-            link.indexed = indexed
-        elif not link.crm_id:
-            link.indexed = indexed  # no index row to write; remembers the status saved, for the next save
+        link.indexed = indexed  # what the index row holds now (or would, once the link names a CRM record)
         link.etag = meta.get("etag")
         return link
 
     def iter_links(self) -> list[Link]:
         self.ensure()
-        return [_link_from_row(r) for r in self.links.query_entities(f"PartitionKey eq '{LINK_PARTITION}'")]
+        rows = self.links.query_entities(f"PartitionKey eq '{LINK_PARTITION}'")
+        return [_link_from_row(r) for r in rows if not str(r["RowKey"]).startswith(CRM_INDEX_PREFIX)]
 
     # -- audit ---------------------------------------------------------------------------------
     def append_audit(self, entry: AuditEntry) -> None:
@@ -339,6 +360,25 @@ class TableSyncStore:
         row = {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(key), **values}
         # A merge can only be checked for what it sends; Table Storage refuses a merged row that outgrows it.
         _guarded(f"the state row {key}", row, lambda row: self.state.upsert_entity(row, mode=UpdateMode.MERGE))
+
+
+def _index_key(crm_key: str) -> str:
+    return CRM_INDEX_PREFIX + crm_key
+
+
+def _index_row(link: Link) -> dict[str, Any]:
+    assert link.crm_id
+    return {
+        "PartitionKey": LINK_PARTITION,
+        "RowKey": _index_key(safe_key(link.crm_id)),
+        "ReferralId": link.referral_id,
+        **({"CrmEtag": link.crm_etag} if link.crm_etag else {}),
+        **({"LastStatus": link.last_status} if link.last_status else {}),
+    }
+
+
+# A transaction refused because a row changed, exists already or is gone: another writer got there first.
+_CONFLICT_CODES = {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound"}
 
 
 def _lease_row(key: str, lease: LeaseRow) -> dict[str, Any]:

@@ -187,7 +187,8 @@ class SyncEngine:
         return self.microsoft_side.bring_in(read.referral, outcome, read.engagement) if read.related else outcome
 
     def _crm_job(self, crm_id: str, read: _Read) -> Outcome:
-        return self._carry_out(self.pairing.for_opportunity(crm_id))
+        indexed = read.link.referral_id if read.link is not None else None
+        return self._carry_out(self.pairing.for_opportunity(crm_id, indexed))
 
     def _lead_job(self, lead_id: str, read: _Read) -> Outcome:
         return self.leads.for_lead(lead_id)

@@ -155,11 +155,13 @@ class Pairing:
         return Link(referral_id=referral.id, crm_id=crm_id, last_values=intent.agreed)
 
     # -- a CRM opportunity changed -----------------------------------------------------------------------
-    def for_opportunity(self, crm_id: str) -> Decision:
+    def for_opportunity(self, crm_id: str, indexed_referral_id: str | None = None) -> Decision:
+        """``indexed_referral_id``: the referral the CRM index named when the job read it before its lease. A
+        record's index entry does not change while it stays linked, so only the link itself is read again."""
         record = self.safe_get(crm_id)
         if record is None:
             return self._missing_opportunity(crm_id)
-        link = self.store.find_link_by_crm_id(crm_id)
+        link = self._link_of(crm_id, indexed_referral_id)
         if link is None and record.referral_id:
             link = self.store.get_link(record.referral_id)
         if link is not None and link.last_status == LINK_DETACHED:
@@ -181,6 +183,13 @@ class Pairing:
                 return Settled("skipped", CRM_TO_PC, REFERRAL_NOT_FOUND, crm_id, link.referral_id)
             return RefusedOpportunity(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
         return Reconcile(self.pair(referral, record, link), CRM_TO_PC)
+
+    def _link_of(self, crm_id: str, indexed_referral_id: str | None) -> Link | None:
+        if indexed_referral_id:
+            link = self.store.get_link(indexed_referral_id)
+            if link is not None and link.crm_id == crm_id:
+                return link
+        return self.store.find_link_by_crm_id(crm_id)
 
     def _missing_opportunity(self, crm_id: str) -> Decision:
         """A job for an opportunity the CRM does not have (the poll saw it before a seller deleted it, or a
