@@ -19,6 +19,9 @@ KIND_REFERRAL = "pc-referral"
 KIND_CRM = "crm-opportunity"
 KIND_CRM_LEAD = "crm-lead"
 LINK_KIND_LEAD = "lead"
+# The row of a referral this connector made for Microsoft: never synchronised itself (its events tell the
+# partner's pair of Microsoft's side); it records the version made, so the event of its creation is an echo.
+LINK_MICROSOFT_COPY = "microsoft-copy"
 PC_TO_CRM = "pc->crm"
 CRM_TO_PC = "crm->pc"
 CRM_JOB_KINDS = frozenset({KIND_CRM, KIND_CRM_LEAD})  # jobs that name a CRM record: an opportunity or a lead
@@ -168,10 +171,15 @@ class Link:
     last_synced_at: datetime | None = None
     last_values: str | None = None  # JSON of the mapped values both sides agreed on at the last sync
     crm_kind: str | None = None  # LINK_KIND_LEAD while the CRM record is a lead; None: an opportunity
+    # The referral for Microsoft this connector made on the pair's engagement, and its updatedDateTime then: a
+    # row of its own (status LINK_MICROSOFT_COPY) is written with the link, so its creation event is an echo.
+    microsoft_copy_id: str | None = None
+    microsoft_copy_updated_at: str | None = None
     etag: str | None = None  # Table Storage etag of this row
     # What the CRM-id index row holds for this link (crm id, crm etag, status), so that saving a link rewrites
     # the index only when one of them changes.
     indexed: tuple[str | None, str | None, str | None] | None = field(default=None, compare=False, repr=False)
+    copy_recorded: str | None = field(default=None, compare=False, repr=False)  # microsoft_copy_id as stored
 
 
 @dataclass

@@ -66,3 +66,25 @@ def test_a_real_change_after_our_write_is_not_taken_for_an_echo(stack):
     stack.poll()
     stack.host.drain()
     assert _ours(stack, crm_id)["details"]["notes"] == "The seller's note"
+
+
+def test_the_events_of_a_co_sell_create_with_microsofts_help_cost_nothing(stack):
+    # Asking for Microsoft's help makes two referrals: the partner's and one for Microsoft on the same
+    # engagement. Each raises its own event. Before, the event of the referral for Microsoft was read back from
+    # Partner Center only to be skipped (one call per co-sell create); now its row, written with the link, tells.
+    stack.pc.dispatcher.mode = "hold"
+    crm_id = stack.seller().create_flagged()  # the seller's default asks for Microsoft's help
+    stack.poll()
+    stack.host.drain()
+    referral = _ours(stack, crm_id)
+    engagement = [r for r in stack.pc.referrals() if r["engagementId"] == referral["engagementId"]]
+    assert len(engagement) == 2
+    pc_before, crm_before = _requests(stack)
+    stack.pc.dispatcher.mode = "async"
+    assert stack.pc.dispatcher.release() == 2
+    stack.pc.dispatcher.wait_idle(timeout=10)
+    assert sorted(d.referral_id for d in stack.pc.deliveries()) == sorted(r["id"] for r in engagement)
+    assert stack.host.drain().processed == 2
+    assert _requests(stack) == (pc_before, crm_before)
+    # The row of the referral for Microsoft is no link: status counts and the link list leave it out.
+    assert [link.referral_id for link in wiring.container().store.iter_links()] == [referral["id"]]

@@ -25,6 +25,7 @@ from azure.data.tables import EntityProperty, TableClient, TableServiceClient, T
 from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
 from ..domain.errors import PreconditionFailed, StorageRejected
 from ..ports import (
+    LINK_MICROSOFT_COPY,
     AuditEntry,
     CreateFailure,
     CreateIntent,
@@ -156,6 +157,9 @@ class TableSyncStore:
         if index is not None:
             check_limits(f"the CRM index row for referral {link.referral_id}", index)
             operations.append(("upsert", index, {"mode": UpdateMode.REPLACE}))
+        copy = _microsoft_copy_row(link) if link.microsoft_copy_id != link.copy_recorded else None
+        if copy is not None:
+            operations.append(("upsert", copy, {"mode": UpdateMode.REPLACE}))
         try:
             meta = self.links.submit_transaction(operations)[0]
         except TableTransactionError as exc:
@@ -173,13 +177,18 @@ class TableSyncStore:
             before = link.indexed[2] if link.etag is not None and link.indexed is not None else None
             self.link_observer(before, link.last_status, link.etag is None)
         link.indexed = indexed  # what the index row holds now (or would, once the link names a CRM record)
+        link.copy_recorded = link.microsoft_copy_id
         link.etag = meta.get("etag")
         return link
 
     def iter_links(self) -> list[Link]:
         self.ensure()
         rows = self.links.query_entities(f"PartitionKey eq '{LINK_PARTITION}'")
-        return [_link_from_row(r) for r in rows if not str(r["RowKey"]).startswith(CRM_INDEX_PREFIX)]
+        return [
+            _link_from_row(r)
+            for r in rows
+            if not str(r["RowKey"]).startswith(CRM_INDEX_PREFIX) and r.get("LastStatus") != LINK_MICROSOFT_COPY
+        ]
 
     # -- audit ---------------------------------------------------------------------------------
     def append_audit(self, entry: AuditEntry) -> None:
@@ -377,6 +386,19 @@ def _index_row(link: Link) -> dict[str, Any]:
     }
 
 
+def _microsoft_copy_row(link: Link) -> dict[str, Any] | None:
+    if not link.microsoft_copy_id:
+        return None
+    return {
+        "PartitionKey": LINK_PARTITION,
+        "RowKey": safe_key(link.microsoft_copy_id),
+        "ReferralId": link.microsoft_copy_id,
+        "LastStatus": LINK_MICROSOFT_COPY,
+        "PartnerReferralId": link.referral_id,
+        **({"PcUpdatedAt": link.microsoft_copy_updated_at} if link.microsoft_copy_updated_at else {}),
+    }
+
+
 # A transaction refused because a row changed, exists already or is gone: another writer got there first.
 _CONFLICT_CODES = {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound"}
 
@@ -518,6 +540,7 @@ def _link_from_row(row: Any) -> Link:
     # Every save that changed these wrote the index too; a save that died in between leaves an index that
     # names an older version, which only makes an echo cost a full job.
     link.indexed = (link.crm_id, link.crm_etag, link.last_status)
+    link.copy_recorded = link.microsoft_copy_id
     return link
 
 
@@ -534,4 +557,6 @@ _LINK_COLUMNS = {
     "last_synced_at": "LastSyncedAt",
     "last_values": "LastValues",
     "crm_kind": "CrmKind",
+    "microsoft_copy_id": "MicrosoftCopyId",
+    "microsoft_copy_updated_at": "MicrosoftCopyUpdatedAt",
 }

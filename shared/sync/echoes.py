@@ -13,11 +13,11 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from ..ports import KIND_CRM, KIND_CRM_LEAD, Job, Link
+from ..ports import KIND_CRM, KIND_CRM_LEAD, LINK_MICROSOFT_COPY, Job, Link
 
 
 def is_echo(job: Job, link: Link | None) -> bool:
-    if not job.version or link is None or link.last_status != "ok":
+    if not job.version or link is None or link.last_status not in ("ok", LINK_MICROSOFT_COPY):
         return False
     if job.kind in (KIND_CRM, KIND_CRM_LEAD):
         return job.version == link.crm_etag

@@ -22,7 +22,7 @@ from ..ports import Clock, Crm, PartnerCenter
 from .options import EngineOptions
 from .pairing import Pair, Pairing
 from .recording import Outcome, Recorder
-from .referral_creation import ReferralCreator
+from .referral_creation import ReferralCreator, remember_microsoft_copy
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,8 @@ class Merging:
             referral = self.pc.update(referral, self._outgoing(merge), plan.to_pc)
             pc_fingerprint = fingerprint(self.pairing.map(referral))
         if merge.upgrade:
-            self.creator.ensure_microsoft_referral(referral, record)
+            _, made = self.creator.ensure_microsoft_referral(referral, record)
+            remember_microsoft_copy(link, made)
         written: str | None = None
         if update is not None:
             record = self.crm.update_opportunity(record, update.target, update.fields)

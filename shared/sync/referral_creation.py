@@ -47,6 +47,14 @@ class CreatedReferral:
     referral: Referral
     microsoft_referral_id: str | None
     reused: bool
+    microsoft_made: Referral | None = None  # the referral for Microsoft, when this job made it
+
+
+def remember_microsoft_copy(link: Link | None, made: Referral | None) -> None:
+    """Record the referral for Microsoft a job made with the pair's link (the store gives it a row of its own),
+    so that the event its creation raises ends as an echo instead of reading it back."""
+    if link is not None and made is not None and made.id:
+        link.microsoft_copy_id, link.microsoft_copy_updated_at = made.id, made.updated_date_time
 
 
 class ReferralCreator:
@@ -62,11 +70,11 @@ class ReferralCreator:
         if existing is None and before_create is not None:
             before_create()
         referral = existing or self.pc.create(record, find=lambda: self.partner_referral(crm_id))
-        microsoft_id = None
+        microsoft_id, made = None, None
         if record.help_code:
             # An engagement this job has just made holds no referral for Microsoft yet: no need to look.
-            microsoft_id = self.ensure_microsoft_referral(referral, record, look_first=existing is not None)
-        return CreatedReferral(referral, microsoft_id, existing is not None)
+            microsoft_id, made = self.ensure_microsoft_referral(referral, record, look_first=existing is not None)
+        return CreatedReferral(referral, microsoft_id, existing is not None, made)
 
     def partner_referral(self, crm_id: str) -> Referral | None:
         """The partner's own referral for a CRM opportunity; a Microsoft copy with the same reference is not it."""
@@ -76,16 +84,19 @@ class ReferralCreator:
         """The referral for Microsoft on an engagement."""
         return next((r for r in self.pc.by_engagement(engagement_id) if is_microsoft_copy(r.target)), None)
 
-    def ensure_microsoft_referral(self, referral: Referral, record: Opportunity, look_first: bool = True) -> str | None:
-        """Microsoft's referral on the partner referral's engagement, created unless it exists already."""
+    def ensure_microsoft_referral(
+        self, referral: Referral, record: Opportunity, look_first: bool = True
+    ) -> tuple[str | None, Referral | None]:
+        """The id of Microsoft's referral on the partner referral's engagement, created unless it exists already,
+        and the referral when this call made it."""
         engagement_id = referral.engagement_id
         if not engagement_id:
-            return None
+            return None, None
         existing = self.microsoft_referral(engagement_id) if look_first else None
         if existing is not None:
-            return existing.id
+            return existing.id, None
         made = self.pc.create_for_microsoft(record, engagement_id, find=lambda: self.microsoft_referral(engagement_id))
-        return made.id
+        return made.id, made
 
 
 class ReferralCreation:
@@ -168,6 +179,7 @@ class ReferralCreation:
             self.store.clear_create_failure(record.crm_id)  # and the intent, now that the pair is recorded
             return merged
         crm_fingerprint = self.recorder.written_fingerprint(target)
+        remember_microsoft_copy(link, created.microsoft_made)
         self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint)
         if new.earlier_failure is not None:
             # The intent goes with it. Otherwise it stays, to spare a write per create: it is read only for an
