@@ -183,14 +183,14 @@ def _dry_run(args: argparse.Namespace) -> int:
 
 
 def _register_webhook(args: argparse.Namespace) -> int:
-    from .partner_center.auth import WEBHOOKS_SCOPE, partner_center_token_provider
+    from .partner_center.auth import WEBHOOKS_SCOPE
     from .partner_center.registration import REGISTERED_EVENTS, TEST_EVENT, WebhookRegistrationClient
     from .sync import webhook_setup
 
     s = load_settings(partner_center_only=True) if args.show else load_settings(storage_and_partner_center=True)
     client = WebhookRegistrationClient(
         s.partner_center_webhook_api_url,
-        partner_center_token_provider(wiring.partner_center_credentials(s), WEBHOOKS_SCOPE),
+        wiring.partner_center_token(s, WEBHOOKS_SCOPE),
         timeout=s.http_timeout_seconds,
     )
     current = client.current()

@@ -59,7 +59,6 @@ def partner_center_credentials(settings: Settings) -> PartnerCenterCredentials:
 
     s = settings
     return PartnerCenterCredentials(
-        access_token=s.partner_center_access_token,
         authority=s.partner_center_authority,
         tenant_id=s.partner_center_tenant_id,
         client_id=s.partner_center_client_id,
@@ -69,6 +68,21 @@ def partner_center_credentials(settings: Settings) -> PartnerCenterCredentials:
         token_file=_token_file_in_use(s),
         timeout=s.http_timeout_seconds,
     )
+
+
+def partner_center_token(
+    settings: Settings, scope: str, on_redeemed: Callable[[], None] | None = None
+) -> TokenProvider:
+    """``PARTNER_CENTER_ACCESS_TOKEN`` when set (emulators, tests), else the refresh token exchanged for access
+    tokens of ``scope`` (``on_redeemed`` is told of each successful redemption)."""
+    from .partner_center.auth import StaticToken, partner_center_token_provider
+
+    static = settings.partner_center_access_token
+    if static is not None and static.get_secret_value():
+        # Info, not warning: the app already warns once at start-up about every static token in use.
+        log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
+        return StaticToken(static)
+    return partner_center_token_provider(partner_center_credentials(settings), scope, on_redeemed=on_redeemed)
 
 
 def _token_file_in_use(s: Settings) -> Path | None:
@@ -263,7 +277,7 @@ class Container:
 
     @cached_property
     def partner_center(self) -> PartnerCenterClient:
-        from .partner_center.auth import partner_center_token_provider
+        from .partner_center.auth import REFERRALS_SCOPE
         from .partner_center.client import PartnerCenterClient, PartnerCenterConfig
         from .telemetry import correlation_headers
 
@@ -272,8 +286,8 @@ class Container:
             s.partner_center_api_url, timeout=s.http_timeout_seconds, max_inline_wait=s.max_inline_retry_after_seconds
         )
         # Each redemption of the refresh token is recorded: /api/status warns before its 90-day inactivity expiry.
-        token = partner_center_token_provider(
-            partner_center_credentials(s), on_redeemed=lambda: self.store.save_token_redeemed(datetime.now(UTC))
+        token = partner_center_token(
+            s, REFERRALS_SCOPE, on_redeemed=lambda: self.store.save_token_redeemed(datetime.now(UTC))
         )
         return PartnerCenterClient(config, token, extra_headers=correlation_headers)
 

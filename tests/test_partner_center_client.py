@@ -13,6 +13,7 @@ from pydantic import SecretStr
 from emulators._server import Emulator, Request, Response
 from emulators.partner_center import PartnerCenterEmulator
 from emulators.partner_center.samples import outgoing_cosell_body
+from shared import wiring
 from shared.domain.errors import (
     AuthenticationError,
     NotFound,
@@ -24,6 +25,7 @@ from shared.domain.errors import (
 from shared.domain.mapping import referral_to_opportunity
 from shared.domain.referral import Referral
 from shared.partner_center.auth import (
+    REFERRALS_SCOPE,
     WEBHOOKS_SCOPE,
     PartnerCenterCredentials,
     RefreshTokenProvider,
@@ -31,6 +33,7 @@ from shared.partner_center.auth import (
     partner_center_token_provider,
 )
 from shared.partner_center.client import PartnerCenterClient, PartnerCenterConfig, referral_id_from_resource_uri
+from shared.settings import load_settings
 
 REFERRAL_ID = "8b0c7d52-3f0e-4f1a-9a55-2b8f1f6a2c11"
 
@@ -353,8 +356,9 @@ def test_token_endpoint_outage_is_transient(endpoint):
 
 
 def test_token_provider_factory_chooses_static_or_refresh(caplog):
-    caplog.set_level(logging.INFO, logger="shared.partner_center.auth")
-    static = partner_center_token_provider(PartnerCenterCredentials(access_token=SecretStr("emulator-token")))
+    caplog.set_level(logging.INFO, logger="shared.wiring")
+    settings = load_settings(partner_center_only=True, PARTNER_CENTER_ACCESS_TOKEN="emulator-token")
+    static = wiring.partner_center_token(settings, REFERRALS_SCOPE)
     assert isinstance(static, StaticToken) and static() == "emulator-token"
     assert "emulator-token" not in caplog.text and "static" in caplog.text
     refreshing = partner_center_token_provider(

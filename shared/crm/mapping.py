@@ -182,6 +182,16 @@ FIELD_SETTINGS = {
 }
 
 
+@dataclass(frozen=True)
+class CrmTerms:
+    """What a CRM calls things and which values it takes, for the mapping's checks and messages."""
+
+    product: str
+    choice_word: str = "choice"  # its name for a column with a fixed list of values
+    choice_value_type: type = str  # the type of the values a choice column stores
+    lookup_targets: tuple[str, ...] = ()  # the tables a lookup entry may point at
+
+
 def column_settings(prefix: str) -> dict[str, Path_]:
     """The column-override settings of one CRM (``DATAVERSE``, ``SALESFORCE``): setting name -> mapping path."""
     return {f"{prefix}_FIELD_{name}": ("fields", field, "column") for name, field in FIELD_SETTINGS.items()}
@@ -194,10 +204,7 @@ class CrmMapping(Strict):
     extra: tuple[Extra, ...] = ()
     lead: LeadMapping = LeadMapping()  # Partner Center leads as CRM leads (SYNC_COSELL_ONLY=false)
 
-    product: ClassVar[str] = "the CRM"
-    choice_word: ClassVar[str] = "choice"
-    choice_value_type: ClassVar[type] = str
-    lookup_targets: ClassVar[tuple[str, ...]] = ()
+    terms: ClassVar[CrmTerms] = CrmTerms(product="the CRM")
     # Settings that override one entry each: setting name -> the path it replaces.
     settings: ClassVar[Mapping[str, Path_]] = {}
 
@@ -294,9 +301,9 @@ class CrmMapping(Strict):
             found.extend(self._value_problems(at, entry))
         if entry.target and entry.type != "lookup":
             found.append(((*at, "target"), "only a lookup takes a target"))
-        if entry.type == "lookup" and entry.target not in self.lookup_targets:
-            allowed = ", ".join(self.lookup_targets) or "none"
-            found.append(((*at, "target"), f"'{entry.target}' is not a lookup {self.product} offers ({allowed})"))
+        if entry.type == "lookup" and entry.target not in self.terms.lookup_targets:
+            allowed = ", ".join(self.terms.lookup_targets) or "none"
+            found.append(((*at, "target"), f"'{entry.target}' is not a lookup {self.terms.product} offers ({allowed})"))
         if entry.max_length and entry.type not in ("text", "memo"):
             found.append(((*at, "max_length"), "only text and memo take a max_length"))
         return found
@@ -304,7 +311,7 @@ class CrmMapping(Strict):
     def _value_problems(self, at: Path_, entry: Entry) -> list[tuple[Path_, str]]:
         if not entry.values:
             return [((*at, "values"), "a choice needs its value table (neutral code = the CRM's value)")]
-        wanted = self.choice_value_type
+        wanted = self.terms.choice_value_type
         kind = "a whole number" if wanted is int else "text"
         return [
             ((*at, "values", code), f"{value!r} is not {kind}")
@@ -611,9 +618,9 @@ class Converters:
             label = f"'{entry.label}'" if entry.label else name
             setting = self.mapping.setting_for(("fields", name, "values"))
             where = f"fields.{name}.values in the mapping" + (f" or {setting}" if setting else "")
-            m = self.mapping
+            terms = self.mapping.terms
             raise ValidationFailed(
-                [f"{label} value '{code}' has no {m.product} {m.choice_word} value; add it to {where}"]
+                [f"{label} value '{code}' has no {terms.product} {terms.choice_word} value; add it to {where}"]
             )
         return entry.values[code]
 

@@ -8,6 +8,7 @@ token exists for emulators and tests. Providers are plain callables returning th
 
 from __future__ import annotations
 
+import copy
 import logging
 import re
 import threading
@@ -21,6 +22,7 @@ import requests
 from pydantic import SecretStr
 
 from ..domain.errors import AuthenticationError, TransientError
+from ..token_cache import CachedToken
 
 log = logging.getLogger(__name__)
 
@@ -89,45 +91,29 @@ class RefreshTokenProvider:
         self._session = session or requests.Session()
         self._timeout = timeout
         self._clock = clock
-        self._access_token: str | None = None
-        self._expires_at = 0.0
-        self._lock = threading.Lock()
         self._on_rotate = on_rotate
         self._on_redeemed = on_redeemed
+        self._cached = CachedToken(self._redeem, REFRESH_MARGIN_SECONDS, clock)
 
     def __repr__(self) -> str:
         return f"RefreshTokenProvider(tenant_id={self.tenant_id!r}, client_id={self.client_id!r}, scope={self.scope!r})"
 
     def with_scope(self, scope: str) -> RefreshTokenProvider:
-        """A provider for another audience (e.g. the Webhooks API) sharing the same refresh token."""
-        authority = self.token_url.rsplit(f"/{self.tenant_id}/", 1)[0]
-        return RefreshTokenProvider(
-            authority,
-            self.tenant_id,
-            self.client_id,
-            self._holder,
-            self._client_secret,
-            scope,
-            session=self._session,
-            timeout=self._timeout,
-            clock=self._clock,
-            on_rotate=self._on_rotate,
-            on_redeemed=self._on_redeemed,
-        )
+        """A provider for another audience (e.g. the Webhooks API) sharing the same refresh token; it keeps an
+        access token of its own."""
+        other = copy.copy(self)
+        other.scope = scope
+        other._cached = CachedToken(other._redeem, REFRESH_MARGIN_SECONDS, self._clock)
+        return other
 
     def __call__(self) -> str:
-        with self._lock:
-            if self._access_token is None or self._clock() >= self._expires_at - REFRESH_MARGIN_SECONDS:
-                self._refresh()
-            assert self._access_token is not None
-            return self._access_token
+        return self._cached()
 
     def invalidate(self) -> None:
         """Forget the cached access token (e.g. after a 401) so the next call refreshes."""
-        with self._lock:
-            self._access_token = None
+        self._cached.invalidate()
 
-    def _refresh(self) -> None:
+    def _redeem(self) -> tuple[str, float]:
         with self._holder.lock:
             form = {
                 "grant_type": "refresh_token",
@@ -146,14 +132,14 @@ class RefreshTokenProvider:
                 self._holder.value = rotated  # the old one may stop working once a new one is issued
                 if self._on_rotate is not None:
                     self._on_rotate(rotated)
-        self._access_token = token
-        self._expires_at = self._clock() + _expires_in(payload)
+        expires_at = self._clock() + _expires_in(payload)
         if self._on_redeemed is not None:
             # Entra ends a refresh token after 90 days without use; the health check warns from this record.
             try:
                 self._on_redeemed()
             except Exception as exc:  # the token works; a missed record must not fail the call that needed it
                 log.warning("the Partner Center refresh token's use was not recorded: %s", type(exc).__name__)
+        return token, expires_at
 
     def _post(self, form: dict[str, str]) -> dict[str, Any]:
         try:
@@ -200,10 +186,9 @@ class TokenVault:
 
 @dataclass(frozen=True)
 class PartnerCenterCredentials:
-    """How the app signs in to Partner Center: a static token (emulators and tests), or a refresh token
-    exchanged for access tokens, each rotated one stored in ``vault`` when there is one."""
+    """How the app signs in to Partner Center: a refresh token exchanged for access tokens, each rotated one stored
+    in ``vault`` when there is one."""
 
-    access_token: SecretStr | None = None
     authority: str = "https://login.microsoftonline.com"
     tenant_id: str | None = None
     client_id: str | None = None
@@ -220,13 +205,8 @@ def partner_center_token_provider(
     scope: str = REFERRALS_SCOPE,
     *,
     on_redeemed: Callable[[], None] | None = None,
-) -> Callable[[], str]:
-    """A static token when one is configured, else the refresh-token exchange (``on_redeemed`` is told of each
-    successful redemption)."""
-    if credentials.access_token is not None and credentials.access_token.get_secret_value():
-        # Info, not warning: the app already warns once at start-up about every static token in use.
-        log.info("PARTNER_CENTER_ACCESS_TOKEN is set: using a static Partner Center token (emulators/tests only)")
-        return StaticToken(credentials.access_token)
+) -> RefreshTokenProvider:
+    """The refresh-token exchange (``on_redeemed`` is told of each successful redemption)."""
     if not (credentials.tenant_id and credentials.client_id and credentials.refresh_token):
         raise AuthenticationError(
             SERVICE,

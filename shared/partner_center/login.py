@@ -43,7 +43,6 @@ class SignInBlocked(AuthenticationError):
 @dataclass(frozen=True)
 class SignIn:
     refresh_token: str
-    scope: str
     username: str | None = None
 
 
@@ -108,7 +107,7 @@ def _claims(token: str) -> dict[str, Any]:
         return {}
 
 
-def _signed_in(result: dict[str, Any], flow: str, scope: str) -> SignIn:
+def _signed_in(result: dict[str, Any], flow: str) -> SignIn:
     if "error" in result:
         raise _refused(result, flow)
     refresh_token = result.get("refresh_token")
@@ -121,7 +120,7 @@ def _signed_in(result: dict[str, Any], flow: str, scope: str) -> SignIn:
             SERVICE, f"the sign-in did not use multi-factor authentication, which Partner Center requires; {MFA_HINT}"
         )
     username = (result.get("id_token_claims") or {}).get("preferred_username")
-    return SignIn(refresh_token, str(result.get("scope") or scope), username if isinstance(username, str) else None)
+    return SignIn(refresh_token, username if isinstance(username, str) else None)
 
 
 def device_code_sign_in(
@@ -132,7 +131,7 @@ def device_code_sign_in(
     if "user_code" not in flow:
         raise _refused(flow, "device code")
     show(str(flow.get("message") or f"Open {flow.get('verification_uri')} and enter {flow.get('user_code')}"))
-    return _signed_in(app.acquire_token_by_device_flow(flow), "device code", config.scope)
+    return _signed_in(app.acquire_token_by_device_flow(flow), "device code")
 
 
 def browser_sign_in(
@@ -155,7 +154,7 @@ def browser_sign_in(
     )
     if result is None:
         raise AuthenticationError(SERVICE, "browser sign-in timed out: nothing came back to http://localhost")
-    return _signed_in(result, "browser", config.scope)
+    return _signed_in(result, "browser")
 
 
 def store_in_file(refresh_token: str, path: Path | None = None) -> Path:

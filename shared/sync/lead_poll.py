@@ -33,7 +33,7 @@ class PollWithLeads:
         )
 
 
-def lead_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300) -> ChangeFeed:
+def lead_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int) -> ChangeFeed:
     """Leads made from Partner Center leads, read a page of the adapter's default size at a time."""
 
     def changes(since: datetime | None) -> Iterable[Change]:

@@ -182,7 +182,7 @@ class _Run:
     enqueued: int = 0
 
 
-def crm_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int = 300) -> ChangeFeed:
+def crm_poller(crm: Crm, state: FeedState, queue: JobQueue, clock: Clock, overlap_seconds: int) -> ChangeFeed:
     """Flagged opportunities, read a page of the adapter's default size at a time."""
     return ChangeFeed(POLL_STATE_KEY, KIND_CRM, crm.changes_since, state, queue, clock, overlap_seconds)
 
@@ -192,8 +192,8 @@ def partner_center_reconciler(
     state: FeedState,
     queue: JobQueue,
     clock: Clock,
-    overlap_seconds: int = 300,
-    first_lookback_hours: int = 24,
+    overlap_seconds: int,
+    first_lookback_hours: int,
 ) -> ChangeFeed:
     """Referrals changed since the last run, to recover webhooks Partner Center gave up on."""
 

@@ -7,12 +7,12 @@ quote configuration values.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from ...domain.errors import AuthenticationError, TransientError
+from ...token_cache import CachedToken
 
 SERVICE = "Dataverse"
 TOKEN_REFRESH_MARGIN_SECONDS = 300.0
@@ -26,20 +26,13 @@ class AzureIdentityToken:
     ) -> None:
         self._scope = scope
         self._factory = credential_factory or _default_credential
-        self._clock = clock
-        self._lock = threading.Lock()
         self._credential: Any = None
-        self._token: str | None = None
-        self._expires_on = 0.0
+        self._cached = CachedToken(self._fetch, TOKEN_REFRESH_MARGIN_SECONDS, clock)
 
     def __call__(self) -> str:
-        with self._lock:
-            if self._token is None or self._clock() >= self._expires_on - TOKEN_REFRESH_MARGIN_SECONDS:
-                self._refresh()
-            assert self._token is not None
-            return self._token
+        return self._cached()
 
-    def _refresh(self) -> None:
+    def _fetch(self) -> tuple[str, float]:
         from azure.core.exceptions import AzureError, ClientAuthenticationError
 
         try:
@@ -53,7 +46,7 @@ class AzureIdentityToken:
             ) from None
         except AzureError as exc:
             raise TransientError(SERVICE, f"token request failed ({type(exc).__name__})") from None
-        self._token, self._expires_on = access.token, float(access.expires_on)
+        return access.token, float(access.expires_on)
 
 
 def _default_credential() -> Any:

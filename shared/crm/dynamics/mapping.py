@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from ...domain.errors import ValidationFailed
 from ...domain.opportunity import Contact, CustomerAddress, Opportunity
-from ..mapping import CrmMapping, Loaded, Override, Path_, Strict, column_settings, load, parse_status_key
+from ..mapping import CrmMapping, CrmTerms, Loaded, Override, Path_, Strict, column_settings, load, parse_status_key
 
 DEFAULT_FILE = Path(__file__).with_name("mapping.toml")
 
@@ -122,10 +122,9 @@ class DataverseMapping(CrmMapping):
     customer: DataverseCustomer
     status: DataverseStatus
 
-    product: ClassVar[str] = "Dynamics 365"
-    choice_word: ClassVar[str] = "choice"
-    choice_value_type: ClassVar[type] = int
-    lookup_targets: ClassVar[tuple[str, ...]] = ("transactioncurrencies",)
+    terms: ClassVar[CrmTerms] = CrmTerms(
+        product="Dynamics 365", choice_word="choice", choice_value_type=int, lookup_targets=("transactioncurrencies",)
+    )
     settings: ClassVar[Mapping[str, Path_]] = {
         **column_settings("DATAVERSE"),
         "DATAVERSE_HELP_OPTION_VALUES": ("fields", "help_code", "values"),

@@ -8,9 +8,9 @@ next job checks again, so the org heals as soon as ``setup-crm --apply`` has add
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
+from ..learned_once import LearnedOnce
 from ..mapping import Converters, Lookups
 from ..org_columns import OrgColumns, checked, org_columns, without_missing
 from .auth import SERVICE
@@ -41,19 +41,16 @@ class OrgLayout:
         self._lookups = lookups
         # One request reads the opportunity with its account and primary contact.
         self._expand = f"customerid_account($select={account_select}),parentcontactid($select={contact_select})"
-        self._layout: Layout | None = None
-        self._learning = threading.Lock()  # workers share the adapter: the table is described once, not per thread
+        # Workers share the adapter: the table is described once, not per thread.
+        self._layout = LearnedOnce(self._learn)
 
     def known(self) -> OrgColumns | None:
         """The columns learned so far, without asking the organisation."""
-        return self._layout.columns if self._layout is not None else None
+        layout = self._layout.known()
+        return layout.columns if layout is not None else None
 
     def get(self) -> Layout:
-        if self._layout is None:
-            with self._learning:
-                if self._layout is None:
-                    self._layout = self._learn()
-        return self._layout
+        return self._layout.get()
 
     def _learn(self) -> Layout:
         answer = self._web.get(ATTRIBUTES_PATH, {"$select": "LogicalName"}) or {}

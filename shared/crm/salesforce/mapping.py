@@ -25,6 +25,7 @@ from ..mapping import (
     OPEN_SUBSTATUS,
     STATUS_FIELDS,
     CrmMapping,
+    CrmTerms,
     Loaded,
     Override,
     Path_,
@@ -121,10 +122,9 @@ class SalesforceStatus(Strict):
 class SalesforceMapping(CrmMapping):
     status: SalesforceStatus
 
-    product: ClassVar[str] = "Salesforce"
-    choice_word: ClassVar[str] = "picklist"
-    choice_value_type: ClassVar[type] = str
-    lookup_targets: ClassVar[tuple[str, ...]] = ("CurrencyType",)
+    terms: ClassVar[CrmTerms] = CrmTerms(
+        product="Salesforce", choice_word="picklist", choice_value_type=str, lookup_targets=("CurrencyType",)
+    )
     settings: ClassVar[Mapping[str, Path_]] = {
         **column_settings("SALESFORCE"),
         "SALESFORCE_CURRENCY_FIELD": ("fields", "currency", "column"),
