@@ -52,6 +52,7 @@ class Rule:
     mode: str = "drop"
     status: int = 503
     retry_after: float | None = None
+    skip: int = 0  # matching requests let through before the rule starts to hit
 
     def matches(self, method: str, path: str) -> bool:
         if self.count <= 0 or (self.method and self.method.upper() != method):
@@ -102,7 +103,9 @@ class NetworkFaults:
         mode: str = "drop",
         status: int = 503,
         retry_after: float | None = None,
+        skip: int = 0,
     ) -> None:
+        """``skip``: let that many matching requests through first (the second of two alike requests is hit)."""
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}")
         if kind == "lose_answer" and mode not in LOSE_MODES:
@@ -116,6 +119,7 @@ class NetworkFaults:
             mode,
             int(status),
             retry_after,
+            max(0, int(skip)),
         )
         with self._lock:
             self._rules.append(rule)
@@ -167,6 +171,9 @@ class NetworkFaults:
     def _from_rules(self, method: str, path: str) -> Decision | None:
         for rule in self._rules:
             if not rule.matches(method, path):
+                continue
+            if rule.skip > 0:
+                rule.skip -= 1
                 continue
             rule.count -= 1
             self._rules[:] = [r for r in self._rules if r.count > 0]
@@ -227,6 +234,7 @@ def control(faults: NetworkFaults, method: str, body: Any) -> tuple[int, Any]:
                 mode=str(body.get("mode", "drop")),
                 status=int(body.get("status", 503)),
                 retry_after=body.get("retryAfter"),
+                skip=int(body.get("skip", 0)),
             )
     except (TypeError, ValueError) as exc:
         return 400, {"error": {"code": "BadRequest", "message": str(exc)}}

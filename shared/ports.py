@@ -213,6 +213,42 @@ class FeedWatermark:
 
 
 @dataclass(frozen=True)
+class DeltaPage:
+    """One page of a CRM table's change tracking: the flagged records added or changed (with their versions), the
+    records deleted (whether they were flagged is not known any more), and the link to read next: the next page's,
+    or on the last page (``last``) the delta link the next poll starts from."""
+
+    changed: list[Change]
+    deleted: list[str]
+    next_link: str
+    last: bool
+
+
+@dataclass(frozen=True)
+class DeltaProgress:
+    """Where a change-tracking feed stands: the link its next read starts from ("": a full read), and while the
+    CRM refuses change tracking, until when the feed reads by modification time instead (and why)."""
+
+    link: str = ""
+    fallback_until: datetime | None = None
+    fallback_reason: str = ""
+    last_run_at: datetime | None = None
+    last_seen: int = 0
+    last_enqueued: int = 0
+    last_interruption: str = ""
+
+
+class ChangeTracking(Protocol):
+    """A CRM whose opportunity table reports its changes since a token (Dataverse delta links)."""
+
+    def delta_pages(self, link: str | None, page_size: int) -> Iterator[DeltaPage]:
+        """The changes since ``link`` (None: every flagged record, and the first token), a page at a time. Raises
+        :class:`~shared.domain.errors.ChangeTrackingUnavailable` when the table does not track changes, and
+        :class:`~shared.domain.errors.DeltaLinkRefused` when the link's token is expired or not valid."""
+        ...
+
+
+@dataclass(frozen=True)
 class Pause:
     """All CRM work waits until ``until`` (the CRM's API quota is used up)."""
 

@@ -210,6 +210,10 @@ class Settings(BaseSettings):
     # -- Dynamics 365 (Dataverse) ----------------------------------------------------------------
     dataverse_url: str | None = Field(None, validation_alias=_env("DATAVERSE_URL"))
     dataverse_api_version: str = Field("v9.2", validation_alias=_env("DATAVERSE_API_VERSION"))
+    # auto: the poll reads the opportunity table's delta link, and by modifiedon when the table has no change tracking.
+    dataverse_change_tracking: Literal["auto", "off"] = Field(
+        "auto", validation_alias=_env("DATAVERSE_CHANGE_TRACKING")
+    )
     dataverse_access_token: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_ACCESS_TOKEN"))
     dataverse_client_id: str | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_ID"))
     dataverse_client_secret: SecretStr | None = Field(None, validation_alias=_env("DATAVERSE_CLIENT_SECRET"))

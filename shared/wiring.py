@@ -333,6 +333,15 @@ class Container:
 
         s = self.settings
         feed = crm_poller(self.crm, self.store, self.queue, SystemClock(), s.crm_poll_overlap_seconds)
+        if s.dataverse_change_tracking == "auto" and hasattr(self.crm, "delta_pages"):
+            from .store.delta_rows import DeltaRows
+            from .sync.delta_feed import DeltaFeed
+
+            # Dataverse change tracking, with the modifiedon poll above as its fallback for a table without it.
+            tracking: Any = self.crm  # a DataverseCrm: it has delta_pages
+            rows = DeltaRows(self.store)
+            delta = DeltaFeed(tracking, rows, self.queue, SystemClock(), feed, self.store.crm_link_state)
+            feed = delta  # type: ignore[assignment]  # polls like a feed
         if not s.sync_cosell_only:  # Partner Center leads are CRM leads: the poll reads their changes too
             from .sync.lead_poll import PollWithLeads, lead_poller
 

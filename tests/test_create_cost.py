@@ -16,10 +16,11 @@ from emulators.salesforce.emulator import SalesforceEmulator
 from shared.crm.dynamics import DataverseConfig, DataverseCrm
 from shared.crm.dynamics.mapping import default_mapping
 from shared.crm.salesforce import SalesforceCrm
-from shared.domain.opportunity import Contact, Opportunity
+from shared.domain.errors import PreconditionFailed
+from shared.domain.opportunity import Contact
 from tests.test_dynamics_adapter import _opportunity
 from tests.test_salesforce_adapter import CLOCK, TODAY, _no_sleep, from_settings, full_opportunity, settings
-from tests.test_salesforce_cost import Calls
+from tests.test_salesforce_cost import Calls, made_meanwhile
 
 TOKEN = "create-cost-token"
 API = "/api/data/v9.2"
@@ -67,13 +68,14 @@ def _post(emu: DataverseEmulator, entity_set: str, body: dict[str, Any], **param
 
 
 # -- the adapter ----------------------------------------------------------------------------------------------------
-def test_a_new_customer_with_two_contacts_costs_two_reads_and_two_writes(
+def test_a_new_customer_with_two_contacts_costs_two_reads_and_one_write(
     emu: DataverseEmulator, crm: DataverseCrm
 ) -> None:
     before = len(emu.request_log)
     created = crm.create_opportunity(_opportunity(customer_contacts=(ADA, GRACE)))
-    # Before: a read and a write for the account and for each contact, and the opportunity's upsert (7).
-    assert _calls(emu, before) == ["GET accounts", "GET contacts", "POST accounts", "POST opportunities"]
+    # Before: a read and a write for the account and for each contact, and the opportunity's upsert (7); then the
+    # account's own deep insert before the opportunity's (4). Now the account and its contacts ride in the create.
+    assert _calls(emu, before) == ["GET accounts", "GET contacts", "POST opportunities"]
     (account,) = emu.table("accounts")
     contacts = {c["emailaddress1"]: c for c in emu.table("contacts")}
     assert sorted(contacts) == ["ada@contoso.com", "grace@contoso.com"]
@@ -84,11 +86,12 @@ def test_a_new_customer_with_two_contacts_costs_two_reads_and_two_writes(
     assert created == crm.get_opportunity(created.crm_id or "")
 
 
-def test_a_known_customer_costs_two_reads_and_one_write(emu: DataverseEmulator, crm: DataverseCrm) -> None:
+def test_a_known_customer_costs_one_read_and_one_write(emu: DataverseEmulator, crm: DataverseCrm) -> None:
     crm.create_opportunity(_opportunity("0b5e3a6c-1111-4c1e-9d1a-000000000098", customer_contacts=(ADA, GRACE)))
     before = len(emu.request_log)
     created = crm.create_opportunity(_opportunity(customer_contacts=(ADA, GRACE)))
-    assert _calls(emu, before) == ["GET accounts", "GET contacts", "POST opportunities"]
+    # The account's contacts come with the account's read ($expand); before, a read of its own (3).
+    assert _calls(emu, before) == ["GET accounts", "POST opportunities"]
     assert len(emu.table("accounts")) == 1 and len(emu.table("contacts")) == 2
     assert created == crm.get_opportunity(created.crm_id or "")
 
@@ -123,8 +126,9 @@ def test_a_second_create_for_the_referral_makes_nothing_not_even_its_new_contact
     emu.seed("accounts", {"name": "Contoso Ltd", "address1_postalcode": "98052"})
     first = crm.create_opportunity(_opportunity(customer_contacts=(ADA,)))
     other = DataverseCrm(DataverseConfig(emu.url), lambda: TOKEN)  # a concurrent worker with another team list
-    again = other.create_opportunity(_opportunity(customer_contacts=(GRACE,)))
-    assert again.crm_id == first.crm_id
+    with pytest.raises(PreconditionFailed):  # the key is taken: the engine reads that record and merges with it
+        other.create_opportunity(_opportunity(customer_contacts=(GRACE,)))
+    assert emu.record("opportunities", first.crm_id or "") is not None
     assert [c["emailaddress1"] for c in emu.table("contacts")] == ["ada@contoso.com"]  # Grace's insert rolled back
     assert len(emu.table("opportunities")) == 1
 
@@ -201,12 +205,6 @@ def sf(sf_emu: SalesforceEmulator) -> SalesforceCrm:
     return adapter  # the org's currencies are learned: not what a record costs
 
 
-def _create_as_the_engine_does(crm: SalesforceCrm, opportunity: Opportunity) -> Opportunity:
-    """The engine creates only after finding no record for the referral."""
-    assert crm.find_by_referral_id(opportunity.referral_id or "") is None
-    return crm.create_opportunity(opportunity)
-
-
 def _roles(emu: SalesforceEmulator, crm_id: str) -> list[tuple[str, bool]]:
     emails = {c["Id"]: c["Email"] for c in emu.records("Contact")}
     roles = [r for r in emu.records("OpportunityContactRole") if r["OpportunityId"] == crm_id]
@@ -220,10 +218,12 @@ def test_salesforce_creates_customer_opportunity_and_roles_in_one_call(
     if known:
         sf.create_opportunity(full_opportunity("ref-first"))
     calls = Calls(sf_emu)
-    created = _create_as_the_engine_does(sf, full_opportunity())
-    # Before: the account and each contact created on their own, the upsert, the roles, a read-back (8 and 5).
-    assert calls() == ["GET query Opportunity", "GET query Account", "GET query Contact", "POST composite"]
-    assert calls.charged() == 4
+    created = sf.create_opportunity(full_opportunity())
+    # Before: the account and each contact created on their own, the upsert, the roles, a read-back (8 and 5); then
+    # the engine's lookup, a query for the account and one for the contacts, and the composite create (4). Now the
+    # lookup and both queries are one composite call of queries, counted once.
+    assert calls() == ["POST composite", "POST composite"]
+    assert calls.charged() == 2
     assert len(sf_emu.records("Account")) == 1 and len(sf_emu.records("Contact")) == 2
     assert _roles(sf_emu, created.crm_id or "") == [("ann@contoso.example", True), ("bo@contoso.example", False)]
     assert created == sf.get_opportunity(created.crm_id or "")
@@ -233,9 +233,16 @@ def test_salesforce_creates_customer_opportunity_and_roles_in_one_call(
 def test_a_lost_answer_to_the_one_call_create_makes_one_of_each(
     sf_emu: SalesforceEmulator, sf: SalesforceCrm, mode: str
 ) -> None:
-    sf_emu.network_faults.add("lose_answer", method="POST", path=r"/composite$", mode=mode, count=1)
-    created = _create_as_the_engine_does(sf, full_opportunity())
+
+    def lose_the_next_answer() -> None:
+        sf_emu.network_faults.add("lose_answer", method="POST", path=r"/composite$", mode=mode, count=1)
+
+    made_meanwhile(sf, lose_the_next_answer)  # the create's answer is lost, not the lookup's
+    calls = Calls(sf_emu)
+    created = sf.create_opportunity(full_opportunity())
     assert sf_emu.network_faults.stats()["pendingRules"] == 0
+    # The lost answer costs one read: the referral id finds the whole create (all or none).
+    assert calls() == ["POST composite", "POST composite", "GET query Opportunity"] and calls.charged() == 3
     opportunities = [r for r in sf_emu.records("Opportunity") if r["Id"] != created.crm_id]
     assert len(opportunities) == 1  # the warm-up record only
     assert len(sf_emu.records("Account")) == 1 and len(sf_emu.records("Contact")) == 2
@@ -246,9 +253,8 @@ def test_a_lost_answer_to_the_one_call_create_makes_one_of_each(
 def test_a_record_made_by_hand_between_the_lookup_and_the_create_gets_its_roles_once(
     sf_emu: SalesforceEmulator, sf: SalesforceCrm
 ) -> None:
-    assert sf.find_by_referral_id("ref-0001") is None
-    sf.create_opportunity(full_opportunity("ref-0001"))  # as if made by a seller meanwhile
-    sf._absent.looked_up("ref-0001")  # the engine's lookup happened before it
+    other = from_settings(settings(sf_emu), sleep=_no_sleep, today=lambda: TODAY)  # as if made by a seller
+    made_meanwhile(sf, lambda: other.create_opportunity(full_opportunity("ref-0001")))
     again = sf.create_opportunity(full_opportunity("ref-0001"))
     assert _roles(sf_emu, again.crm_id or "") == [("ann@contoso.example", True), ("bo@contoso.example", False)]
     assert len([r for r in sf_emu.records("Opportunity") if r["Id"] == again.crm_id]) == 1

@@ -116,10 +116,12 @@ def test_demo_runs_every_step_and_reports_it(crm: str | None, tmp_path: Path) ->
         ("pc->crm", "updated"),
         ("crm->pc", "created"),
         ("crm->pc", "updated"),
-        ("pc->crm", "skipped"),
         ("crm->pc", "failed"),
     ):
         assert f"  {direction}  {action} " in output
+    # The event of the referral the co-sell step makes for Microsoft is an echo when it arrives after the job
+    # recorded that referral (it was audited as "skipped" before; see tests/test_echoes.py): not asserted here,
+    # where the webhook races the job.
     assert " unchanged " not in output.split("Audit trail (SyncAudit, oldest first)")[1]  # no-ops are not audited
     assert f"Result: {len(STEPS)}/{len(STEPS)} steps passed, every step observed" in output
     assert list(tmp_path.iterdir()) == []  # it cleans up after itself

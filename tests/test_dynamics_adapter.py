@@ -139,9 +139,10 @@ def test_create_is_idempotent(emu: DataverseEmulator, crm: DataverseCrm) -> None
         headers={"Authorization": "Bearer x"},
         timeout=5,
     )
-    retry = DataverseCrm(DataverseConfig(emu.url), lambda: TOKEN).create_opportunity(desired)  # a new worker
-    assert retry.crm_id == first.crm_id
-    assert retry.notes == "edited by a seller"  # the retry returned the record, it did not overwrite it
+    with pytest.raises(PreconditionFailed):  # a new worker: the key is taken; the engine reads it and merges
+        DataverseCrm(DataverseConfig(emu.url), lambda: TOKEN).create_opportunity(desired)
+    row = emu.record("opportunities", first.crm_id or "")
+    assert row is not None and row["description"] == "edited by a seller"  # the retry did not overwrite it
     assert emu.counters()["tables"]["opportunities"]["updates"] == 1
     assert len(emu.table("opportunities")) == 1
     assert len(emu.table("accounts")) == 1
@@ -265,8 +266,9 @@ def test_creating_for_a_new_customer_reads_nothing_back(emu: DataverseEmulator, 
     before = len(emu.request_log)
     created = crm.create_opportunity(_opportunity())
     calls = [(method, path.split("?")[0].split("(")[0].rsplit("/", 1)[-1]) for method, path in emu.request_log[before:]]
-    # The account and its contact are one deep insert, found first in one read each.
-    assert calls == [("GET", "accounts"), ("GET", "contacts"), ("POST", "accounts"), ("POST", "opportunities")]
+    # The account and its contact are found first (one read each, none found) and made inside the opportunity's
+    # own deep insert.
+    assert calls == [("GET", "accounts"), ("GET", "contacts"), ("POST", "opportunities")]
     assert created == crm.get_opportunity(created.crm_id or "")  # what a read gives, without the read
 
 

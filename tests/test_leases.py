@@ -29,7 +29,9 @@ from shared.wiring import storage_config
 from shared.write_fence import fenced
 from tests.e2e_stack import PC_TOKEN, Stack
 
-OPPORTUNITY_READS = r"/opportunities"
+# The job's first CRM read: the opportunity, or for a referral without one the customer's account (no lookup of the
+# referral id comes before the create: the create itself is the guard).
+OPPORTUNITY_READS = r"/(opportunities|accounts)"
 
 
 def renewal_threads() -> list[threading.Thread]:
@@ -144,7 +146,8 @@ def test_a_worker_whose_lease_was_taken_over_writes_nothing_more(dataverse_stack
     assert stack.pc.writes == pc_writes
     assert [r for r in stack.pc.referrals() if r.get("externalReferenceId") == record_id] == []
     link = store.get_link(record_id) if kind == KIND_REFERRAL else store.find_link_by_crm_id(record_id)
-    assert link is None
+    # At most what a referral's create wrote ahead before it stalled (the lease still held): it names no record.
+    assert link is None or (kind == KIND_REFERRAL and link.crm_id is None and link.last_status == "pending")
     assert not store.acquire_lease(key, "worker-c", 60)  # the new owner's lease was left alone
     assert renewal_threads() == []
 
@@ -165,7 +168,8 @@ def test_a_worker_that_cannot_renew_stops_writing_before_its_lease_ends(datavers
         engine.handle(Job(KIND_REFERRAL, referral["id"], reason="test"))
 
     assert stack.opportunities() == []
-    assert store.get_link(referral["id"]) is None
+    link = store.get_link(referral["id"])  # at most what was written ahead while the lease held: names no record
+    assert link is None or (link.crm_id is None and link.last_status == "pending")
     # Still its own row, so the worker released it: the next worker need not wait for it to expire.
     assert store.acquire_lease(f"referral:{referral['id']}", "worker-b", 60)
     assert renewal_threads() == []

@@ -321,9 +321,9 @@ def test_other_open_stages_read_as_active_and_configured_stage_names(emu: Salesf
 
 
 def test_create_is_idempotent(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
-    first = crm.create_opportunity(full_opportunity())
-    second = crm.create_opportunity(full_opportunity())  # a retried job
-    assert second.crm_id == first.crm_id
+    crm.create_opportunity(full_opportunity())
+    with pytest.raises(PreconditionFailed):  # a retried job: the record is found; the engine merges with it
+        crm.create_opportunity(full_opportunity())
     assert len(emu.records("Opportunity")) == 1
     assert len(emu.records("Account")) == 1
     assert len(emu.records("Contact")) == 2
@@ -449,10 +449,19 @@ def test_duplicate_referral_ids_are_named_and_nothing_is_written(emu: Salesforce
 
 
 def test_upsert_update_answered_with_204_is_accepted(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
-    first = crm.create_opportunity(full_opportunity())
-    emu.upsert_update_status = 204
+    made = []
+    lookup = crm._customers.plan
+
+    def plan(*args: Any, **kwargs: Any) -> Any:
+        # Someone else makes the record after the create's lookup found none: the upsert then finds it.
+        answer = lookup(*args, **kwargs)
+        made.append(from_settings(settings(emu), sleep=_no_sleep).create_opportunity(full_opportunity()))
+        emu.upsert_update_status = 204
+        return answer
+
+    crm._customers.plan = plan  # type: ignore[method-assign]
     again = crm.create_opportunity(full_opportunity())
-    assert again.crm_id == first.crm_id and len(emu.records("Opportunity")) == 1
+    assert again.crm_id == made[0].crm_id and len(emu.records("Opportunity")) == 1
 
 
 # -- polling ----------------------------------------------------------------------------------------------------------

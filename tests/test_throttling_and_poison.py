@@ -63,8 +63,9 @@ def _run_as_final_attempt(stack) -> None:
 def test_a_throttle_longer_than_the_inline_wait_defers_the_job_then_it_runs(stack):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.pc.wait_for_deliveries(1, timeout=10)
-    # Dataverse's service protection: 429, come back in 4 s (the app waits at most 2 s inline).
-    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="opportunities")
+    # Dataverse's service protection: 429, come back in 4 s (the app waits at most 2 s inline), on the create's
+    # first read (the customer's account).
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="accounts")
     run = stack.host.drain(max_rounds=1)
     assert (run.processed, run.failed) == (1, 0), run.errors  # no attempt counted towards the poison queue
     assert stack.host.queue.depth() == 1 and stack.host.queue.peek_jobs() == []  # back, out of sight
@@ -82,9 +83,7 @@ def test_a_throttle_on_the_last_attempt_is_deferred_without_a_gave_up_mark_and_i
     stack.pc.wait_for_deliveries(1, timeout=10)
     referral_id = stack.host.queue.peek_jobs()[0].record_id
     # Longer than a queue message may stay invisible: the job waits the 7 days it can, and must not expire.
-    stack.view.emulator.inject_fault(
-        status=429, count=1, retry_after=30 * 24 * 3600, method="GET", path="opportunities"
-    )
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=30 * 24 * 3600, method="GET", path="accounts")
     sent: list[Any] = []
     send = stack.host.queue.client.send_message
 

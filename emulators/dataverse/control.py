@@ -6,6 +6,7 @@ demo (over HTTP) and in-process tests drive the emulator the same way.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from .._server import Request, Response
@@ -71,6 +72,19 @@ def register_control_routes(emu: DataverseEmulator) -> None:
         emu.set_required_token((request.json() or {}).get("token"))
         return Response(204)
 
+    def change_tracking(request: Request) -> Response:
+        body = request.json() or {}
+        expiry = body.get("expirySeconds")
+        try:
+            emu.set_change_tracking(
+                str(body.get("table", "opportunities")),
+                body.get("enabled"),
+                timedelta(seconds=float(expiry)) if expiry is not None else None,
+            )
+        except ODataError as exc:
+            return exc.response()
+        return Response(204)
+
     routes = [
         ("POST", "/reset", reset),
         ("POST", r"/seed/(?P<set>\w+)", seed),
@@ -83,6 +97,7 @@ def register_control_routes(emu: DataverseEmulator) -> None:
         ("GET", "/writes", lambda r: Response(200, {"value": emu.writes()})),
         ("POST", "/token", token),
         ("POST", "/limits", limit),
+        ("POST", "/change-tracking", change_tracking),
         ("DELETE", "/limits", limit),
     ]
     for method, path, handler in routes:

@@ -8,7 +8,8 @@ the real service is strict (types in ``$filter``, unknown columns, lookups writt
 Tests drive it through the ``/_emulator/...`` routes or the same operations as Python methods:
 :meth:`DataverseEmulator.reset`, :meth:`seed`, :meth:`counters`, :meth:`inject_fault`, :meth:`table`,
 :meth:`writes`, :meth:`add_column` (a custom column, as an admin adds one in the maker portal),
-:meth:`set_request_limit` (the service protection limit on the number of requests, off unless set).
+:meth:`set_request_limit` (the service protection limit on the number of requests, off unless set),
+:meth:`set_change_tracking` (a table without change tracking, the delta token expiry: :mod:`.delta`).
 ``custom_columns=False`` starts an organisation without the connector's custom columns and key, which the metadata
 API then creates (:mod:`emulators.dataverse.customization`: columns, option values, keys, security roles).
 
@@ -28,13 +29,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
 
 from .._server import Emulator, Request, Response
 from .control import register_control_routes
 from .customization import Customization
+from .delta import DEFAULT_EXPIRY, ChangeTracking, ChangeTrackingSettings
 from .leads import LeadQualification
 from .schema import (
     CHOICE,
@@ -103,7 +105,11 @@ class DataverseEmulator(Emulator):
         required_token: str | None = None,
         base_currency: str | None = "USD",
         clock: Callable[[], datetime] | None = None,
+        change_tracking_off: Iterable[str] = (),
+        change_tracking_expiry: timedelta = DEFAULT_EXPIRY,
     ) -> None:
+        """``change_tracking_off``: entity sets whose table has no change tracking (delta reads refused);
+        ``change_tracking_expiry``: how long a delta token is honoured."""
         super().__init__()
         self.columns = columns or CustomColumns()
         # custom_columns=False: an organisation not yet set up for the connector (no custom columns, no key).
@@ -113,6 +119,9 @@ class DataverseEmulator(Emulator):
         self.store = Store(self.tables, clock or (lambda: datetime.now(UTC)), base_currency)
         self.ledger = Ledger(self.tables)
         self.web_api = WebApi(self.store, self.ledger, self.lock, lambda: self.port)
+        self._tracking_config = (frozenset(change_tracking_off), change_tracking_expiry)
+        self.change_tracking = ChangeTracking(self.store, self.lock, ChangeTrackingSettings())
+        self.web_api.change_tracking = self.change_tracking
         self.customization = Customization(self.store, self.lock, self.web_api._base)
         self._faults: list[_Fault] = []
         self.request_limit: RequestLimit | None = None
@@ -137,6 +146,8 @@ class DataverseEmulator(Emulator):
             self.ledger.writes.clear()
             self.request_log.clear()
             self.required_token = self._configured_token
+            untracked, expiry = self._tracking_config
+            self.change_tracking.settings = ChangeTrackingSettings(set(untracked), expiry)
             self.reset_counters()
             self.store.clear()
             self.customization.reset()
@@ -145,17 +156,36 @@ class DataverseEmulator(Emulator):
         with self.lock:
             self.ledger.reset_counters()
             self._throttled = 0
+            self.change_tracking.counts = dict.fromkeys(self.change_tracking.counts, 0)
 
     def counters(self) -> dict[str, Any]:
-        """The ledger's counters, and ``throttled``: requests refused by the request limit (also in ``requests``)."""
+        """The ledger's counters, ``throttled``: requests refused by the request limit (also in ``requests``), and
+        ``changeTracking``: pages of full and delta reads, and refused change-tracking requests."""
         with self.lock:
-            return {**json.loads(json.dumps(self.ledger.counters)), "throttled": self._throttled}
+            return {
+                **json.loads(json.dumps(self.ledger.counters)),
+                "throttled": self._throttled,
+                "changeTracking": dict(self.change_tracking.counts),
+            }
 
     def set_request_limit(self, requests: int | None, window_seconds: float = 300.0) -> None:
         """At most ``requests`` API requests in any ``window_seconds`` (the real service: 6000 in 300), None: off.
         Survives :meth:`reset`, like the org's configuration."""
         with self.lock:
             self.request_limit = None if requests is None else RequestLimit(int(requests), float(window_seconds))
+
+    def set_change_tracking(
+        self, entity_set: str, enabled: bool | None = None, expiry: timedelta | None = None
+    ) -> None:
+        """Turn change tracking on or off for a table, and set how long a delta token is honoured; both last
+        until :meth:`reset`, which restores the constructor's configuration."""
+        self.store.table(entity_set)
+        with self.lock:
+            settings = self.change_tracking.settings
+            if enabled is not None:
+                (settings.untracked.discard if enabled else settings.untracked.add)(entity_set)
+            if expiry is not None:
+                settings.expiry = expiry
 
     def seed(self, entity_set: str, records: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Insert rows as given (system columns and ``_x_value`` lookups may be set); not counted as writes."""
@@ -290,6 +320,7 @@ class DataverseEmulator(Emulator):
         for method, pattern, handler in [
             *self.customization.routes(API),
             *qualification.routes(API),
+            *self.change_tracking.routes(API, self.web_api._base),
             *self.web_api.routes(),
         ]:
             self.route(method, pattern, handler)

@@ -57,11 +57,14 @@ class Store:
         self.base_currency = base_currency
         self.rows: dict[str, dict[str, Row]] = {}
         self.version = 0
+        # (entity set, id, row version of the delete) of every deleted row: what change tracking reports as deleted.
+        self.deleted: list[tuple[str, str, int]] = []
 
     def clear(self) -> None:
         """Empty every table and re-seed the currencies, users and teams."""
         self.rows = {name: {} for name in self.tables}
         self.version = 1000
+        self.deleted = []
         for code, currency_name, symbol, rate in CURRENCIES:
             self.insert(
                 self.tables["transactioncurrencies"],
@@ -96,6 +99,7 @@ class Store:
         """Remove ``row``; lookups pointing at it are cleared rather than left dangling. Returns its id."""
         record_id = str(row.values[table.pk])
         del self.rows[table.entity_set][record_id]
+        self.deleted.append((table.entity_set, record_id, self.next_version()))
         for other_table in self.rows.values():
             for other in other_table.values():
                 for column, target in list(other.targets.items()):

@@ -19,6 +19,8 @@ from urllib.parse import unquote
 
 from .._server import Handler, Request, Response
 from .deep_insert import insert_tree
+from .delta import ChangeTracking
+from .expand import expanded, parse_expands
 from .metadata import attributes, table_named
 from .odata import (
     encode_skiptoken,
@@ -107,6 +109,7 @@ class WebApi:
         self.ledger = ledger
         self.lock = lock
         self.port = port
+        self.change_tracking: ChangeTracking | None = None  # delta reads (emulators.dataverse.delta), when set
 
     def routes(self) -> list[tuple[str, str, Handler]]:
         """(method, path regex, handler) of every Web API operation, in matching order."""
@@ -210,7 +213,15 @@ class WebApi:
 
     def _get_collection(self, request: Request) -> Response:
         table = self.store.table(request.params["set"])
-        query = parse_query(table, request.query)
+        tracking, wanted = self.change_tracking, parse_prefer(request.header("prefer"))
+        if tracking is not None and tracking.handles(request, wanted):
+            with self.lock:
+                self.ledger.counters["tables"][table.entity_set]["reads"] += 1
+            return tracking.read(request, table, self._base(request), wanted)
+        options = dict(request.query)
+        expand_text = options.pop("$expand", None)
+        query = parse_query(table, options)
+        expansions = parse_expands(table, expand_text, self.store.tables) if expand_text is not None else []
         prefer = parse_prefer(request.header("prefer"))
         max_page = prefer.get("odata.maxpagesize")
         if max_page is not None and (not max_page.isdigit() or int(max_page) < 1):
@@ -245,7 +256,11 @@ class WebApi:
             body: dict[str, Any] = {"@odata.context": self._context(request, table, query.select)}
             if query.count:
                 body["@odata.count"] = min(total, MAX_PAGE_SIZE)
-            body["value"] = [self.store.render(table, row, query.select, annotations) for row in page]
+            body["value"] = [
+                self.store.render(table, row, query.select, annotations)
+                | expanded(self.store, table, row, expansions, annotations)
+                for row in page
+            ]
             more = len(rows) > page_size and (remaining is None or int(remaining) > page_size)
             if more and page:
                 token = {

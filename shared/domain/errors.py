@@ -46,6 +46,14 @@ class SetupIncomplete(PermanentError):
     would fail the same way until it is fixed, so jobs wait for the fix instead of retrying into the poison queue."""
 
 
+class ChangeTrackingUnavailable(PermanentError):
+    """The CRM table does not track changes (or the request for them was refused): read by modification time."""
+
+
+class DeltaLinkRefused(PermanentError):
+    """The CRM refused a delta link (its token expired or is not valid): start again with a full read."""
+
+
 class AuthenticationError(ExternalServiceError):
     """Credentials missing, expired or refused."""
 

@@ -21,6 +21,7 @@ from ..domain.errors import (
     PermanentError,
     PreconditionFailed,
     QuotaExceeded,
+    SetupIncomplete,
     StorageRejected,
     TransientError,
     ValidationFailed,
@@ -183,7 +184,7 @@ class SyncEngine:
                 return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=referral_id)
         if self.leads.takes(read.referral, read.link):
             return self.leads.for_referral(read.referral, read.link)
-        outcome = self._carry_out(self.pairing.for_referral(referral_id, read.referral))
+        outcome = self._carry_out(self.pairing.for_referral(referral_id, read.referral, guarded_create=True))
         return self.microsoft_side.bring_in(read.referral, outcome, read.engagement) if read.related else outcome
 
     def _crm_job(self, crm_id: str, read: _Read) -> Outcome:
@@ -220,6 +221,8 @@ class SyncEngine:
                 # Our bookkeeping was refused after the sides were written: fail from fresh reads, so the
                 # failure neither writes the refused values again nor marks the record with a stale etag.
                 return self._fail(self.pairing.reread(pair), direction, [str(exc)])
+            except SetupIncomplete:
+                raise  # a column setup-crm adds is missing: the job waits for the fix (job_runner), nothing failed
             except ValidationFailed as exc:
                 return self._fail(pair, direction, exc.reasons)
             except PermanentError as exc:

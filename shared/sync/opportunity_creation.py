@@ -9,13 +9,13 @@ from datetime import datetime
 from ..domain.audit_text import audit_line
 from ..domain.bounded import same_value
 from ..domain.deletions import closing_move
-from ..domain.errors import PermanentError, StorageRejected
+from ..domain.errors import PermanentError, PreconditionFailed, StorageRejected
 from ..domain.mapping import fingerprint, mapped_values, referral_to_opportunity
 from ..domain.merge import STATUS_FIELDS, agreed_on_create
 from ..domain.opportunity import Opportunity
 from ..domain.policies import Direction, is_closed, only_what_travels
 from ..domain.referral import Referral
-from ..ports import PC_TO_CRM, Clock, Crm, PartnerCenter
+from ..ports import PC_TO_CRM, Clock, Crm, Link, PartnerCenter
 from .pairing import Pair, synchronised_here
 from .recording import Outcome, Recorder
 
@@ -60,17 +60,30 @@ class OpportunityCreation:
         # finds the opportunity with these values as the base, so later edits on either side are told apart
         # (without a base, every difference would look changed on both sides and the owner would overwrite
         # the other side's edit).
+        agreed_before = pair.link.last_values if pair.link is not None else None  # save_pending changes the link
         try:
-            link = self.recorder.save_pending(pair.link, referral, pair.pc_fingerprint, mapped_values(stored))
+            link: Link | None = self.recorder.save_pending(
+                pair.link, referral, pair.pc_fingerprint, mapped_values(stored)
+            )
         except StorageRejected:
             # Our bookkeeping does not fit: create anyway, so the refusal is reported on the opportunity itself
             # (cross mark and reason) when the link is refused again after the create.
-            link = pair.link
+            link = None
         # The record's owner (INBOUND_OWNER) is chosen from the referral as read, not only from what travels to the
         # CRM, and given on create only: updates never name one, so a seller's reassignment sticks.
         rule = self.recorder.options.inbound_routing.rule_for(pair.mapped)
         owner = rule.owner if rule is not None else None
-        created = self.crm.create_opportunity(self.new_opportunity(pair, self.clock.now()), owner)
+        try:
+            created = self.crm.create_opportunity(self.new_opportunity(pair, self.clock.now()), owner)
+        except PreconditionFailed:
+            # The CRM's duplicate guard: the referral has an opportunity this job did not make (the create made
+            # nothing). The link goes back to the values it agreed before, so that the engine, reading both sides
+            # again, merges with that opportunity exactly as a lookup before the create would have had it.
+            if link is not None:
+                link.last_values = agreed_before
+                self.recorder.store.save_link(link)
+            raise
+        link = link or pair.link
         # A seller's edit saved between the create and its read-back (Salesforce reads the record again) must not
         # be recorded as what we wrote: then the written values are the fingerprint, and the next job merges.
         sent, read = mapped_values(stored), mapped_values(created)

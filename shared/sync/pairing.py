@@ -121,7 +121,10 @@ class Pairing:
         except NotFound:
             return None
 
-    def for_referral(self, referral_id: str, referral: Referral) -> Decision:
+    def for_referral(self, referral_id: str, referral: Referral, guarded_create: bool = False) -> Decision:
+        """``guarded_create``: the caller creates through the CRM's duplicate guard (a create for a referral that
+        has an opportunity fails with 412 and the caller reads it then), so a referral never paired (no link) is
+        not looked up by its id first. The dry run, which creates nothing, looks."""
         if is_microsoft_copy(referral.target):
             return Settled("skipped", PC_TO_CRM, MICROSOFT_COPY, referral_id=referral_id)
         link = self.store.get_link(referral_id)  # fresh: one read before the job's lease may be stale
@@ -136,7 +139,7 @@ class Pairing:
         problems = problems_for_crm(pair.mapped)
         if problems:
             return RefusedReferral(pair, problems)
-        record = self.find_record(link, referral)
+        record = self.find_record(link, referral, by_referral_id=link is not None or not guarded_create)
         if link is None and record is not None:
             link = self._unrecorded_create(referral, record)
         return Reconcile(pair.with_record(record, link), PC_TO_CRM)
@@ -225,13 +228,13 @@ class Pairing:
         record = self.find_record(link, referral) if pair.record is None else self.safe_get(pair.record.crm_id or "")
         return self.pair(referral, record, link)
 
-    def find_record(self, link: Link | None, referral: Referral) -> Opportunity | None:
+    def find_record(self, link: Link | None, referral: Referral, by_referral_id: bool = True) -> Opportunity | None:
         for crm_id in (link.crm_id if link else None, referral.external_reference_id):
             if crm_id:
                 found = self.safe_get(crm_id)
                 if found is not None:
                     return found
-        return self.crm.find_by_referral_id(referral.id or "")
+        return self.crm.find_by_referral_id(referral.id or "") if by_referral_id else None
 
     def safe_find(self, link: Link | None, referral: Referral) -> Opportunity | None:
         """The record, or None when the CRM cannot be read (a failure is being reported on it)."""

@@ -153,7 +153,9 @@ class ReferralCreation:
             # the next job merges the pair instead of creating anything again.
             # A reused referral may already have its row (an earlier attempt died before the write-back).
             existing = self.store.get_link(referral.id) if created.reused else None
-            link = self.recorder.save_pending(existing, referral, pc_fingerprint, agreed, record)
+            link = existing or Link(referral_id=referral.id)
+            remember_microsoft_copy(link, created.microsoft_made)  # recorded now: its event may come any moment
+            link = self.recorder.save_pending(link, referral, pc_fingerprint, agreed, record)
         except StorageRejected as exc:
             # The referral exists now: the CRM must learn its id, and the pair stays linked by a small row
             # without the refused values, so the failure is recorded once, not again on every poll.
@@ -179,7 +181,6 @@ class ReferralCreation:
             self.store.clear_create_failure(record.crm_id)  # and the intent, now that the pair is recorded
             return merged
         crm_fingerprint = self.recorder.written_fingerprint(target)
-        remember_microsoft_copy(link, created.microsoft_made)
         self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint)
         if new.earlier_failure is not None:
             # The intent goes with it. Otherwise it stays, to spare a write per create: it is read only for an

@@ -1,9 +1,10 @@
 """Dynamics 365 adapter: the :class:`shared.ports.Crm` port over the Dataverse Web API.
 
-Every write is keyed or conditional: opportunities are created by an upsert on the referral-id
-alternate key with ``If-None-Match: *``, accounts and contacts are found before they are created,
-and updates carry ``If-Match`` with the etag the caller read. Only columns that change are sent,
-because Dataverse runs plug-ins and auditing for every column in a request.
+Every write is keyed or conditional: an opportunity is created by one deep insert that carries the
+referral-id alternate key (a second one for the referral fails with 412 and makes nothing, so the create
+itself is the guard against a duplicate: no lookup comes before it), accounts and contacts are found
+before they are created, and updates carry ``If-Match`` with the etag the caller read. Only columns that
+change are sent, because Dataverse runs plug-ins and auditing for every column in a request.
 
 Tokens come from :mod:`shared.crm.dynamics.auth` and the row <-> opportunity mapping from
 :mod:`shared.crm.dynamics.mapping`.
@@ -27,13 +28,14 @@ from ...domain.errors import NotFound, PermanentError, PreconditionFailed, Valid
 from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
 from ...domain.routing import Owner
 from ...httpclient import ApiClient, TokenProvider, create_once
-from ...ports import Change
+from ...ports import Change, DeltaPage
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
 from ..org_columns import OrgColumns
 from .auth import SERVICE
 from .changes import modified_changes
 from .customer_rows import CustomerFinder
 from .customers import Currencies, Customers, Lookups
+from .delta import delta_pages
 from .leads import DataverseLeads
 from .mapping import (
     OPEN,
@@ -49,7 +51,7 @@ from .metadata import mapping_problems
 from .org_layout import OrgLayout
 from .owners import owner_bind
 from .row_states import STATE_COLUMNS, RowStates
-from .webapi import LOOKUP_ANNOTATION, ODATA_HEADERS, DataverseRows, web_api_root
+from .webapi import LOOKUP_ANNOTATION, MAX_PAGE_SIZE, ODATA_HEADERS, DataverseRows, web_api_root
 
 log = logging.getLogger(__name__)
 ANNOTATIONS = f'odata.include-annotations="{LOOKUP_ANNOTATION}"'
@@ -162,6 +164,11 @@ class DataverseCrm:
         flagged = f"{self.mapping.column('sync_enabled')} eq true"
         return modified_changes(self._web, "opportunities", "opportunityid", flagged, since, page_size)
 
+    def delta_pages(self, link: str | None, page_size: int = MAX_PAGE_SIZE) -> Iterator[DeltaPage]:
+        """Flagged opportunities changed, and opportunities deleted, since ``link`` (see :func:`delta_pages`)."""
+        flag = self.mapping.column("sync_enabled")
+        return delta_pages(self._web, "opportunities", "opportunityid", flag, link, page_size)
+
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
         """``row`` read with its account and primary contact expanded (null when the customer is a contact)."""
         self._states.remember(row)
@@ -182,37 +189,43 @@ class DataverseCrm:
         target = self.mapping.status.target(opportunity.status, opportunity.substatus)
         if target is not None and target[0] == OPEN and target[1] != 1:
             body["statuscode"] = target[1]
-        try:
-            # A deep insert (a new primary contact is nested in it) carrying the referral id, an alternate key: it
-            # is sent again after a lost answer, because a second one cannot make a second row, nested ones
-            # included (412, all or nothing).
+        referral_id = check_referral_id(opportunity.referral_id)
+
+        def send() -> Opportunity:
+            # One deep insert: the opportunity with whatever of its customer is new nested in it, under the referral
+            # id, an alternate key. It is not sent blind again: a lost answer is resolved by that key below.
             response = self.api.request(
                 "POST",
                 "opportunities",
                 params={"$select": self._opportunity_select},
                 json=body,
                 headers={"Prefer": f"return=representation,{ANNOTATIONS}"},
-                idempotent=True,
             )
+            # The record as a read would give it: the create's answer, with the account and contact rows as they
+            # were just found or made (the answer of a write cannot expand them).
+            row: dict[str, Any] = response.json(parse_float=Decimal)
+            rows = self._new_customer.finish(customer)
+            account, contacts = rows.account, rows.contacts
+            row["customerid_account"] = account if account and row.get("_customerid_value") else None
+            row["parentcontactid"] = contacts[0] if contacts and row.get("_parentcontactid_value") else None
+            return self._to_opportunity(row)
+
+        def made_by_lost_attempt() -> Opportunity | None:
+            # All or nothing: the row under the key is the whole create, customer rows included.
+            found = self.find_by_referral_id(referral_id)
+            if found is not None:
+                self._new_customer.finish(customer)
+            return found
+
+        try:
+            created = create_once(send, made_by_lost_attempt, f"the opportunity for referral {referral_id}")
         except PreconditionFailed:
-            # Already there (a retried job, or a concurrent one): the existing row is the answer.
-            existing = self.find_by_referral_id(check_referral_id(opportunity.referral_id))
-            if existing is None or existing.crm_id is None:
-                raise
-            log.info("opportunity for referral %s already existed; not created again", opportunity.referral_id)
-            if target is not None and target[0] != OPEN and existing.status != "Closed":
-                # Made by an attempt whose answer was lost, before it could close the row.
-                self._close(existing.crm_id, target, opportunity.deal_value, None)
-                return self._reread(existing.crm_id)
-            return existing
-        # The record as a read would give it: the create's answer, with the account and contact rows as they
-        # were just found or written (the answer of a write cannot expand them).
-        row: dict[str, Any] = response.json(parse_float=Decimal)
-        account, contacts = customer.account, customer.contacts
-        row["customerid_account"] = account if account and row.get("_customerid_value") else None
-        row["parentcontactid"] = contacts[0] if contacts and row.get("_parentcontactid_value") else None
-        created = self._to_opportunity(row)
-        if target is not None and target[0] != OPEN and created.crm_id:
+            # The key is taken by a row this create did not make (a seller's, or one made before our link was
+            # recorded): nothing was created (all or nothing), and the caller reads that row and merges with it.
+            raise PreconditionFailed(
+                SERVICE, f"an opportunity for referral {referral_id} exists already; not created again", 412
+            ) from None
+        if target is not None and target[0] != OPEN and created.crm_id and created.status != "Closed":
             self._close(created.crm_id, target, opportunity.deal_value, None)
             return self._reread(created.crm_id)
         return created

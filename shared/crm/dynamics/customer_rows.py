@@ -1,10 +1,13 @@
-"""The customer's account and contacts for a new opportunity: found in two reads, created with as few writes.
+"""The customer's account and contacts for a new opportunity: found in one read when the customer is known,
+created in the opportunity's own create when it is not.
 
-The account is found by name and postal code and every contact by its matching rule (e-mail, or the name at a
-known account), all contacts in one read. What is missing is created together: a new account carries its new
-contacts nested in one deep insert; a new primary contact of an existing account is nested in the opportunity's
-own create (:meth:`CustomerRows.nested_primary`). Every created row gets an id chosen here, and a deep insert is
-all or nothing, so a request sent again after a lost answer either finds its rows (412 on the chosen id) or
+The account is found by name and postal code, with its contacts that the referral names expanded in the same read
+(``$expand`` of the account's contacts, filtered by their matching rules). A contact is matched by its e-mail,
+else by its name at the account; an e-mail not found at the account (or every e-mail, when the account is new)
+is looked up across all contacts in one more read, as before. What is missing is created in the opportunity's
+create, a deep insert: a new account (with its new contacts nested in it) and a new primary contact are nested in
+the opportunity itself, so a new customer costs no write of its own. Every created row gets an id chosen here,
+and a deep insert is all or nothing: a request sent again after a lost answer either finds its rows (412) or
 creates them once; a later job finds them by the same matching rules.
 """
 
@@ -12,33 +15,53 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
-from ...domain.errors import PreconditionFailed
 from ...domain.opportunity import Contact, Opportunity
-from .customer_match import CustomerReads, account_bind, contact_changes, contact_filter, contact_values
-from .mapping import CONTACT_COLUMNS
+from .customer_match import (
+    CustomerReads,
+    account_address,
+    account_bind,
+    account_filter,
+    contact_changes,
+    contact_filter,
+    contact_values,
+    filled_in,
+)
+from .mapping import CONTACT_COLUMNS, odata_string
 
 # The collection-valued navigation property from an account to the contacts whose company it is.
 ACCOUNT_CONTACTS = "contact_customer_accounts"
+# The single-valued navigation property from a contact to its company (an account).
+CONTACT_ACCOUNT = "parentcustomerid_account"
 # Contacts looked up per read: keeps the URL well under the service's limit however large the customer team.
 CLAUSES_PER_READ = 20
 
 
 @dataclass
 class CustomerRows:
-    """The rows an opportunity create binds to, each as a read would give it; ``nested_primary`` is the body of a
-    primary contact that the opportunity's create makes (None when the primary contact exists already)."""
+    """The rows an opportunity create binds to, each as a read would give it. ``new_account`` is the body of an
+    account the create makes (its new contacts nested in it), ``nested_primary`` that of a primary contact it
+    makes; ``after_create`` the found contacts to fill in once the new account exists."""
 
     account: dict[str, Any] | None = None
     contacts: list[dict[str, Any]] = field(default_factory=list)
     nested_primary: dict[str, Any] | None = None
+    new_account: dict[str, Any] | None = None
+    after_create: list[_Wanted] = field(default_factory=list)
 
     def binds(self) -> dict[str, Any]:
         """The opportunity's customer and primary contact, bound or nested."""
         body: dict[str, Any] = {}
-        if self.account is not None:
+        if self.new_account is not None and self.nested_primary is not None:
+            # The new primary contact carries the new account: nested rows are created before the row they are
+            # nested in, so the account exists when the opportunity is made and bound to it.
+            body["parentcontactid"] = {**self.nested_primary, CONTACT_ACCOUNT: self.new_account}
+            body["customerid_account@odata.bind"] = f"/accounts({self.new_account['accountid']})"
+            return body
+        if self.new_account is not None:
+            body["customerid_account"] = self.new_account
+        elif self.account is not None:
             body["customerid_account@odata.bind"] = f"/accounts({self.account['accountid']})"
         if self.nested_primary is not None:
             body["parentcontactid"] = self.nested_primary
@@ -66,91 +89,120 @@ class CustomerFinder(CustomerReads):
     """Find-or-create of the customer's rows for a new opportunity."""
 
     def prepare(self, opportunity: Opportunity) -> CustomerRows:
-        account, address_changes = self._find_account(opportunity)
+        """The customer's rows found (one read for a known customer, two for a new one or a new e-mail), and what
+        the opportunity's create must make. Writes only what a found row lacks, and a non-primary new contact of
+        a known account."""
+        wanted = _wanted(opportunity.customer_contacts, bool(opportunity.customer_name))
+        account, covered = self._account_with_contacts(opportunity, wanted)
         new_account = account is None and bool(opportunity.customer_name)
         account_id = str(account["accountid"]) if account else None
-        wanted = self._find_contacts(opportunity.customer_contacts, account_id, new_account)
-        missing = _distinct([item for item in wanted if item.row is None])
+        # An e-mail is matched across all contacts; a name only at the account, which the read above covered.
+        covered_ids = {id(item) for item in covered}
+        self._look_up(
+            [item for item in wanted if item.row is None and (item.key[0] == "email" or id(item) not in covered_ids)],
+            account_id,
+        )
+        rows = CustomerRows(account)
         if new_account:
-            account = self._create_account(opportunity, missing)
-            account_id = str(account["accountid"])
-        elif account is not None and address_changes:
-            account = self._web.patch(
-                "accounts", str(account["accountid"]), address_changes, account.get("@odata.etag"), self._account_select
-            )
-        rows: dict[tuple[str | None, ...], dict[str, Any]] = {}
-        nested: dict[str, Any] | None = None
+            account_id = str(uuid.uuid4())
+            rows.new_account = {"accountid": account_id, **self._new_account(opportunity)}
+            rows.account = self._as_read_account(rows.new_account)
+        elif account is not None:
+            changes = filled_in(account_address(opportunity, self._country_column), account)
+            if changes:
+                rows.account = self._web.patch(
+                    "accounts", account_id or "", changes, account.get("@odata.etag"), self._account_select
+                )
+        made: dict[tuple[str | None, ...], dict[str, Any]] = {}
+        children: list[dict[str, Any]] = []
         for item in wanted:
-            if item.key in rows:
+            if item.key in made:
                 continue
             if item.row is not None:
-                rows[item.key] = self._update_contact(item, account_id)
-            elif new_account:
-                rows[item.key] = _as_read(item.row_body, account_id)  # created nested in the account
-            elif not rows:
+                if new_account and contact_changes(item.contact, item.row, account_id):
+                    rows.after_create.append(item)  # the account it is bound to does not exist yet
+                    made[item.key] = item.row
+                else:
+                    made[item.key] = self._update_contact(item, account_id)
+            elif not made:
                 # The primary contact is created with the opportunity, nested in its create.
-                nested = item.row_body | (account_bind(account_id) if account_id else {})
-                rows[item.key] = _as_read(item.row_body, account_id)
+                bind = account_bind(account_id) if account_id and not new_account else {}
+                rows.nested_primary = item.row_body | bind
+                made[item.key] = _as_read(item.row_body, account_id)
+            elif new_account:
+                children.append(item.row_body)  # created nested in the new account
+                made[item.key] = _as_read(item.row_body, account_id)
             else:
                 body = contact_values(item.contact) | (account_bind(account_id) if account_id else {})
-                rows[item.key] = self._web.create("contacts", body, self._contact_select)
-        contacts = list({str(row["contactid"]): row for row in rows.values()}.values())
-        return CustomerRows(account, contacts, nested)
+                made[item.key] = self._web.create("contacts", body, self._contact_select)
+        if rows.new_account is not None and children:
+            rows.new_account[ACCOUNT_CONTACTS] = children
+        rows.contacts = list({str(row["contactid"]): row for row in made.values()}.values())
+        return rows
+
+    def finish(self, rows: CustomerRows) -> CustomerRows:
+        """Fill in the found contacts that waited for the new account (created with the opportunity)."""
+        if not rows.after_create:
+            return rows
+        account_id = str(rows.account["accountid"]) if rows.account else None
+        updated = {str(item.row["contactid"]): self._update_contact(item, account_id) for item in rows.after_create}
+        rows.contacts = [updated.get(str(row["contactid"]), row) for row in rows.contacts]
+        rows.after_create = []
+        return rows
 
     # -- the account ----------------------------------------------------------------------------------------------
-    def _create_account(self, opportunity: Opportunity, contacts: list[_Wanted]) -> dict[str, Any]:
-        """One deep insert: the account with its new contacts. Sent again after a lost answer it fails on the
-        chosen id (412) when the first one took effect; the account read under that id is then the answer."""
-        account_id = str(uuid.uuid4())
-        body: dict[str, Any] = {"accountid": account_id, **self._new_account(opportunity)}
-        if contacts:
-            body[ACCOUNT_CONTACTS] = [item.row_body for item in contacts]
-        try:
-            response = self._web.api.request(
-                "POST",
-                "accounts",
-                params={"$select": self._account_select},
-                json=body,
-                headers={"Prefer": "return=representation"},
-                idempotent=True,
-            )
-        except PreconditionFailed:
-            existing = self._web.get(f"accounts({account_id})", {"$select": self._account_select}, missing_ok=True)
-            if existing is None:
-                raise
-            return existing
-        created: dict[str, Any] = response.json(parse_float=Decimal)
-        return created
+    def _account_with_contacts(
+        self, opportunity: Opportunity, wanted: list[_Wanted]
+    ) -> tuple[dict[str, Any] | None, list[_Wanted]]:
+        """The account (oldest match) with the contacts its filter found at it matched to ``wanted``, in one read;
+        and the items whose rule that read covered. (None, []) when there is no account to find."""
+        if not opportunity.customer_name:
+            return None, []
+        clauses: dict[str, list[_Wanted]] = {}
+        for item in wanted:
+            clause = _at_account(item.contact)
+            if clause in clauses or len(clauses) < CLAUSES_PER_READ:
+                clauses.setdefault(clause, []).append(item)
+        params = {"$select": self._account_select, "$filter": account_filter(opportunity), "$orderby": "createdon asc"}
+        if clauses:
+            nested = [
+                f"$select={self._contact_select},createdon",
+                f"$filter={' or '.join(clauses)}",
+                "$orderby=createdon asc",
+            ]
+            params["$expand"] = f"{ACCOUNT_CONTACTS}({';'.join(nested)})"
+        account = next(iter(self._web.rows("accounts", params, page_size=1)), None)
+        if account is None:
+            return None, []
+        found = account.pop(ACCOUNT_CONTACTS, None) or []
+        account_id = str(account["accountid"])
+        covered = [item for items in clauses.values() for item in items]
+        for item in covered:
+            item.row = next((row for row in found if _matches(item, row, account_id)), None)
+        return account, covered
+
+    def _as_read_account(self, body: dict[str, Any]) -> dict[str, Any]:
+        """An account created from ``body`` as a read of ``account_select`` gives it."""
+        return {column: body.get(column) for column in self._account_select.split(",")}
 
     # -- contacts -------------------------------------------------------------------------------------------------
-    def _find_contacts(self, contacts: tuple[Contact, ...], account_id: str | None, new_account: bool) -> list[_Wanted]:
-        """Every contact a retry could find again, each with the oldest row its matching rule finds, in one read.
-        A contact with neither an e-mail nor a name at a known (or new) account is skipped, not duplicated."""
-        wanted: list[_Wanted] = []
-        clauses: list[str] = []
-        for contact in contacts:
-            if contact.email:
-                wanted.append(_Wanted(contact, ("email", contact.email.casefold())))
-                clauses.append(str(contact_filter(contact, account_id)))
-            elif contact.last_name and (account_id or new_account):
-                key = ("name", _fold(contact.first_name), _fold(contact.last_name))
-                wanted.append(_Wanted(contact, key))
-                if account_id:
-                    clauses.append(f"({contact_filter(contact, account_id)})")
-        distinct = list(dict.fromkeys(clauses))
+    def _look_up(self, items: list[_Wanted], account_id: str | None) -> None:
+        """Each item's oldest row by its matching rule, for all of them in one read (a few for a large team)."""
+        clauses = list(
+            dict.fromkeys(f"({rule})" for item in items if (rule := contact_filter(item.contact, account_id)))
+        )
         found: list[dict[str, Any]] = []
-        for start in range(0, len(distinct), CLAUSES_PER_READ):
+        for start in range(0, len(clauses), CLAUSES_PER_READ):
             params = {
                 "$select": f"{self._contact_select},createdon",
-                "$filter": " or ".join(distinct[start : start + CLAUSES_PER_READ]),
+                "$filter": " or ".join(clauses[start : start + CLAUSES_PER_READ]),
                 "$orderby": "createdon asc",
             }
             found.extend(self._web.rows("contacts", params))
         if found:
             found.sort(key=lambda row: str(row.get("createdon") or ""))  # the oldest match wins, as one read each
-            for item in wanted:
+            for item in items:
                 item.row = next((row for row in found if _matches(item, row, account_id)), None)
-        return wanted
 
     def _update_contact(self, item: _Wanted, account_id: str | None) -> dict[str, Any]:
         row = item.row
@@ -159,6 +211,25 @@ class CustomerFinder(CustomerReads):
         if not changes:
             return row
         return self._web.patch("contacts", str(row["contactid"]), changes, row.get("@odata.etag"), self._contact_select)
+
+
+def _wanted(contacts: tuple[Contact, ...], with_account: bool) -> list[_Wanted]:
+    """Every contact a retry could find again: one with an e-mail, or with a name at the customer's account. A
+    contact with neither is skipped, not duplicated."""
+    wanted: list[_Wanted] = []
+    for contact in contacts:
+        if contact.email:
+            wanted.append(_Wanted(contact, ("email", contact.email.casefold())))
+        elif contact.last_name and with_account:
+            wanted.append(_Wanted(contact, ("name", _fold(contact.first_name), _fold(contact.last_name))))
+    return wanted
+
+
+def _at_account(contact: Contact) -> str:
+    """The contact's matching rule among an account's own contacts (the account is implied by the expand)."""
+    if contact.email:
+        return f"(emailaddress1 eq {odata_string(contact.email)})"
+    return f"(firstname eq {odata_string(contact.first_name)} and lastname eq {odata_string(contact.last_name)})"
 
 
 def _fold(value: str | None) -> str | None:
@@ -174,14 +245,6 @@ def _matches(item: _Wanted, row: dict[str, Any], account_id: str | None) -> bool
         and account_id is not None
         and row.get("_parentcustomerid_value") == account_id
     )
-
-
-def _distinct(items: list[_Wanted]) -> list[_Wanted]:
-    """The first item of each matching key (two entries for one e-mail are one contact)."""
-    first: dict[tuple[str | None, ...], _Wanted] = {}
-    for item in items:
-        first.setdefault(item.key, item)
-    return list(first.values())
 
 
 def _as_read(body: dict[str, Any], account_id: str | None) -> dict[str, Any]:

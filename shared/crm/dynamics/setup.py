@@ -30,6 +30,7 @@ import requests
 from ...httpclient import ApiClient, TokenProvider, create_once
 from ..setup_report import CustomField, SetupReport, custom_fields, guarded, lead_custom_fields
 from .auth import SERVICE
+from .delta import report_change_tracking
 from .mapping import DataverseMapping
 from .webapi import ODATA_HEADERS, DataverseRows, web_api_root
 
@@ -135,6 +136,8 @@ class DataverseSetup:
             f"add a 'Partner Center' section with the {len(fields)} opportunity columns above to its main form in "
             "the form designer (setup-crm does not rewrite an organisation's FormXml)",
         )
+        tracking = f"change tracking on {OPPORTUNITY}"
+        guarded(report, tracking, lambda: report_change_tracking(report, self.web, OPPORTUNITY))
         role = guarded(report, f"security role '{self.config.role_name}'", lambda: self._role(report, apply))
         if role is not None:
             guarded(report, "role privileges", lambda: self._privileges(report, role, apply))

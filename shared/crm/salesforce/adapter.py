@@ -15,11 +15,11 @@ Every REST call counts against the org's daily API allocation, so each operation
 * a write of the opportunity's own fields is ONE ``/composite`` call (which the allocation counts as one
   request): the conditional PATCH and then a read of the record, all-or-none, so the answer is the record
   as written, and a 412 on the PATCH is still :class:`~shared.domain.errors.PreconditionFailed`;
-* a create is the upsert (its answer carries the id and whether it created the record), the contact roles
-  (one sObject Collections call; a record the upsert has just created has none to read first) and one read.
-  The roles cannot join the upsert in one composite call: whether existing roles must be read and replaced
-  depends on the upsert's answer, and a composite call cannot branch on it. Each stays a request of its own
-  whose lost answer is resolved as above (the upsert by its key, the roles by reading them again).
+* a create costs two calls: ONE composite call of queries (the record under the referral id, which is the
+  guard against a second opportunity, the customer's account and its contacts), then ONE all-or-none
+  composite call that creates what the customer lacks, upserts the opportunity by the referral id, writes its
+  contact roles and reads it back. A lost answer to the second is resolved by looking the referral id up:
+  all or none, so the record found is the whole create.
 
 A single-currency org has no ``CurrencyIsoCode`` field and no ``CurrencyType`` object (naming either fails),
 and every amount in it is in the org's currency. The adapter learns which kind the org is from one describe
@@ -35,7 +35,6 @@ contact-role and currency records in :mod:`shared.crm.salesforce.customers`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -157,7 +156,6 @@ class SalesforceCrm:
         self._today = today or (lambda: datetime.now(UTC).date())
         self._customers = Customers(self.api)
         self._roles = ContactRoles(self.api)
-        self._absent = RecentlyAbsent()
         self._currencies = Currencies(self.api)
         self._layout_cache: _Layout | None = None  # built once the org's kind is known (see _layout)
         # The contact roles come with the opportunity, in the order ContactRoles.read gives them.
@@ -224,8 +222,6 @@ class SalesforceCrm:
         if not referral_id:
             return None
         row = self._find(referral_id)
-        if row is None:
-            self._absent.looked_up(referral_id)
         return self._to_opportunity(row) if row is not None else None
 
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
@@ -281,27 +277,36 @@ class SalesforceCrm:
             "Active", None
         )
         body.setdefault(self.mapping.column("close_date"), self._default_close_date())
-        if owner_id is not None and self._find(referral_id) is None:
-            # An upsert that finds the record updates it, and an OwnerId in it would take the record from whoever
-            # owns it now: the owner is sent only when the record is not there (one query, and only with an owner
-            # to give). Should the upsert's answer be lost, its retry finds the record it made, with this owner.
+        # The record under the referral id, asked for in the same composite call as the customer (counted once):
+        # the guard against a second opportunity, which costs no request of its own.
+        field_name = self.mapping.column("referral_id")
+        where = f"{field_name} = {soql_string(referral_id)}"
+        lookup = Subrequest("GET", "query", "existing", params={"q": self._select(where, "CreatedDate, Id")})
+        plan, existing = self._customers.plan(opportunity, lookup)
+        if len(existing) > 1:
+            raise DuplicateReferralId(field_name, referral_id, [str(row["Id"]) for row in existing])
+        if existing:
+            # Made by someone else, or by a job that died before recording it: the caller reads it and merges.
+            raise PreconditionFailed(
+                SERVICE, f"an opportunity for referral {referral_id} exists already; not created again", 412
+            )
+        if owner_id is not None:
+            # Given on create only: an upsert that finds the record (made meanwhile) would take it from its owner.
             body["OwnerId"] = owner_id
-        if self._absent.just_looked_up(referral_id):
-            # The caller has just found no record for the referral (the engine always looks first): everything is
-            # created in one call. Otherwise (a retried create) the careful path below finds what is there first.
-            plan = self._customers.plan(opportunity)
-            if fits_one_call(plan):
-                try:
-                    return self._create_in_one_call(referral_id, body, plan)
-                except OutcomeUnknown as exc:
-                    # All or none: nothing was written, or everything was, and the matching rules and the referral
-                    # id find it. The careful path below finds what is there and writes only what is missing.
-                    log.info("the answer to the one-call create was lost (%s); finding what it made", exc.status)
-                except (PermanentError, ValidationFailed) as exc:
-                    # Nothing was written (all or none). A record made meanwhile under the referral id (the upsert
-                    # then answers without an id, or 300) or a refused value: the careful path reports it as a
-                    # request of its own would.
-                    log.info("the one-call create was refused (%s); creating step by step", exc)
+        if fits_one_call(plan):
+            try:
+                return self._create_in_one_call(referral_id, body, plan)
+            except OutcomeUnknown as exc:
+                # All or none: nothing was written, or everything was, and the referral id finds it whole.
+                log.info("the answer to the one-call create was lost (%s); looking it up", exc.status)
+                row = self._find(referral_id)
+                if row is not None:
+                    return self._to_opportunity(row)
+            except (PermanentError, ValidationFailed) as exc:
+                # Nothing was written (all or none). A record made meanwhile under the referral id (the upsert
+                # then answers without an id, or 300) or a refused value: the careful path reports it as a
+                # request of its own would.
+                log.info("the one-call create was refused (%s); creating step by step", exc)
         account_id = self._customers.ensure_account(opportunity)
         contact_ids = self._customers.ensure_contacts(opportunity.customer_contacts, account_id)
         if account_id:
@@ -517,27 +522,3 @@ def _resolved(contact_id: str, made: dict[str, Any]) -> str:
         if contact_id == reference(reference_id) and isinstance(answer, dict):
             return str(answer["id"])
     return contact_id
-
-
-class RecentlyAbsent:
-    """Referral ids a lookup has just found no opportunity for, each good for one create soon after."""
-
-    FRESH_SECONDS = 60.0
-    LIMIT = 1000
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def looked_up(self, referral_id: str) -> None:
-        with self._lock:
-            if len(self._seen) >= self.LIMIT:
-                horizon = self._clock() - self.FRESH_SECONDS
-                self._seen = {key: at for key, at in self._seen.items() if at >= horizon}
-            self._seen[referral_id] = self._clock()
-
-    def just_looked_up(self, referral_id: str) -> bool:
-        with self._lock:
-            seen = self._seen.pop(referral_id, None)
-        return seen is not None and self._clock() - seen <= self.FRESH_SECONDS

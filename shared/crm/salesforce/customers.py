@@ -48,6 +48,8 @@ SYNC_ATTEMPTS = 3
 # looked up together are split so that each query's WHERE clause stays well below that once URL-encoded.
 CONTACT_LOOKUP_WHERE_CHARS = 4000
 CONTACT_SELECT = ("Id", "AccountId", *(name for _, name in CONTACT_FIELDS))
+# Queries in one composite call: Salesforce takes at most 5 query or sObject Collections subrequests in one.
+MAX_COMPOSITE_QUERIES = 5
 
 
 class Currencies:
@@ -157,14 +159,32 @@ class Customers:
     def __init__(self, api: SalesforceApi) -> None:
         self._api = api
 
-    def plan(self, opportunity: Opportunity) -> CustomerPlan:
-        """The account and contacts found as :meth:`ensure_account` and :meth:`ensure_contacts` find them (one
-        query each), and the writes those would send, as subrequests of one composite call, unsent."""
-        writes: list[Subrequest] = []
+    def plan(self, opportunity: Opportunity, before: Subrequest | None = None) -> tuple[CustomerPlan, list[Any]]:
+        """The account and contacts found as :meth:`ensure_account` and :meth:`ensure_contacts` find them, and the
+        writes those would send, as subrequests of one composite call, unsent. The queries that find them (and
+        ``before``, a query the caller needs answered too) go as ONE composite call, which the org's allocation
+        counts once; the second value is ``before``'s records."""
+        reads = [before] if before is not None else []
         account_id: str | None = None
+        wanted: dict[str, Any] = {}
         if opportunity.customer_name:
             statement, wanted = self._account_lookup(opportunity)
-            row = self._first(statement)
+            reads.append(Subrequest("GET", "query", "account", params={"q": statement}))
+        contacts = unique_contacts(opportunity.customer_contacts, bool(opportunity.customer_name))
+        # The account is not known when the contacts are asked for: a contact found by its name at an account named
+        # like the customer's is kept only if that account is the one found (see _matches).
+        groups = self._contact_queries(contacts, _at_named_account(opportunity))
+        room = MAX_COMPOSITE_QUERIES - len(reads)
+        reads += [Subrequest("GET", "query", f"contacts{n}", params={"q": q}) for n, q in enumerate(groups[:room])]
+        answers = self._api.composite(reads, idempotent=True) if reads else {}
+        records = {ref: self._api.related(answer.body) for ref, answer in answers.items()}
+        known = self._oldest_first(
+            [row for n in range(min(room, len(groups))) for row in records[f"contacts{n}"]]
+            + [row for statement in groups[room:] for row in self._api.query(statement)]
+        )
+        writes: list[Subrequest] = []
+        if opportunity.customer_name:
+            row = next(iter(records["account"]), None)
             if row is None:
                 body = {"Name": opportunity.customer_name, **{k: v for k, v in wanted.items() if v is not None}}
                 writes.append(Subrequest("POST", "sobjects/Account", "account", body=body))
@@ -174,11 +194,6 @@ class Customers:
                 changes = {k: v for k, v in wanted.items() if v is not None and row.get(k) != v}
                 if changes:
                     writes.append(Subrequest("PATCH", f"sobjects/Account/{account_id}", "accountFill", body=changes))
-        new_account = bool(writes) and writes[0].reference_id == "account"
-        contacts = unique_contacts(opportunity.customer_contacts, bool(account_id))
-        # Nothing can be found by its name at an account that does not exist yet.
-        lookup = [c for c in contacts if c.email or not new_account]
-        known = self._known_contacts(lookup, account_id) if lookup else []
         ids: list[str] = []
         for index, contact in enumerate(contacts):
             row, changes = _contact_write(contact, account_id, known)
@@ -194,7 +209,22 @@ class Customers:
                     row.update(changes)
             if contact_id not in ids:
                 ids.append(contact_id)
-        return CustomerPlan(account_id, ids, writes)
+        return CustomerPlan(account_id, ids, writes), records.get(before.reference_id, []) if before else []
+
+    def _contact_queries(self, contacts: list[Contact], at_account: str | None) -> list[str]:
+        """The queries finding every contact that any of ``contacts`` matches: by e-mail, or by name at an account
+        named like the customer's (``at_account``; none without a customer)."""
+        conditions = [
+            f"(Email = {soql_string(c.email)})"
+            if c.email
+            else f"(FirstName = {soql_string(c.first_name)} AND LastName = {soql_string(c.last_name)} AND {at_account})"
+            for c in contacts
+            if c.email or at_account
+        ]
+        return [
+            soql("Contact", [*CONTACT_SELECT, "CreatedDate"], " OR ".join(group), "CreatedDate, Id")
+            for group in _grouped(conditions)
+        ]
 
     def _account_lookup(self, opportunity: Opportunity) -> tuple[str, dict[str, Any]]:
         """The query that finds the customer's account, and the address fields it should hold."""
@@ -240,17 +270,16 @@ class Customers:
     def _known_contacts(self, contacts: list[Contact], account_id: str | None) -> list[dict[str, Any]]:
         """Every contact that any of ``contacts`` matches, oldest first as each one's own query would order them:
         one query for all of them (a few when their conditions would make the WHERE clause too long)."""
-        groups: list[list[str]] = []
-        for contact in contacts:
-            condition = f"({_matching(contact, account_id)})"
-            if not groups or len(" OR ".join([*groups[-1], condition])) > CONTACT_LOOKUP_WHERE_CHARS:
-                groups.append([])
-            groups[-1].append(condition)
-        found: dict[str, dict[str, Any]] = {}
-        for conditions in groups:
-            statement = soql("Contact", [*CONTACT_SELECT, "CreatedDate"], " OR ".join(conditions), "CreatedDate, Id")
-            for row in self._api.query(statement):
-                found[str(row["Id"])] = row
+        conditions = [f"({_matching(contact, account_id)})" for contact in contacts]
+        statements = [
+            soql("Contact", [*CONTACT_SELECT, "CreatedDate"], " OR ".join(group), "CreatedDate, Id")
+            for group in _grouped(conditions)
+        ]
+        return self._oldest_first([row for statement in statements for row in self._api.query(statement)])
+
+    @staticmethod
+    def _oldest_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        found = {str(row["Id"]): row for row in rows}
         # CreatedDate is UTC in one format, so it sorts as text; ties go by Id, as ORDER BY CreatedDate, Id does.
         return sorted(found.values(), key=lambda row: (str(row.get("CreatedDate") or ""), str(row["Id"])))
 
@@ -284,6 +313,26 @@ class Customers:
             return str(row["Id"]) if row is not None else None
 
         return create_once(send, find, f"a {sobject}")
+
+
+def _grouped(conditions: list[str]) -> list[list[str]]:
+    """``conditions`` in groups whose OR keeps a WHERE clause short enough for the URL of a GET."""
+    groups: list[list[str]] = []
+    for condition in conditions:
+        if not groups or len(" OR ".join([*groups[-1], condition])) > CONTACT_LOOKUP_WHERE_CHARS:
+            groups.append([])
+        groups[-1].append(condition)
+    return groups
+
+
+def _at_named_account(opportunity: Opportunity) -> str | None:
+    """The SOQL condition on a contact's account that the customer's account lookup would find it by."""
+    if not opportunity.customer_name:
+        return None
+    return (
+        f"Account.Name = {soql_string(opportunity.customer_name)} "
+        f"AND Account.BillingPostalCode = {soql_string(opportunity.customer_address.postal_code)}"
+    )
 
 
 def _matching(contact: Contact, account_id: str | None) -> str:
