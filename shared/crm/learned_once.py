@@ -28,3 +28,7 @@ class LearnedOnce(Generic[T]):
     def known(self) -> T | None:
         """The answer if it was learned already, without asking."""
         return self._value
+
+    def forget(self) -> None:
+        """Learn again on next use."""
+        self._value = None

@@ -24,8 +24,7 @@ from typing import Protocol
 from ..domain.deletions import LINK_DETACHED
 from ..domain.errors import ChangeTrackingUnavailable, DeltaLinkRefused
 from ..ports import KIND_CRM, ChangeTracking, Clock, DeltaProgress, Job, JobQueue, Link
-from .deferral import throttle_delay
-from .poller import INTERRUPTION_MAX_CHARS, POLL_STATE_KEY, PollResult
+from .poller import INTERRUPTION_MAX_CHARS, POLL_STATE_KEY, PollResult, stopped_run
 
 log = logging.getLogger(__name__)
 RETRY_CHANGE_TRACKING = timedelta(days=1)
@@ -87,18 +86,13 @@ class DeltaFeed:
         except ChangeTrackingUnavailable as exc:
             return self._fall_back(run, str(exc))
         except Exception as exc:
-            delay = throttle_delay(exc, 0.0)
-            self._save(run, interruption=str(exc), failing=delay is None)
-            if delay is None:
-                raise
-            log.warning(
-                "%s throttled after %s change(s), %s enqueued (%s); the next run carries on from the saved link",
+            return stopped_run(
                 self.state_key,
-                run.seen,
-                run.enqueued,
+                run,
                 exc,
+                lambda reason, failing: self._save(run, interruption=reason, failing=failing),
+                "the next run carries on from the saved link",
             )
-            return PollResult(run.seen, run.enqueued, run.newest, str(exc), getattr(exc, "retry_after", None))
         self._fallback_until = None
         return PollResult(run.seen, run.enqueued, run.newest)
 

@@ -74,6 +74,24 @@ def _whole_seconds(moment: datetime) -> datetime:
     return moment.replace(microsecond=0)
 
 
+class RunSoFar(Protocol):
+    seen: int
+    enqueued: int
+    newest: datetime | None
+
+
+def stopped_run(feed: str, run: RunSoFar, exc: Exception, save: Callable[[str, bool], None], resume: str) -> PollResult:
+    """A poll stopped by ``exc`` saves what it did with the reason (``save(reason, failing)``). Throttling then
+    ends the run with what it did, for the next scheduled one to carry on (``resume`` says from where); anything
+    else is raised again: the run failed."""
+    delay = throttle_delay(exc, 0.0)
+    save(str(exc), delay is None)
+    if delay is None:
+        raise exc
+    log.warning("%s throttled after %s change(s), %s enqueued (%s); %s", feed, run.seen, run.enqueued, exc, resume)
+    return PollResult(run.seen, run.enqueued, run.newest, str(exc), getattr(exc, "retry_after", None))
+
+
 class ChangeFeed:
     def __init__(
         self,
@@ -104,19 +122,14 @@ class ChangeFeed:
                 if run.seen % self.checkpoint_every == 0:
                     self._save(run)
         except Exception as exc:
-            delay = throttle_delay(exc, 0.0)
-            self._save(run, interruption=str(exc), failing=delay is None)
-            if delay is None:
-                raise
-            log.warning(
-                "%s throttled after %s change(s), %s enqueued (%s); progress saved up to %s, the next run carries on",
+            upto = run.newest.isoformat() if run.newest else "the start"
+            return stopped_run(
                 self.state_key,
-                run.seen,
-                run.enqueued,
+                run,
                 exc,
-                run.newest.isoformat() if run.newest else "the start",
+                lambda reason, failing: self._save(run, interruption=reason, failing=failing),
+                f"progress saved up to {upto}, the next run carries on",
             )
-            return PollResult(run.seen, run.enqueued, run.newest, str(exc), getattr(exc, "retry_after", None))
         self._save(run)
         return PollResult(run.seen, run.enqueued, run.newest)
 

@@ -13,7 +13,6 @@ caller has them. Whether the org is multi-currency, and its active currencies, a
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from ...domain.errors import OutcomeUnknown, TransientError, ValidationFailed
 from ...domain.opportunity import Contact, Opportunity
 from ...httpclient import create_once
+from ..learned_once import LearnedOnce
 from ..mapping import Entry
 from .api import SalesforceApi, Subrequest, record_error
 from .auth import SERVICE
@@ -61,22 +61,18 @@ class Currencies:
     def __init__(self, api: SalesforceApi) -> None:
         self._api = api
         self._active: set[str] = set()
-        self._org: OrgCurrency | None = None
-        self._learning = threading.Lock()  # workers share the adapter: the org is described once, not per thread
+        # Workers share the adapter: the org is described once, not per thread.
+        self._org: LearnedOnce[OrgCurrency] = LearnedOnce(self._learn)
         # Opportunity's field names (casefolded) from the same describe: the adapter leaves out the optional
         # mapped fields an org not yet upgraded by setup-crm lacks (shared.crm.org_columns).
         self.opportunity_fields: frozenset[str] = frozenset()
 
     def org(self) -> OrgCurrency:
-        if self._org is None:
-            with self._learning:
-                if self._org is None:
-                    self._org = self._learn()
-        return self._org
+        return self._org.get()
 
     def forget(self) -> None:
         """Describe the org again on next use (after it was found lacking a column the connector needs)."""
-        self._org = None
+        self._org.forget()
 
     def _learn(self) -> OrgCurrency:
         describe = self._api.json(self._api.request("GET", "sobjects/Opportunity/describe"))
