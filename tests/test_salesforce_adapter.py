@@ -547,3 +547,40 @@ def test_an_edit_saved_in_the_second_of_the_version_read_is_not_overwritten(emu:
     before, waited = _requests(emu), len(waits)
     assert crm.set_sync_outcome(fresh, "Contoso Azure migration ✔", "audit").name == "Contoso Azure migration ✔"
     assert len(waits) == waited and _requests(emu) == before + 1
+
+
+def test_a_sellers_lead_edit_saved_in_the_second_of_the_version_read_is_not_overwritten(
+    emu: SalesforceEmulator,
+) -> None:
+    # The same whole-second gap as for opportunities, on the leads Partner Center's leads become: a seller's edit
+    # saved after our read, in the second of the version read, passed If-Unmodified-Since and was overwritten by
+    # Partner Center's older value.
+    import time
+
+    from shared.domain.leads import Lead
+
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        CLOCK.advance(seconds)
+
+    leads = from_settings(settings(emu), sleep=sleep, today=lambda: TODAY, now=CLOCK).lead_records()
+    time.sleep(1.01 - CLOCK().microsecond / 1e6)  # early in a second: the create and the edit share it
+    current = leads.create_lead(Lead(referral_id="ref-lead-1", company="Fabrikam Inc.", notes="from Partner Center"))
+    assert current.crm_id is not None
+    emu.update_record("Lead", current.crm_id, {"Description": "the seller's note"})
+    with pytest.raises(PreconditionFailed):
+        leads.update_lead(current, current.model_copy(update={"notes": "Partner Center's later note"}), ["notes"], None)
+    record = emu.record("Lead", current.crm_id)
+    assert record is not None and record["Description"] == "the seller's note"
+    assert waits and all(0 < w <= 2.0 for w in waits)
+    # Read again once the job's read-to-write time is over, the lead is written at the cost of the write alone.
+    fresh = leads.get_lead(current.crm_id)
+    assert fresh is not None
+    CLOCK.advance(6)
+    waited = len(waits)
+    written = leads.update_lead(
+        fresh, fresh.model_copy(update={"notes": "Partner Center's later note"}), ["notes"], None
+    )
+    assert written.notes == "Partner Center's later note" and len(waits) == waited

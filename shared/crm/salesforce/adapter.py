@@ -85,14 +85,9 @@ from .mapping import (
     subquery,
 )
 from .metadata import mapping_problems
+from .same_second import must_read_again
 
 log = logging.getLogger(__name__)
-VERSION_SECOND = timedelta(seconds=1)
-# Allowance for the clocks of the app and Salesforce differing, and the most a write waits for a second to end.
-VERSION_SECOND_MARGIN = timedelta(milliseconds=250)
-MAX_VERSION_WAIT_S = 2.0
-# A version whose second ended longer ago than this was read after it ended: the write condition suffices.
-READ_TO_WRITE_WINDOW = timedelta(seconds=5)
 
 # A referral without a closing date still needs one: Salesforce requires CloseDate on every opportunity.
 DEFAULT_CLOSE_DAYS = 30
@@ -163,7 +158,7 @@ class SalesforceCrm:
 
     def lead_records(self) -> SalesforceLeads:
         """Leads made from Partner Center leads (``SYNC_COSELL_ONLY=false``), over the same API client."""
-        return SalesforceLeads(self.api, self.mapping.lead)
+        return SalesforceLeads(self.api, self.mapping.lead, now=self._now, sleep=self._sleep)
 
     def check_mapping(self) -> list[str]:
         """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
@@ -373,20 +368,11 @@ class SalesforceCrm:
 
     # -- write helpers --------------------------------------------------------------------------------------------
     def _wait_out_the_version_second(self, current: Opportunity) -> None:
-        """``If-Unmodified-Since`` has whole seconds: an edit saved after our read, in the same second as the
-        version we read, passes it and would be overwritten. For a version that recent (within the time a job
-        takes from its read to its write), wait until its second is over and read the record again; a change
-        since is a precondition failure, as a finer condition would have said. An older version (nearly always:
-        the poll and the queue take longer) costs nothing."""
+        """An edit saved in the second of the version read would pass the write condition (see
+        :mod:`.same_second`): for a version that recent, the record is read again once that second is over."""
+        if current.crm_id is None or not must_read_again(current.modified_at, self._now, self._sleep):
+            return
         stamp = current.modified_at
-        if stamp is None or current.crm_id is None:
-            return
-        second_over = stamp.replace(microsecond=0) + VERSION_SECOND + VERSION_SECOND_MARGIN
-        now = self._now()
-        if now >= second_over + READ_TO_WRITE_WINDOW:
-            return
-        if now < second_over:
-            self._sleep(min((second_over - now).total_seconds(), MAX_VERSION_WAIT_S))
         fresh = self._to_opportunity(self._require(current.crm_id))
         if fresh.modified_at != stamp or mapped_values(fresh) != mapped_values(current):
             raise PreconditionFailed(

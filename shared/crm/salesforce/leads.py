@@ -9,13 +9,14 @@ opportunities are.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import datetime
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from ...domain.errors import NotFound, ValidationFailed
+from ...domain.errors import NotFound, PreconditionFailed, ValidationFailed
 from ...domain.leads import Lead
 from ...domain.opportunity import Contact, CustomerAddress
 from ...domain.routing import Owner
@@ -25,6 +26,7 @@ from .api import SalesforceApi
 from .auth import SERVICE
 from .changes import modstamp_changes
 from .mapping import http_date, is_record_id, parse_modstamp, soql, soql_string
+from .same_second import must_read_again
 
 LEAD_PREFIX = "00Q"
 USER_PREFIX = "005"  # INBOUND_OWNER names Users on Salesforce (the setting refuses queues for opportunities)
@@ -41,7 +43,14 @@ NO_COMPANY = "[not provided]"  # Company is required on a Lead; Salesforce's own
 
 
 class SalesforceLeads:
-    def __init__(self, api: SalesforceApi, mapping: LeadMapping) -> None:
+    def __init__(
+        self,
+        api: SalesforceApi,
+        mapping: LeadMapping,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._now, self._sleep = now, sleep
         if not mapping.referral_id:
             raise ValidationFailed(["[lead] referral_id names no Lead field; Partner Center leads cannot be kept"])
         self.api, self.mapping = api, mapping
@@ -93,8 +102,16 @@ class SalesforceLeads:
         body = {name: written.get(name) for attribute in fields for name in self._fields_of(attribute)}
         if state is not None:
             body["Status"] = state
+        if must_read_again(current.modified_at, self._now, self._sleep):
+            # An edit in the second of the version read would pass the write condition (see same_second.py).
+            fresh = self._read(crm_id)
+            if fresh.modified_at != current.modified_at or fresh != current:
+                raise PreconditionFailed(SERVICE, f"lead {crm_id} changed in the second of the version read", 412)
         headers = {"If-Unmodified-Since": http_date(current.modified_at)} if current.modified_at else {}
         self.api.request("PATCH", f"sobjects/Lead/{crm_id}", json=body, headers=headers)
+        return self._read(crm_id)
+
+    def _read(self, crm_id: str) -> Lead:
         row = next(iter(self.api.query(soql("Lead", self.fields, f"Id = {soql_string(crm_id)}"))), None)
         if row is None:
             raise NotFound(SERVICE, f"lead {crm_id} disappeared while it was being written", 404)
