@@ -10,6 +10,7 @@ from azure.data.tables import TableServiceClient
 from azure.storage.queue import QueueServiceClient
 
 from devtools.localhost.azurite import Azurite, start_azurite
+from emulators.dataverse import DataverseEmulator
 from shared.store.queue import StorageJobQueue
 from shared.store.tables import TableSyncStore
 
@@ -47,3 +48,20 @@ def feed_parts(azurite, storage_names) -> Iterator[tuple[TableSyncStore, Storage
     yield store, queue
     queue.client.delete_queue()
     queue.poison.delete_queue()
+
+
+@pytest.fixture(scope="module")
+def dataverse_server(request: pytest.FixtureRequest) -> Iterator[DataverseEmulator]:
+    """One Dataverse emulator per test module, over real HTTP; a module's ``DATAVERSE_EMULATOR_OPTIONS`` (keyword
+    arguments of DataverseEmulator) configure it."""
+    emulator = DataverseEmulator(**getattr(request.module, "DATAVERSE_EMULATOR_OPTIONS", {}))
+    emulator.start()
+    yield emulator
+    emulator.stop()
+
+
+@pytest.fixture
+def dataverse_emu(dataverse_server: DataverseEmulator) -> DataverseEmulator:
+    """The module's Dataverse emulator, reset to its configured organisation before each test."""
+    dataverse_server.reset()
+    return dataverse_server

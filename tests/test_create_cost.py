@@ -28,18 +28,9 @@ ADA = Contact(first_name="Ada", last_name="Lovelace", email="ada@contoso.com", t
 GRACE = Contact(first_name="Grace", last_name="Hopper", email="grace@contoso.com")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: DataverseEmulator) -> DataverseEmulator:
-    server.reset()
-    return server
+def emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ without change tracking and an expired token."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -25,18 +24,12 @@ TRACK = "odata.track-changes"
 SELECT = "opportunityid,modifiedon,new_syncwithpartnercenter"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator(change_tracking_off=["accounts"])
-    emulator.start()
-    yield emulator
-    emulator.stop()
+DATAVERSE_EMULATOR_OPTIONS = dict(change_tracking_off=["accounts"])
 
 
 @pytest.fixture
-def emu(server: DataverseEmulator) -> DataverseEmulator:
-    server.reset()
-    return server
+def emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 def _get(emu: DataverseEmulator, path: str, prefer: str | None = TRACK) -> requests.Response:

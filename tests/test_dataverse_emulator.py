@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,18 +18,9 @@ HEADERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: DataverseEmulator) -> DataverseEmulator:
-    server.reset()
-    return server
+def emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 class Api:

@@ -4,7 +4,6 @@ opportunity, as strict as the service: a collection-valued navigation property t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,18 +17,9 @@ HEADERS = {"Authorization": "Bearer expand-test", "Prefer": "return=representati
 CONTACTS = "contact_customer_accounts"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: DataverseEmulator) -> DataverseEmulator:
-    server.reset()
-    return server
+def emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 def _get(emu: DataverseEmulator, entity_set: str, **params: str) -> requests.Response:

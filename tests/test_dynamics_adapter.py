@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,18 +23,9 @@ from shared.settings import Settings
 TOKEN = "adapter-test-token"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: DataverseEmulator) -> DataverseEmulator:
-    server.reset()
-    return server
+def emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 @pytest.fixture
