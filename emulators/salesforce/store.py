@@ -44,6 +44,14 @@ from .schema import (
 from .soql import Column
 
 Record = dict[str, Any]
+
+
+def _copy_row(row: Record) -> Record:
+    if any(isinstance(value, list | dict | set) for value in row.values()):
+        return copy.deepcopy(row)
+    return dict(row)
+
+
 SYSTEM_SEEDABLE = frozenset({"Id", "CreatedDate", "LastModifiedDate", "SystemModstamp", "IsDeleted"})
 # Reference data of the org (currencies, the org itself) is dated in the past and uses up no change stamps.
 REFERENCE_DATA_STAMP = "2000-01-01T00:00:00.000+0000"
@@ -178,7 +186,11 @@ class Org:
             self.records["User"][user_id] = row
 
     def snapshot(self) -> tuple[dict[str, dict[str, Record]], int, datetime]:
-        return copy.deepcopy(self.records), self._next_number, self._last_stamp
+        """The org as it is, for an all-or-none call to go back to. Each row is copied on its own (writes change rows
+        in place); only a value that could itself change in place is copied deeply: a deep copy of every row made
+        each all-or-none call cost seconds once the org held ten thousand records."""
+        records = {name: {key: _copy_row(row) for key, row in rows.items()} for name, rows in self.records.items()}
+        return records, self._next_number, self._last_stamp
 
     def restore(self, state: tuple[dict[str, dict[str, Record]], int, datetime]) -> None:
         self.records, self._next_number, self._last_stamp = state
