@@ -39,7 +39,7 @@ def delta_pages(
     tracking). Each page carries the link to read next: the next page's, and on the last page the delta link."""
     prefer = f"{TRACK_CHANGES},odata.maxpagesize={max(1, min(page_size, MAX_PAGE_SIZE))}"
     full_read = link is None
-    path = entity_set if link is None else web._pinned(link)  # the token goes only back into this Web API
+    path = entity_set if link is None else web.pinned(link)  # the token goes only back into this Web API
     params: dict[str, str] | None = {"$select": f"{id_column},modifiedon,{flag_column}"} if link is None else None
     first = True
     while True:
@@ -63,7 +63,7 @@ def delta_pages(
         yield DeltaPage(changed, deleted, str(next_link or delta_link), last=not next_link)
         if not next_link:
             return
-        path, params = web._pinned(str(next_link)), None
+        path, params = web.pinned(str(next_link)), None
 
 
 def _split(rows: list[dict[str, Any]], id_column: str, flag_column: str) -> tuple[list[Change], list[str]]:

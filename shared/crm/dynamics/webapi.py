@@ -59,9 +59,9 @@ class DataverseRows:
             yield from page.get("value", [])
             # The nextLink is used as given: re-encoding its skiptoken breaks paging.
             next_link = page.get("@odata.nextLink")
-            path, query = (self._pinned(str(next_link)) if next_link else None), None
+            path, query = (self.pinned(str(next_link)) if next_link else None), None
 
-    def _pinned(self, link: str) -> str:
+    def pinned(self, link: str) -> str:
         """The next link, if it points back into this environment's Web API: same scheme, host, port and
         API path. The bearer token goes with every page request, so anything else is refused unsent."""
         base = urlsplit(self.api.base_url)
