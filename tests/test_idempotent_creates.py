@@ -178,17 +178,9 @@ def test_a_microsoft_referral_with_the_same_reference_is_not_taken_for_ours(
 
 
 # -- Dataverse: accounts, contacts, the opportunity upsert and Win/Lose -----------------------------------------
-@pytest.fixture(scope="module")
-def dv_server() -> Iterator[DataverseEmulator]:
-    emulator = DataverseEmulator().start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def dv_emu(dv_server: DataverseEmulator) -> DataverseEmulator:
-    dv_server.reset()
-    return dv_server
+def dv_emu(dataverse_emu: DataverseEmulator) -> DataverseEmulator:
+    return dataverse_emu
 
 
 def _dataverse(emu: DataverseEmulator, session: requests.Session | None = None) -> DataverseCrm:

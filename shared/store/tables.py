@@ -118,11 +118,8 @@ class TableSyncStore:
         return _link_from_row(row)
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None:
-        try:
-            row = self.links.get_entity(LINK_PARTITION, _index_key(safe_key(crm_id)))
-        except ResourceNotFoundError:
-            return None
-        return self.get_link(str(row["ReferralId"]))
+        indexed = self.crm_link_state(crm_id)
+        return self.get_link(indexed.referral_id) if indexed is not None else None
 
     def crm_link_state(self, crm_id: str) -> Link | None:
         try:
