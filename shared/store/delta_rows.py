@@ -9,11 +9,11 @@ row's budget (see :mod:`shared.store.state_rows`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any, Protocol
 
 from ..domain.bounded import cap_utf16
 from ..ports import DeltaProgress
+from .state_rows import count_from, moment_from
 
 LINK_MAX_UNITS = 8_000  # a Dataverse delta link is far shorter; a longer one is not a link we can keep
 REASON_MAX_UNITS = 500
@@ -45,11 +45,11 @@ def delta_columns(progress: DeltaProgress) -> dict[str, Any]:
 def delta_from_row(row: Mapping[str, Any]) -> DeltaProgress:
     return DeltaProgress(
         link=str(row.get("DeltaLink") or ""),
-        fallback_until=_moment(row.get("DeltaFallbackUntil")) if row.get("DeltaMode") == MODE_FALLBACK else None,
+        fallback_until=moment_from(row.get("DeltaFallbackUntil")) if row.get("DeltaMode") == MODE_FALLBACK else None,
         fallback_reason=str(row.get("DeltaFallbackReason") or ""),
-        last_run_at=_moment(row.get("LastRunAt")),
-        last_seen=_count(row.get("LastSeen")),
-        last_enqueued=_count(row.get("LastEnqueued")),
+        last_run_at=moment_from(row.get("LastRunAt")),
+        last_seen=count_from(row.get("LastSeen")),
+        last_enqueued=count_from(row.get("LastEnqueued")),
         last_interruption=str(row.get("LastInterruption") or ""),
     )
 
@@ -66,11 +66,3 @@ class DeltaRows:
 
     def save_delta(self, feed: str, progress: DeltaProgress) -> None:
         self.rows.set_state(feed, delta_columns(progress))
-
-
-def _moment(value: object) -> datetime | None:
-    return value if isinstance(value, datetime) else None
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0

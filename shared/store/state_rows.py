@@ -120,13 +120,13 @@ def watermark_columns(mark: FeedWatermark) -> dict[str, Any]:
 
 
 def watermark_from_row(row: Mapping[str, Any]) -> FeedWatermark:
-    watermark = _moment(row.get("Watermark"))
+    watermark = moment_from(row.get("Watermark"))
     return FeedWatermark(
         watermark=watermark,
         versions=load_versions(row, watermark),
-        last_run_at=_moment(row.get("LastRunAt")),
-        last_seen=_count(row.get("LastSeen")),
-        last_enqueued=_count(row.get("LastEnqueued")),
+        last_run_at=moment_from(row.get("LastRunAt")),
+        last_seen=count_from(row.get("LastSeen")),
+        last_enqueued=count_from(row.get("LastEnqueued")),
         last_interruption=str(row.get("LastInterruption") or ""),
     )
 
@@ -155,20 +155,20 @@ def token_redeemed_columns(at: datetime) -> dict[str, Any]:
 
 
 def health_from_row(row: Mapping[str, Any]) -> Health:
-    until = _moment(row.get("Until"))
-    pause = Pause(until, str(row.get("Reason", "")), _moment(row.get("Since"))) if until is not None else None
+    until = moment_from(row.get("Until"))
+    pause = Pause(until, str(row.get("Reason", "")), moment_from(row.get("Since"))) if until is not None else None
     service = row.get("AuthService")
     failure = (
         CredentialFailure(
             str(service),
             str(row.get("AuthMessage", "")),
-            _moment(row.get("AuthFailedAt")),
+            moment_from(row.get("AuthFailedAt")),
             str(row.get("AuthCause") or ""),
         )
         if service
         else None
     )
-    return Health(pause, failure, _moment(row.get("TokenRedeemedAt")))
+    return Health(pause, failure, moment_from(row.get("TokenRedeemedAt")))
 
 
 # -- the webhook registration and the last verified test event: each written on its own into one row ------------
@@ -185,8 +185,8 @@ def webhook_registration_from_row(row: Mapping[str, Any]) -> WebhookRegistration
     return WebhookRegistration(
         url=str(row.get("WebhookUrl") or ""),
         events=tuple(e for e in events.split(",") if e),
-        registered_at=_moment(row.get("RegisteredAt")),
-        last_test_event_at=_moment(row.get("LastTestEventAt")),
+        registered_at=moment_from(row.get("RegisteredAt")),
+        last_test_event_at=moment_from(row.get("LastTestEventAt")),
         last_test_event_uri=str(row.get("LastTestEventUri") or ""),
     )
 
@@ -228,7 +228,7 @@ class LeaseRow:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> LeaseRow:
-        return cls(str(row.get("Owner", "")), _moment(row.get("Until")))
+        return cls(str(row.get("Owner", "")), moment_from(row.get("Until")))
 
     def held_by_another_at(self, moment: datetime, owner: str) -> bool:
         return self.until is not None and self.until > moment and self.owner != owner
@@ -237,9 +237,11 @@ class LeaseRow:
         return self.owner == owner and self.until is not None and self.until > moment
 
 
-def _moment(value: object) -> datetime | None:
+def moment_from(value: object) -> datetime | None:
+    """A stored time, or None for anything else (a row written before the column existed)."""
     return value if isinstance(value, datetime) else None
 
 
-def _count(value: object) -> int:
+def count_from(value: object) -> int:
+    """A stored count, or 0 for anything else."""
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
