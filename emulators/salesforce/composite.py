@@ -192,33 +192,33 @@ class Composite:
 
     def run(self, request: Request, body: Any) -> Response:
         subrequests, all_or_none = parse_subrequests(body)
-        saved = (self.org.snapshot(), self.checkpoint()) if all_or_none else None
-        answers: dict[str, Any] = {}  # referenceId -> body, of the subrequests that succeeded
-        entries: list[dict[str, Any]] = []
-        failed: int | None = None
-        for index, subrequest in enumerate(subrequests):
+        checkpoint = self.checkpoint() if all_or_none else None
+        with self.org.savepoint() as savepoint:
+            answers: dict[str, Any] = {}  # referenceId -> body, of the subrequests that succeeded
+            entries: list[dict[str, Any]] = []
+            failed: int | None = None
+            for index, subrequest in enumerate(subrequests):
+                if failed is not None and all_or_none:
+                    entries.append(_halted(subrequest.reference_id))
+                    continue
+                try:
+                    url = resolve(subrequest.url, answers)
+                    sub_body = resolve(subrequest.body, answers)
+                except Unresolved as exc:
+                    entries.append(_halted(subrequest.reference_id, str(exc)))
+                    failed = index if failed is None else failed
+                    continue
+                response = self._send(request, subrequest, str(url), sub_body)
+                entries.append(_entry(subrequest.reference_id, response))
+                if response.status >= 400:
+                    failed = index if failed is None else failed
+                else:
+                    answers[subrequest.reference_id] = response.body
             if failed is not None and all_or_none:
-                entries.append(_halted(subrequest.reference_id))
-                continue
-            try:
-                url = resolve(subrequest.url, answers)
-                sub_body = resolve(subrequest.body, answers)
-            except Unresolved as exc:
-                entries.append(_halted(subrequest.reference_id, str(exc)))
-                failed = index if failed is None else failed
-                continue
-            response = self._send(request, subrequest, str(url), sub_body)
-            entries.append(_entry(subrequest.reference_id, response))
-            if response.status >= 400:
-                failed = index if failed is None else failed
-            else:
-                answers[subrequest.reference_id] = response.body
-        if failed is not None and saved is not None:
-            state, checkpoint = saved
-            self.org.restore(state)
-            self.rollback(checkpoint)
-            # The failure keeps its own error; everything else was rolled back or never ran.
-            entries = [entry if i == failed else _halted(entry["referenceId"]) for i, entry in enumerate(entries)]
+                self.org.roll_back(savepoint)
+                self.rollback(checkpoint)
+                # The failure keeps its own error; everything else was rolled back or never ran.
+                entries = [entry if i == failed else _halted(entry["referenceId"]) for i, entry in enumerate(entries)]
         return Response(200, {"compositeResponse": entries})
 
     def _send(self, request: Request, subrequest: Subrequest, url: str, body: Any) -> Response:

@@ -92,6 +92,8 @@ def convert_lead(org: Org, lead_id: str, options: Mapping[str, Any], today: date
         "ConvertedContactId": contact_id,
         "ConvertedOpportunityId": opportunity_id,
     }
+    org.changing("Lead", lead)
     lead.update(converted)
     lead["LastModifiedDate"] = lead["SystemModstamp"] = org._stamp()  # a conversion is a change of the lead
+    org.changed("Lead", lead)
     return {k: v for k, v in converted.items() if k.startswith("Converted") and k != "ConvertedDate"}

@@ -27,7 +27,7 @@ from .._server import Handler, Request, Response
 from .composite import Composite
 from .schema import CURRENCY_FIELD, FieldDef, SalesforceError, SObjectType, bad_request, render_value
 from .sobject_collections import CollectionResult
-from .soql import ChildQuery, Query, compile_query, sort_rows
+from .soql import AllOf, ChildQuery, Lookup, Query, compile_query, sort_rows
 from .store import Record
 
 if TYPE_CHECKING:
@@ -219,7 +219,8 @@ class RestApi:
         self.ledger.counters["queries"] += 1
         self.ledger.counters["objects"][name]["reads"] += 1
         include_deleted = request.params["kind"] == "queryAll"
-        rows = [row for row in self.org.rows(name, include_deleted) if query.predicate(row)]
+        # The index only narrows the rows; the full condition still decides on each.
+        rows = [row for row in self.org.candidates(name, query.narrowing, include_deleted) if query.predicate(row)]
         rows = sort_rows(rows, [*query.order], self.org.resolve) if query.order else rows
         rows = rows[query.offset :]
         if query.limit is not None:
@@ -240,7 +241,10 @@ class RestApi:
         self, child: ChildQuery, parent: Record, include_deleted: bool, version: str, kind: str
     ) -> dict[str, Any] | None:
         name, link = child.sobject.name, child.relation.field.name
-        rows = [r for r in self.org.rows(name, include_deleted) if r.get(link) == parent["Id"] and child.predicate(r)]
+        by_parent = Lookup(link, (parent["Id"],))
+        narrowing = by_parent if child.narrowing is None else AllOf((by_parent, child.narrowing))
+        candidates = self.org.candidates(name, narrowing, include_deleted)
+        rows = [r for r in candidates if r.get(link) == parent["Id"] and child.predicate(r)]
         rows = sort_rows(rows, [*child.order], self.org.resolve) if child.order else rows
         if child.limit is not None:
             rows = rows[: child.limit]

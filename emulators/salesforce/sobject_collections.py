@@ -152,16 +152,16 @@ class Collections:
                 "EXCEEDED_ID_LIMIT",
                 f"record limit reached. cannot submit more than {MAX_RECORDS} records into this call",
             )
-        state = self.org.snapshot()
         outcomes: list[tuple[dict[str, Any], Committed | None]] = []
-        for item in items:
-            try:
-                outcomes.append(step(item))
-            except SalesforceError as error:
-                outcomes.append((_failure(error, known_id(item), upsert), None))
-        if all_or_none and any(done is None for _, done in outcomes):
-            self.org.restore(state)
-            return CollectionResult([_rolled_back(result, done, upsert) for result, done in outcomes])
+        with self.org.savepoint() as savepoint:
+            for item in items:
+                try:
+                    outcomes.append(step(item))
+                except SalesforceError as error:
+                    outcomes.append((_failure(error, known_id(item), upsert), None))
+            if all_or_none and any(done is None for _, done in outcomes):
+                self.org.roll_back(savepoint)
+                return CollectionResult([_rolled_back(result, done, upsert) for result, done in outcomes])
         return CollectionResult([result for result, _ in outcomes], [done for _, done in outcomes if done])
 
 

@@ -10,6 +10,10 @@ quoted strings with backslash escapes, numbers, true / false / null and, as in S
 date (``2024-05-01``) and datetime (``2024-05-01T10:00:00Z``) literals. Text compares case-insensitively.
 Like Salesforce, AND and OR cannot be mixed at one level without parentheses, and a quoted value
 against a date field is refused, so client bugs of that kind fail here first.
+
+A compiled query also names the ``=`` / ``IN`` conditions on the object's own fields that every matching row
+meets, through AND and OR (:class:`Lookup`, :class:`AllOf`, :class:`AnyOf`; NOT and other operators give
+none), so that the org can narrow the rows through its indexes before the full predicate decides on each.
 """
 
 from __future__ import annotations
@@ -148,6 +152,40 @@ class Order:
     nulls_last: bool
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """A condition every matching row meets: ``field`` (of the queried object) equals one of ``values``, given in
+    the form the predicate compares (text casefolded, ids in their 18-character form). An index can narrow the
+    rows to those; the predicate still decides, so the lookup only has to never leave a match out."""
+
+    field: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class AllOf:
+    """AND-ed conditions that narrow: a matching row meets every part, so any one part can narrow the rows."""
+
+    parts: tuple[Narrowing, ...]
+
+
+@dataclass(frozen=True)
+class AnyOf:
+    """OR-ed conditions that each narrow: a matching row meets at least one branch."""
+
+    branches: tuple[Narrowing, ...]
+
+
+Narrowing = Lookup | AllOf | AnyOf
+Filter = tuple[Callable[[Row], bool], Narrowing | None]
+
+
+def index_key(value: Any) -> Any:
+    """The key under which an index files a stored value and looks a literal up: both casefolded when text, so
+    that case-insensitive text and case-exact ids share one index (the predicate tells them apart)."""
+    return value.casefold() if isinstance(value, str) else value
+
+
 @dataclass
 class ChildQuery:
     """A parent-to-child subquery: the child records of each parent row that pass ``predicate``."""
@@ -158,6 +196,7 @@ class ChildQuery:
     predicate: Callable[[Row], bool]
     order: list[Order]
     limit: int | None
+    narrowing: Narrowing | None = None
 
 
 @dataclass
@@ -169,6 +208,7 @@ class Query:
     limit: int | None
     offset: int
     children: list[ChildQuery] = field(default_factory=list)
+    narrowing: Narrowing | None = None  # the equalities an index can narrow the rows by
 
 
 def normalize(definition: FieldDef, value: Any) -> Any:
@@ -241,13 +281,13 @@ class Parser:
         children = [self._subquery(start, sobject) for start in subqueries]
         self.position, self.sobject = resume, sobject
         columns = self._columns(paths)
-        predicate = self._expression() if self._accept("where") else _keep_all
+        predicate, narrowing = self._expression() if self._accept("where") else (_keep_all, None)
         order = self._order_by()
         limit = self._count("limit")
         offset = self._count("offset") or 0
         if self._peek().kind != "end":
             raise malformed(f"unexpected token: '{self._peek().text}'")
-        return Query(sobject, columns, predicate, order, limit, offset, children)
+        return Query(sobject, columns, predicate, order, limit, offset, children, narrowing)
 
     def _select_list(self, nested: bool) -> tuple[list[str], list[int]]:
         """The paths of a SELECT list and the token positions where its subqueries start (after the ``(``)."""
@@ -289,11 +329,11 @@ class Parser:
             )
         self.sobject = self.objects[relation.child.lower()]
         columns = self._columns(paths)
-        predicate = self._expression() if self._accept("where") else _keep_all
+        predicate, narrowing = self._expression() if self._accept("where") else (_keep_all, None)
         order = self._order_by()
         limit = self._count("limit")
         self._expect(")")
-        return ChildQuery(relation, self.sobject, columns, predicate, order, limit)
+        return ChildQuery(relation, self.sobject, columns, predicate, order, limit, narrowing)
 
     def _columns(self, paths: list[str]) -> list[Column]:
         return list({c.names: c for c in (self._column(p) for p in paths)}.values())
@@ -356,7 +396,7 @@ class Parser:
                 nulls_last = False
         return Order(column, descending, nulls_last)
 
-    def _expression(self) -> Callable[[Row], bool]:
+    def _expression(self) -> Filter:
         parts = [self._negation()]
         joiner = ""
         while self._peek().keyword in ("and", "or"):
@@ -367,26 +407,35 @@ class Parser:
             parts.append(self._negation())
         if len(parts) == 1:
             return parts[0]
+        predicates = [predicate for predicate, _ in parts]
+        narrowings = [narrowing for _, narrowing in parts]
         if joiner == "and":
-            return lambda row: all(p(row) for p in parts)
-        return lambda row: any(p(row) for p in parts)
+            # A part that does not narrow leaves the others to do it.
+            kept = tuple(n for n in narrowings if n is not None)
+            all_of = (kept[0] if len(kept) == 1 else AllOf(kept)) if kept else None
+            return (lambda row: all(p(row) for p in predicates)), all_of
+        # A branch that does not narrow could match any row, and so could the OR.
+        any_of = None if None in narrowings else AnyOf(tuple(n for n in narrowings if n is not None))
+        return (lambda row: any(p(row) for p in predicates)), any_of
 
-    def _negation(self) -> Callable[[Row], bool]:
+    def _negation(self) -> Filter:
         if self._accept("not"):
-            inner = self._negation()
-            return lambda row: not inner(row)
+            inner, _ = self._negation()
+            return (lambda row: not inner(row)), None
         if self._accept("("):
             inner = self._expression()
             self._expect(")")
             return inner
         return self._condition()
 
-    def _condition(self) -> Callable[[Row], bool]:
+    def _condition(self) -> Filter:
         column = self._column(self._path_text())
         definition = column.field
         if definition.type == TEXTAREA and (definition.length or 0) > 255:
             raise bad_request("INVALID_FIELD", f"field '{definition.name}' can not be filtered in a query call")
         resolve = self.resolve
+        # Only a field of the queried object itself can be looked up in that object's index.
+        own = not column.hops
         negated = self._peek().keyword == "not" and self._peek(1).keyword == "in"
         if negated:
             self._next()
@@ -398,8 +447,9 @@ class Parser:
             self._expect(")")
             wanted = set(values)
             if negated:
-                return lambda row: normalize(definition, resolve(row, column)) not in wanted
-            return lambda row: normalize(definition, resolve(row, column)) in wanted
+                return (lambda row: normalize(definition, resolve(row, column)) not in wanted), None
+            found = Lookup(definition.name, tuple(values)) if own else None
+            return (lambda row: normalize(definition, resolve(row, column)) in wanted), found
         if self._accept("like"):
             token = self._next()
             if token.kind != "string" or definition.type in (BOOLEAN, DATE, DATETIME, *NUMBER_TYPES):
@@ -410,13 +460,14 @@ class Parser:
                 value = resolve(row, column)
                 return value is not None and pattern.fullmatch(str(value)) is not None
 
-            return like
+            return like, None
         token = self._next()
         if token.kind != "op" or token.text not in COMPARISONS:
             raise malformed(f"unexpected token: '{token.text or 'end of query'}' (expecting a comparison)")
         op = token.text
         value = self._literal(definition, op)
-        return lambda row: _compare(op, normalize(definition, resolve(row, column)), value)
+        found = Lookup(definition.name, (value,)) if own and op == "=" else None
+        return (lambda row: _compare(op, normalize(definition, resolve(row, column)), value)), found
 
     def _literal(self, definition: FieldDef, op: str) -> Any:
         token = self._next()
