@@ -3,7 +3,7 @@ tests can run any mix."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -87,6 +87,9 @@ class Change:
     record_id: str
     version: str
     changed_at: datetime | None
+    # The referral id the CRM record names (its referral-id column), read with the change at no cost: a hint that
+    # lets the job read the pair's link at once. A seller may have edited it, so the job checks the link.
+    referral_hint: str | None = None
 
 
 class LeadRecords(Protocol):
@@ -305,25 +308,46 @@ class CreateIntent:
     agreed: str
 
 
+@dataclass(frozen=True)
+class CrmEntry:
+    """What the CRM index holds for one record (one read): the state of its link when it is paired (enough to tell
+    an echo), and otherwise what creating its referral left: the refusal of an earlier version, and the intent of a
+    create that may have landed. ``etag``: the entry's version, which the next create intent is written on."""
+
+    link: Link | None
+    failure: CreateFailure | None = None
+    intent: CreateIntent | None = None
+    etag: str | None = None
+
+
 class SyncStore(Protocol):
     def get_link(self, referral_id: str) -> Link | None: ...
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None: ...
+
+    def crm_entry(self, crm_id: str) -> CrmEntry | None:
+        """The record's CRM index entry; None when it has none (never paired, never refused)."""
+        ...
 
     def crm_link_state(self, crm_id: str) -> Link | None:
         """From the CRM-id index alone (one read): the link's referral id, CRM id, CRM etag and status, enough
         to tell an echo; None when the opportunity has no link."""
         ...
 
-    def save_link(self, link: Link) -> Link:
-        """Insert (no etag) or replace conditioned on ``link.etag``; PreconditionFailed on a race."""
+    def save_link(self, link: Link, last: bool = False) -> Link:
+        """Insert (no etag) or replace conditioned on ``link.etag``; PreconditionFailed on a race. Inside a job
+        (:class:`PairLease`) the save also takes the pair's lease when the job has not taken it yet, and with
+        ``last`` (the job writes nothing after it) releases it: one request either way."""
         ...
 
     def append_audit(self, entry: AuditEntry) -> None: ...
 
     def audit_trail(self, record_key: str, limit: int = 50) -> list[AuditEntry]: ...
 
-    def acquire_lease(self, key: str, owner: str, seconds: int) -> bool: ...
+    def acquire_lease(self, key: str, owner: str, seconds: int, seen: Sequence[Link] = ()) -> bool:
+        """Take the lease unless another worker holds it. With ``seen`` (links the job read before), only if none
+        of them changed since: PreconditionFailed when one did."""
+        ...
 
     def renew_lease(self, key: str, owner: str, seconds: int) -> bool:
         """Extend a lease ``owner`` still holds; False (and nothing written) when it expired or changed hands."""
@@ -359,9 +383,10 @@ class SyncStore(Protocol):
         """The create failure and the create intent of an opportunity without a link (one read)."""
         ...
 
-    def save_create_intent(self, crm_id: str, intent: CreateIntent) -> None:
-        """Record (replacing any earlier one) what the create about to be sent carries; the failure, if any,
-        stays."""
+    def save_create_intent(self, crm_id: str, intent: CreateIntent, entry: CrmEntry | None) -> None:
+        """Record (replacing any earlier one) what the create about to be sent carries; the failure, if any, stays.
+        Written on condition that the record's entry is still ``entry`` as read (None: it had none), so that a link
+        made for the record meanwhile stops the create: PairChanged. Inside a job it takes the job's lease too."""
         ...
 
 
@@ -376,6 +401,7 @@ class Job:
     # The version of the record the job was enqueued for, when the source knows it: the CRM row's version,
     # the webhook's ResourceChangeUtcDate, the referral's eTag. A job for the version we wrote is an echo.
     version: str = ""
+    referral_hint: str = ""  # a CRM job's Change.referral_hint
 
     @property
     def direction(self) -> str:
@@ -383,20 +409,22 @@ class Job:
 
     def to_dict(self) -> dict[str, str]:
         data = {"kind": self.kind, "recordId": self.record_id, "reason": self.reason, "enqueuedAt": self.enqueued_at}
-        return data | ({"version": self.version} if self.version else {})
+        data |= {"version": self.version} if self.version else {}
+        return data | ({"referralHint": self.referral_hint} if self.referral_hint else {})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Job:
         kind, record_id = data.get("kind"), data.get("recordId")
         if not isinstance(kind, str) or not isinstance(record_id, str) or not record_id:
             raise ValueError("a job needs string 'kind' and 'recordId'")
-        version = data.get("version")
+        version, hint = data.get("version"), data.get("referralHint")
         return cls(
             kind,
             record_id,
             str(data.get("reason", "")),
             str(data.get("enqueuedAt", "")),
             version if isinstance(version, str) else "",
+            hint if isinstance(hint, str) else "",
         )
 
 
@@ -412,4 +440,39 @@ class WriteFence(Protocol):
     """Runs a block with ``check`` called before each external or bookkeeping write; ``check`` raises to
     stop the write. Services install it, adapters honour it (:mod:`shared.write_fence` is the one in use)."""
 
-    def __call__(self, check: Callable[[], None]) -> AbstractContextManager[None]: ...
+    def __call__(self, check: Callable[[], None], lease: PairLease | None = None) -> AbstractContextManager[None]: ...
+
+
+class PairLease(Protocol):
+    """A job's lease on its pair as the store sees it (:mod:`shared.sync.lease` keeps it). A job takes it with its
+    first write, so a job that writes nothing costs no lease; the store folds the take into that write when it is a
+    link save, and the release into the job's last link save. Links the job read before the take are proven
+    unchanged by the take (etag conditions), so nothing has to be read again under the lease."""
+
+    key: str
+    owner: str
+    seconds: int
+
+    def untaken(self) -> bool: ...
+
+    def saw(self, link: Link) -> None:
+        """A link the job read before taking the lease: the take must find it unchanged."""
+        ...
+
+    def seen(self) -> Sequence[Link]: ...
+
+    def took(self, started: float) -> None:
+        """The store took the lease with a write sent at ``started`` (monotonic clock): start keeping it."""
+        ...
+
+    def ends_with_last_save(self) -> bool:
+        """Whether the job writes nothing after a save marked last, so that the save may release the lease."""
+        ...
+
+    def row_lock(self) -> AbstractContextManager[None]:
+        """Held while the lease row is written (a renewal, or a release riding on a link save)."""
+        ...
+
+    def released(self) -> None:
+        """The lease row was deleted with the job's last link save."""
+        ...

@@ -7,6 +7,9 @@ HTTP client and the table store call :func:`check_write_allowed` before every wr
 installs the check for the duration of a job with :func:`fenced`. Reads stay allowed: they cannot
 harm, and the job needs them to end cleanly.
 
+The check also takes the lease when the job writes for the first time. The table store, which can write the
+lease row together with a link in one request, asks for the job's lease with :func:`current_lease` first.
+
 A context variable keeps the check per thread (the Functions host runs jobs on a thread pool), so one
 job's fence never stops another job's writes.
 """
@@ -17,22 +20,31 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
+from .ports import PairLease
+
 Check = Callable[[], None]
 
 _current: ContextVar[Check | None] = ContextVar("write_fence", default=None)
+_lease: ContextVar[PairLease | None] = ContextVar("pair_lease", default=None)
 
 
 @contextmanager
-def fenced(check: Check) -> Iterator[None]:
+def fenced(check: Check, lease: PairLease | None = None) -> Iterator[None]:
     """Run the body with ``check`` called before each write; ``check`` raises to forbid the write."""
-    token = _current.set(check)
+    token, lease_token = _current.set(check), _lease.set(lease)
     try:
         yield
     finally:
         _current.reset(token)
+        _lease.reset(lease_token)
 
 
 def check_write_allowed() -> None:
     check = _current.get()
     if check is not None:
         check()
+
+
+def current_lease() -> PairLease | None:
+    """The lease of the job running on this thread, if any."""
+    return _lease.get()

@@ -33,7 +33,7 @@ def _die_once(monkeypatch, owner: object, name: str, message: str, when=lambda *
     monkeypatch.setattr(owner, name, dying)
 
 
-def _recorded_as_synced(link) -> bool:
+def _recorded_as_synced(link, last: bool = False) -> bool:
     return link.last_status == "ok"
 
 

@@ -11,8 +11,15 @@ from shared import wiring
 from shared.domain.bounded import encode_agreed
 from shared.domain.opportunity import MAPPED_FIELDS
 from shared.ports import KIND_CRM, KIND_REFERRAL, CreateFailure, CreateIntent, Job
-from shared.store.state_rows import create_failure_columns, create_failure_key, create_intent_columns
-from shared.store.tables import MAX_ENTITY_BYTES, STATE_PARTITION, entity_bytes, limit_problems, safe_key
+from shared.store.state_rows import create_failure_columns, create_intent_columns
+from shared.store.tables import (
+    CRM_INDEX_PREFIX,
+    LINK_PARTITION,
+    MAX_ENTITY_BYTES,
+    entity_bytes,
+    limit_problems,
+    safe_key,
+)
 from shared.sync.referral_creation import INTENT_MAX_UNITS
 from tests.e2e_stack import CRMS
 from tests.test_crash_recovery import _die_once
@@ -32,7 +39,7 @@ def finder(request) -> str:
     return request.param
 
 
-def _recorded_pending(link) -> bool:
+def _recorded_pending(link, last: bool = False) -> bool:
     return link.last_status == "pending"
 
 
@@ -110,16 +117,14 @@ def test_when_the_intent_cannot_be_recorded_nothing_is_created_and_the_retry_cre
     assert stack.opportunity(crm_id)["referral_id"] == _ours(stack, crm_id)["id"]
 
 
-def test_the_intent_of_an_opportunity_with_a_huge_note_fits_its_row(stack):
-    crm_id = stack.seller().create_flagged(help_code=None)
-    stack.seller().edit(crm_id, notes=LONG_JAPANESE)  # 30,000 UTF-16 units: beyond the agreed values' budget
-    stack.poll()
-    run = stack.host.drain()
-    assert run.failed == 0, run.errors
-    row = wiring.container().store.state.get_entity(STATE_PARTITION, safe_key(create_failure_key(crm_id)))
-    assert row.get("IntentValues")
+def test_the_intent_of_an_opportunity_with_a_huge_note_fits_its_row(stack, monkeypatch):
+    # 30,000 UTF-16 units of notes: beyond the agreed values' budget. The intent is what is left once the job dies.
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, notes=LONG_JAPANESE)
+    row = wiring.container().store.links.get_entity(LINK_PARTITION, CRM_INDEX_PREFIX + safe_key(crm_id))
+    assert row.get("IntentValues") and not row.get("ReferralId")
     assert entity_bytes(dict(row)) < MAX_ENTITY_BYTES
-    assert stack.opportunity(crm_id)["referral_id"] == _ours(stack, crm_id)["id"]
+    _recover(stack, crm_id)
+    assert stack.opportunity(crm_id)["referral_id"] == referral["id"]
 
 
 def test_a_note_kept_as_a_digest_in_the_intent_still_tells_which_side_changed_it(stack, monkeypatch, finder):
@@ -138,7 +143,7 @@ def test_the_largest_failure_and_intent_fit_one_row_together():
     columns = create_failure_columns(CreateFailure("f" * 64, "理由" * 20_000)) | create_intent_columns(
         CreateIntent(encode_agreed(agreed, INTENT_MAX_UNITS))
     )
-    row = {"PartitionKey": STATE_PARTITION, "RowKey": safe_key(create_failure_key("x" * 36)), **columns}
+    row = {"PartitionKey": LINK_PARTITION, "RowKey": CRM_INDEX_PREFIX + safe_key("x" * 36), **columns}
     assert limit_problems(row) == []
 
 

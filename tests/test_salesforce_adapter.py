@@ -466,12 +466,12 @@ def test_upsert_update_answered_with_204_is_accepted(emu: SalesforceEmulator, cr
 
 # -- polling ----------------------------------------------------------------------------------------------------------
 def test_changes_since_watermark_semantics(emu: SalesforceEmulator, crm: SalesforceCrm) -> None:
-    def seed(name: str, stamp: str, flagged: bool = True) -> str:
-        record = {"Name": name, "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: flagged}
+    def seed(name: str, stamp: str, flagged: bool = True, referral: str | None = None) -> str:
+        record = {"Name": name, "StageName": "Prospecting", "CloseDate": "2025-01-01", SYNC: flagged, REF: referral}
         return str(emu.seed("Opportunity", {**record, "SystemModstamp": stamp})[0]["Id"])
 
     # Inserted out of order, so only ORDER BY SystemModstamp, Id gives the expected sequence.
-    latest = seed("latest", "2024-05-01T11:00:00.000+0000")
+    latest = seed("latest", "2024-05-01T11:00:00.000+0000", referral="ref-latest")
     later = seed("later", "2024-05-01T10:00:00.700+0000")
     tie_a = seed("tie a", "2024-05-01T10:00:00.000+0000")
     seed("unflagged", "2024-05-01T10:00:01.000+0000", flagged=False)
@@ -488,7 +488,9 @@ def test_changes_since_watermark_semantics(emu: SalesforceEmulator, crm: Salesfo
     assert len(list(crm.changes_since(None))) == 5
     query = next(path for _, path in emu.request_log if "/query?" in path)
     assert "SystemModstamp+%3E%3D+2024-05-01T10%3A00%3A00Z" in query  # unquoted, whole seconds
-    assert "SELECT+Id%2C+SystemModstamp+FROM" in query or "SELECT+Id,+SystemModstamp+FROM" in query
+    # The id, the version and the referral id the record names (the job's hint to read its link first), nothing else.
+    assert f"SELECT+Id%2C+SystemModstamp%2C+{REF}+FROM" in query or f"SELECT+Id,+SystemModstamp,+{REF}+FROM" in query
+    assert [c.referral_hint for c in changed] == [None, None, None, "ref-latest"]
 
 
 def test_changes_since_pages_with_next_records_url_and_no_read_per_row(

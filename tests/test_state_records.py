@@ -10,7 +10,7 @@ from azure.data.tables import TableServiceClient
 
 from shared.domain.bounded import ERROR_MAX_UNITS, utf16_units
 from shared.ports import CreateFailure, CredentialFailure, FeedWatermark, Health, Pause
-from shared.store.tables import LEASE_PARTITION, TableSyncStore
+from shared.store.tables import CRM_INDEX_PREFIX, LINK_PARTITION, TableSyncStore, lease_key
 
 AT = datetime(2031, 3, 4, 9, 0, tzinfo=UTC)
 
@@ -69,7 +69,7 @@ def test_a_create_failure_is_kept_until_cleared_and_its_reason_fits_the_row(stor
     assert store.get_create_failure("opp/1") is None
 
 
-def test_rows_written_before_the_records_were_typed_read_the_same(store):
+def test_rows_written_before_the_records_were_typed_read_the_same(store, service, storage_names):
     # The columns and keys as earlier versions wrote them, straight into the state partition.
     store.set_state(
         "health",
@@ -96,8 +96,13 @@ def test_rows_written_before_the_records_were_typed_read_the_same(store):
         },
     )
     assert store.get_health() == Health(Pause(AT, "quota", AT), CredentialFailure("Salesforce", "m", AT))
-    assert store.get_create_failure("opp-1") == CreateFailure("fp", "Not sent to Partner Center: x")
-    assert store.get_create_failure("opp-2") is None
+    # Create failures had rows of their own until 0.16: they move into the records' CRM index entries when a
+    # process starts (here, a new store), and leave the state partition.
+    upgraded = TableSyncStore(service, *(storage_names[f"SYNC_{name}_TABLE"] for name in ("LINKS", "STATE", "AUDIT")))
+    upgraded.ensure()
+    assert upgraded.get_create_failure("opp-1") == CreateFailure("fp", "Not sent to Partner Center: x")
+    assert upgraded.get_create_failure("opp-2") is None
+    assert store.get_state("crm-invalid:opp-1") is None
     assert store.get_watermark("crm-poll") == FeedWatermark(
         AT, {"0123456789": AT, "abcdefabcd": AT - timedelta(seconds=5)}, AT, 3, 2, ""
     )
@@ -105,7 +110,11 @@ def test_rows_written_before_the_records_were_typed_read_the_same(store):
 
 def test_the_records_write_the_columns_earlier_versions_read(store):
     store.save_create_failure("opp-1", CreateFailure("fp", "why"))
-    assert store.get_state("crm-invalid:opp-1") == {"CrmFingerprint": "fp", "Reason": "why"}
+    entry = store.links.get_entity(LINK_PARTITION, CRM_INDEX_PREFIX + "opp-1")  # in the record's CRM index entry
+    assert {k: v for k, v in entry.items() if k not in ("PartitionKey", "RowKey")} == {
+        "CrmFingerprint": "fp",
+        "Reason": "why",
+    }
     store.save_pause(Pause(AT, "quota", AT))
     store.save_credential_failure(CredentialFailure("Dataverse", "refused", AT))
     assert store.get_state("health") == {
@@ -118,5 +127,5 @@ def test_the_records_write_the_columns_earlier_versions_read(store):
         "AuthCause": "",  # added with credential causes; earlier versions ignore it
     }
     assert store.acquire_lease("crm:opp-1", "worker-a", 60)
-    row = store.state.get_entity(LEASE_PARTITION, "crm:opp-1")
+    row = store.links.get_entity(LINK_PARTITION, lease_key("crm:opp-1"))
     assert row["Owner"] == "worker-a" and row["Until"] > datetime.now(UTC)

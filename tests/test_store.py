@@ -127,7 +127,7 @@ class _Calls:
 def test_releasing_a_lease_is_one_conditional_delete(store, monkeypatch):
     assert store.acquire_lease("crm:one", "worker-a", 60)
     assert store.renew_lease("crm:one", "worker-a", 60)
-    calls = _Calls(monkeypatch, store.state, "get_entity", "delete_entity", "update_entity")
+    calls = _Calls(monkeypatch, store.links, "get_entity", "delete_entity", "update_entity")
     store.release_lease("crm:one", "worker-a")
     assert calls.made == ["delete_entity"]
     assert store.acquire_lease("crm:one", "worker-b", 60)  # it is free again

@@ -62,7 +62,7 @@ T = TypeVar("T")
 WEBHOOK_FUNCTION = "partner_center_webhook"
 # Queue polling backs off to host.json's maxPollingInterval (2 s) while idle; the demo caps it at 0.5 s so
 # its timings show the app's work, not the poll interval. A job that finds its pair leased by another job
-# (typically Partner Center's webhook for a referral the app is still creating) fails with RecordBusy and
+# (typically Partner Center's webhook for a referral the app is still creating) fails with PairBusy and
 # is retried after visibilityTimeout, 30 s in host.json; the demo shortens that to 1 s, still long enough
 # for the lease holder to finish well within maxDequeueCount attempts. Both overrides are the host's own
 # mechanism (app settings named AzureFunctionsJobHost__...).

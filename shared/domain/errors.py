@@ -91,6 +91,15 @@ class LeaseLost(TransientError):
     """This worker no longer holds the lease on the pair it is writing: it must stop before its next write."""
 
 
+class PairBusy(TransientError):
+    """Another worker holds the lease on the pair this job was about to write; the queue retries the job later."""
+
+
+class PairChanged(PairBusy):
+    """Another worker changed a link this job decided from, before this job took the pair's lease: nothing was
+    written, and the job decides again when the queue retries it."""
+
+
 class WebhookRejected(SyncError):
     """A webhook delivery we refuse; ``status`` is the HTTP status to answer with."""
 

@@ -13,8 +13,9 @@ UTF-16 units, the way Table Storage counts them, so these rows fit by constructi
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,20 +24,22 @@ from azure.core.exceptions import HttpResponseError, ResourceExistsError, Resour
 from azure.data.tables import EntityProperty, TableClient, TableServiceClient, TableTransactionError, UpdateMode
 
 from ..domain.bounded import AGREED_MAX_UNITS, ERROR_MAX_UNITS, MAX_TEXT_UNITS, cap_utf16, encode_agreed, utf16_units
-from ..domain.errors import PreconditionFailed, StorageRejected
+from ..domain.errors import PairBusy, PairChanged, PreconditionFailed, StorageRejected
 from ..ports import (
     LINK_MICROSOFT_COPY,
     AuditEntry,
     CreateFailure,
     CreateIntent,
     CredentialFailure,
+    CrmEntry,
     FeedWatermark,
     Health,
     Link,
+    PairLease,
     Pause,
     WebhookRegistration,
 )
-from ..write_fence import check_write_allowed
+from ..write_fence import check_write_allowed, current_lease
 from . import state_rows
 from .state_rows import LeaseRow
 
@@ -46,7 +49,9 @@ LINK_PARTITION = "referral"
 # link and its index row are written together in one entity group transaction: one request, all or nothing.
 CRM_INDEX_PREFIX = "~crm~"  # "~" sorts after every character of a referral id (a GUID)
 LEGACY_CRM_INDEX_PARTITION = "crm"  # where versions before 0.15 kept the index rows; moved on first start
-LEASE_PARTITION = "lease"
+# Pair leases live beside the links too, so a job takes its lease with its first link save and releases it with its
+# last, in the same request (see save_link).
+LEASE_PREFIX = "~lease~"
 STATE_PARTITION = "state"
 
 # Our contract, stricter than Table Storage's 1 MiB entity: every row we write stays under 64 KiB.
@@ -93,6 +98,7 @@ class TableSyncStore:
             except ResourceExistsError:
                 pass
         self._move_legacy_index_rows()
+        self._move_legacy_create_state()
         self._ready = True
 
     def _move_legacy_index_rows(self) -> None:
@@ -109,48 +115,80 @@ class TableSyncStore:
             except ResourceNotFoundError:
                 pass
 
+    def _move_legacy_create_state(self) -> None:
+        """Create failures and intents written by a version before 0.16 (rows of their own in the state table) move
+        into the records' CRM index entries: one query per process start, which finds nothing once they have moved.
+        A record paired since has no use for them."""
+        first = state_rows.create_failure_key("")
+        bound = first[:-1] + chr(ord(first[-1]) + 1)
+        query = f"PartitionKey eq '{STATE_PARTITION}' and RowKey ge '{first}' and RowKey lt '{bound}'"
+        for row in self.state.query_entities(query):
+            crm_key = str(row["RowKey"])[len(first) :]
+            failure, intent = state_rows.create_failure_from_row(row), state_rows.create_intent_from_row(row)
+            columns = state_rows.create_failure_columns(failure) | state_rows.create_intent_columns(intent)
+            if failure is not None or intent is not None:
+                try:
+                    self.links.create_entity({"PartitionKey": LINK_PARTITION, "RowKey": _index_key(crm_key), **columns})
+                except ResourceExistsError:
+                    pass
+            try:
+                self.state.delete_entity(STATE_PARTITION, row["RowKey"])
+            except ResourceNotFoundError:
+                pass
+
     # -- links ---------------------------------------------------------------------------------
     def get_link(self, referral_id: str) -> Link | None:
         try:
             row = self.links.get_entity(LINK_PARTITION, safe_key(referral_id))
         except ResourceNotFoundError:
             return None
-        return _link_from_row(row)
+        link = _link_from_row(row)
+        lease = current_lease()
+        if lease is not None and lease.untaken():
+            lease.saw(link)  # the job decides from it before its lease: the take proves it unchanged
+        return link
 
     def find_link_by_crm_id(self, crm_id: str) -> Link | None:
         indexed = self.crm_link_state(crm_id)
         return self.get_link(indexed.referral_id) if indexed is not None else None
 
-    def crm_link_state(self, crm_id: str) -> Link | None:
+    def crm_entry(self, crm_id: str) -> CrmEntry | None:
         try:
             row = self.links.get_entity(LINK_PARTITION, _index_key(safe_key(crm_id)))
         except ResourceNotFoundError:
             return None
-        return Link(
-            referral_id=str(row["ReferralId"]),
-            crm_id=crm_id,
-            crm_etag=row.get("CrmEtag"),
-            last_status=row.get("LastStatus"),
-        )
+        referral_id = row.get("ReferralId")
+        link = None
+        if referral_id:
+            link = Link(str(referral_id), crm_id, crm_etag=row.get("CrmEtag"), last_status=row.get("LastStatus"))
+        failure, intent = state_rows.create_failure_from_row(row), state_rows.create_intent_from_row(row)
+        return CrmEntry(link, failure, intent, row.metadata.get("etag"))
 
-    def save_link(self, link: Link) -> Link:
+    def crm_link_state(self, crm_id: str) -> Link | None:
+        entry = self.crm_entry(crm_id)
+        return entry.link if entry is not None else None
+
+    def save_link(self, link: Link, last: bool = False) -> Link:
         """Write the link, conditional on the etag it was read with (or as new), and its CRM index row when what
-        the index holds changed: both in one transaction, so they never disagree after a crash."""
-        check_write_allowed()
+        the index holds changed: both in one transaction, so they never disagree after a crash.
+
+        Inside a job (:func:`current_lease`) the same request takes the job's lease when this is its first write,
+        and with ``last`` releases it. A last save that is also the job's first write takes no lease: its etag
+        condition alone keeps it from overwriting anyone."""
+        lease = current_lease()
+        untaken = lease is not None and lease.untaken()
+        last = last and lease is not None and lease.ends_with_last_save()
+        if not untaken:
+            check_write_allowed()  # an untaken lease is taken by this save, or not needed (see above)
         self.ensure()
         what = f"the link row for referral {link.referral_id}"
         row = check_limits(what, _row_from_link(link))
         indexed = (link.crm_id, link.crm_etag, link.last_status)
         index = _index_row(link) if link.crm_id and indexed != link.indexed else None
         if link.etag is None:
-            operations: list[tuple[str, dict[str, Any], dict[str, Any]]] = [("create", row, {})]
+            operations: list[_Operation] = [("create", row, {})]
         else:
-            condition = {
-                "mode": UpdateMode.REPLACE,
-                "etag": link.etag,
-                "match_condition": MatchConditions.IfNotModified,
-            }
-            operations = [("update", row, condition)]
+            operations = [("update", row, _if_unchanged(link.etag, UpdateMode.REPLACE))]
         if index is not None:
             check_limits(f"the CRM index row for referral {link.referral_id}", index)
             operations.append(("upsert", index, {"mode": UpdateMode.REPLACE}))
@@ -158,7 +196,12 @@ class TableSyncStore:
         if copy is not None:
             operations.append(("upsert", copy, {"mode": UpdateMode.REPLACE}))
         try:
-            meta = self.links.submit_transaction(operations)[0]
+            if lease is not None and untaken and not last:
+                meta = self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), operations, lease)[0]
+            elif lease is not None and last and not lease.untaken():
+                meta = self._releasing(lease, operations)[0]
+            else:
+                meta = self.links.submit_transaction(operations)[0]
         except TableTransactionError as exc:
             code = getattr(exc.error_code, "value", exc.error_code)
             if code in _CONFLICT_CODES or exc.status_code in (404, 409, 412):
@@ -178,13 +221,76 @@ class TableSyncStore:
         link.etag = meta.get("etag")
         return link
 
+    def _releasing(self, lease: PairLease, operations: list[_Operation]) -> list[Mapping[str, Any]]:
+        """``operations`` and the deletion of the lease row we wrote last, in one transaction."""
+        with lease.row_lock():
+            etag = self._lease_etags.get((lease.key, lease.owner))
+            if etag is None:
+                return self.links.submit_transaction(operations)
+            delete = ("delete", {"PartitionKey": LINK_PARTITION, "RowKey": lease_key(lease.key)}, _if_unchanged(etag))
+            results = self.links.submit_transaction([*operations, delete])
+            self._lease_etags.pop((lease.key, lease.owner), None)
+            lease.released()
+            return results
+
+    def _with_lease(
+        self,
+        key: str,
+        owner: str,
+        seconds: int,
+        seen: Sequence[Link],
+        operations: list[_Operation],
+        lease: PairLease | None = None,
+    ) -> list[Mapping[str, Any]]:
+        """``operations`` with the lease taken and the links ``seen`` proven unchanged (each touched on condition of
+        the etag it was read with), in one transaction; the results of ``operations``. PairBusy when another worker
+        holds the lease; a TableTransactionError of the operations (or of a touch) as Table Storage raised it."""
+        written = {op[1]["RowKey"] for op in operations}
+        touched = [link for link in seen if link.etag and safe_key(link.referral_id) not in written]
+        touches: list[_Operation] = [
+            (
+                "update",
+                {"PartitionKey": LINK_PARTITION, "RowKey": safe_key(t.referral_id)},
+                _if_unchanged(t.etag, UpdateMode.MERGE),
+            )
+            for t in touched
+        ]
+        row = _lease_row(key, LeaseRow(owner, _now() + timedelta(seconds=seconds)))
+        take: _Operation = ("create", row, {})
+        for _ in range(2):
+            started = time.monotonic()
+            try:
+                results = self.links.submit_transaction([take, *touches, *operations])
+            except TableTransactionError as exc:
+                if 0 < exc.index <= len(touched):
+                    raise PairChanged("sync", "a link this job read changed before it took the lease") from exc
+                if exc.index != 0:
+                    exc.index -= 1 + len(touched)  # as an error of ``operations``, which the caller reports
+                    raise
+                try:
+                    current = self.links.get_entity(LINK_PARTITION, lease_key(key))
+                except ResourceNotFoundError:
+                    take = ("create", row, {})
+                    continue
+                if LeaseRow.from_row(current).held_by_another_at(_now(), owner):
+                    raise PairBusy("sync", f"{key} is being synchronised by another worker") from exc
+                take = ("update", row, _if_unchanged(current.metadata["etag"], UpdateMode.REPLACE))
+                continue
+            self._held(key, owner, results[0])
+            for link, meta in zip(touched, results[1 : 1 + len(touched)], strict=True):
+                link.etag = meta.get("etag")
+            if lease is not None:
+                lease.took(started)
+            return results[1 + len(touched) :]
+        raise PairBusy("sync", f"{key} changed hands while this worker took it")
+
     def iter_links(self) -> list[Link]:
         self.ensure()
         rows = self.links.query_entities(f"PartitionKey eq '{LINK_PARTITION}'")
         return [
             _link_from_row(r)
             for r in rows
-            if not str(r["RowKey"]).startswith(CRM_INDEX_PREFIX) and r.get("LastStatus") != LINK_MICROSOFT_COPY
+            if not str(r["RowKey"]).startswith(_BESIDE_LINKS) and r.get("LastStatus") != LINK_MICROSOFT_COPY
         ]
 
     # -- audit ---------------------------------------------------------------------------------
@@ -230,32 +336,14 @@ class TableSyncStore:
         return entries
 
     # -- leases (one worker per record at a time) ---------------------------------------------
-    def acquire_lease(self, key: str, owner: str, seconds: int) -> bool:
+    def acquire_lease(self, key: str, owner: str, seconds: int, seen: Sequence[Link] = ()) -> bool:
         self.ensure()
-        now = _now()
-        row = _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds)))
         try:
-            self._held(key, owner, self.state.create_entity(row))
-            return True
-        except ResourceExistsError:
-            pass
-        try:
-            current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
-        except ResourceNotFoundError:
-            return self.acquire_lease(key, owner, seconds)
-        if LeaseRow.from_row(current).held_by_another_at(now, owner):
+            self._with_lease(key, owner, seconds, seen, [])
+        except PairChanged:
+            raise
+        except PairBusy:
             return False
-        return self._replace_lease(key, owner, row, current.metadata["etag"])
-
-    def _replace_lease(self, key: str, owner: str, row: dict[str, Any], etag: str) -> bool:
-        """Write the lease row if it is still the version read (``etag``); remember what we wrote, to release it."""
-        try:
-            written = self.state.update_entity(
-                row, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
-            return False
-        self._held(key, owner, written)
         return True
 
     def _held(self, key: str, owner: str, written: Mapping[str, Any]) -> None:
@@ -269,14 +357,19 @@ class TableSyncStore:
         on the etag read, so a takeover between the read and the write wins over the renewal."""
         self.ensure()
         try:
-            current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
+            current = self.links.get_entity(LINK_PARTITION, lease_key(key))
         except ResourceNotFoundError:
             return False
         now = _now()
         if not LeaseRow.from_row(current).held_by_at(now, owner):
             return False
         row = _lease_row(key, LeaseRow(owner, now + timedelta(seconds=seconds)))
-        return self._replace_lease(key, owner, row, current.metadata["etag"])
+        try:
+            written = self.links.update_entity(row, **_if_unchanged(current.metadata["etag"], UpdateMode.REPLACE))
+        except (ResourceModifiedError, ResourceNotFoundError):
+            return False
+        self._held(key, owner, written)
+        return True
 
     def release_lease(self, key: str, owner: str) -> None:
         """Delete the lease row if it is still the one this owner wrote: one conditional delete with the etag
@@ -284,16 +377,14 @@ class TableSyncStore:
         etag = self._lease_etags.pop((key, owner), None)
         if etag is None:
             try:
-                current = self.state.get_entity(LEASE_PARTITION, safe_key(key))
+                current = self.links.get_entity(LINK_PARTITION, lease_key(key))
             except ResourceNotFoundError:
                 return
             if LeaseRow.from_row(current).owner != owner:
                 return
             etag = current.metadata["etag"]
         try:
-            self.state.delete_entity(
-                LEASE_PARTITION, safe_key(key), etag=etag, match_condition=MatchConditions.IfNotModified
-            )
+            self.links.delete_entity(LINK_PARTITION, lease_key(key), **_if_unchanged(etag))
         except (ResourceModifiedError, ResourceNotFoundError):
             pass
 
@@ -335,22 +426,54 @@ class TableSyncStore:
         row = self.get_state(state_rows.WEBHOOK_REGISTRATION_KEY)
         return state_rows.webhook_registration_from_row(row) if row is not None else None
 
+    # -- what creating a record's referral leaves: in the record's CRM index entry, read with it ----------------
     def get_create_failure(self, crm_id: str) -> CreateFailure | None:
-        return state_rows.create_failure_from_row(self.get_state(state_rows.create_failure_key(crm_id)) or {})
+        return self.get_create_state(crm_id)[0]
+
+    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
+        entry = self.crm_entry(crm_id)
+        return (entry.failure, entry.intent) if entry is not None else (None, None)
 
     def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None:
-        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_failure_columns(failure))
+        self._merge_entry(crm_id, state_rows.create_failure_columns(failure))
 
     def clear_create_failure(self, crm_id: str) -> None:
         columns = state_rows.create_failure_columns(None) | state_rows.create_intent_columns(None)
-        self.set_state(state_rows.create_failure_key(crm_id), columns)
+        self._merge_entry(crm_id, columns, create=False)
 
-    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
-        row = self.get_state(state_rows.create_failure_key(crm_id)) or {}
-        return state_rows.create_failure_from_row(row), state_rows.create_intent_from_row(row)
+    def save_create_intent(self, crm_id: str, intent: CreateIntent, entry: CrmEntry | None) -> None:
+        row = {"PartitionKey": LINK_PARTITION, "RowKey": _index_key(safe_key(crm_id))}
+        row |= state_rows.create_intent_columns(intent)
+        check_limits(f"the create intent of opportunity {crm_id}", row)
+        operation: _Operation = ("create", row, {})
+        if entry is not None and entry.etag:
+            operation = ("update", row, _if_unchanged(entry.etag, UpdateMode.MERGE))
+        lease = current_lease()
+        self.ensure()
+        try:
+            if lease is not None and lease.untaken():
+                self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), [operation], lease)
+            else:
+                check_write_allowed()
+                self.links.submit_transaction([operation])
+        except TableTransactionError as exc:
+            if exc.status_code not in (404, 409, 412):
+                _raise_if_rejected(exc, f"the create intent of opportunity {crm_id}", row)
+                raise
+            raise PairChanged("sync", f"opportunity {crm_id} was paired or tried by another job meanwhile") from exc
 
-    def save_create_intent(self, crm_id: str, intent: CreateIntent) -> None:
-        self.set_state(state_rows.create_failure_key(crm_id), state_rows.create_intent_columns(intent))
+    def _merge_entry(self, crm_id: str, columns: dict[str, Any], create: bool = True) -> None:
+        check_write_allowed()
+        self.ensure()
+        row = {"PartitionKey": LINK_PARTITION, "RowKey": _index_key(safe_key(crm_id)), **columns}
+        what = f"the CRM index entry of opportunity {crm_id}"
+        try:
+            if create:
+                _guarded(what, row, lambda row: self.links.upsert_entity(row, mode=UpdateMode.MERGE))
+            else:
+                _guarded(what, row, lambda row: self.links.update_entity(row, mode=UpdateMode.MERGE))
+        except ResourceNotFoundError:
+            pass  # nothing to clear
 
     # -- state rows as stored (each merged into the row, so records sharing a row keep each other's columns) ------
     def get_state(self, key: str) -> dict[str, Any] | None:
@@ -400,8 +523,22 @@ def _microsoft_copy_row(link: Link) -> dict[str, Any] | None:
 _CONFLICT_CODES = {"UpdateConditionNotSatisfied", "EntityAlreadyExists", "ResourceNotFound"}
 
 
+_Operation = tuple[str, dict[str, Any], dict[str, Any]]
+_BESIDE_LINKS = (CRM_INDEX_PREFIX, LEASE_PREFIX)  # rows of the links' partition that are not links
+
+
+def lease_key(key: str) -> str:
+    return LEASE_PREFIX + safe_key(key)
+
+
 def _lease_row(key: str, lease: LeaseRow) -> dict[str, Any]:
-    return {"PartitionKey": LEASE_PARTITION, "RowKey": safe_key(key), **lease.columns()}
+    return {"PartitionKey": LINK_PARTITION, "RowKey": lease_key(key), **lease.columns()}
+
+
+def _if_unchanged(etag: str, mode: UpdateMode | None = None) -> dict[str, Any]:
+    """Keyword arguments of a write on condition of ``etag``; a delete takes no ``mode``, a touch merges nothing."""
+    condition: dict[str, Any] = {"etag": etag, "match_condition": MatchConditions.IfNotModified}
+    return condition | ({"mode": mode} if mode is not None else {})
 
 
 def _odata_quote(value: str) -> str:

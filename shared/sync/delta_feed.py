@@ -112,7 +112,10 @@ class DeltaFeed:
         for page in self.source.delta_pages(run.link or None, self.page_size):
             for change in page.changed:
                 run.seen += 1
-                self.queue.enqueue(Job(KIND_CRM, change.record_id, reason=self.state_key, version=change.version))
+                hint = change.referral_hint or ""
+                self.queue.enqueue(
+                    Job(KIND_CRM, change.record_id, self.state_key, version=change.version, referral_hint=hint)
+                )
                 run.enqueued += 1
                 if change.changed_at is not None and (run.newest is None or change.changed_at > run.newest):
                     run.newest = change.changed_at

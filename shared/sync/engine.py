@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ..domain.errors import (
     ExternalServiceError,
     LeaseLost,
+    PairBusy,
     PermanentError,
     PreconditionFailed,
     QuotaExceeded,
@@ -37,6 +38,7 @@ from ..ports import (
     PC_TO_CRM,
     Clock,
     Crm,
+    CrmEntry,
     Job,
     Link,
     PartnerCenter,
@@ -54,6 +56,7 @@ from .opportunity_creation import OpportunityCreation
 from .options import EngineOptions
 from .pairing import (
     REFERRAL_NOT_FOUND,
+    UNREAD,
     Decision,
     NewReferral,
     Pair,
@@ -70,10 +73,6 @@ log = logging.getLogger(__name__)
 MAX_CONFLICT_RETRIES = 3
 
 
-class RecordBusy(TransientError):
-    """Another worker holds this pair's lease; the queue retries the job later."""
-
-
 @dataclass
 class _Read:
     """The referral a job read, before its lease or during it: what a failure on its last attempt is marked on."""
@@ -84,6 +83,9 @@ class _Read:
     # The partner's referral when the event named Microsoft's, and the engagement listed to find it.
     record_id: str | None = None
     engagement: list[Referral] | None = None
+    lease: LeaseKeeper | None = None
+    indexed: bool = False  # a CRM job read its link (the row, or its index entry) before the lease: ``link``
+    entry: CrmEntry | None = None  # the index entry a CRM job read (with ``indexed``; None: it had none)
 
 
 class SyncEngine:
@@ -96,12 +98,14 @@ class SyncEngine:
         clock: Clock | None = None,
         fence: WriteFence | None = None,
     ) -> None:
-        """``fence`` is what stops the adapters' writes once a job's lease is lost; wiring passes
-        :func:`shared.write_fence.fenced`. Without it the lease is still kept and renewed, but nothing
-        stops a worker that lost it."""
+        """``fence`` is what stops the adapters' writes once a job's lease is lost, and what takes the lease
+        with the job's first write; wiring passes :func:`shared.write_fence.fenced`. Without it the lease is taken
+        when the job starts and kept and renewed, but nothing stops a worker that lost it."""
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
         self.clock: Clock = clock or SystemClock()
-        self.fence: WriteFence = fence or (lambda _check: nullcontext())
+        # The lease is taken by the fence with the job's first write; without a fence, at the start of the job.
+        self.lazy_lease = fence is not None
+        self.fence: WriteFence = fence or (lambda _check, _lease=None: nullcontext())
         self.pairing = Pairing(pc, crm, store, options)
         self.recorder = Recorder(crm, store, options, self.clock)
         self.creator = ReferralCreator(pc)
@@ -125,7 +129,7 @@ class SyncEngine:
         else:
             raise ValueError(f"unknown job kind '{job.kind}'")
         read = _Read(related=job.reason in RELATED_REFERRAL_EVENTS)
-        link = read.link = self._link_for(job)
+        link = read.link = self._link_for(job, read)
         if is_echo(job, link):
             # Counted, not audited: an audit row per echo would cost a Table write for nothing.
             log.info("%s %s: echo of our own write (version %s); nothing to do", job.kind, job.record_id, job.version)
@@ -134,9 +138,14 @@ class SyncEngine:
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)
         lease = LeaseKeeper(self.store, key, self.options.lease_seconds, self.options.lease_margin_seconds)
-        if not lease.acquire():
-            raise RecordBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
-        with lease, self.fence(lease.check):
+        if read.link is not None and read.link.etag is not None and read.record_id is None:
+            lease.saw(read.link)  # a link row read before the lease: its take proves it unchanged
+        # A merge's last link save ends what these jobs write, so it may release the lease in the same request.
+        lease.release_with_last_save = job.kind == KIND_CRM or (job.kind == KIND_REFERRAL and not read.related)
+        read.lease = lease
+        if not self.lazy_lease and not lease.acquire():
+            raise PairBusy("sync", f"{job.kind} {job.record_id} is being synchronised by another worker")
+        with lease, self.fence(lease.check, lease):
             try:
                 return run(read.record_id or job.record_id, read)
             except (QuotaExceeded, LeaseLost):
@@ -149,12 +158,24 @@ class SyncEngine:
                     self._record_final_failure(job, read, exc)
                 raise
 
-    def _link_for(self, job: Job) -> Link | None:
-        """The pair's link when the job needs it before its lease: to tell an echo, or to name a referral's
-        lease. A CRM job without a version reads it later, under the lease."""
+    def _link_for(self, job: Job, read: _Read) -> Link | None:
+        """The pair's link when the job needs it first: to tell an echo, or to name a referral's lease. A CRM job
+        reads the link its record names (the poll's hint) when it names that record, or else what the CRM index
+        says (``read.indexed``); a CRM job without a version reads it later."""
         if job.kind == KIND_REFERRAL:
             return self.store.get_link(job.record_id)
-        return self.store.crm_link_state(job.record_id) if job.version else None
+        if job.kind != KIND_CRM:
+            return self.store.crm_link_state(job.record_id) if job.version else None
+        if job.referral_hint:
+            link = self.store.get_link(job.referral_hint)
+            if link is not None and link.crm_id == job.record_id:
+                read.indexed = True
+                return link
+        if not job.version:
+            return None
+        read.indexed = True
+        read.entry = self.store.crm_entry(job.record_id)
+        return read.entry.link if read.entry is not None else None
 
     def _pair_key(self, job: Job, read: _Read, link: Link | None) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
@@ -183,13 +204,18 @@ class SyncEngine:
             if read.referral is None:
                 return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=referral_id)
         if self.leads.takes(read.referral, read.link):
+            if read.lease is not None:
+                read.lease.release_with_last_save = False
             return self.leads.for_referral(read.referral, read.link)
-        outcome = self._carry_out(self.pairing.for_referral(referral_id, read.referral, guarded_create=True))
+        # The link read before the lease, unless the event named Microsoft's referral (its partner's link is read now).
+        known = read.link if read.record_id is None else UNREAD
+        decision = self.pairing.for_referral(referral_id, read.referral, guarded_create=True, link=known)
+        outcome = self._carry_out(decision)
         return self.microsoft_side.bring_in(read.referral, outcome, read.engagement) if read.related else outcome
 
     def _crm_job(self, crm_id: str, read: _Read) -> Outcome:
-        indexed = read.link.referral_id if read.link is not None else None
-        return self._carry_out(self.pairing.for_opportunity(crm_id, indexed))
+        known = read.link if read.link is not None and read.link.etag is not None else read.entry
+        return self._carry_out(self.pairing.for_opportunity(crm_id, known if read.indexed else UNREAD))
 
     def _lead_job(self, lead_id: str, read: _Read) -> Outcome:
         return self.leads.for_lead(lead_id)

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from ..domain.credential_causes import CAUSES, cause_of, inactivity_warning
-from ..domain.errors import AuthenticationError, LeaseLost, QuotaExceeded, SetupIncomplete, TransientError
+from ..domain.errors import AuthenticationError, LeaseLost, PairBusy, QuotaExceeded, SetupIncomplete, TransientError
 from ..ports import (
     CRM_TO_PC,
     AuditEntry,
@@ -39,7 +39,7 @@ from ..ports import (
     SyncStore,
 )
 from .deferral import throttle_delay
-from .engine import RecordBusy, SyncEngine
+from .engine import SyncEngine
 from .poller import ChangeFeed, PollResult
 from .tally import Tally
 
@@ -115,9 +115,9 @@ class JobRunner:
             self.store.save_credential_failure(failure)
             self._cached = None
             raise
-        except RecordBusy:
-            # Usually the webhook for a referral we are creating right now: try again shortly, without
-            # counting it as a failed attempt towards the poison queue.
+        except PairBusy:
+            # Usually the webhook for a referral we are creating right now, or a pair another job changed while this
+            # one read it: try again shortly, without counting it as a failed attempt towards the poison queue.
             log.info("%s %s is busy; retrying in %ss", job.kind, job.record_id, self.busy_retry_seconds)
             self._defer(job, self.busy_retry_seconds)
             return "deferred"

@@ -150,7 +150,7 @@ class Merging:
             written = self.recorder.written_fingerprint(update.target)
         text = plan.summary() if update is not None or plan.changed else "both sides already match"
         action = "updated" if plan.changed else "unchanged"
-        self.recorder.save_link(link, referral, pc_fingerprint, record, plan.agreed, written)
+        self.recorder.save_link(link, referral, pc_fingerprint, record, plan.agreed, written, last=True)
         assert referral.id
         if update is None and not plan.changed:
             return self.recorder.note(action, direction, text, record.crm_id, referral.id)

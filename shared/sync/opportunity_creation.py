@@ -90,7 +90,7 @@ class OpportunityCreation:
         slipped = any(value is not None and not same_value(read[name], value) for name, value in sent.items())
         written = fingerprint(stored) if slipped else None
         agreed = agreed_on_create(stored, created)
-        self.recorder.save_link(link, referral, pair.pc_fingerprint, created, agreed, written)
+        self.recorder.save_link(link, referral, pair.pc_fingerprint, created, agreed, written, last=True)
         message = "opportunity created in the CRM"
         if rule is not None:
             message += f"; routed to {rule.owner} by INBOUND_OWNER rule '{rule.text}'"

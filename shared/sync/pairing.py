@@ -19,7 +19,17 @@ from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
 from ..domain.referral_rules import is_microsoft_copy
 from ..domain.validation import problems_for_crm, problems_for_partner_center
-from ..ports import CRM_TO_PC, PC_TO_CRM, CreateFailure, CreateIntent, Crm, Link, PartnerCenter, SyncStore
+from ..ports import (
+    CRM_TO_PC,
+    PC_TO_CRM,
+    CreateFailure,
+    CreateIntent,
+    Crm,
+    CrmEntry,
+    Link,
+    PartnerCenter,
+    SyncStore,
+)
 from .options import EngineOptions
 
 ALREADY_SYNCED = "mapped fields already synchronised"
@@ -27,6 +37,13 @@ REFERRAL_NOT_FOUND = "referral not found in Partner Center"
 OPPORTUNITY_NOT_FOUND = "opportunity not found in the CRM"
 DETACHED_PAIR = "the pair is detached (its opportunity was deleted in the CRM); nothing to do"
 MICROSOFT_COPY = "Microsoft's copy of a co-sell engagement; the partner's referral carries the sync"
+
+
+class Unread:
+    """A link not read yet (None says there is none)."""
+
+
+UNREAD = Unread()
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,7 @@ class NewReferral:
     record: Opportunity
     earlier_failure: CreateFailure | None
     intent: CreateIntent | None = None
+    entry: CrmEntry | None = None  # the record's CRM index entry as read: the new intent is written on it
 
 
 @dataclass(frozen=True)
@@ -121,13 +139,18 @@ class Pairing:
         except NotFound:
             return None
 
-    def for_referral(self, referral_id: str, referral: Referral, guarded_create: bool = False) -> Decision:
+    def for_referral(
+        self, referral_id: str, referral: Referral, guarded_create: bool = False, link: Link | Unread | None = UNREAD
+    ) -> Decision:
         """``guarded_create``: the caller creates through the CRM's duplicate guard (a create for a referral that
         has an opportunity fails with 412 and the caller reads it then), so a referral never paired (no link) is
-        not looked up by its id first. The dry run, which creates nothing, looks."""
+        not looked up by its id first. The dry run, which creates nothing, looks. ``link``: the referral's link
+        (None: it has none) when the caller read it already; the lease taken with the first write proves it
+        unchanged (:mod:`.lease`)."""
         if is_microsoft_copy(referral.target):
             return Settled("skipped", PC_TO_CRM, MICROSOFT_COPY, referral_id=referral_id)
-        link = self.store.get_link(referral_id)  # fresh: one read before the job's lease may be stale
+        if isinstance(link, Unread):
+            link = self.store.get_link(referral_id)
         if link is not None and link.last_status == LINK_DETACHED:
             return Settled(LINK_DETACHED, PC_TO_CRM, DETACHED_PAIR, link.crm_id, referral_id)
         if link is None and not should_sync_to_crm(referral, self.options.sync_cosell_only):
@@ -158,13 +181,14 @@ class Pairing:
         return Link(referral_id=referral.id, crm_id=crm_id, last_values=intent.agreed)
 
     # -- a CRM opportunity changed -----------------------------------------------------------------------
-    def for_opportunity(self, crm_id: str, indexed_referral_id: str | None = None) -> Decision:
-        """``indexed_referral_id``: the referral the CRM index named when the job read it before its lease. A
-        record's index entry does not change while it stays linked, so only the link itself is read again."""
+    def for_opportunity(self, crm_id: str, known: Link | CrmEntry | Unread | None = UNREAD) -> Decision:
+        """``known``: what the job read first, before its lease: the pair's link row (the poll named its referral),
+        or the record's CRM index entry (None: it had none). A record's index entry does not change while it stays
+        linked, so only the link itself is read again, and an entry the job read is not read again."""
         record = self.safe_get(crm_id)
         if record is None:
             return self._missing_opportunity(crm_id)
-        link = self._link_of(crm_id, indexed_referral_id)
+        link = self._link_of(crm_id, known)
         if link is None and record.referral_id:
             link = self.store.get_link(record.referral_id)
         if link is not None and link.last_status == LINK_DETACHED:
@@ -176,7 +200,7 @@ class Pairing:
         if link is None and not record.referral_id:
             if not record.sync_enabled:
                 return Settled("skipped", CRM_TO_PC, "'Sync with Partner Center' is not set", crm_id)
-            return self._new_referral(record, crm_fingerprint)
+            return self._new_referral(record, crm_fingerprint, known)
         referral_id = link.referral_id if link else record.referral_id
         try:
             referral = self.pc.get(referral_id or "")
@@ -187,9 +211,13 @@ class Pairing:
             return RefusedOpportunity(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
         return Reconcile(self.pair(referral, record, link), CRM_TO_PC)
 
-    def _link_of(self, crm_id: str, indexed_referral_id: str | None) -> Link | None:
-        if indexed_referral_id:
-            link = self.store.get_link(indexed_referral_id)
+    def _link_of(self, crm_id: str, known: Link | CrmEntry | Unread | None) -> Link | None:
+        if isinstance(known, Link) and known.crm_id == crm_id:
+            return known  # the link row itself
+        if known is None or (isinstance(known, CrmEntry) and known.link is None):
+            return None  # no link names the record (a create intent is written on condition it still has none)
+        if isinstance(known, CrmEntry) and known.link is not None:
+            link = self.store.get_link(known.link.referral_id)
             if link is not None and link.crm_id == crm_id:
                 return link
         return self.store.find_link_by_crm_id(crm_id)
@@ -208,16 +236,19 @@ class Pairing:
             return Settled("skipped", CRM_TO_PC, REFERRAL_NOT_FOUND, crm_id, link.referral_id)
         return Reconcile(self.pair(referral, self.find_record(link, referral), link), CRM_TO_PC)
 
-    def _new_referral(self, record: Opportunity, crm_fingerprint: str) -> Decision:
+    def _new_referral(
+        self, record: Opportunity, crm_fingerprint: str, known: Link | CrmEntry | Unread | None
+    ) -> Decision:
         assert record.crm_id is not None
-        failure, intent = self.store.get_create_state(record.crm_id)
+        entry = known if isinstance(known, CrmEntry) or known is None else self.store.crm_entry(record.crm_id)
+        failure, intent = (entry.failure, entry.intent) if entry is not None else (None, None)
         if failure is not None and failure.crm_fingerprint == crm_fingerprint:
             message = "still invalid; waiting for the opportunity to change"
             return Settled("unchanged", CRM_TO_PC, message, record.crm_id)
         problems = problems_for_partner_center(record)
         if problems:
             return RefusedOpportunity(record, None, problems)
-        return NewReferral(record, failure, intent)
+        return NewReferral(record, failure, intent, entry)
 
     # -- reads ---------------------------------------------------------------------------------------------
     def reread(self, pair: Pair) -> Pair:

@@ -148,7 +148,10 @@ class ChangeFeed:
         run.seen += 1
         digest = _digest(change)
         if digest not in run.remembered:
-            self.queue.enqueue(Job(self.job_kind, change.record_id, reason=self.state_key, version=change.version))
+            hint = change.referral_hint or ""
+            self.queue.enqueue(
+                Job(self.job_kind, change.record_id, self.state_key, version=change.version, referral_hint=hint)
+            )
             run.enqueued += 1
         if change.changed_at is not None:
             # The watermark moves only over what is enqueued: changes come oldest first, so every change

@@ -64,10 +64,12 @@ class Recorder:
         record: Opportunity,
         agreed: dict[str, object],
         crm_fingerprint: str | None = None,
+        last: bool = False,
     ) -> None:
+        """``last``: the job writes nothing more to the pair (the store may release its lease with this save)."""
         updated = link or _new_link(referral)
         updated.last_values = encode_agreed(agreed)
-        self.record_link(updated, referral, pc_fingerprint, record, "ok", None, crm_fingerprint)
+        self.record_link(updated, referral, pc_fingerprint, record, "ok", None, crm_fingerprint, last)
 
     def save_pending(
         self,
@@ -93,6 +95,7 @@ class Recorder:
         status: str,
         error: str | None = None,
         crm_fingerprint: str | None = None,
+        last: bool = False,
     ) -> None:
         link.crm_provider = self.crm.provider
         if record is not None:
@@ -109,7 +112,7 @@ class Recorder:
         link.last_status = status
         link.last_error = error
         link.last_synced_at = self.clock.now()
-        self.store.save_link(link)
+        self.store.save_link(link, last)
 
     # -- failures ------------------------------------------------------------------------------------------
     def fail_pc_side(self, pair: Pair, record: Opportunity | None, reasons: list[str]) -> Outcome:

@@ -8,8 +8,9 @@ same key when the answer to its create is lost (the create may have taken effect
 referral by its external reference (the CRM id, Microsoft's copies excluded) and Microsoft's by the
 engagement and Microsoft's target. A create is sent a second time only when nothing is found.
 
-What the partner's referral is made with is recorded before it is created (a create intent, in the row that
-keeps the opportunity's create failure). A job that dies after the create and before it records the pair leaves
+What the partner's referral is made with is recorded before it is looked up and created (a create intent, in the
+opportunity's CRM index entry, which keeps its create failure too; written on condition that no link was made for
+the opportunity since the job read the entry). A job that dies after the create and before it records the pair leaves
 only that record of what was sent: the job that finds the referral again takes it as what both sides agreed on,
 and merges, so that an edit made on either side in between is sent to the other one.
 """
@@ -61,14 +62,11 @@ class ReferralCreator:
     def __init__(self, pc: PartnerCenter) -> None:
         self.pc = pc
 
-    def ensure(self, record: Opportunity, before_create: Callable[[], None] | None = None) -> CreatedReferral:
-        """The partner's referral for ``record``, created unless it exists; ``before_create`` runs only when a
-        create is about to be sent (it raises to stop it)."""
+    def ensure(self, record: Opportunity) -> CreatedReferral:
+        """The partner's referral for ``record``, created unless it exists."""
         crm_id = record.crm_id
         assert crm_id is not None
         existing = self.partner_referral(crm_id)
-        if existing is None and before_create is not None:
-            before_create()
         referral = existing or self.pc.create(record, find=lambda: self.partner_referral(crm_id))
         microsoft_id, made = None, None
         if record.help_code:
@@ -125,9 +123,11 @@ class ReferralCreation:
         assert record.crm_id is not None
         outgoing = self.outgoing(record)
         intent = CreateIntent(encode_agreed(self._sent_values(outgoing), INTENT_MAX_UNITS))
-        # Recorded before the create, once nothing is found: if this write fails, nothing is made and the job
-        # is retried; if the job dies after the create, the next one finds the referral and this intent.
-        created = self.creator.ensure(outgoing, lambda: self.store.save_create_intent(record.crm_id or "", intent))
+        # Recorded before anything is looked up or created, on condition that the record's index entry is as the job
+        # read it (no link made for it meanwhile), and with the job's lease: if this write fails, nothing is made and
+        # the job is retried; if the job dies after the create, the next one finds the referral and this intent.
+        self.store.save_create_intent(record.crm_id, intent, new.entry)
+        created = self.creator.ensure(outgoing)
         pair = self.pairing.pair(created.referral)
         referral = pair.referral
         assert referral.id is not None
@@ -177,15 +177,16 @@ class ReferralCreation:
         if recovered is not None:
             # Either side may have been edited since the create: the merge from what was sent tells which.
             self.recorder.audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
-            merged = self.reconcile(pair.with_record(written, link), CRM_TO_PC)
-            self.store.clear_create_failure(record.crm_id)  # and the intent, now that the pair is recorded
-            return merged
-        crm_fingerprint = self.recorder.written_fingerprint(target)
-        self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint)
-        if new.earlier_failure is not None:
-            # The intent goes with it. Otherwise it stays, to spare a write per create: it is read only for an
-            # opportunity without a link, and replaced before any other create for it.
+            # The intent goes now that the pair is recorded (its link holds what was sent), before the merge, whose
+            # last save may end the job's lease.
             self.store.clear_create_failure(record.crm_id)
+            return self.reconcile(pair.with_record(written, link), CRM_TO_PC)
+        crm_fingerprint = self.recorder.written_fingerprint(target)
+        if new.earlier_failure is not None:
+            # The intent goes with it (the pending link holds what was sent). Otherwise it stays, to spare a write
+            # per create: it is read only for an opportunity without a link, and replaced before any other create.
+            self.store.clear_create_failure(record.crm_id)
+        self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint, last=True)
         return self.recorder.audit(
             Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text)
         )

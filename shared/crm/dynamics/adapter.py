@@ -162,12 +162,14 @@ class DataverseCrm:
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Flagged opportunities modified at or after ``since`` (see :func:`modified_changes`)."""
         flagged = f"{self.mapping.column('sync_enabled')} eq true"
-        return modified_changes(self._web, "opportunities", "opportunityid", flagged, since, page_size)
+        hint = self.mapping.column("referral_id")
+        return modified_changes(self._web, "opportunities", "opportunityid", flagged, since, page_size, hint)
 
     def delta_pages(self, link: str | None, page_size: int = MAX_PAGE_SIZE) -> Iterator[DeltaPage]:
         """Flagged opportunities changed, and opportunities deleted, since ``link`` (see :func:`delta_pages`)."""
         flag = self.mapping.column("sync_enabled")
-        return delta_pages(self._web, "opportunities", "opportunityid", flag, link, page_size)
+        hint = self.mapping.column("referral_id")
+        return delta_pages(self._web, "opportunities", "opportunityid", flag, link, page_size, hint)
 
     def _to_opportunity(self, row: dict[str, Any]) -> Opportunity:
         """``row`` read with its account and primary contact expanded (null when the customer is a contact)."""

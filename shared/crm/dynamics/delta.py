@@ -18,6 +18,7 @@ from ...domain.errors import ChangeTrackingUnavailable, DeltaLinkRefused, Perman
 from ...ports import Change, DeltaPage
 from ..setup_report import SetupReport
 from .auth import SERVICE
+from .changes import hint_of
 from .mapping import parse_datetime
 from .webapi import MAX_PAGE_SIZE, DataverseRows
 
@@ -34,13 +35,16 @@ def delta_pages(
     flag_column: str,
     link: str | None,
     page_size: int = MAX_PAGE_SIZE,
+    hint_column: str | None = None,
 ) -> Iterator[DeltaPage]:
     """The pages of a change-tracking read of ``entity_set`` from ``link`` (None: a full read that starts
     tracking). Each page carries the link to read next: the next page's, and on the last page the delta link."""
     prefer = f"{TRACK_CHANGES},odata.maxpagesize={max(1, min(page_size, MAX_PAGE_SIZE))}"
     full_read = link is None
     path = entity_set if link is None else web.pinned(link)  # the token goes only back into this Web API
-    params: dict[str, str] | None = {"$select": f"{id_column},modifiedon,{flag_column}"} if link is None else None
+    # The columns are the first read's: a delta link reads what its full read selected.
+    columns = [id_column, "modifiedon", flag_column, *([hint_column] if hint_column else [])]
+    params: dict[str, str] | None = {"$select": ",".join(columns)} if link is None else None
     first = True
     while True:
         try:
@@ -59,14 +63,16 @@ def delta_pages(
         next_link, delta_link = body.get("@odata.nextLink"), body.get("@odata.deltaLink")
         if not next_link and not delta_link:
             raise ChangeTrackingUnavailable(SERVICE, f"the change-tracking read of {entity_set} gave no delta link")
-        changed, deleted = _split(body.get("value", []), id_column, flag_column)
+        changed, deleted = _split(body.get("value", []), id_column, flag_column, hint_column)
         yield DeltaPage(changed, deleted, str(next_link or delta_link), last=not next_link)
         if not next_link:
             return
         path, params = web.pinned(str(next_link)), None
 
 
-def _split(rows: list[dict[str, Any]], id_column: str, flag_column: str) -> tuple[list[Change], list[str]]:
+def _split(
+    rows: list[dict[str, Any]], id_column: str, flag_column: str, hint_column: str | None
+) -> tuple[list[Change], list[str]]:
     changed: list[Change] = []
     deleted: list[str] = []
     for row in rows:
@@ -75,7 +81,8 @@ def _split(rows: list[dict[str, Any]], id_column: str, flag_column: str) -> tupl
                 deleted.append(str(row["id"]))
         elif row.get(flag_column) is True and row.get(id_column):
             version = str(row.get("@odata.etag") or "")
-            changed.append(Change(str(row[id_column]), version, parse_datetime(row.get("modifiedon"))))
+            changed_at = parse_datetime(row.get("modifiedon"))
+            changed.append(Change(str(row[id_column]), version, changed_at, hint_of(row, hint_column)))
     return changed, deleted
 
 

@@ -222,7 +222,8 @@ class SalesforceCrm:
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Flagged opportunities changed at or after ``since`` (see :func:`modstamp_changes`)."""
         flagged = f"{self.mapping.column('sync_enabled')} = true"
-        return modstamp_changes(self.api, "Opportunity", flagged, since, page_size)
+        hint = self.mapping.column("referral_id")
+        return modstamp_changes(self.api, "Opportunity", flagged, since, page_size, hint)
 
     def stored_form(self, opportunity: Opportunity) -> Opportunity:
         """What reading the opportunity back returns: the status as its stage reads back, one multi-line
