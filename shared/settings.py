@@ -153,6 +153,7 @@ class Settings(BaseSettings):
     reconcile_schedule: str = Field("0 0 * * * *", validation_alias=_env("RECONCILE_SCHEDULE"))
     referral_link_template: str = Field(DEFAULT_REFERRAL_LINK_TEMPLATE, validation_alias=_env("REFERRAL_LINK_TEMPLATE"))
     audit_max_chars: int = Field(20000, ge=500, validation_alias=_env("AUDIT_MAX_CHARS"))
+    crm_audit_line: Literal["changes", "every-sync"] = Field("changes", validation_alias=_env("CRM_AUDIT_LINE"))
     conflict_rules: str = Field("", validation_alias=_env("CONFLICT_RULES"))
     # Who owns opportunities made from referrals (shared/domain/routing.py); empty: the integration user.
     inbound_owner: str = Field("", validation_alias=_env("INBOUND_OWNER"))

@@ -394,6 +394,7 @@ class Container:
             sync_cosell_only=s.sync_cosell_only,
             referral_link_template=s.referral_link_template,
             audit_max_chars=s.audit_max_chars,
+            audit_every_sync=s.crm_audit_line == "every-sync",
             close_referral_on_crm_delete=s.close_referral_on_crm_delete,
             lease_seconds=s.job_lease_seconds,
             lease_margin_seconds=s.lease_margin_seconds,

@@ -12,6 +12,12 @@ def audit_line(at: datetime, success: bool, message: str) -> str:
     return f"{stamp} {CHECK if success else CROSS} {' '.join(message.split())}"
 
 
+def newest_failed(audit: str | None) -> bool:
+    """Whether the newest line of an Audit column reports a failure (the record still shows it)."""
+    newest = (audit or "").split("\n", 1)[0]
+    return f" {CROSS} " in newest
+
+
 def prepend(existing: str | None, line: str, max_chars: int) -> str:
     """New line on top; whole old lines dropped from the bottom to stay within ``max_chars``."""
     lines = [line, *(existing or "").splitlines()]

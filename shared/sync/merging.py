@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..domain.audit_text import audit_line, prepend
+from ..domain.audit_text import audit_line, newest_failed, prepend
 from ..domain.current_fields import SERVICES_COSELL_MEMBERS, services_cosell_problems
 from ..domain.errors import StorageRejected
 from ..domain.mapping import fingerprint, mapped_values
@@ -95,7 +95,8 @@ class Merging:
 
     def crm_update(self, merge: MergePlan, now: datetime) -> CrmUpdate | None:
         """The values from Partner Center, the success mark and the audit line; None when the record already
-        holds everything (no change, no note, the mark in place), or when the only news is ours and the record is
+        holds everything (no change, no note, the mark in place; with CRM_AUDIT_LINE=changes also when only its own
+        edit went to Partner Center), or when the only news is ours and the record is
         a closed, read-only one: reopening a closed deal for our own bookkeeping changes the seller's deal (a
         second close activity) and leaves it open if the job dies half way. The audit trail has the line."""
         plan, record = merge.plan, merge.record
@@ -103,8 +104,12 @@ class Merging:
             return None
         name = self.recorder.marked(merge.pc_side.name if "name" in plan.to_crm else record.name, True)
         # Notes (a value Partner Center would not take) reach the seller through the Audit column too.
-        if not (plan.changed or plan.notes or name != record.name):
+        # A record whose newest Audit line reports a failure gets a line when it syncs again, so a seller sees it end.
+        recovered = newest_failed(record.audit)
+        if not (plan.changed or plan.notes or name != record.name or recovered):
             return None
+        if not (self.options.audit_every_sync or plan.to_crm or plan.notes or name != record.name or recovered):
+            return None  # only the CRM's own edit went to Partner Center: a line would cost a CRM write per edit
         audit = prepend(record.audit, audit_line(now, True, plan.summary()), self.options.audit_max_chars)
         target = record.model_copy(update={f: getattr(merge.pc_side, f) for f in plan.to_crm})
         target = target.model_copy(update={"name": name, "audit": audit})

@@ -17,6 +17,9 @@ class EngineOptions:
     sync_cosell_only: bool = True
     referral_link_template: str = DEFAULT_REFERRAL_LINK_TEMPLATE
     audit_max_chars: int = 20000
+    # CRM_AUDIT_LINE: "changes" writes the CRM record's Audit line only when the record itself changes (values from
+    # Partner Center, a note, its mark, or the first success after a failure); "every-sync" on every sync as well.
+    audit_every_sync: bool = False
     # Close the referral in Partner Center when its opportunity was deleted in the CRM (CLOSE_REFERRAL_ON_CRM_DELETE).
     close_referral_on_crm_delete: bool = False
     lease_seconds: int = 120
