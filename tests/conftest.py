@@ -11,6 +11,7 @@ from azure.storage.queue import QueueServiceClient
 
 from devtools.localhost.azurite import Azurite, start_azurite
 from emulators.dataverse import DataverseEmulator
+from emulators.salesforce.emulator import SalesforceEmulator
 from shared.store.queue import StorageJobQueue
 from shared.store.tables import TableSyncStore
 
@@ -65,3 +66,13 @@ def dataverse_emu(dataverse_server: DataverseEmulator) -> DataverseEmulator:
     """The module's Dataverse emulator, reset to its configured organisation before each test."""
     dataverse_server.reset()
     return dataverse_server
+
+
+@pytest.fixture(scope="module")
+def salesforce_server(request: pytest.FixtureRequest) -> Iterator[SalesforceEmulator]:
+    """One Salesforce emulator per test module, over real HTTP; a module's ``SALESFORCE_EMULATOR_OPTIONS`` (keyword
+    arguments of SalesforceEmulator) configure it."""
+    emulator = SalesforceEmulator(**getattr(request.module, "SALESFORCE_EMULATOR_OPTIONS", {}))
+    emulator.start()
+    yield emulator
+    emulator.stop()

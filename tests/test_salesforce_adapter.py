@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -53,16 +52,12 @@ class Clock:
 CLOCK = Clock()
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SalesforceEmulator]:
-    emulator = SalesforceEmulator(clock=CLOCK)
-    emulator.start()
-    yield emulator
-    emulator.stop()
+SALESFORCE_EMULATOR_OPTIONS = {"clock": CLOCK}
 
 
 @pytest.fixture
-def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+def emu(salesforce_server: SalesforceEmulator) -> SalesforceEmulator:
+    server = salesforce_server
     server.reset()
     server.upsert_update_status = 200
     return server

@@ -6,7 +6,7 @@ quota is unchanged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -25,16 +25,12 @@ from tests.test_salesforce_adapter import CLOCK, TODAY, _no_sleep, from_settings
 API = "/services/data/v62.0"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SalesforceEmulator]:
-    emulator = SalesforceEmulator(clock=CLOCK)
-    emulator.start()
-    yield emulator
-    emulator.stop()
+SALESFORCE_EMULATOR_OPTIONS = {"clock": CLOCK}
 
 
 @pytest.fixture
-def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+def emu(salesforce_server: SalesforceEmulator) -> SalesforceEmulator:
+    server = salesforce_server
     server.reset()
     server.upsert_update_status = 200
     return server

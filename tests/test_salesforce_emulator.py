@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,16 +41,9 @@ def _certificate(key: rsa.RSAPrivateKey) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SalesforceEmulator]:
-    emulator = SalesforceEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+def emu(salesforce_server: SalesforceEmulator) -> SalesforceEmulator:
+    server = salesforce_server
     server.reset()
     server.upsert_update_status = 200
     server.query_batch_size, server.min_batch_size = 2000, 200

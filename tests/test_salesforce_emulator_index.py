@@ -3,7 +3,6 @@ matching rows, give exactly what a scan gives, and stay right through every writ
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,16 +17,9 @@ V = "v62.0"
 REF = "Referral_Identfier__c"
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SalesforceEmulator]:
-    emulator = SalesforceEmulator()
-    emulator.start()
-    yield emulator
-    emulator.stop()
-
-
 @pytest.fixture
-def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+def emu(salesforce_server: SalesforceEmulator) -> SalesforceEmulator:
+    server = salesforce_server
     server.reset()
     return server
 

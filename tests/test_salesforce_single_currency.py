@@ -7,7 +7,6 @@ Center gets a currency and what the stored form predicts is what reads back."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -26,16 +25,12 @@ SYNC = "Sync_with_Partner_Center__c"
 CURRENCY_NAMES = re.compile(r"\b(CurrencyIsoCode|CurrencyType)\b")  # not Organization.DefaultCurrencyIsoCode
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[SalesforceEmulator]:
-    emulator = SalesforceEmulator(clock=CLOCK, multi_currency=False)
-    emulator.start()
-    yield emulator
-    emulator.stop()
+SALESFORCE_EMULATOR_OPTIONS = {"clock": CLOCK, "multi_currency": False}
 
 
 @pytest.fixture
-def emu(server: SalesforceEmulator) -> SalesforceEmulator:
+def emu(salesforce_server: SalesforceEmulator) -> SalesforceEmulator:
+    server = salesforce_server
     server.reset()  # a single-currency org again, as constructed
     return server
 
