@@ -17,6 +17,7 @@ from azure.data.tables import UpdateMode
 
 from emulators.partner_center.samples import outgoing_cosell_body
 from shared import wiring
+from shared.domain.checkmark import CROSS
 from shared.domain.errors import LeaseLost, PairBusy
 from shared.partner_center.client import PartnerCenterClient, PartnerCenterConfig
 from shared.ports import KIND_CRM, KIND_REFERRAL, Job
@@ -228,3 +229,30 @@ def test_a_lease_that_runs_out_while_a_token_is_refreshed_stops_the_write(pc):
     with fenced(lease_check), pytest.raises(LeaseLost):
         client.create_referral(outgoing_cosell_body())
     assert pc.writes == writes and len(pc.referrals()) == referrals
+
+
+def test_a_last_attempt_that_finds_the_pair_busy_is_deferred_and_marks_nothing(dataverse_stack, monkeypatch):
+    # The lease is taken with the job's first write, inside the job: finding it held is not a failure of the
+    # record, even on the last attempt and even if the other worker lets go of the pair right after.
+    stack = dataverse_stack
+    referral = stack.pc.seed_referral(kind="cosell")
+    stack.deliver_and_drain(1)
+    store = wiring.container().store
+    crm_id = store.get_link(referral["id"]).crm_id
+    key = f"crm:{crm_id}"
+    assert store.acquire_lease(key, "another-worker", 60)
+    original = store._with_lease
+
+    def busy_then_released(*args, **kwargs):
+        try:
+            return original(*args, **kwargs)
+        except PairBusy:
+            store.release_lease(key, "another-worker")
+            raise
+
+    monkeypatch.setattr(store, "_with_lease", busy_then_released)
+    stack.pc.portal_update(referral["id"], {"details": {"notes": "edited"}}, raise_event=False)
+    with pytest.raises(PairBusy):
+        wiring.container().engine.handle(Job(KIND_REFERRAL, referral["id"], reason="test"), final_attempt=True)
+    assert CROSS not in stack.opportunity(crm_id)["name"]
+    assert [e.action for e in store.audit_trail(referral["id"]) if e.action == "failed"] == []

@@ -148,7 +148,7 @@ class SyncEngine:
         with lease, self.fence(lease.check, lease):
             try:
                 return run(read.record_id or job.record_id, read)
-            except (QuotaExceeded, LeaseLost):
+            except (QuotaExceeded, LeaseLost, PairBusy):
                 # Not a failure of this record: the job runner pauses all work, or defers the job while
                 # another worker may own the pair (this one must write nothing more, not even a failure).
                 raise
