@@ -1,7 +1,8 @@
 """SyncEngine: handles one job for one referral <-> opportunity pair.
 
-A job only names a record (a referral or a CRM opportunity). The engine takes a lease on the pair,
-decides from fresh reads of both sides what the job has to do (:mod:`.pairing`), and carries it out:
+A job only names a record (a referral or a CRM opportunity). The engine decides from fresh reads of both sides
+and the pair's link what the job has to do (:mod:`.pairing`), takes the pair's lease with the first write (proving
+the link unchanged since it was read, :mod:`.lease`), and carries it out:
 creating the opportunity (:mod:`.opportunity_creation`) or the referral (:mod:`.referral_creation`),
 merging a linked pair (:mod:`.merging`), and recording link, fingerprints and audit (:mod:`.recording`).
 Because it always decides from current data, duplicate, late, out-of-order and echoed events are
