@@ -39,23 +39,43 @@ def finder(request) -> str:
     return request.param
 
 
-def _recorded_pending(link, last: bool = False) -> bool:
-    return link.last_status == "pending"
+@pytest.fixture(params=["before-write-back", "after-write-back"])
+def death(request) -> str:
+    """Where the job dies once Partner Center has made the referral: before the CRM learns its id, or after the
+    write-back landed and before the pair was recorded."""
+    return request.param
 
 
-def _dies_before_recording_the_pair(stack, monkeypatch, notes: str | None = None) -> tuple[str, dict]:
+def _writes_back(record, target, fields) -> bool:
+    return "referral_id" in fields
+
+
+def _records_the_pair(link, last: bool = False) -> bool:
+    return link.last_status == "ok"
+
+
+def _dies_before_recording_the_pair(
+    stack, monkeypatch, notes: str | None = None, death: str = "before-write-back"
+) -> tuple[str, dict]:
     """A flagged opportunity whose first job makes the referral and dies before it records the pair."""
     stack.pc.dispatch_mode = "off"  # which job comes first is the test's choice, not the webhook's
     crm_id = stack.seller().create_flagged(help_code=None)
     if notes is not None:
         stack.seller().edit(crm_id, notes=notes)
-    store = wiring.container().store
-    _die_once(monkeypatch, store, "save_link", "the worker died after creating the referral", when=_recorded_pending)
+    container = wiring.container()
+    store = container.store
+    message = "the worker died after creating the referral"
+    if death == "before-write-back":
+        _die_once(monkeypatch, container.engine.crm, "update_opportunity", message, when=_writes_back)
+    else:
+        _die_once(monkeypatch, store, "save_link", message, when=_records_the_pair)
     stack.poll()
     assert stack.host.drain(max_rounds=1).failed == 1
-    referral = _ours(stack, crm_id)  # made once; the CRM has not learnt its id
-    assert not stack.opportunity(crm_id).get("referral_id")
-    assert store.find_link_by_crm_id(crm_id) is None
+    referral = _ours(stack, crm_id)  # made once; no synchronised link names it
+    learnt = stack.opportunity(crm_id).get("referral_id") or None
+    assert learnt == (referral["id"] if death == "after-write-back" else None)
+    link = store.find_link_by_crm_id(crm_id)
+    assert link is None or link.last_status == "pending"
     return crm_id, referral
 
 
@@ -71,8 +91,10 @@ def _recover(stack, crm_id: str, finder: str = "crm-job") -> None:
     _settle(stack)
 
 
-def test_a_seller_edit_between_the_lost_create_and_its_recovery_reaches_partner_center(stack, monkeypatch, finder):
-    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch)
+def test_a_seller_edit_between_the_lost_create_and_its_recovery_reaches_partner_center(
+    stack, monkeypatch, finder, death
+):
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, death=death)
     stack.seller().edit(crm_id, deal_value=777.0)
 
     _recover(stack, crm_id, finder)
@@ -82,8 +104,10 @@ def test_a_seller_edit_between_the_lost_create_and_its_recovery_reaches_partner_
     assert opportunity["referral_id"] == referral["id"]
 
 
-def test_a_partner_center_edit_between_the_lost_create_and_its_recovery_reaches_the_crm(stack, monkeypatch, finder):
-    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch)
+def test_a_partner_center_edit_between_the_lost_create_and_its_recovery_reaches_the_crm(
+    stack, monkeypatch, finder, death
+):
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, death=death)
     stack.pc.portal_update(referral["id"], {"details": {"dealValue": 555.0}}, raise_event=False)
 
     _recover(stack, crm_id, finder)
@@ -93,8 +117,8 @@ def test_a_partner_center_edit_between_the_lost_create_and_its_recovery_reaches_
     assert opportunity["referral_id"] == referral["id"]
 
 
-def test_edits_on_both_sides_between_the_attempts_each_reach_the_other_side(stack, monkeypatch, finder):
-    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch)
+def test_edits_on_both_sides_between_the_attempts_each_reach_the_other_side(stack, monkeypatch, finder, death):
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, death=death)
     stack.seller().edit(crm_id, deal_value=777.0)
     stack.pc.portal_update(referral["id"], {"details": {"notes": "Microsoft's seller added a note"}}, raise_event=False)
 
@@ -127,8 +151,8 @@ def test_the_intent_of_an_opportunity_with_a_huge_note_fits_its_row(stack, monke
     assert stack.opportunity(crm_id)["referral_id"] == referral["id"]
 
 
-def test_a_note_kept_as_a_digest_in_the_intent_still_tells_which_side_changed_it(stack, monkeypatch, finder):
-    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, notes=LONG_JAPANESE)
+def test_a_note_kept_as_a_digest_in_the_intent_still_tells_which_side_changed_it(stack, monkeypatch, finder, death):
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, notes=LONG_JAPANESE, death=death)
     stack.seller().edit(crm_id, notes=LONG_JAPANESE + " 追記")
     stack.pc.portal_update(referral["id"], {"details": {"dealValue": 555.0}}, raise_event=False)
 

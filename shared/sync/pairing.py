@@ -167,15 +167,23 @@ class Pairing:
             link = self._unrecorded_create(referral, record)
         return Reconcile(pair.with_record(record, link), PC_TO_CRM)
 
-    def _unrecorded_create(self, referral: Referral, record: Opportunity) -> Link | None:
-        """For a referral made from ``record`` by a job that died before it recorded the pair, a link (not saved
-        yet) whose agreed values are what that job recorded it was sending: both sides may have been edited
-        since, and each edit must reach the other side. Only a referral whose external reference names the
-        record, which has no other referral, costs the read."""
+    def _unrecorded_create(
+        self, referral: Referral, record: Opportunity, known: Link | CrmEntry | Unread | None = UNREAD
+    ) -> Link | None:
+        """For a referral made from ``record`` by a job that died before it recorded the pair (before or after its
+        write-back), a link (not saved yet) whose agreed values are what that job recorded it was sending: both
+        sides may have been edited since, and each edit must reach the other side. Only a referral whose external
+        reference names the record, which has no other referral, costs the read of the record's index entry
+        (``known``: the entry as the job read it already; None: it has none)."""
         crm_id = referral.external_reference_id
         if not crm_id or record.crm_id != crm_id or record.referral_id not in (None, "", referral.id):
             return None
-        _, intent = self.store.get_create_state(crm_id)
+        if isinstance(known, CrmEntry):
+            intent = known.intent
+        elif known is None:
+            intent = None
+        else:
+            intent = self.store.get_create_state(crm_id)[1]
         if intent is None or referral.id is None:
             return None
         return Link(referral_id=referral.id, crm_id=crm_id, last_values=intent.agreed)
@@ -209,6 +217,8 @@ class Pairing:
                 # The pair's referral is gone: reported on the link and in the audit trail, the record left alone.
                 return Settled("skipped", CRM_TO_PC, REFERRAL_NOT_FOUND, crm_id, link.referral_id)
             return RefusedOpportunity(record, link, [f"Referral {referral_id} no longer exists in Partner Center."])
+        if link is None:
+            link = self._unrecorded_create(referral, record, known)  # the write-back landed, the pair's record did not
         return Reconcile(self.pair(referral, record, link), CRM_TO_PC)
 
     def _link_of(self, crm_id: str, known: Link | CrmEntry | Unread | None) -> Link | None:

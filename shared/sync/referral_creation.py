@@ -148,21 +148,9 @@ class ReferralCreation:
             agreed, pc_fingerprint = self._agreed_as_intended(recovered, pair), pair.pc_fingerprint
         else:
             agreed, pc_fingerprint = self._agreed_on_create(outgoing, pair)
-        try:
-            # The pair is recorded before the write-back: if that fails (a seller's edit in between, a crash),
-            # the next job merges the pair instead of creating anything again.
-            # A reused referral may already have its row (an earlier attempt died before the write-back).
-            existing = self.store.get_link(referral.id) if created.reused else None
-            link = existing or Link(referral_id=referral.id)
-            remember_microsoft_copy(link, created.microsoft_made)  # recorded now: its event may come any moment
-            link = self.recorder.save_pending(link, referral, pc_fingerprint, agreed, record)
-        except StorageRejected as exc:
-            # The referral exists now: the CRM must learn its id, and the pair stays linked by a small row
-            # without the refused values, so the failure is recorded once, not again on every poll.
-            written = self.crm.update_opportunity(record, target, WRITE_BACK)
-            link = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
-            link.pc_fingerprint, link.pc_etag = pair.pc_fingerprint, referral.e_tag
-            return self.recorder.fail_crm_side(written, link, [str(exc)])
+        # The pair is recorded once, after the write-back. Until then the intent is what a job dying after the
+        # create leaves, whether the write-back landed or not (pairing takes it as what both sides agreed on).
+        link = self._unsaved_link(referral, record.crm_id, agreed, pc_fingerprint, created)
         try:
             written = self.crm.update_opportunity(record, target, WRITE_BACK)
         except PreconditionFailed:
@@ -175,21 +163,38 @@ class ReferralCreation:
             current = self.pairing.read_referral(referral.id) or referral
             return self.reconcile(self.pairing.pair(current, fresh, link), CRM_TO_PC)
         if recovered is not None:
-            # Either side may have been edited since the create: the merge from what was sent tells which.
+            # Either side may have been edited since the create: the merge from what was sent tells which. Its
+            # save of the link replaces the intent.
             self.recorder.audit(Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text))
-            # The intent goes now that the pair is recorded (its link holds what was sent), before the merge, whose
-            # last save may end the job's lease.
-            self.store.clear_create_failure(record.crm_id)
             return self.reconcile(pair.with_record(written, link), CRM_TO_PC)
         crm_fingerprint = self.recorder.written_fingerprint(target)
-        if new.earlier_failure is not None:
-            # The intent goes with it (the pending link holds what was sent). Otherwise it stays, to spare a write
-            # per create: it is read only for an opportunity without a link, and replaced before any other create.
-            self.store.clear_create_failure(record.crm_id)
-        self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint, last=True)
+        try:
+            # Writes the record's index entry afresh in the same request: the intent and any earlier create
+            # failure go with it, and the lease with ``last``.
+            self.recorder.save_link(link, referral, pc_fingerprint, written, agreed, crm_fingerprint, last=True)
+        except StorageRejected as exc:
+            # The CRM knows the referral's id now; the pair stays linked by a small row without the refused values,
+            # so the failure is recorded once, not again on every poll.
+            small = Link(referral_id=referral.id, crm_id=record.crm_id, crm_provider=self.crm.provider)
+            small.pc_fingerprint, small.pc_etag = pair.pc_fingerprint, referral.e_tag
+            return self.recorder.fail_crm_side(written, small, [str(exc)])
         return self.recorder.audit(
             Outcome("created", referral.id, CRM_TO_PC, record.crm_id, referral.id, ("all",), text)
         )
+
+    def _unsaved_link(
+        self, referral: Referral, crm_id: str, agreed: dict[str, object], pc_fingerprint: str, created: CreatedReferral
+    ) -> Link:
+        """The pair's link as a merge after the write-back would take it: what both sides agreed on is what the
+        referral was made with. A reused referral may have its row already (0.16 recorded the pair before the
+        write-back)."""
+        assert referral.id is not None
+        existing = self.store.get_link(referral.id) if created.reused else None
+        link = existing or Link(referral_id=referral.id)
+        link.crm_id, link.crm_provider = crm_id, self.crm.provider
+        link.last_values, link.pc_fingerprint = encode_agreed(agreed), pc_fingerprint
+        remember_microsoft_copy(link, created.microsoft_made)
+        return link
 
     def _sent_values(self, record: Opportunity) -> dict[str, object]:
         """The values a referral made from ``record`` holds, read as Partner Center reads them, in the CRM's
