@@ -170,16 +170,8 @@ class TableSyncStore:
 
     def save_link(self, link: Link, last: bool = False) -> Link:
         """Write the link, conditional on the etag it was read with (or as new), and its CRM index row when what
-        the index holds changed: both in one transaction, so they never disagree after a crash.
-
-        Inside a job (:func:`current_lease`) the same request takes the job's lease when this is its first write,
-        and with ``last`` releases it. A last save that is also the job's first write takes no lease: its etag
-        condition alone keeps it from overwriting anyone."""
-        lease = current_lease()
-        untaken = lease is not None and lease.untaken()
-        last = last and lease is not None and lease.ends_with_last_save()
-        if not untaken:
-            check_write_allowed()  # an untaken lease is taken by this save, or not needed (see above)
+        the index holds changed: both in one transaction, so they never disagree after a crash; with the job's
+        lease taken, or with ``last`` released, in the same request (:meth:`_submit_in_job`)."""
         self.ensure()
         what = f"the link row for referral {link.referral_id}"
         row = check_limits(what, _row_from_link(link))
@@ -196,12 +188,7 @@ class TableSyncStore:
         if copy is not None:
             operations.append(("upsert", copy, {"mode": UpdateMode.REPLACE}))
         try:
-            if lease is not None and untaken and not last:
-                meta = self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), operations, lease)[0]
-            elif lease is not None and last and not lease.untaken():
-                meta = self._releasing(lease, operations)[0]
-            else:
-                meta = self.links.submit_transaction(operations)[0]
+            meta = self._submit_in_job(operations, last)[0]
         except TableTransactionError as exc:
             code = getattr(exc.error_code, "value", exc.error_code)
             if code in _CONFLICT_CODES or exc.status_code in (404, 409, 412):
@@ -220,6 +207,21 @@ class TableSyncStore:
         link.copy_recorded = link.microsoft_copy_id
         link.etag = meta.get("etag")
         return link
+
+    def _submit_in_job(self, operations: list[_Operation], last: bool = False) -> list[Mapping[str, Any]]:
+        """``operations`` in one transaction of the links' partition. Inside a job (:func:`current_lease`) the same
+        request takes the job's lease when this is its first write, or with ``last`` releases it. A last write that
+        is also the job's first takes no lease: its own conditions keep it from overwriting anyone."""
+        lease = current_lease()
+        untaken = lease is not None and lease.untaken()
+        last = last and lease is not None and lease.ends_with_last_save()
+        if lease is not None and untaken and not last:
+            return self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), operations, lease)
+        if not untaken:
+            check_write_allowed()
+        if lease is not None and last and not untaken:
+            return self._releasing(lease, operations)
+        return self.links.submit_transaction(operations)
 
     def _releasing(self, lease: PairLease, operations: list[_Operation]) -> list[Mapping[str, Any]]:
         """``operations`` and the deletion of the lease row we wrote last, in one transaction."""
@@ -448,14 +450,9 @@ class TableSyncStore:
         operation: _Operation = ("create", row, {})
         if entry is not None and entry.etag:
             operation = ("update", row, _if_unchanged(entry.etag, UpdateMode.MERGE))
-        lease = current_lease()
         self.ensure()
         try:
-            if lease is not None and lease.untaken():
-                self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), [operation], lease)
-            else:
-                check_write_allowed()
-                self.links.submit_transaction([operation])
+            self._submit_in_job([operation])
         except TableTransactionError as exc:
             if exc.status_code not in (404, 409, 412):
                 _raise_if_rejected(exc, f"the create intent of opportunity {crm_id}", row)

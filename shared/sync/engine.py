@@ -65,6 +65,7 @@ from .pairing import (
     RefusedOpportunity,
     RefusedReferral,
     Settled,
+    Unread,
 )
 from .recording import Outcome, Recorder
 from .referral_creation import ReferralCreation, ReferralCreator
@@ -85,8 +86,9 @@ class _Read:
     record_id: str | None = None
     engagement: list[Referral] | None = None
     lease: LeaseKeeper | None = None
-    indexed: bool = False  # a CRM job read its link (the row, or its index entry) before the lease: ``link``
-    entry: CrmEntry | None = None  # the index entry a CRM job read (with ``indexed``; None: it had none)
+    # What a CRM job read first, before its lease: its link row (the poll's hint) or its CRM index entry (None: it
+    # had none), as pairing takes it (UNREAD: a job without a version reads it later).
+    known: Link | CrmEntry | Unread | None = UNREAD
 
 
 class SyncEngine:
@@ -162,7 +164,7 @@ class SyncEngine:
     def _link_for(self, job: Job, read: _Read) -> Link | None:
         """The pair's link when the job needs it first: to tell an echo, or to name a referral's lease. A CRM job
         reads the link its record names (the poll's hint) when it names that record, or else what the CRM index
-        says (``read.indexed``); a CRM job without a version reads it later."""
+        says (``read.known``); a CRM job without a version reads it later."""
         if job.kind == KIND_REFERRAL:
             return self.store.get_link(job.record_id)
         if job.kind != KIND_CRM:
@@ -170,13 +172,12 @@ class SyncEngine:
         if job.referral_hint:
             link = self.store.get_link(job.referral_hint)
             if link is not None and link.crm_id == job.record_id:
-                read.indexed = True
+                read.known = link
                 return link
         if not job.version:
             return None
-        read.indexed = True
-        read.entry = self.store.crm_entry(job.record_id)
-        return read.entry.link if read.entry is not None else None
+        entry = read.known = self.store.crm_entry(job.record_id)
+        return entry.link if entry is not None else None
 
     def _pair_key(self, job: Job, read: _Read, link: Link | None) -> str | None:
         """One lease per pair, named by the CRM id whenever it is known, so a Partner Center job and a CRM
@@ -215,8 +216,7 @@ class SyncEngine:
         return self.microsoft_side.bring_in(read.referral, outcome, read.engagement) if read.related else outcome
 
     def _crm_job(self, crm_id: str, read: _Read) -> Outcome:
-        known = read.link if read.link is not None and read.link.etag is not None else read.entry
-        return self._carry_out(self.pairing.for_opportunity(crm_id, known if read.indexed else UNREAD))
+        return self._carry_out(self.pairing.for_opportunity(crm_id, read.known))
 
     def _lead_job(self, lead_id: str, read: _Read) -> Outcome:
         return self.leads.for_lead(lead_id)
