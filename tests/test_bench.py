@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from devtools.bench.report import LATENCIES, PATHS
-from devtools.bench.storage_proxy import is_receive, kind_of
+from devtools.bench.storage_proxy import is_receive, kind_of, table_of
 from emulators.dataverse.emulator import RequestLimit
 from emulators.partner_center.dispatch import WebhookDispatcher, new_delivery
 
@@ -62,6 +62,7 @@ def test_bench_json_has_the_documented_shape(bench: dict):
         "unchanged_poll_requests",
         "latency_s",
         "peak_rss_mb",
+        "table_ops_per_job_by_table",
         "duplicates",
         "missing",
         "goals",
@@ -90,6 +91,10 @@ def test_calls_are_counted_where_they_must_happen(bench: dict):
     assert calls["echo"]["table"] > 0  # the echoes are jobs too
     assert bench["unchanged_poll_requests"] >= 1
     assert bench["peak_rss_mb"] > 0
+    # A create reads and writes its link rows and leaves an audit row; what else ran beside it is shown apart.
+    by_table = bench["table_ops_per_job_by_table"]
+    assert set(by_table) <= set(PATHS)
+    assert by_table["crm_to_pc_create"]["SyncLinks"] >= 2 and by_table["crm_to_pc_create"]["SyncAudit"] >= 1
 
 
 def test_held_webhooks_wait_for_a_release():
@@ -133,6 +138,20 @@ def test_the_table_proxy_names_each_kind_of_request():
     assert kind_of("DELETE", f"{table}(PartitionKey='p',RowKey='r')") == "delete"
     assert kind_of("POST", "/devstoreaccount1/$batch") == "batch"
     assert kind_of("POST", "/devstoreaccount1/Tables") == "table"
+
+
+def test_the_table_proxy_names_the_table_of_each_request():
+    assert table_of("/devstoreaccount1/SyncState(PartitionKey='p',RowKey='r')") == "SyncState"
+    assert table_of("/devstoreaccount1/SyncAudit()?$filter=PartitionKey%20eq%20'p'") == "SyncAudit"
+    assert table_of("/devstoreaccount1/SyncLinks") == "SyncLinks"
+    assert table_of("/devstoreaccount1/Tables") == "Tables"
+    # A batch names its table in its operations, as the SDK writes them.
+    body = (
+        b"--batch_1\r\nContent-Type: multipart/mixed; boundary=changeset_1\r\n\r\n--changeset_1\r\n"
+        b"Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        b"PATCH http://127.0.0.1:5000/devstoreaccount1/SyncLinks(PartitionKey='referral',RowKey='r1') HTTP/1.1\r\n"
+    )
+    assert table_of("/devstoreaccount1/$batch", body) == "SyncLinks"
 
 
 def test_the_create_goal_allows_one_partner_center_call_per_record_asking_for_microsoft_s_help():

@@ -24,6 +24,9 @@ TIMEOUT = 30
 PC_TOTALS = ("reads", "writes")
 
 
+TABLES = "tables."  # the table proxy's counts by table, as flattened
+
+
 def flatten(counters: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     """Nested counters as one level: ``{"tables": {"accounts": {"reads": 2}}}`` -> ``{"tables.accounts.reads": 2}``."""
     flat: dict[str, float] = {}
@@ -88,6 +91,12 @@ class Reading:
     @property
     def table_ops(self) -> float:
         return self.table.get("requests", 0.0)
+
+    def table_names(self) -> list[str]:
+        return [key.removeprefix(TABLES) for key in self.table if key.startswith(TABLES)]
+
+    def table_ops_in(self, name: str) -> float:
+        return self.table.get(TABLES + name, 0.0)
 
 
 class LogCount:

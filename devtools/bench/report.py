@@ -50,6 +50,7 @@ class PathCost:
     crm_throttled: float
     table: float
     seconds: float
+    tables: dict[str, float] = field(default_factory=dict)  # the table operations by the table they went to
 
     def per_record(self, total: float) -> float:
         return total / self.records if self.records else 0.0
@@ -77,6 +78,10 @@ def path_cost(phases: Sequence[Phase], idle_poll: Reading | None) -> PathCost:
         crm_throttled=sum(p.cost.crm_throttled for p in phases),
         table=total(lambda r: r.table_ops),
         seconds=sum(p.seconds for p in phases),
+        tables={
+            name: total(lambda r, name=name: r.table_ops_in(name))
+            for name in sorted({name for p in phases for name in p.cost.table_names()})
+        },
     )
 
 
@@ -124,6 +129,15 @@ class Results:
             for path, c in self.paths().items()
         }
 
+    def table_ops_by_table(self) -> dict[str, dict[str, float]]:
+        """Per path, the table operations per job by table: the jobs' own (links, audit) apart from the shared
+        work that runs beside them (health and poll state, counters)."""
+        return {
+            path: {name: round(ops / c.jobs, 3) for name, ops in c.tables.items() if round(ops / c.jobs, 3)}
+            for path, c in self.paths().items()
+            if c.jobs
+        }
+
     def latency(self, name: str) -> dict[str, float | None]:
         values = self.latencies[name]
         return {key: _round(percentile(values, share), 3) for key, share in (("p50", 0.5), ("p95", 0.95))}
@@ -167,6 +181,7 @@ class Results:
             "unchanged_poll_requests": self.unchanged_poll_requests,
             "latency_s": {name: self.latency(name) for name in LATENCIES},
             "peak_rss_mb": round(self.peak_rss_mb, 1),
+            "table_ops_per_job_by_table": self.table_ops_by_table(),
             "duplicates": self.duplicates,
             "missing": self.missing,
             "goals": {name: met for name, (met, _) in self.goals().items()},
@@ -202,6 +217,9 @@ def table(results: Results, say: Callable[[str], None]) -> None:
             for phase in phases:
                 _row(say, f"  {phase.label}", path_cost([phase], results.idle_poll))
     say("(a phase's polls are counted less what the last, unchanged poll cost: they run on a schedule anyway)")
+    say("table operations per job, by table:")
+    for path, by_table in results.table_ops_by_table().items():
+        say(f"  {path:<20} " + ", ".join(f"{name} {ops:.2f}" for name, ops in by_table.items()))
     say("")
     refused = int(results.idle_poll.crm_throttled) if results.idle_poll is not None else 0
     say(

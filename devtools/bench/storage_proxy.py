@@ -5,8 +5,9 @@
 The app's workers get a connection string whose ``TableEndpoint`` and ``QueueEndpoint`` are these proxies:
 
 * every Table Storage request they make is counted where it travels, without touching the app.
-  ``GET /_proxy/counters`` answers ``{"requests": n, "kinds": {"query": n, "read": n, "insert": n, ...}}``;
-  a ``$batch`` counts once (one round trip to the service), its operations under ``batched``;
+  ``GET /_proxy/counters`` answers ``{"requests": n, "kinds": {"query": n, "read": n, "insert": n, ...},
+  "tables": {"SyncLinks": n, ...}}``; a ``$batch`` counts once (one round trip to the service), its operations
+  under ``batched``;
 * taking messages from a queue can be paused (``POST /_proxy/receive {"paused": true}`` on the queue proxy):
   a worker's receive request then waits at the proxy, and is answered "no messages" if the pause outlasts
   ``MAX_HOLD_SECONDS`` (sending, deleting and peeking go on), so the bench can let a poll finish before any
@@ -41,6 +42,8 @@ HOP_BY_HOP = frozenset(
 )
 _ENTITY = re.compile(r"\(PartitionKey=")
 _CHANGESET_PART = re.compile(rb"^(GET|POST|PUT|PATCH|MERGE|DELETE) http", re.MULTILINE)
+# The first operation of a batch names the table: ``PUT http://host/account/Table(PartitionKey=...) HTTP/1.1``.
+_BATCH_TABLE = re.compile(rb"^(?:GET|POST|PUT|PATCH|MERGE|DELETE) https?://[^/\s]+/[^/\s]+/(\w+)", re.MULTILINE)
 WRITE_KINDS = {"POST": "insert", "PUT": "upsert", "PATCH": "merge", "MERGE": "merge", "DELETE": "delete"}
 
 
@@ -63,22 +66,35 @@ def kind_of(method: str, path: str) -> str:
     return WRITE_KINDS.get(method, method.lower())
 
 
+def table_of(path: str, body: bytes = b"") -> str:
+    """The table a Table Storage request goes to (a ``$batch`` names it in its first operation); ``Tables`` for
+    creating, listing or deleting tables."""
+    name = urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1]
+    if name == "$batch":
+        found = _BATCH_TABLE.search(body)
+        name = found.group(1).decode() if found else name
+    return name.split("(", 1)[0]
+
+
 class Counts:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.kinds: Counter[str] = Counter()
+        self.tables: Counter[str] = Counter()
         self.requests = 0
 
-    def add(self, kind: str, batched: int = 0) -> None:
+    def add(self, kind: str, batched: int = 0, table: str | None = None) -> None:
         with self.lock:
             self.requests += 1
             self.kinds[kind] += 1
             if batched:
                 self.kinds["batched"] += batched
+            if table:
+                self.tables[table] += 1
 
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
-            return {"requests": self.requests, "kinds": dict(self.kinds)}
+            return {"requests": self.requests, "kinds": dict(self.kinds), "tables": dict(self.tables)}
 
 
 def serve(target: str, port: int = 0) -> ThreadingHTTPServer:
@@ -133,7 +149,8 @@ def serve(target: str, port: int = 0) -> ThreadingHTTPServer:
                 self._answer(502, [("Content-Type", "text/plain")], f"table proxy: {exc}".encode())
                 return
             kind = kind_of(self.command, self.path)
-            counts.add(kind, len(_CHANGESET_PART.findall(body)) if kind == "batch" else 0)
+            batched = len(_CHANGESET_PART.findall(body)) if kind == "batch" else 0
+            counts.add(kind, batched, table_of(self.path, body))
             self._answer(status, answer_headers, answer, reason)
 
         def _exchange(self, body: bytes, headers: dict[str, str]) -> tuple[int, str, list[tuple[str, str]], bytes]:
