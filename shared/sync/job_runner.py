@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -72,6 +73,7 @@ class JobRunner:
         self.health_cache_seconds = health_cache_seconds
         self._monotonic = monotonic
         self._cached: tuple[float, Health] | None = None
+        self._refreshing = threading.Lock()
         self.tally = tally  # counts for /api/status, kept as jobs finish
 
     def health(self) -> Health:
@@ -82,12 +84,23 @@ class JobRunner:
         return pause if pause is not None and pause.until > self.clock.now() else None
 
     def _job_health(self) -> Health:
-        now = self._monotonic()
         cached = self._cached
-        if cached is None or now - cached[0] >= self.health_cache_seconds:
-            cached = (now, self.health())
-            self._cached = cached
-        return cached[1]
+        if cached is not None and self._monotonic() - cached[0] < self.health_cache_seconds:
+            return cached[1]
+        # One thread reads the row again; jobs starting meanwhile (the host runs a batch at once) go on with the
+        # value it replaces, instead of each reading it. With nothing cached (a pause or refusal just recorded
+        # here), they wait for the read.
+        if not self._refreshing.acquire(blocking=cached is None):
+            assert cached is not None
+            return cached[1]
+        try:
+            cached = self._cached
+            if cached is None or self._monotonic() - cached[0] >= self.health_cache_seconds:
+                cached = (self._monotonic(), self.health())
+                self._cached = cached
+            return cached[1]
+        finally:
+            self._refreshing.release()
 
     def run(self, job: Job, final_attempt: bool = False) -> str:
         try:
