@@ -178,15 +178,14 @@ class Pairing:
         crm_id = referral.external_reference_id
         if not crm_id or record.crm_id != crm_id or record.referral_id not in (None, "", referral.id):
             return None
-        if isinstance(known, CrmEntry):
-            intent = known.intent
-        elif known is None:
-            intent = None
-        else:
-            intent = self.store.get_create_state(crm_id)[1]
-        if intent is None or referral.id is None:
+        entry = self._entry_of(crm_id, known)
+        if entry is None or entry.intent is None or referral.id is None:
             return None
-        return Link(referral_id=referral.id, crm_id=crm_id, last_values=intent.agreed)
+        return Link(referral_id=referral.id, crm_id=crm_id, last_values=entry.intent.agreed)
+
+    def _entry_of(self, crm_id: str, known: Link | CrmEntry | Unread | None) -> CrmEntry | None:
+        """The record's CRM index entry: as the job read it already (None: it had none), or read now."""
+        return known if isinstance(known, CrmEntry) or known is None else self.store.crm_entry(crm_id)
 
     # -- a CRM opportunity changed -----------------------------------------------------------------------
     def for_opportunity(self, crm_id: str, known: Link | CrmEntry | Unread | None = UNREAD) -> Decision:
@@ -250,7 +249,7 @@ class Pairing:
         self, record: Opportunity, crm_fingerprint: str, known: Link | CrmEntry | Unread | None
     ) -> Decision:
         assert record.crm_id is not None
-        entry = known if isinstance(known, CrmEntry) or known is None else self.store.crm_entry(record.crm_id)
+        entry = self._entry_of(record.crm_id, known)
         failure, intent = (entry.failure, entry.intent) if entry is not None else (None, None)
         if failure is not None and failure.crm_fingerprint == crm_fingerprint:
             message = "still invalid; waiting for the opportunity to change"
