@@ -375,14 +375,6 @@ class SyncStore(Protocol):
 
     def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None: ...
 
-    def clear_create_failure(self, crm_id: str) -> None:
-        """Forget the failure and the create intent (one write)."""
-        ...
-
-    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
-        """The create failure and the create intent of an opportunity without a link (one read)."""
-        ...
-
     def save_create_intent(self, crm_id: str, intent: CreateIntent, entry: CrmEntry | None) -> None:
         """Record (replacing any earlier one) what the create about to be sent carries; the failure, if any, stays.
         Written on condition that the record's entry is still ``entry`` as read (None: it had none), so that a link

@@ -9,7 +9,7 @@ import pytest
 from azure.data.tables import TableServiceClient
 
 from shared.domain.bounded import ERROR_MAX_UNITS, utf16_units
-from shared.ports import CreateFailure, CredentialFailure, FeedWatermark, Health, Pause
+from shared.ports import CreateFailure, CredentialFailure, FeedWatermark, Health, Link, Pause
 from shared.store.tables import CRM_INDEX_PREFIX, LINK_PARTITION, TableSyncStore, lease_key
 
 AT = datetime(2031, 3, 4, 9, 0, tzinfo=UTC)
@@ -60,12 +60,12 @@ def test_the_pause_and_the_refused_credential_share_a_row_and_keep_each_other(st
     assert store.get_health() == Health(pause, None)
 
 
-def test_a_create_failure_is_kept_until_cleared_and_its_reason_fits_the_row(store):
+def test_a_create_failure_is_kept_until_the_pair_is_recorded_and_its_reason_fits_the_row(store):
     store.save_create_failure("opp/1", CreateFailure("fingerprint-1", "Not sent: " + "理由" * 20_000))
     kept = store.get_create_failure("opp/1")
     assert kept is not None and kept.crm_fingerprint == "fingerprint-1"
     assert utf16_units(kept.reason) <= ERROR_MAX_UNITS and kept.reason.startswith("Not sent: ")
-    store.clear_create_failure("opp/1")
+    store.save_link(Link("referral-1", crm_id="opp/1", last_status="ok"))  # replaces the record's index entry
     assert store.get_create_failure("opp/1") is None
 
 

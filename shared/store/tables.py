@@ -429,19 +429,13 @@ class TableSyncStore:
         return state_rows.webhook_registration_from_row(row) if row is not None else None
 
     # -- what creating a record's referral leaves: in the record's CRM index entry, read with it ----------------
+    # (Saving the pair's link replaces the entry, and both with it.)
     def get_create_failure(self, crm_id: str) -> CreateFailure | None:
-        return self.get_create_state(crm_id)[0]
-
-    def get_create_state(self, crm_id: str) -> tuple[CreateFailure | None, CreateIntent | None]:
         entry = self.crm_entry(crm_id)
-        return (entry.failure, entry.intent) if entry is not None else (None, None)
+        return entry.failure if entry is not None else None
 
     def save_create_failure(self, crm_id: str, failure: CreateFailure) -> None:
         self._merge_entry(crm_id, state_rows.create_failure_columns(failure))
-
-    def clear_create_failure(self, crm_id: str) -> None:
-        columns = state_rows.create_failure_columns(None) | state_rows.create_intent_columns(None)
-        self._merge_entry(crm_id, columns, create=False)
 
     def save_create_intent(self, crm_id: str, intent: CreateIntent, entry: CrmEntry | None) -> None:
         row = {"PartitionKey": LINK_PARTITION, "RowKey": _index_key(safe_key(crm_id))}
@@ -459,18 +453,12 @@ class TableSyncStore:
                 raise
             raise PairChanged("sync", f"opportunity {crm_id} was paired or tried by another job meanwhile") from exc
 
-    def _merge_entry(self, crm_id: str, columns: dict[str, Any], create: bool = True) -> None:
+    def _merge_entry(self, crm_id: str, columns: dict[str, Any]) -> None:
         check_write_allowed()
         self.ensure()
         row = {"PartitionKey": LINK_PARTITION, "RowKey": _index_key(safe_key(crm_id)), **columns}
         what = f"the CRM index entry of opportunity {crm_id}"
-        try:
-            if create:
-                _guarded(what, row, lambda row: self.links.upsert_entity(row, mode=UpdateMode.MERGE))
-            else:
-                _guarded(what, row, lambda row: self.links.update_entity(row, mode=UpdateMode.MERGE))
-        except ResourceNotFoundError:
-            pass  # nothing to clear
+        _guarded(what, row, lambda row: self.links.upsert_entity(row, mode=UpdateMode.MERGE))
 
     # -- state rows as stored (each merged into the row, so records sharing a row keep each other's columns) ------
     def get_state(self, key: str) -> dict[str, Any] | None:
