@@ -213,15 +213,16 @@ class TableSyncStore:
         request takes the job's lease when this is its first write, or with ``last`` releases it. A last write that
         is also the job's first takes no lease: its own conditions keep it from overwriting anyone."""
         lease = current_lease()
-        untaken = lease is not None and lease.untaken()
-        last = last and lease is not None and lease.ends_with_last_save()
-        if lease is not None and untaken and not last:
-            return self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), operations, lease)
-        if not untaken:
+        if lease is None:
             check_write_allowed()
-        if lease is not None and last and not untaken:
-            return self._releasing(lease, operations)
-        return self.links.submit_transaction(operations)
+            return self.links.submit_transaction(operations)
+        last = last and lease.ends_with_last_save()
+        if lease.untaken():
+            if last:
+                return self.links.submit_transaction(operations)
+            return self._with_lease(lease.key, lease.owner, lease.seconds, lease.seen(), operations, lease)
+        check_write_allowed()
+        return self._releasing(lease, operations) if last else self.links.submit_transaction(operations)
 
     def _releasing(self, lease: PairLease, operations: list[_Operation]) -> list[Mapping[str, Any]]:
         """``operations`` and the deletion of the lease row we wrote last, in one transaction."""
