@@ -144,7 +144,7 @@ class Results:
         """Per path, the table operations per job by table: the jobs' own (links, audit) apart from the shared
         work that runs beside them (health and poll state, counters)."""
         return {
-            path: {name: round(ops / c.jobs, 3) for name, ops in c.tables.items() if round(ops / c.jobs, 3)}
+            path: {name: share for name, ops in c.tables.items() if (share := round(ops / c.jobs, 3))}
             for path, c in self.paths().items()
             if c.jobs
         }
