@@ -21,6 +21,7 @@ lease stops before it writes.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import uuid
@@ -42,6 +43,7 @@ from .domain.errors import (
     Throttled,
     TransientError,
 )
+from .request_pacing import RequestPacer
 from .write_fence import check_write_allowed
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,7 @@ class ApiClient:
         session: requests.Session | None = None,
         sleep: Callable[[float], None] = time.sleep,
         extra_headers: Callable[[], Mapping[str, str]] | None = None,
+        pacer: RequestPacer | None = None,
     ) -> None:
         self.service = service
         self.base_url = base_url.rstrip("/")
@@ -133,7 +136,13 @@ class ApiClient:
         self._sleep = sleep
         # Headers that depend on the work at hand, read per request (the job's correlation id).
         self._extra_headers = extra_headers
+        # Shared by every thread of the process: keeps them together under the service's request limit.
+        self._pacer = pacer
         self.calls = 0  # requests actually sent: benchmarks read it
+
+    def held_back_for(self) -> float:
+        """Seconds before the service lets this process send again, as it last said (0.0 when it has not)."""
+        return self._pacer.closed_for() if self._pacer is not None else 0.0
 
     def url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
@@ -156,7 +165,10 @@ class ApiClient:
         url = self.url(path)
         method = method.upper()
         repeatable = method in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        waited = 0.0
         for attempt in range(1, self.max_attempts + 1):
+            if self._pacer is not None:
+                waited += self._wait_for_turn(self._pacer, method, url, waited)
             sent = dict(self.default_headers)
             sent["client-request-id"] = str(uuid.uuid4())
             if self._extra_headers is not None:
@@ -192,15 +204,34 @@ class ApiClient:
                 )
             if status == 429 or (status in (502, 503, 504)):
                 wait = retry_after if retry_after is not None else _backoff(attempt)
-                if attempt < self.max_attempts and wait <= self.max_inline_wait:
+                if status == 429 and self._pacer is not None:
+                    self._pacer.refused(wait, self._error_parser(response)[0])
+                if attempt < self.max_attempts and waited + wait <= self.max_inline_wait:
                     log.info("%s %s throttled (%s); retrying in %.1fs", self.service, _path(url), status, wait)
                     self._sleep(wait)
+                    waited += wait
                     continue
                 message, code = self._error_parser(response)
                 cls = Throttled if status == 429 else TransientError
                 raise cls(self.service, message, status, code, retry_after=retry_after)
             raise self._error(response)
         raise TransientError(self.service, f"gave up on {method} {_path(url)}")  # pragma: no cover
+
+    def _wait_for_turn(self, pacer: RequestPacer, method: str, url: str, waited: float) -> float:
+        """Sleep until the pacer gives this request a turn; seconds slept. Throttled when the request's waits
+        would pass ``max_inline_wait`` (the job runner defers the job by the rest), before anything is sent."""
+        slept = 0.0
+        while (wait := pacer.turn()) > 0:
+            if waited + slept + wait > self.max_inline_wait:
+                raise Throttled(
+                    self.service,
+                    f"{method} {_path(url)} held back {wait:.0f}s to keep under the request limit",
+                    429,
+                    retry_after=math.ceil(wait),
+                )
+            self._sleep(wait)
+            slept += wait
+        return slept
 
     def _error(self, response: requests.Response) -> ExternalServiceError:
         message, code = self._error_parser(response)

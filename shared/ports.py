@@ -151,6 +151,10 @@ class Crm(Protocol):
         """The CRM's leads, for Partner Center leads (``SYNC_COSELL_ONLY=false``)."""
         ...
 
+    def held_back_for(self) -> float:
+        """Seconds the CRM has told this process to send nothing more (its last 429's ``Retry-After``); 0.0 if none."""
+        ...
+
     def changes_since(self, since: datetime | None, page_size: int = 500) -> Iterator[Change]:
         """Opportunities flagged "Sync with Partner Center" changed at or after ``since``, oldest first: only
         their id, version and change time, read without any per-row request."""

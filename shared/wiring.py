@@ -398,6 +398,7 @@ class Container:
             close_referral_on_crm_delete=s.close_referral_on_crm_delete,
             lease_seconds=s.job_lease_seconds,
             lease_margin_seconds=s.lease_margin_seconds,
+            max_inline_wait_seconds=s.max_inline_retry_after_seconds,
             field_owners=self.mapping.owners(),  # type: ignore[arg-type]
             field_directions=self.mapping.directions(),  # type: ignore[arg-type]
             inbound_routing=s.inbound_routing,

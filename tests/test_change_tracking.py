@@ -189,8 +189,8 @@ def test_the_setting_off_keeps_the_modifiedon_poll(make_stack, setting):
 
 
 class _ThrottledAfterFirstPage:
-    """The app's Dataverse adapter, with the emulator throttling every read after the first page (a 429 whose
-    Retry-After is longer than the app waits inline): the run stops between two pages."""
+    """The app's Dataverse adapter, with the emulator throttling the read after the first page (a 429 whose
+    Retry-After, 3 s, is longer than the app waits inline, 2 s): the run stops between two pages."""
 
     def __init__(self, stack: Stack) -> None:
         self.crm: Any = wiring.container().crm
@@ -200,7 +200,7 @@ class _ThrottledAfterFirstPage:
         for number, page in enumerate(self.crm.delta_pages(link, page_size)):
             yield page
             if number == 0:
-                self.dv.inject_fault(429, count=1, retry_after=60, method="GET", path="opportunities")
+                self.dv.inject_fault(429, count=1, retry_after=3, method="GET", path="opportunities")
 
 
 def test_a_run_stopped_between_pages_resumes_from_the_saved_page(stack):
@@ -219,6 +219,10 @@ def test_a_run_stopped_between_pages_resumes_from_the_saved_page(stack):
 
     assert first.throttled and first.enqueued == 2
     assert "$skiptoken=" in _poll_row()["DeltaLink"]  # the next page's link, saved
+    requests = len(_dv(stack).request_log)
+    held_back = feed(crm).poll()  # before the Retry-After has passed: nothing is sent
+    assert held_back.throttled and held_back.enqueued == 0 and len(_dv(stack).request_log) == requests
+    time.sleep(3)
     second = feed(crm).poll()
 
     assert (second.throttled, second.enqueued) == ("", 3)

@@ -349,6 +349,18 @@ def test_win_lose_and_closed_rows_are_read_only(emu: DataverseEmulator, api: Api
     assert counters["tables"]["opportunities"]["actions"] == 2
 
 
+def test_the_request_limit_refusal_names_the_limit_and_its_window(emu: DataverseEmulator, api: Api) -> None:
+    emu.set_request_limit(2, 30.0)
+    try:
+        assert [api.call("GET", "accounts").status_code for _ in range(2)] == [200, 200]
+        refused = api.call("GET", "accounts")
+    finally:
+        emu.set_request_limit(None)
+    assert refused.status_code == 429 and 1 <= int(refused.headers["Retry-After"]) <= 30
+    assert _error(refused)["code"] == "0x80072322"
+    assert _error(refused)["message"] == "Number of requests exceeded the limit of 2 over time window of 30 seconds."
+
+
 def test_fault_injection_429_and_503(emu: DataverseEmulator, api: Api) -> None:
     emu.inject_fault(429, count=2, retry_after=7, method="GET", path=r"/accounts")
     assert api.call("GET", "contacts").status_code == 200  # path does not match
@@ -356,8 +368,8 @@ def test_fault_injection_429_and_503(emu: DataverseEmulator, api: Api) -> None:
     for _ in range(2):
         throttled = api.call("GET", "accounts")
         assert throttled.status_code == 429 and throttled.headers["Retry-After"] == "7"
-        assert _error(throttled)["code"] == "0x80072322"
-        assert "6000" in _error(throttled)["message"]
+        assert _error(throttled)["code"] == "0x80072321"
+        assert "Combined execution time" in _error(throttled)["message"]
     assert api.call("GET", "accounts").status_code == 200
     emu.inject_fault(503, retry_after=3)
     unavailable = api.call("GET", "accounts")

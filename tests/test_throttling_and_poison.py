@@ -78,6 +78,29 @@ def test_a_throttle_longer_than_the_inline_wait_defers_the_job_then_it_runs(stac
     assert "failed" not in stack.audit_actions(referral["id"])
 
 
+def test_jobs_that_start_while_dataverse_holds_the_process_back_wait_without_spending_a_call(stack):
+    """Once Dataverse has refused with a Retry-After longer than a job may wait inline, the jobs after it are
+    deferred before they read anything: each would otherwise read its referral from Partner Center, meet the
+    same wait at its first Dataverse request, and read it again when it runs later."""
+    referrals = [stack.pc.seed_referral(kind="cosell") for _ in range(3)]
+    stack.pc.wait_for_deliveries(3, timeout=10)
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="accounts")
+    stack.pc.reset_counters()
+    first = stack.host.drain(max_rounds=1)
+    assert (first.processed, first.failed, stack.pc.reads) == (1, 0, 1)  # its referral read, then the 429
+    stack.view.emulator.reset_counters()
+
+    rest = stack.host.drain(max_rounds=2)
+    assert (rest.processed, rest.failed) == (2, 0), rest.errors
+    assert stack.host.queue.depth() == 3 and stack.host.queue.peek_jobs() == []  # all three back, out of sight
+    assert stack.pc.reads == 1 and stack.view.emulator.counters()["requests"] == 0  # nothing read by the other two
+
+    time.sleep(4)
+    stack.host.drain()
+    assert sorted(o["referral_id"] for o in stack.opportunities()) == sorted(r["id"] for r in referrals)
+    assert stack.pc.reads == 1 + 3  # each referral read once more, when its job ran
+
+
 def test_a_throttle_on_the_last_attempt_is_deferred_without_a_gave_up_mark_and_is_kept(stack, monkeypatch):
     stack.pc.seed_referral(kind="cosell")
     stack.pc.wait_for_deliveries(1, timeout=10)

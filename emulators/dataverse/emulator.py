@@ -40,6 +40,7 @@ from .delta import DEFAULT_EXPIRY, ChangeTracking, ChangeTrackingSettings
 from .leads import LeadQualification
 from .schema import (
     CHOICE,
+    CODE_EXECUTION_TIME,
     CODE_THROTTLED,
     DEFAULT_HELP_OPTIONS,
     EDM,
@@ -54,7 +55,12 @@ from .webapi import API, Ledger, WebApi
 
 __all__ = ["API", "CustomColumns", "DataverseEmulator", "ODataError"]
 
-THROTTLED_MESSAGE = "Number of requests exceeded the limit of 6000 over time window of 300 seconds."
+THROTTLED_MESSAGE = "Number of requests exceeded the limit of {requests} over time window of {window:g} seconds."
+# An injected 429: a throttle that is not about the number of requests (those come from set_request_limit).
+EXECUTION_TIME_MESSAGE = (
+    "Combined execution time of incoming requests exceeded limit of 1,200,000 milliseconds over time window of 300 "
+    "seconds. Decrease number of concurrent requests or reduce the duration of requests and try again later."
+)
 CODE_PRIVILEGE_DENIED = "0x80040220"
 PRIVILEGE_DENIED = (
     f"Principal user (Id={INTEGRATION_USER_ID}, type=8) is missing the privilege this request needs "
@@ -206,7 +212,8 @@ class DataverseEmulator(Emulator):
         method: str | None = None,
         path: str | None = None,
     ) -> None:
-        """Answer the next ``count`` API requests (matching ``method`` / the ``path`` regex) with ``status``."""
+        """Answer the next ``count`` API requests (matching ``method`` / the ``path`` regex) with ``status``. A 429
+        is the execution-time throttle; the request limit's own 429 comes from :meth:`set_request_limit`."""
         if retry_after is None and status in (429, 503):
             retry_after = 1
         with self.lock:
@@ -272,10 +279,12 @@ class DataverseEmulator(Emulator):
         return response
 
     def _enforce_limit(self) -> None:
-        wait = self.request_limit.admit(time.monotonic()) if self.request_limit else None
-        if wait is not None:
+        limit = self.request_limit
+        wait = limit.admit(time.monotonic()) if limit else None
+        if limit is not None and wait is not None:
             self._throttled += 1
-            raise ODataError(429, THROTTLED_MESSAGE, CODE_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait)))})
+            message = THROTTLED_MESSAGE.format(requests=limit.requests, window=limit.window_seconds)
+            raise ODataError(429, message, CODE_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait)))})
 
     def _raise_fault(self, request: Request) -> None:
         for fault in self._faults:
@@ -287,7 +296,7 @@ class DataverseEmulator(Emulator):
             self.ledger.counters["faults"] += 1
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             if fault.status == 429:
-                raise ODataError(429, THROTTLED_MESSAGE, CODE_THROTTLED, headers)
+                raise ODataError(429, EXECUTION_TIME_MESSAGE, CODE_EXECUTION_TIME, headers)
             if fault.status == 401:
                 raise ODataError(401, "The access token has expired.", "", headers)
             if fault.status == 403:

@@ -21,7 +21,8 @@ from .._server import Response
 from ..package_mapping import CURRENT_AND_MICROSOFT_FIELDS, choice_values, column, entry, shipped_mapping
 
 CODE_NOT_FOUND = "0x80040217"
-CODE_THROTTLED = "0x80072322"
+CODE_THROTTLED = "0x80072322"  # the number of requests
+CODE_EXECUTION_TIME = "0x80072321"  # the combined execution time
 CODE_CONCURRENCY = "0x80060882"
 CODE_DUPLICATE = "0x80040237"
 CODE_ALREADY_CLOSED = "0x80040515"  # OpportunityIsAlreadyClosed

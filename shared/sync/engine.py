@@ -25,6 +25,7 @@ from ..domain.errors import (
     QuotaExceeded,
     SetupIncomplete,
     StorageRejected,
+    Throttled,
     TransientError,
     ValidationFailed,
 )
@@ -137,6 +138,10 @@ class SyncEngine:
             # Counted, not audited: an audit row per echo would cost a Table write for nothing.
             log.info("%s %s: echo of our own write (version %s); nothing to do", job.kind, job.record_id, job.version)
             return Outcome("echo", job.record_id, job.direction, message="echo of our own write")
+        held_back = self.crm.held_back_for()
+        if held_back > self.options.max_inline_wait_seconds:
+            message = f"the CRM holds requests back for {held_back:.0f}s"
+            raise Throttled(self.crm.provider, message, 429, retry_after=held_back)
         key = self._pair_key(job, read, link)
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)

@@ -23,6 +23,9 @@ class EngineOptions:
     # Close the referral in Partner Center when its opportunity was deleted in the CRM (CLOSE_REFERRAL_ON_CRM_DELETE).
     close_referral_on_crm_delete: bool = False
     lease_seconds: int = 120
+    # A job starting while the CRM holds this process back longer than this (MAX_INLINE_RETRY_AFTER_SECONDS) is
+    # deferred before it reads anything: its first CRM request would be, after a Partner Center read spent for nothing.
+    max_inline_wait_seconds: float = 20.0
     # Writes stop this long before the lease row expires: one HTTP timeout plus allowed clock skew between
     # workers (shared.sync.lease explains why; settings derive it from HTTP_TIMEOUT_SECONDS).
     lease_margin_seconds: float = 35.0

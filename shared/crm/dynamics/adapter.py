@@ -29,6 +29,7 @@ from ...domain.opportunity import WRITABLE_FIELDS, Opportunity
 from ...domain.routing import Owner
 from ...httpclient import ApiClient, TokenProvider, create_once
 from ...ports import Change, DeltaPage
+from ...request_pacing import RequestPacer
 from ..mapping import CUSTOMER_FIELDS, STATUS_FIELDS, Converters, to_decimal, writable
 from ..org_columns import OrgColumns
 from .auth import SERVICE
@@ -98,6 +99,8 @@ class DataverseCrm:
             default_headers=ODATA_HEADERS,
             session=session,
             sleep=sleep,
+            # One adapter per process (wiring's container): its threads keep under the request limit together.
+            pacer=RequestPacer(),
         )
         self._web = DataverseRows(self.api)
         self._customers = Customers(self._web, self.mapping)
@@ -131,6 +134,9 @@ class DataverseCrm:
     def lead_records(self) -> DataverseLeads:
         """Leads made from Partner Center leads (``SYNC_COSELL_ONLY=false``), over the same client."""
         return DataverseLeads(self._web, self.mapping.lead)
+
+    def held_back_for(self) -> float:
+        return self.api.held_back_for()
 
     def check_mapping(self) -> list[str]:
         """What the organisation's metadata says is wrong with the mapping (missing columns, wrong types,

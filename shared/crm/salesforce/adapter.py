@@ -160,6 +160,10 @@ class SalesforceCrm:
         """Leads made from Partner Center leads (``SYNC_COSELL_ONLY=false``), over the same API client."""
         return SalesforceLeads(self.api, self.mapping.lead, now=self._now, sleep=self._sleep)
 
+    def held_back_for(self) -> float:
+        # Salesforce refuses over its daily allocation (a pause for all work), not with a short Retry-After.
+        return 0.0
+
     def check_mapping(self) -> list[str]:
         """What the org's describe of Opportunity says is wrong with the mapping (missing fields, wrong types,
         picklist values and stages that do not exist); empty when every mapped field fits."""
