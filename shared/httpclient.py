@@ -204,14 +204,14 @@ class ApiClient:
                 )
             if status == 429 or (status in (502, 503, 504)):
                 wait = retry_after if retry_after is not None else _backoff(attempt)
+                message, code = self._error_parser(response)
                 if status == 429 and self._pacer is not None:
-                    self._pacer.refused(wait, self._error_parser(response)[0])
+                    self._pacer.refused(wait, message)
                 if attempt < self.max_attempts and waited + wait <= self.max_inline_wait:
                     log.info("%s %s throttled (%s); retrying in %.1fs", self.service, _path(url), status, wait)
                     self._sleep(wait)
                     waited += wait
                     continue
-                message, code = self._error_parser(response)
                 cls = Throttled if status == 429 else TransientError
                 raise cls(self.service, message, status, code, retry_after=retry_after)
             raise self._error(response)

@@ -70,10 +70,8 @@ class RequestPacer:
         self.window_seconds = LONGEST_WINDOW_SECONDS
         self._step = 1  # what the budget grows by
         self._floor = 1
-        self._last_turn = -math.inf
         self._closed_until = -math.inf
         self._settled_at = -math.inf  # when the budget was last cut or grown
-        self.refusals = 0
 
     def closed_for(self) -> float:
         """Seconds until the service lets this process send again (its last ``Retry-After``), 0.0 when open."""
@@ -86,12 +84,12 @@ class RequestPacer:
             now = self._clock()
             if now < self._closed_until:
                 return self._closed_until - now
-            if self.budget is not None:
-                due = self._last_turn + self.window_seconds / self.budget
+            if self.budget is not None and self._sent:
+                # (A last turn forgotten left the window, longer ago than any spacing.)
+                due = self._sent[-1] + self.window_seconds / self.budget
                 if now < due:
                     self._grow(now)
                     return due - now
-            self._last_turn = now
             self._sent.append(now)
             self._forget(now)
             return 0.0
@@ -100,7 +98,6 @@ class RequestPacer:
         """The service refused a request: close for ``retry_after``, and keep under what this process was sent."""
         with self._lock:
             now = self._clock()
-            self.refusals += 1
             already_closed = now < self._closed_until
             self._closed_until = max(self._closed_until, now + retry_after)
             limit = self._limit_of(message)
@@ -110,10 +107,10 @@ class RequestPacer:
             self._step = max(1, requests // 200)
             self._floor = max(1, requests // 50)
             self._forget(now)
-            share = max(self._floor, math.floor(len(self._sent) * self._headroom))
+            share = math.floor(len(self._sent) * self._headroom)
             if self.budget is not None:
-                share = max(self._floor, min(share, math.floor(self.budget * self._headroom)))
-            self.budget = share
+                share = min(share, math.floor(self.budget * self._headroom))
+            self.budget = max(self._floor, share)
             self._settled_at = now
 
     def _grow(self, now: float) -> None:

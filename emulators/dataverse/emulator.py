@@ -280,11 +280,12 @@ class DataverseEmulator(Emulator):
 
     def _enforce_limit(self) -> None:
         limit = self.request_limit
-        wait = limit.admit(time.monotonic()) if limit else None
-        if limit is not None and wait is not None:
-            self._throttled += 1
-            message = THROTTLED_MESSAGE.format(requests=limit.requests, window=limit.window_seconds)
-            raise ODataError(429, message, CODE_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait)))})
+        wait = limit.admit(time.monotonic()) if limit is not None else None
+        if limit is None or wait is None:
+            return
+        self._throttled += 1
+        message = THROTTLED_MESSAGE.format(requests=limit.requests, window=limit.window_seconds)
+        raise ODataError(429, message, CODE_THROTTLED, {"Retry-After": str(max(1, math.ceil(wait)))})
 
     def _raise_fault(self, request: Request) -> None:
         for fault in self._faults:
