@@ -117,6 +117,21 @@ def test_a_partner_center_edit_between_the_lost_create_and_its_recovery_reaches_
     assert opportunity["referral_id"] == referral["id"]
 
 
+def test_a_deal_lost_in_the_crm_between_the_lost_create_and_its_recovery_closes_the_referral(
+    stack, monkeypatch, finder, death
+):
+    """Partner Center makes a partner's referral Active/Accepted whatever status the create posts (New/Pending).
+    The intent must say so: taken as New/Pending, the recovery read Partner Center's status as an edit made there,
+    which won over the seller's close and reopened the opportunity (found by the 1,000-record Dynamics chaos)."""
+    crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, death=death)
+    stack.seller().close_lost(crm_id)
+
+    _recover(stack, crm_id, finder)
+    made = _ours(stack, crm_id)
+    assert (made["id"], made["status"], made["substatus"]) == (referral["id"], "Closed", "Lost")
+    assert stack.opportunity(crm_id)["state"] == "lost"  # not reopened
+
+
 def test_edits_on_both_sides_between_the_attempts_each_reach_the_other_side(stack, monkeypatch, finder, death):
     crm_id, referral = _dies_before_recording_the_pair(stack, monkeypatch, death=death)
     stack.seller().edit(crm_id, deal_value=777.0)

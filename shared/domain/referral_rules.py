@@ -66,8 +66,8 @@ def closing_date_time(value: date | None) -> str | None:
 
 
 def referral_created_from(opportunity: Opportunity) -> Referral:
-    """The partner's referral as Partner Center holds it right after creating it from ``opportunity``, in every
-    field the mapping reads (new referrals start New/Pending; the id and engagement are Partner Center's own)."""
+    """The partner's referral as the create body describes it, in every field the mapping reads: posted New/Pending
+    (:func:`referral_as_made` is what Partner Center then holds); the id and engagement are Partner Center's own."""
     o = opportunity
     return Referral(
         name=strip_marks(o.name or ""),
@@ -95,3 +95,10 @@ def referral_created_from(opportunity: Opportunity) -> Referral:
         invite_context=InviteContext(assistance_request_code=o.help_code) if o.help_code is not None else None,
         **current_fields_json(o),
     )
+
+
+def referral_as_made(opportunity: Opportunity) -> Referral:
+    """The referral Partner Center holds right after creating it from ``opportunity``: a deal a partner creates
+    starts Active/Accepted, whatever status the create posts (reference: partner-center-api.md, statuses)."""
+    posted = referral_created_from(opportunity)
+    return posted.model_copy(update={"status": ReferralStatus.ACTIVE, "substatus": ReferralSubstatus.ACCEPTED})

@@ -29,7 +29,7 @@ from ..domain.mapping import fingerprint, mapped_values
 from ..domain.opportunity import Opportunity
 from ..domain.policies import only_what_travels
 from ..domain.referral import Referral
-from ..domain.referral_rules import is_microsoft_copy, referral_created_from
+from ..domain.referral_rules import is_microsoft_copy, referral_as_made, referral_created_from
 from ..ports import CRM_TO_PC, Clock, CreateIntent, Crm, Link, PartnerCenter, SyncStore
 from .options import EngineOptions
 from .pairing import NewReferral, Pair, Pairing
@@ -199,7 +199,7 @@ class ReferralCreation:
     def _sent_values(self, record: Opportunity) -> dict[str, object]:
         """The values a referral made from ``record`` holds, read as Partner Center reads them, in the CRM's
         stored form; Partner Center's own id and link are not known before the create."""
-        return mapped_values(self.crm.stored_form(self.pairing.map(referral_created_from(record))))
+        return mapped_values(self.crm.stored_form(self.pairing.map(referral_as_made(record))))
 
     def _agreed_as_intended(self, intent: CreateIntent, pair: Pair) -> dict[str, object]:
         """The recorded intent with the id and link of the referral it made, which no one edits."""
