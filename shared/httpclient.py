@@ -4,7 +4,7 @@ Adapters call :meth:`ApiClient.request`; it returns the response for 2xx/304 and
 errors in :mod:`shared.domain.errors` otherwise. A 429 (or 503 with ``Retry-After``, in seconds or as
 an HTTP date) is retried inline when the server asks for a short wait, and raised as
 :class:`Throttled` when the wait is longer than the job should block (the job runner then defers the
-job by that delay).
+job by that delay); a job that already has answers may block longer (:mod:`shared.inline_wait`).
 
 **Only idempotent requests are sent twice.** A request whose answer was lost (connection dropped or
 reset after it was sent, read timeout, a gateway 502/504 or a 500) may have taken effect. GET, HEAD,
@@ -43,6 +43,7 @@ from .domain.errors import (
     Throttled,
     TransientError,
 )
+from .inline_wait import allowed_wait, answered
 from .request_pacing import RequestPacer
 from .write_fence import check_write_allowed
 
@@ -195,6 +196,7 @@ class ApiClient:
                 continue
             status = response.status_code
             if status < 300 or status == 304 or status in ok_statuses:
+                answered()
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             if not repeatable and status in _UNKNOWN_OUTCOME_STATUSES:
@@ -207,22 +209,24 @@ class ApiClient:
                 message, code = self._error_parser(response)
                 if status == 429 and self._pacer is not None:
                     self._pacer.refused(wait, message)
-                if attempt < self.max_attempts and waited + wait <= self.max_inline_wait:
+                if attempt < self.max_attempts and waited + wait <= allowed_wait(self.max_inline_wait):
                     log.info("%s %s throttled (%s); retrying in %.1fs", self.service, _path(url), status, wait)
                     self._sleep(wait)
                     waited += wait
                     continue
                 cls = Throttled if status == 429 else TransientError
                 raise cls(self.service, message, status, code, retry_after=retry_after)
+            answered()  # a refusal on the merits (404, 412, ...) is an answer too
             raise self._error(response)
         raise TransientError(self.service, f"gave up on {method} {_path(url)}")  # pragma: no cover
 
     def _wait_for_turn(self, pacer: RequestPacer, method: str, url: str, waited: float) -> float:
         """Sleep until the pacer gives this request a turn; seconds slept. Throttled when the request's waits
-        would pass ``max_inline_wait`` (the job runner defers the job by the rest), before anything is sent."""
+        would pass ``max_inline_wait``, or a started job's longer allowance (:mod:`shared.inline_wait`): the job
+        runner defers the job by the rest, before anything is sent."""
         slept = 0.0
         while (wait := pacer.turn()) > 0:
-            if waited + slept + wait > self.max_inline_wait:
+            if waited + slept + wait > allowed_wait(self.max_inline_wait):
                 raise Throttled(
                     self.service,
                     f"{method} {_path(url)} held back {wait:.0f}s to keep under the request limit",

@@ -166,6 +166,11 @@ class Settings(BaseSettings):
     job_lease_seconds: int = Field(120, ge=5, validation_alias=_env("JOB_LEASE_SECONDS"))
     http_timeout_seconds: float = Field(30.0, gt=0, validation_alias=_env("HTTP_TIMEOUT_SECONDS"))
     max_inline_retry_after_seconds: float = Field(20.0, ge=0, validation_alias=_env("MAX_INLINE_RETRY_AFTER_SECONDS"))
+    # A job that already has answers waits this long inline before it is deferred (shared.inline_wait): well inside
+    # host.json's functionTimeout of 10 minutes, with room for the job's remaining requests.
+    max_started_job_wait_seconds: float = Field(
+        120.0, ge=0, le=300, validation_alias=_env("MAX_STARTED_JOB_WAIT_SECONDS")
+    )
 
     # -- Partner Center --------------------------------------------------------------------------
     partner_center_api_url: str = Field(

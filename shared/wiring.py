@@ -399,6 +399,7 @@ class Container:
             lease_seconds=s.job_lease_seconds,
             lease_margin_seconds=s.lease_margin_seconds,
             max_inline_wait_seconds=s.max_inline_retry_after_seconds,
+            started_job_wait_seconds=s.max_started_job_wait_seconds,
             field_owners=self.mapping.owners(),  # type: ignore[arg-type]
             field_directions=self.mapping.directions(),  # type: ignore[arg-type]
             inbound_routing=s.inbound_routing,

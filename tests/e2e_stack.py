@@ -139,6 +139,7 @@ def configure(monkeypatch, azurite, storage_names, pc, tmp_path, crm_values: dic
         "PARTNER_CENTER_WEBHOOK_CERT_URL_PREFIXES": f"{pc.url}/cert/",
         "PARTNER_CENTER_WEBHOOK_CA_BUNDLE": str(pc.write_ca_bundle(tmp_path / "pc-ca.pem")),
         "MAX_INLINE_RETRY_AFTER_SECONDS": "2",
+        "MAX_STARTED_JOB_WAIT_SECONDS": "5",
         "BUSY_RETRY_SECONDS": "0",  # the test host drains the queue at once; no need to wait for busy pairs
         **crm_values,
         **storage_names,

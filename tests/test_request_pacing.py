@@ -15,6 +15,7 @@ from emulators.dataverse.emulator import DataverseEmulator
 from shared.crm.dynamics import DataverseConfig, DataverseCrm
 from shared.domain.errors import Throttled
 from shared.httpclient import ApiClient
+from shared.inline_wait import job_waits
 from shared.request_pacing import RequestPacer, dataverse_request_limit
 
 LIMIT = "Number of requests exceeded the limit of 100 over time window of 10 seconds."
@@ -133,6 +134,45 @@ def test_a_wait_longer_than_the_inline_wait_is_throttled_before_anything_is_sent
     with pytest.raises(Throttled) as caught:
         client.request("GET", "opportunities")
     assert caught.value.retry_after == 30 and sent == [] and client.calls == 0
+
+
+def test_a_job_that_has_had_an_answer_waits_for_its_turn_past_the_inline_wait(dataverse_emu: DataverseEmulator):
+    """Another thread's refusal closes the process for 30 s, longer than a request may wait inline (2 s). A job that
+    has had an answer waits for its turn (up to its 60 s): deferred, it would ask for that answer again. A job that
+    has had none is deferred at no cost, and so is a started job whose wait would pass its allowance."""
+    clock = Clock()
+    pacer = RequestPacer(clock=clock)
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock.now += seconds
+
+    root = f"{dataverse_emu.url}/api/data/v9.2"
+    client = ApiClient("Dataverse", root, lambda: "pacing-test-token", max_inline_wait=2.0, pacer=pacer, sleep=sleep)
+    with job_waits(60.0):
+        pacer.refused(30.0, LIMIT)
+        with pytest.raises(Throttled):
+            client.request("GET", "opportunities")  # nothing answered yet
+        assert client.calls == 0 and slept == []
+
+    clock.now += 30.0
+    with job_waits(60.0):
+        client.request("GET", "WhoAmI")  # once the process is open again: the job's first answer
+        pacer.refused(30.0, LIMIT)
+        assert client.request("GET", "opportunities").status_code == 200
+        assert sum(slept) == pytest.approx(30.0) and client.calls == 2
+
+        pacer.refused(90.0, LIMIT)
+        with pytest.raises(Throttled) as caught:
+            client.request("GET", "opportunities")
+        assert caught.value.retry_after == 90 and client.calls == 2
+
+    clock.now += 90.0
+    client.request("GET", "WhoAmI")  # outside a job (the poll): the inline wait alone
+    pacer.refused(30.0, LIMIT)
+    with pytest.raises(Throttled):
+        client.request("GET", "opportunities")
 
 
 # -- against the emulator's limit, over HTTP ------------------------------------------------------------------------

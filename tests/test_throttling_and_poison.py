@@ -63,19 +63,34 @@ def _run_as_final_attempt(stack) -> None:
 def test_a_throttle_longer_than_the_inline_wait_defers_the_job_then_it_runs(stack):
     referral = stack.pc.seed_referral(kind="cosell")
     stack.pc.wait_for_deliveries(1, timeout=10)
-    # Dataverse's service protection: 429, come back in 4 s (the app waits at most 2 s inline), on the create's
-    # first read (the customer's account).
-    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="accounts")
+    # Dataverse's service protection: 429, come back in 8 s, on the create's first read (the customer's account).
+    # The app waits at most 2 s inline, and 5 s once a job has had an answer (here its referral).
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=8, method="GET", path="accounts")
     run = stack.host.drain(max_rounds=1)
     assert (run.processed, run.failed) == (1, 0), run.errors  # no attempt counted towards the poison queue
     assert stack.host.queue.depth() == 1 and stack.host.queue.peek_jobs() == []  # back, out of sight
     assert stack.host.queue.poison_depth() == 0
     assert stack.opportunities() == []
 
-    _wait_until_visible(stack, timeout=10)
+    _wait_until_visible(stack, timeout=15)
     stack.host.drain()
     assert [o["referral_id"] for o in stack.opportunities()] == [referral["id"]]
     assert "failed" not in stack.audit_actions(referral["id"])
+
+
+def test_a_job_that_has_read_its_referral_waits_out_a_throttle_inline_instead_of_reading_it_again(stack):
+    """Dataverse refuses one job's first read for 4 s: longer than a request may wait inline (2 s here), within what
+    a job that has had an answer may wait (5 s). Both jobs have read their referral from Partner Center; deferred,
+    each would read it again when it ran. The other job meets the same closing as a wait for its turn."""
+    referrals = [stack.pc.seed_referral(kind="cosell") for _ in range(2)]
+    stack.pc.wait_for_deliveries(2, timeout=10)
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="accounts")
+    stack.pc.reset_counters()
+    run = stack.host.drain(max_rounds=1, parallel=2)
+    assert (run.processed, run.failed) == (2, 0), run.errors
+    assert stack.host.queue.depth() == 0  # neither job deferred
+    assert sorted(o["referral_id"] for o in stack.opportunities()) == sorted(r["id"] for r in referrals)
+    assert stack.pc.reads == 2  # each referral read once
 
 
 def test_jobs_that_start_while_dataverse_holds_the_process_back_wait_without_spending_a_call(stack):
@@ -84,7 +99,8 @@ def test_jobs_that_start_while_dataverse_holds_the_process_back_wait_without_spe
     same wait at its first Dataverse request, and read it again when it runs later."""
     referrals = [stack.pc.seed_referral(kind="cosell") for _ in range(3)]
     stack.pc.wait_for_deliveries(3, timeout=10)
-    stack.view.emulator.inject_fault(status=429, count=1, retry_after=4, method="GET", path="accounts")
+    # Longer than a job that has read its referral may wait inline (5 s): the first job is deferred too.
+    stack.view.emulator.inject_fault(status=429, count=1, retry_after=8, method="GET", path="accounts")
     stack.pc.reset_counters()
     first = stack.host.drain(max_rounds=1)
     assert (first.processed, first.failed, stack.pc.reads) == (1, 0, 1)  # its referral read, then the 429
@@ -95,7 +111,7 @@ def test_jobs_that_start_while_dataverse_holds_the_process_back_wait_without_spe
     assert stack.host.queue.depth() == 3 and stack.host.queue.peek_jobs() == []  # all three back, out of sight
     assert stack.pc.reads == 1 and stack.view.emulator.counters()["requests"] == 0  # nothing read by the other two
 
-    time.sleep(4)
+    time.sleep(8)
     stack.host.drain()
     assert sorted(o["referral_id"] for o in stack.opportunities()) == sorted(r["id"] for r in referrals)
     assert stack.pc.reads == 1 + 3  # each referral read once more, when its job ran

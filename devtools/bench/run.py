@@ -55,6 +55,7 @@ COMPRESSED = (
     "BUSY_RETRY_SECONDS",
     "HTTP_TIMEOUT_SECONDS",
     "MAX_INLINE_RETRY_AFTER_SECONDS",
+    "MAX_STARTED_JOB_WAIT_SECONDS",
     "QUOTA_PAUSE_SECONDS",
 )
 _PROXIES = re.compile(r"tables on (?P<tables>http://[^\s,]+), queues on (?P<queues>http://\S+)")

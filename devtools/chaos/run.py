@@ -143,6 +143,7 @@ def app_settings(options: Options, services: Services, workdir: Path) -> dict[st
         "BUSY_RETRY_SECONDS": "1",
         "HTTP_TIMEOUT_SECONDS": "3",
         "MAX_INLINE_RETRY_AFTER_SECONDS": "2",
+        "MAX_STARTED_JOB_WAIT_SECONDS": "6",
         "QUOTA_PAUSE_SECONDS": "5",
         "AzureFunctionsJobHost__extensions__queues__visibilityTimeout": "00:00:01",
         "AzureFunctionsJobHost__extensions__queues__maxPollingInterval": "00:00:00.500",

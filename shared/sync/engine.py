@@ -32,6 +32,7 @@ from ..domain.errors import (
 from ..domain.microsoft_side import RELATED_REFERRAL_EVENTS, is_microsoft_referral
 from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
+from ..inline_wait import job_waits
 from ..ports import (
     CRM_TO_PC,
     KIND_CRM,
@@ -142,6 +143,12 @@ class SyncEngine:
         if held_back > self.options.max_inline_wait_seconds:
             message = f"the CRM holds requests back for {held_back:.0f}s"
             raise Throttled(self.crm.provider, message, 429, retry_after=held_back)
+        with job_waits(self.options.started_job_wait_seconds):
+            return self._handle(job, read, link, run, final_attempt)
+
+    def _handle(
+        self, job: Job, read: _Read, link: Link | None, run: Callable[[str, _Read], Outcome], final_attempt: bool
+    ) -> Outcome:
         key = self._pair_key(job, read, link)
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)

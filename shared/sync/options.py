@@ -26,6 +26,9 @@ class EngineOptions:
     # A job starting while the CRM holds this process back longer than this (MAX_INLINE_RETRY_AFTER_SECONDS) is
     # deferred before it reads anything: its first CRM request would be, after a Partner Center read spent for nothing.
     max_inline_wait_seconds: float = 20.0
+    # A job that has had an answer from either side waits inline up to this (MAX_STARTED_JOB_WAIT_SECONDS) before it
+    # is deferred: deferred, it would ask for those answers again.
+    started_job_wait_seconds: float = 120.0
     # Writes stop this long before the lease row expires: one HTTP timeout plus allowed clock skew between
     # workers (shared.sync.lease explains why; settings derive it from HTTP_TIMEOUT_SECONDS).
     lease_margin_seconds: float = 35.0
