@@ -439,6 +439,13 @@ class WriteFence(Protocol):
     def __call__(self, check: Callable[[], None], lease: PairLease | None = None) -> AbstractContextManager[None]: ...
 
 
+class JobWaits(Protocol):
+    """Runs one job with a longer inline wait (``started_wait`` seconds) for its requests once one of them has been
+    answered: deferred, the job would ask for those answers again (:mod:`shared.inline_wait` is the one in use)."""
+
+    def __call__(self, started_wait: float) -> AbstractContextManager[None]: ...
+
+
 class PairLease(Protocol):
     """A job's lease on its pair as the store sees it (:mod:`shared.sync.lease` keeps it). A job takes it with its
     first write, so a job that writes nothing costs no lease; the store folds the take into that write when it is a

@@ -385,6 +385,7 @@ class Container:
 
     @cached_property
     def engine(self) -> SyncEngine:
+        from .inline_wait import job_waits
         from .sync.engine import EngineOptions, SyncEngine
         from .write_fence import fenced
 
@@ -405,7 +406,7 @@ class Container:
             inbound_routing=s.inbound_routing,
             lead_rules=self.mapping.lead.rules(),
         )
-        return SyncEngine(self.partner_center, self.crm, self.store, options, fence=fenced)
+        return SyncEngine(self.partner_center, self.crm, self.store, options, fence=fenced, waits=job_waits)
 
     @cached_property
     def dry_run(self) -> DryRun:

@@ -32,7 +32,6 @@ from ..domain.errors import (
 from ..domain.microsoft_side import RELATED_REFERRAL_EVENTS, is_microsoft_referral
 from ..domain.opportunity import Opportunity
 from ..domain.referral import Referral
-from ..inline_wait import job_waits
 from ..ports import (
     CRM_TO_PC,
     KIND_CRM,
@@ -43,6 +42,7 @@ from ..ports import (
     Crm,
     CrmEntry,
     Job,
+    JobWaits,
     Link,
     PartnerCenter,
     SyncStore,
@@ -102,15 +102,19 @@ class SyncEngine:
         options: EngineOptions,
         clock: Clock | None = None,
         fence: WriteFence | None = None,
+        waits: JobWaits | None = None,
     ) -> None:
         """``fence`` is what stops the adapters' writes once a job's lease is lost, and what takes the lease
         with the job's first write; wiring passes :func:`shared.write_fence.fenced`. Without it the lease is taken
-        when the job starts and kept and renewed, but nothing stops a worker that lost it."""
+        when the job starts and kept and renewed, but nothing stops a worker that lost it. ``waits`` lets a job
+        that has had an answer wait out a throttle longer before it is deferred; wiring passes
+        :func:`shared.inline_wait.job_waits`. Without it every request waits only as long as its client allows."""
         self.pc, self.crm, self.store, self.options = pc, crm, store, options
         self.clock: Clock = clock or SystemClock()
         # The lease is taken by the fence with the job's first write; without a fence, at the start of the job.
         self.lazy_lease = fence is not None
         self.fence: WriteFence = fence or (lambda _check, _lease=None: nullcontext())
+        self.waits: JobWaits = waits or (lambda _started_wait: nullcontext())
         self.pairing = Pairing(pc, crm, store, options)
         self.recorder = Recorder(crm, store, options, self.clock)
         self.creator = ReferralCreator(pc)
@@ -143,7 +147,7 @@ class SyncEngine:
         if held_back > self.options.max_inline_wait_seconds:
             message = f"the CRM holds requests back for {held_back:.0f}s"
             raise Throttled(self.crm.provider, message, 429, retry_after=held_back)
-        with job_waits(self.options.started_job_wait_seconds):
+        with self.waits(self.options.started_job_wait_seconds):
             return self._handle(job, read, link, run, final_attempt)
 
     def _handle(
