@@ -154,6 +154,18 @@ def test_a_lease_one_http_call_could_outlive_is_refused_at_start_up(env):
     assert load_settings().job_lease_seconds == 136
 
 
+def test_a_started_job_may_not_wait_past_the_function_timeout(env):
+    """A job that has had an answer waits up to MAX_STARTED_JOB_WAIT_SECONDS inline; past 300 s (Dataverse's window,
+    the longest Retry-After it sets) it would only risk host.json's 10-minute functionTimeout."""
+    env.delenv("MAX_STARTED_JOB_WAIT_SECONDS", raising=False)
+    assert load_settings().max_started_job_wait_seconds == 120
+    env.setenv("MAX_STARTED_JOB_WAIT_SECONDS", "301")
+    with pytest.raises(SettingsError, match="MAX_STARTED_JOB_WAIT_SECONDS"):
+        load_settings()
+    env.setenv("MAX_STARTED_JOB_WAIT_SECONDS", "300")
+    assert load_settings().max_started_job_wait_seconds == 300
+
+
 @pytest.mark.parametrize(
     "prefix",
     [
