@@ -65,9 +65,11 @@ def test_bench_json_has_the_documented_shape(bench: dict):
         "table_ops_per_job_by_table",
         "duplicates",
         "missing",
+        "notes",
         "goals",
     }
     assert bench["records"] == 10 and bench["crm"] == "dynamics"
+    assert all(isinstance(note, str) for note in bench["notes"])
     assert set(bench["calls_per_record"]) == set(PATHS)
     for calls in bench["calls_per_record"].values():
         assert set(calls) == {"pc", "crm", "table"}

@@ -453,6 +453,12 @@ def test_failed_deliveries_are_retried_and_recorded(emu, receiver):
     listed = requests.get(f"{emu.url}/_emulator/deliveries", timeout=5).json()["value"]
     assert listed[0]["status"] == "failed" and len(listed[0]["attempts"]) == 3
 
+    receiver.status = 200
+    emu.seed_referral()
+    emu.wait_for_deliveries(2)
+    sent_again = requests.get(f"{emu.url}/_emulator/deliveries", params={"minAttempts": 2}, timeout=5).json()["value"]
+    assert [len(d["attempts"]) for d in sent_again] == [3]  # the one delivered at the first attempt is left out
+
 
 def test_changes_to_another_partys_copy_raise_related_events(emu, receiver):
     emu.dispatch_mode = "sync"

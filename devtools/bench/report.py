@@ -198,6 +198,7 @@ class Results:
             "table_ops_per_job_by_table": self.table_ops_by_table(),
             "duplicates": self.duplicates,
             "missing": self.missing,
+            "notes": list(self.notes),
             "goals": {name: met for name, (met, _) in self.goals().items()},
         }
 

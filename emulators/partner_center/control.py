@@ -111,7 +111,9 @@ def register_control_routes(emu: PartnerCenterEmulator) -> None:
 
     def deliveries(request: Request) -> Response:
         status, top = request.query.get("status"), int(request.query.get("top") or 0)
-        found = [d for d in emu.deliveries() if status in (None, d.status)]
+        # minAttempts=2: the events sent more than once (the receiver failed, or answered after the timeout).
+        least = int(request.query.get("minAttempts") or 0)
+        found = [d for d in emu.deliveries() if status in (None, d.status) and len(d.attempts) >= least]
         return Response(200, {"value": [d.to_json() for d in (found[:top] if top else found)]})
 
     def release(request: Request) -> Response:
