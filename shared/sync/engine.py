@@ -128,6 +128,11 @@ class SyncEngine:
 
     # -- entry point -------------------------------------------------------------------------------
     def handle(self, job: Job, final_attempt: bool = False) -> Outcome:
+        # Before the job's first answer (its link and the echo check are Table reads) this changes nothing.
+        with self.waits(self.options.started_job_wait_seconds):
+            return self._handle(job, final_attempt)
+
+    def _handle(self, job: Job, final_attempt: bool) -> Outcome:
         run: Callable[[str, _Read], Outcome]
         if job.kind == KIND_REFERRAL:
             run = self._referral_job
@@ -147,12 +152,6 @@ class SyncEngine:
         if held_back > self.options.max_inline_wait_seconds:
             message = f"the CRM holds requests back for {held_back:.0f}s"
             raise Throttled(self.crm.provider, message, 429, retry_after=held_back)
-        with self.waits(self.options.started_job_wait_seconds):
-            return self._handle(job, read, link, run, final_attempt)
-
-    def _handle(
-        self, job: Job, read: _Read, link: Link | None, run: Callable[[str, _Read], Outcome], final_attempt: bool
-    ) -> Outcome:
         key = self._pair_key(job, read, link)
         if key is None:
             return self.recorder.note("skipped", PC_TO_CRM, REFERRAL_NOT_FOUND, referral_id=job.record_id)
