@@ -280,8 +280,10 @@ class DataverseEmulator(Emulator):
 
     def _enforce_limit(self) -> None:
         limit = self.request_limit
-        wait = limit.admit(time.monotonic()) if limit is not None else None
-        if limit is None or wait is None:
+        if limit is None:
+            return
+        wait = limit.admit(time.monotonic())
+        if wait is None:
             return
         self._throttled += 1
         message = THROTTLED_MESSAGE.format(requests=limit.requests, window=limit.window_seconds)
